@@ -1,0 +1,130 @@
+"""The goal-reaching environment interface every simulator in `envs/` implements.
+
+A `GoalEnv` is a gymnasium `Env` whose observation is the rendered image (H, W, 3) uint8, so a
+planner built on it only ever sees pixels. Simulator state travels in `info` (for data collection
+and scoring) and through `get_state` / `set_state`. A goal is a state; its goal image is that state
+rendered by the same camera (`goal_image`), and `is_success(state, goal_state)` scores it.
+
+Envs know nothing about models or planners.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """Static metadata a dataset records and a controller needs."""
+
+    action_low: np.ndarray            # (A,) float32
+    action_high: np.ndarray           # (A,) float32
+    control_hz: float                 # env steps per second of simulated time
+    state_names: tuple[str, ...]      # layout of get_state()
+    proprio_names: tuple[str, ...]    # layout of info["proprio"]
+    success: str = ""                 # human-readable success criterion
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action_low": self.action_low.tolist(),
+            "action_high": self.action_high.tolist(),
+            "control_hz": self.control_hz,
+            "state_names": list(self.state_names),
+            "proprio_names": list(self.proprio_names),
+            "success": self.success,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+class GoalEnv(gym.Env, ABC):
+    """Base class: seeded reset, clipped actions, pixel observations, state round trip, goals.
+
+    Subclasses implement the `_`-prefixed hooks; the public methods here enforce the contract
+    (actions are always clipped to the bounds, observations are (H, W, 3) uint8).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, image_size: int = 64, render_mode: str = "rgb_array"):
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        self.image_size = image_size
+        self.render_mode = render_mode
+        info = self.env_info()
+        self.action_space = gym.spaces.Box(info.action_low, info.action_high, dtype=np.float32)
+        self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8)
+        self.metadata = {**self.metadata, "render_fps": int(round(info.control_hz))}
+
+    # ---- hooks for subclasses ----------------------------------------------------------------
+    @abstractmethod
+    def env_info(self) -> EnvInfo:
+        """Static metadata (bounds, control rate, state layout)."""
+
+    @abstractmethod
+    def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
+        """Put the simulator in a fresh random initial state drawn from `rng`."""
+
+    @abstractmethod
+    def _step_sim(self, action: np.ndarray) -> None:
+        """Advance one control step with an already-clipped action."""
+
+    @abstractmethod
+    def _render(self) -> np.ndarray:
+        """(H, W, 3) uint8 image of the current state."""
+
+    @abstractmethod
+    def get_state(self) -> np.ndarray:
+        """(S,) float64 full simulator state; `set_state(get_state())` is exact."""
+
+    @abstractmethod
+    def set_state(self, state: np.ndarray) -> None:
+        """Restore a state from `get_state()`."""
+
+    @abstractmethod
+    def get_proprio(self) -> np.ndarray:
+        """(P,) float32 proprioception (what a robot could measure about itself)."""
+
+    @abstractmethod
+    def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+        """Whether `state` satisfies the goal `goal_state` (the env's own criterion)."""
+
+    # ---- public contract ---------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        if "state" in options:
+            self._reset_sim(self.np_random, options)
+            self.set_state(np.asarray(options["state"], dtype=np.float64))
+        else:
+            self._reset_sim(self.np_random, options)
+        return self.render(), self._info()
+
+    def step(self, action):
+        action = self.clip_action(action)
+        self._step_sim(action)
+        return self.render(), 0.0, False, False, self._info()
+
+    def clip_action(self, action) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float32).reshape(self.action_space.shape)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action contains NaN/Inf: {a}; refusing to send it to the system")
+        return np.clip(a, self.action_space.low, self.action_space.high)
+
+    def render(self) -> np.ndarray:
+        return self._render()
+
+    def goal_image(self, goal_state: np.ndarray) -> np.ndarray:
+        """Render `goal_state` with the observation camera, leaving the env's state unchanged."""
+        saved = self.get_state()
+        self.set_state(goal_state)
+        img = self.render()
+        self.set_state(saved)
+        return img
+
+    def _info(self) -> dict[str, Any]:
+        return {"state": self.get_state(), "proprio": self.get_proprio()}

@@ -1,0 +1,57 @@
+"""Env registry: `@register_env` adds a `GoalEnv` under a short name and a gymnasium id.
+
+    @register_env("tworoom", "wm/TwoRoom-v0")
+    class TwoRoom(GoalEnv): ...
+
+`make(name, image_size=64, **kwargs)` accepts the short name, the `wm/...` id, or the id of any
+gymnasium MuJoCo env (e.g. `Hopper-v5`), which goes through the generic adapter.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+
+ENVS: dict[str, type] = {}          # short name -> class
+IDS: dict[str, str] = {}            # gymnasium id -> short name
+GENERIC = "gym"                     # short name of the generic gymnasium-MuJoCo adapter
+
+
+def register_env(name: str, gym_id: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        if name in ENVS:
+            raise ValueError(f"env {name!r} registered twice")
+        ENVS[name] = cls
+        IDS[gym_id] = name
+        if gym_id not in gym.registry:
+            gym.register(id=gym_id, entry_point=cls)
+        return cls
+    return deco
+
+
+def list_envs() -> list[str]:
+    return sorted(ENVS)
+
+
+def resolve(name: str) -> tuple[str, dict]:
+    """Map a user-facing env name to (short name, extra kwargs). Raises with the list of choices."""
+    if name in ENVS:
+        return name, {}
+    if name in IDS:
+        return IDS[name], {}
+    low = name.lower()
+    for short in ENVS:
+        if short.lower() == low:
+            return short, {}
+    if GENERIC in ENVS and name in gym.registry:
+        return GENERIC, {"gym_id": name}
+    raise ValueError(
+        f"unknown env {name!r}. Choose one of {list_envs()} (or their ids {sorted(IDS)}), "
+        "or the id of an installed gymnasium MuJoCo env such as 'Hopper-v5'."
+    )
+
+
+def make(name: str, **kwargs):
+    """Instantiate an env by short name, `wm/...` id, or gymnasium MuJoCo id."""
+    short, extra = resolve(name)
+    return ENVS[short](**extra, **kwargs)

@@ -1,0 +1,62 @@
+"""The `wm` command: `wm <command> key=value ...`.
+
+Each command lives in its own module exposing `CONFIG` (the dataclass schema), `CONFIG_NAME`
+(the YAML in configs/) and `run(cfg)`; this file only dispatches. `wm inspect PATH` and
+`wm preview PATH` take a positional path (shorthand for `path=PATH`).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    "collect": ("worldmodel.collect", "collect simulator rollouts into HDF5 shards"),
+    "inspect": ("worldmodel.inspection", "summarise a dataset (episodes, frames, statistics)"),
+    "preview": ("worldmodel.preview", "write an MP4/GIF of a few dataset episodes"),
+    "train": ("worldmodel.train", "train a JEPA world model with SIGReg"),
+    "eval": ("worldmodel.evaluate", "zero-shot goal-reaching evaluation (LeWM protocol)"),
+    "demo": ("worldmodel.demo", "collect -> train -> eval on TwoRoom, end to end"),
+}
+
+USAGE = "usage: wm <command> [key=value ...]   (wm <command> --help for its keys)\n\ncommands:\n" + "\n".join(
+    f"  {name:<8} {doc}" for name, (_, doc) in COMMANDS.items()
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"wm: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    from worldmodel.config import ConfigError, describe, load
+
+    if any(a in ("-h", "--help") for a in args):
+        print(f"wm {name}: {COMMANDS[name][1]}\n\nkeys (defaults from configs/{module.CONFIG_NAME}.yaml):")
+        print("\n".join(describe(module.CONFIG)))
+        return 0
+    if name in ("inspect", "preview") and args and "=" not in args[0]:
+        args = [f"path={args[0]}", *args[1:]]
+    try:
+        cfg = load(module.CONFIG, module.CONFIG_NAME, args)
+        result = module.run(cfg)
+    except ConfigError as e:
+        print(f"wm {name}: config error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"wm {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nwm {name}: interrupted; finished work is kept (re-run with resume=true).", file=sys.stderr)
+        return 130
+    return 0 if result is None or result is True or isinstance(result, (dict, str)) else int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Config loading: Hydra YAML in `configs/` + `key=value` overrides -> a typed, validated dataclass.
+
+Every command has one dataclass schema (e.g. `CollectConfig` in `collect.py`); derived fields are
+computed in its `__post_init__`, the one validated place. Hydra composes the YAML (config groups
+`env/`, `model/`, `planner/`, `data/`) and applies the overrides; `from_dict` then builds the
+dataclass strictly: an unknown key or a wrong type is refused before any work, naming the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A malformed override or config; the message names the fix."""
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _rewrite_env(overrides: list[str]) -> list[str]:
+    """`env=Hopper-v5` (not a config in configs/env/) -> `env=gym env.id=Hopper-v5`."""
+    out = []
+    options = set(group_options("env"))
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        if key == "env" and value and value not in options:
+            out += ["env=gym", f"env.id={value}"]
+        else:
+            out.append(ov)
+    return out
+
+
+def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
+    """Compose configs/<config_name>.yaml with Hydra-style overrides into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for ov in overrides:
+        key, eq, _ = ov.partition("=")
+        if not eq or not key or key.startswith("="):
+            raise ConfigError(f"malformed override {ov!r}: write key=value, e.g. episodes=100")
+    overrides = _rewrite_env(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = str(e).splitlines()[0]
+        hint = ""
+        if "not in struct" in str(e) or "Could not override" in str(e):
+            hint = " Use one of the keys printed by `wm <command> --help`, or prefix with + to add a key."
+        raise ConfigError(f"bad override for `{config_name}`: {msg}.{hint}") from None
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from `data`, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
+            f"valid keys{' of ' + where if where else ''}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name in fields:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def load(cls: type[T], config_name: str, overrides: list[str]) -> T:
+    """compose + from_dict: the one way every command gets its config."""
+    return from_dict(cls, compose(config_name, list(overrides)))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_resolved(cfg: Any, out_dir: str | os.PathLike, name: str = "config.json") -> Path:
+    """Write the resolved config next to a run's outputs (atomically)."""
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """Lines `key: type = default` for `--help`."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>")
+        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        lines.append(f"  {prefix}{f.name}: {tname} = {default}")
+    return lines

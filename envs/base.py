@@ -126,5 +126,12 @@ class GoalEnv(gym.Env, ABC):
         self.set_state(saved)
         return img
 
+    def episode_metrics(self, states: np.ndarray) -> dict[str, float]:
+        """Per-episode coverage facts from a (T, S) state array (e.g. TwoRoom "crossed_door").
+
+        Optional: envs without such facts return {}. `wm inspect` averages them over episodes.
+        """
+        return {}
+
     def _info(self) -> dict[str, Any]:
         return {"state": self.get_state(), "proprio": self.get_proprio()}

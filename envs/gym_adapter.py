@@ -1,0 +1,142 @@
+"""Generic adapter: any gymnasium MuJoCo env (Hopper-v5, InvertedPendulum-v5, ...) as a GoalEnv.
+
+    env = envs.make("Hopper-v5")                          # resolved to "gym" with gym_id
+    env = envs.make("gym", gym_id="Reacher-v5", success_dims=[0, 1], success_threshold=0.05)
+
+- State (nq + nv,) = concat(qpos, qvel) read from the wrapped env's MuJoCo data; `set_state` goes
+  through the env's own `set_state` (which calls mj_forward).
+- Actions: the wrapped env's action space, clipped; one env step = the env's own frame skip
+  (`control_hz` = 1 / env.dt). Its reward and termination are ignored: episodes never end early.
+- Rendering: the shared fast renderer on the env's model at `image_size`, with the env's default
+  camera (its `default_camera_config`; a `trackbodyid` there becomes a tracking camera), or a
+  model camera given by `camera` (name or id).
+- Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
+  indices `success_dims` (default: all qpos dims) below `success_threshold` (default 0.1).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from envs.base import EnvInfo, GoalEnv
+from envs.registry import register_env
+from envs.render import FastRenderer
+
+
+def _default_camera(env: Any, model: mujoco.MjModel, data: mujoco.MjData) -> mujoco.MjvCamera:
+    """The free (or tracking) camera gymnasium's own renderer would use for `env`."""
+    cam = mujoco.MjvCamera()
+    mujoco.mjv_defaultFreeCamera(model, cam)
+    cam.lookat[:] = np.median(data.geom_xpos, axis=0)
+    cam.distance = model.stat.extent
+    renderer = getattr(env, "mujoco_renderer", None)
+    config = dict(getattr(renderer, "default_cam_config", None) or {})
+    for key, value in config.items():
+        if isinstance(value, (np.ndarray, list, tuple)):
+            getattr(cam, key)[:] = value
+        else:
+            setattr(cam, key, value)
+    if int(config.get("trackbodyid", -1)) >= 0:
+        cam.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+    return cam
+
+
+@register_env("gym", "wm/Gym-v0")
+class GymMujoco(GoalEnv):
+    """Wraps a gymnasium MuJoCo env: pixels from its model, state = (qpos, qvel)."""
+
+    def __init__(
+        self,
+        gym_id: str = "Hopper-v5",
+        image_size: int = 64,
+        render_mode: str = "rgb_array",
+        success_dims: Sequence[int] | None = None,
+        success_threshold: float = 0.1,
+        camera: str | int | None = None,
+        **gym_kwargs: Any,
+    ):
+        if gym_id not in gym.registry:
+            raise ValueError(f"unknown gymnasium id {gym_id!r}; e.g. 'Hopper-v5', "
+                             "'InvertedPendulum-v5', 'Reacher-v5' (needs gymnasium[mujoco])")
+        self.gym_id = gym_id
+        self.env = gym.make(gym_id, **gym_kwargs).unwrapped
+        if not (hasattr(self.env, "model") and hasattr(self.env, "data")):
+            raise ValueError(f"{gym_id!r} is not a MuJoCo env (no .model/.data); the adapter "
+                             "needs gymnasium.envs.mujoco envs")
+        self.model: mujoco.MjModel = self.env.model
+        self.data: mujoco.MjData = self.env.data
+        self.nq, self.nv = int(self.model.nq), int(self.model.nv)
+        dims = list(range(self.nq)) if success_dims is None else [int(d) for d in success_dims]
+        if not dims or min(dims) < 0 or max(dims) >= self.nq + self.nv:
+            raise ValueError(f"success_dims must index the state (0..{self.nq + self.nv - 1}), "
+                             f"got {dims}")
+        self.success_dims = np.asarray(dims)
+        self.success_threshold = float(success_threshold)
+        super().__init__(image_size=image_size, render_mode=render_mode)
+        self.env.reset(seed=0)
+        cam = _default_camera(self.env, self.model, self.data) if camera is None else camera
+        self._renderer = FastRenderer(self.model, image_size, camera=cam)
+
+    def _names(self, prefix: str, n: int, adr: np.ndarray) -> list[str]:
+        """Per-coordinate names 'qpos:<joint>[k]' from the model's joints."""
+        names = [f"{prefix}{i}" for i in range(n)]
+        for j in range(self.model.njnt):
+            jn = mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint{j}"
+            start = int(adr[j])
+            end = next((int(a) for a in sorted(adr) if a > start), n)
+            for k in range(start, end):
+                names[k] = f"{prefix}{jn}" + (f"[{k - start}]" if end - start > 1 else "")
+        return names
+
+    def env_info(self) -> EnvInfo:
+        space = self.env.action_space
+        names = tuple(self._names("qpos:", self.nq, self.model.jnt_qposadr)
+                      + self._names("qvel:", self.nv, self.model.jnt_dofadr))
+        return EnvInfo(
+            action_low=np.asarray(space.low, np.float32),
+            action_high=np.asarray(space.high, np.float32),
+            control_hz=float(1.0 / self.env.dt),
+            state_names=names,
+            proprio_names=names,
+            success=(f"L2 distance over state dims {self.success_dims.tolist()} < "
+                     f"{self.success_threshold}"),
+            extra={"gym_id": self.gym_id, "nq": self.nq, "nv": self.nv,
+                   "success_dims": self.success_dims.tolist(),
+                   "success_threshold": self.success_threshold},
+        )
+
+    # ---- simulation hooks --------------------------------------------------------------------
+    def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
+        self.env.reset(seed=int(rng.integers(2**31 - 1)))
+
+    def _step_sim(self, action: np.ndarray) -> None:
+        self.env.step(action)
+        mujoco.mj_forward(self.model, self.data)   # mj_step leaves xpos one substep stale
+
+    def _render(self) -> np.ndarray:
+        return self._renderer.render(self.data)
+
+    def get_state(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def set_state(self, state: np.ndarray) -> None:
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        if state.shape != (self.nq + self.nv,):
+            raise ValueError(f"{self.gym_id} state must have nq + nv = {self.nq + self.nv} "
+                             f"entries (qpos, qvel), got {state.shape}")
+        self.env.set_state(state[: self.nq], state[self.nq:])
+
+    def get_proprio(self) -> np.ndarray:
+        return self.get_state().astype(np.float32)
+
+    def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+        d = np.asarray(state)[self.success_dims] - np.asarray(goal_state)[self.success_dims]
+        return bool(np.linalg.norm(d) < self.success_threshold)
+
+    def close(self) -> None:
+        self._renderer.close()
+        self.env.close()
+        super().close()

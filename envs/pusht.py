@@ -1,0 +1,177 @@
+"""Push-T: push a T-shaped block with a round pusher on a table, seen from above (MuJoCo).
+
+The LeWM / Diffusion-Policy Push-T task rebuilt in metric units on MuJoCo (1 m = 512 px of the
+original 512 px workspace):
+
+- Workspace: [-0.5, 0.5] m square with walls; camera orthographic, top-down, 1.04 m field of view.
+- Pusher: cylinder, radius 0.029 m (15 px), on slide x / slide y joints, velocity actuators.
+- T block: one body of two boxes (bar 0.234 x 0.059 m, stem 0.059 x 0.176 m, as the original
+  120x30 / 30x90 px) on slide x, slide y and hinge z joints. Pusher-block and block-wall contacts are
+  real MuJoCo contacts with friction; table friction is the joints' Coulomb `frictionloss` plus a
+  little viscous damping (the block has no vertical degree of freedom), so it stops when released.
+- Action (2,) in [-1, 1]: commanded pusher velocity / `MAX_SPEED` (0.4 m/s). 10 Hz, 10 substeps.
+- State (10,) = qpos + qvel: (agent_x, agent_y, block_x, block_y, block_theta,
+  agent_vx, agent_vy, block_vx, block_vy, block_omega). The block frame sits at the T's centre
+  of area (on its axis, 0.05 m below the bar's centre toward the stem); theta = rotation about z
+  (0: bar on top). Proprio: agent (x, y, vx, vy).
+- Success (LeWM): agent and block position errors < 20/512 m (0.039 m) and wrapped block angle
+  error < pi/9.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from envs.base import EnvInfo, GoalEnv
+from envs.registry import register_env
+from envs.render import FastRenderer
+
+HALF = 0.5                        # workspace half-width (m)
+WALL = 0.02                       # wall half-thickness (m)
+FOV = 2 * (HALF + WALL)           # camera field of view (m)
+AGENT_R = 15 / 512                # pusher radius (m)
+BAR = (60 / 512, 15 / 512)        # bar half-sizes (m): 120 x 30 px
+STEM = (15 / 512, 45 / 512)       # stem half-sizes (m): 30 x 90 px
+STEM_Y = -(BAR[1] + STEM[1])      # stem centre in the block frame (m)
+MAX_SPEED = 0.4                   # m/s at |action| = 1
+CONTROL_HZ = 10.0
+PHYS_DT = 0.01
+POS_TOL = 20 / 512 * (2 * HALF)   # LeWM: 20 px of the 512 px workspace
+ANGLE_TOL = np.pi / 9
+MOVED_DIST = 0.05                 # block_moved: block displaced > 5 cm ...
+MOVED_ANGLE = np.pi / 18          # ... or rotated > 10 degrees from its initial pose
+
+_BAR_A, _STEM_A = 4 * BAR[0] * BAR[1], 4 * STEM[0] * STEM[1]
+COM_Y = _STEM_A * STEM_Y / (_BAR_A + _STEM_A)     # centre of area relative to the bar centre
+BLOCK_RADIUS = float(np.hypot(STEM[0], STEM_Y - COM_Y - STEM[1]))  # farthest point from the frame
+
+_XML = f"""
+<mujoco model="pusht">
+  <option timestep="{PHYS_DT}" gravity="0 0 0" integrator="implicitfast"/>
+  <visual>
+    <global offwidth="64" offheight="64"/>
+    <headlight ambient="0.55 0.55 0.55" diffuse="0.45 0.45 0.45" specular="0 0 0"/>
+  </visual>
+  <default>
+    <geom contype="1" conaffinity="1" friction="0.6 0.005 0.0001" solref="0.01 1"/>
+  </default>
+  <worldbody>
+    <camera name="top" pos="0 0 2" xyaxes="1 0 0 0 1 0" projection="orthographic" fovy="{FOV}"/>
+    <geom name="table" type="box" size="{FOV / 2} {FOV / 2} 0.01" rgba="0.94 0.94 0.94 1"
+          contype="0" conaffinity="0"/>
+    <geom type="box" pos="0 {HALF + WALL} 0.03" size="{HALF + 2 * WALL} {WALL} 0.03" rgba="0.3 0.3 0.3 1"/>
+    <geom type="box" pos="0 {-HALF - WALL} 0.03" size="{HALF + 2 * WALL} {WALL} 0.03" rgba="0.3 0.3 0.3 1"/>
+    <geom type="box" pos="{HALF + WALL} 0 0.03" size="{WALL} {HALF} 0.03" rgba="0.3 0.3 0.3 1"/>
+    <geom type="box" pos="{-HALF - WALL} 0 0.03" size="{WALL} {HALF} 0.03" rgba="0.3 0.3 0.3 1"/>
+    <body name="agent" pos="0 0 0.03">
+      <joint name="agent_x" type="slide" axis="1 0 0" damping="0.1"/>
+      <joint name="agent_y" type="slide" axis="0 1 0" damping="0.1"/>
+      <geom name="agent" type="cylinder" size="{AGENT_R} 0.02" mass="0.5" rgba="0.25 0.41 0.88 1"/>
+    </body>
+    <body name="block" pos="0 0 0.03">
+      <joint name="block_x" type="slide" axis="1 0 0" damping="0.2" frictionloss="0.4"/>
+      <joint name="block_y" type="slide" axis="0 1 0" damping="0.2" frictionloss="0.4"/>
+      <joint name="block_theta" type="hinge" axis="0 0 1" damping="0.005" frictionloss="0.01"/>
+      <geom name="bar" type="box" pos="0 {-COM_Y} 0" size="{BAR[0]} {BAR[1]} 0.02" mass="0.12"
+            rgba="0.47 0.53 0.6 1"/>
+      <geom name="stem" type="box" pos="0 {STEM_Y - COM_Y} 0" size="{STEM[0]} {STEM[1]} 0.02"
+            mass="0.09" rgba="0.47 0.53 0.6 1"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <velocity name="vx" joint="agent_x" kv="15" ctrlrange="{-MAX_SPEED} {MAX_SPEED}"/>
+    <velocity name="vy" joint="agent_y" kv="15" ctrlrange="{-MAX_SPEED} {MAX_SPEED}"/>
+  </actuator>
+</mujoco>
+"""
+
+
+def wrap_angle(a: np.ndarray | float) -> np.ndarray:
+    """Map angles to [-pi, pi)."""
+    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
+
+
+@register_env("pusht", "wm/PushT-v0")
+class PushT(GoalEnv):
+    """Planar pusher and T block; goal = a full state; success = LeWM's pose criterion."""
+
+    def __init__(self, image_size: int = 64, render_mode: str = "rgb_array"):
+        self.model = mujoco.MjModel.from_xml_string(_XML)
+        self.data = mujoco.MjData(self.model)
+        self._n_sub = int(round(1.0 / (CONTROL_HZ * PHYS_DT)))
+        super().__init__(image_size=image_size, render_mode=render_mode)
+        self._renderer = FastRenderer(self.model, image_size, camera="top")
+        mujoco.mj_forward(self.model, self.data)
+
+    def env_info(self) -> EnvInfo:
+        names = ("agent_x", "agent_y", "block_x", "block_y", "block_theta",
+                 "agent_vx", "agent_vy", "block_vx", "block_vy", "block_omega")
+        return EnvInfo(
+            action_low=np.full(2, -1.0, np.float32),
+            action_high=np.full(2, 1.0, np.float32),
+            control_hz=CONTROL_HZ,
+            state_names=names,
+            proprio_names=("agent_x", "agent_y", "agent_vx", "agent_vy"),
+            success=(f"agent and block position errors < {POS_TOL:.4f} m (20/512 of the workspace)"
+                     f" and wrapped block angle error < pi/9"),
+            extra={"workspace_m": 2 * HALF, "max_speed_mps": MAX_SPEED, "pos_tol_m": POS_TOL,
+                   "angle_tol_rad": ANGLE_TOL, "action": "commanded pusher velocity / max_speed",
+                   "block_moved": f"displacement > {MOVED_DIST} m or rotation > pi/18"},
+        )
+
+    # ---- simulation hooks --------------------------------------------------------------------
+    def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
+        mujoco.mj_resetData(self.model, self.data)
+        block = np.array([rng.uniform(-0.25, 0.25), rng.uniform(-0.25, 0.25),
+                          rng.uniform(-np.pi, np.pi)])
+        while True:  # pusher anywhere in the workspace, clear of the block
+            agent = rng.uniform(-HALF + 0.05, HALF - 0.05, size=2)
+            if np.linalg.norm(agent - block[:2]) > 0.2:
+                break
+        self.data.qpos[:] = np.r_[agent, block]
+        mujoco.mj_forward(self.model, self.data)
+
+    def _step_sim(self, action: np.ndarray) -> None:
+        self.data.ctrl[:] = action.astype(np.float64) * MAX_SPEED
+        mujoco.mj_step(self.model, self.data, nstep=self._n_sub)
+        mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
+
+    def _render(self) -> np.ndarray:
+        return self._renderer.render(self.data)
+
+    def get_state(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def set_state(self, state: np.ndarray) -> None:
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        if state.shape != (10,):
+            raise ValueError(f"PushT state must have 10 entries (see env_info().state_names), "
+                             f"got {state.shape}")
+        self.data.qpos[:] = state[:5]
+        self.data.qvel[:] = state[5:]
+        self.data.ctrl[:] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def get_proprio(self) -> np.ndarray:
+        s = self.get_state()
+        return np.r_[s[0:2], s[5:7]].astype(np.float32)
+
+    def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+        s, g = np.asarray(state), np.asarray(goal_state)
+        agent_ok = np.linalg.norm(s[0:2] - g[0:2]) < POS_TOL
+        block_ok = np.linalg.norm(s[2:4] - g[2:4]) < POS_TOL
+        angle_ok = abs(float(wrap_angle(s[4] - g[4]))) < ANGLE_TOL
+        return bool(agent_ok and block_ok and angle_ok)
+
+    def episode_metrics(self, states: np.ndarray) -> dict[str, float]:
+        """block_moved: 1.0 if the block left its initial pose by > 5 cm or > 10 degrees."""
+        s = np.asarray(states)
+        moved = np.linalg.norm(s[:, 2:4] - s[0, 2:4], axis=1).max() > MOVED_DIST
+        turned = np.abs(wrap_angle(s[:, 4] - s[0, 4])).max() > MOVED_ANGLE
+        return {"block_moved": float(moved or turned)}
+
+    def close(self) -> None:
+        self._renderer.close()
+        super().close()

@@ -1,0 +1,178 @@
+"""Contract tests for every registered env: shapes, seeding, state round trip, goals, clipping."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import envs  # noqa: E402
+from envs.registry import ENVS  # noqa: E402
+
+# (name, kwargs): every registered env, the generic adapter on two cheap gymnasium MuJoCo envs.
+SPECS = [
+    ("tworoom", {}),
+    ("pusht", {}),
+    ("reacher", {}),
+    ("gym", {"gym_id": "InvertedPendulum-v5"}),
+    ("gym", {"gym_id": "Reacher-v5"}),
+]
+IDS = [kw.get("gym_id", name) for name, kw in SPECS]
+
+
+def test_specs_cover_every_registered_env():
+    assert {name for name, _ in SPECS} == set(envs.list_envs())
+
+
+@pytest.fixture(scope="module")
+def made():
+    cache: dict[str, envs.GoalEnv] = {}
+    yield cache
+    for env in cache.values():
+        env.close()
+
+
+@pytest.fixture(params=range(len(SPECS)), ids=IDS)
+def env(request, made):
+    name, kwargs = SPECS[request.param]
+    key = IDS[request.param]
+    if key not in made:
+        made[key] = envs.make(name, image_size=64, **kwargs)
+    return made[key]
+
+
+def _actions(env, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(env.action_space.low, env.action_space.high, (n,) + env.action_space.shape)
+
+
+def test_rollout_shapes_and_info(env):
+    info_meta = env.env_info()
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert env.action_space.shape == info_meta.action_low.shape
+    for a in _actions(env, 10, 0):
+        obs, reward, terminated, truncated, info = env.step(a)
+        assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+        assert not terminated and not truncated
+        assert info["state"].dtype == np.float64
+        assert info["state"].shape == (len(info_meta.state_names),)
+        assert info["proprio"].dtype == np.float32
+        assert info["proprio"].shape == (len(info_meta.proprio_names),)
+        assert np.all(np.isfinite(info["state"]))
+    assert obs.std() > 0, "frame is blank"
+    meta = info_meta.to_json()
+    json.dumps(meta)
+    assert meta["control_hz"] > 0 and meta["success"]
+
+
+def test_seeded_reset_is_deterministic(env):
+    acts = _actions(env, 5, 1)
+    runs = []
+    for _ in range(2):
+        obs, info = env.reset(seed=7)
+        frames, states = [obs], [info["state"]]
+        for a in acts:
+            obs, _, _, _, info = env.step(a)
+            frames.append(obs)
+            states.append(info["state"])
+        runs.append((np.stack(frames), np.stack(states)))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    _, other = env.reset(seed=8)
+    assert not np.array_equal(other["state"], runs[0][1][0]), "a different seed gave the same start"
+
+
+def test_state_round_trip_and_goal_image(env):
+    env.reset(seed=1)
+    for a in _actions(env, 5, 2):
+        goal_obs, _, _, _, info = env.step(a)
+    goal = env.get_state()
+    np.testing.assert_array_equal(goal, info["state"])
+    for a in _actions(env, 5, 3):
+        env.step(a)
+    here = env.get_state()
+    img = env.goal_image(goal)
+    np.testing.assert_array_equal(env.get_state(), here)       # goal_image leaves the state alone
+    env.set_state(goal)
+    np.testing.assert_array_equal(env.get_state(), goal)       # exact round trip
+    np.testing.assert_array_equal(env.render(), img)           # same camera for goals
+    np.testing.assert_array_equal(img, goal_obs)               # image is a function of the state
+    obs, info = env.reset(seed=0, options={"state": goal})
+    np.testing.assert_array_equal(info["state"], goal)
+
+
+def test_success_at_goal_not_far_away(env):
+    env.reset(seed=2)
+    goal = env.get_state()
+    assert env.is_success(goal, goal)
+    far = goal.copy()
+    far[0] += 1.0          # 1 m or 1 rad away on the first position coordinate
+    assert not env.is_success(far, goal)
+
+
+def test_actions_are_clipped_and_nan_refused(env):
+    low, high = env.action_space.low, env.action_space.high
+    big = np.where(np.arange(low.size) % 2 == 0, high * 10 + 1, low * 10 - 1)
+    np.testing.assert_array_equal(env.clip_action(big), np.clip(big, low, high).astype(np.float32))
+    env.reset(seed=3)
+    start = env.get_state()
+    env.step(big)
+    after_big = env.get_state()
+    env.set_state(start)
+    env.step(np.clip(big, low, high))
+    np.testing.assert_array_equal(env.get_state(), after_big)
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.full(low.shape, np.nan))
+
+
+def test_unknown_env_lists_choices():
+    with pytest.raises(ValueError) as err:
+        envs.make("no-such-env")
+    for name in envs.list_envs():
+        assert name in str(err.value)
+
+
+def test_ids_and_gym_names_resolve():
+    assert envs.resolve("wm/PushT-v0") == ("pusht", {})
+    assert envs.resolve("TwoRoom") == ("tworoom", {})
+    assert envs.resolve("Hopper-v5") == ("gym", {"gym_id": "Hopper-v5"})
+    assert set(ENVS) == set(envs.list_envs())
+
+
+def test_tworoom_crossed_door_metric(made):
+    env = made.get("tworoom") or envs.make("tworoom")
+    made["tworoom"] = env
+    stay = np.array([[-0.5, 0.1, 0, 0], [-0.3, 0.0, 0, 0]])
+    cross = np.array([[-0.5, 0.0, 0, 0], [0.0, 0.0, 0, 0], [0.4, 0.0, 0, 0]])
+    assert env.episode_metrics(stay) == {"crossed_door": 0.0}
+    assert env.episode_metrics(cross) == {"crossed_door": 1.0}
+
+
+def test_tworoom_walls_block_the_agent(made):
+    env = made.get("tworoom") or envs.make("tworoom")
+    made["tworoom"] = env
+    env.reset(seed=0, options={"state": np.array([-0.5, 0.7, 0.0, 0.0])})
+    for _ in range(30):                                # push right, into the dividing wall
+        env.step(np.array([1.0, 0.0]))
+    x = env.get_state()[0]
+    assert -0.2 < x < -0.05, f"agent should rest against the wall, got x={x}"
+
+
+def test_pusht_block_moved_metric_and_contact(made):
+    env = made.get("pusht") or envs.make("pusht")
+    made["pusht"] = env
+    s0 = np.zeros(10)
+    s0[0:2] = (-0.3, 0.0)                              # pusher left of a block at the origin
+    still = np.stack([s0, s0])
+    assert env.episode_metrics(still) == {"block_moved": 0.0}
+    env.reset(seed=0, options={"state": s0})
+    states = [env.get_state()]
+    for _ in range(25):                                # drive right into the block
+        states.append(env.step(np.array([1.0, 0.0]))[4]["state"])
+    states = np.stack(states)
+    assert states[-1, 2] > 0.05, "the pusher should have pushed the block to the right"
+    assert env.episode_metrics(states) == {"block_moved": 1.0}

@@ -1,0 +1,175 @@
+"""Latency of one full planning solve at LeWM scale, through the real predictor and GoalEnergy.
+
+The world model has LeWM's predictor (6 AdaLN blocks, 16 heads x 64, MLP 2048, latent 192,
+history 3; random weights, eval mode); the solve is CEM 300 samples x 30 iterations x horizon 5
+chunks of 5 x 2 actions (all configurable). The observation history is encoded once, outside the
+timed region, as a controller does once per plan; the timed region is exactly `planner.solve`.
+
+Prints one JSON line per (planner, dtype) config:
+  {"bench": "plan_latency", "device", "dtype", "planner", "samples", "iterations", "horizon",
+   "median_ms", "p95_ms", "runs", ...}
+With --profile also the split between the energy (predictor) and the planner's own work.
+
+  PYTHONPATH=. python benchmarks/plan_latency.py                       # CPU, float32
+  PYTHONPATH=. python benchmarks/plan_latency.py --device cuda --dtype float32,bfloat16 --cuda-graph
+CUDA options: bfloat16 = autocast around the energy (the planner itself stays float32);
+--cuda-graph captures the whole solve as one CUDA graph and replays it; --compile wraps the
+energy in torch.compile (compile once per shape: keep the history length fixed).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+
+import torch
+
+from planners import Bounds, make_planner
+from worldmodel.energy import GoalEnergy
+from worldmodel.model import ModelConfig, WorldModel
+
+
+def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
+    """A LeWM-sized world model with random weights, the goal and a full history encoded."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=args.image_size, action_dim=args.action_dim,
+                      frameskip=args.frameskip, history=args.history)
+    model = WorldModel(cfg)
+    torch.nn.init.normal_(model.predictor.adaln.weight, std=0.02)  # AdaLN-zero would make every
+    model = model.to(device).eval()                                # candidate cost the same
+    g = torch.Generator().manual_seed(0)
+    img = lambda *lead: torch.randint(0, 256, (*lead, cfg.image_size, cfg.image_size, 3),  # noqa
+                                      generator=g, dtype=torch.uint8)
+    past = torch.rand(1, cfg.history - 1, cfg.chunk_dim, generator=g) * 2 - 1
+    energy = GoalEnergy(model, goal_pixels=img(args.batch).to(device))
+    energy.set_observation(img(args.batch, cfg.history).to(device),
+                           past.expand(args.batch, -1, -1).to(device))
+    return energy, cfg
+
+
+def timed_energy(energy, device: torch.device, log: list[float]):
+    """Wrap the energy to accumulate its wall time (synchronising on CUDA: profiling only)."""
+    def call(actions: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        out = energy(actions)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        log.append(time.perf_counter() - t)
+        return out
+    return call
+
+
+def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> dict:
+    energy, cfg = build_energy(args, device)
+    kw = dict(samples=args.samples, iterations=args.iterations, seed=0)
+    if planner_name in ("cem", "icem", "mppi") and args.elites:
+        kw["elites"] = args.elites
+    planner = make_planner(planner_name, **kw)
+    bounds = Bounds.make([-1.0] * cfg.chunk_dim, [1.0] * cfg.chunk_dim, device=device)
+    autocast = dtype_name == "bfloat16"
+    if autocast and device.type != "cuda":
+        raise SystemExit("bfloat16 autocast is the CUDA path; on this CPU use float32")
+
+    fn = energy
+    if args.compile:
+        fn = torch.compile(energy.__call__, mode="max-autotune-no-cudagraphs"
+                           if args.cuda_graph else "default", dynamic=False)
+
+    def energy_fn(actions):
+        # no autocast weight-cast cache: cached casts made during graph capture would be freed
+        ctx = (torch.autocast("cuda", torch.bfloat16, cache_enabled=not args.cuda_graph)
+               if autocast else contextlib.nullcontext())
+        with ctx:
+            return fn(actions)
+
+    def solve():
+        return planner.solve(energy_fn, bounds, args.horizon, batch=args.batch)
+
+    run = solve
+    if args.cuda_graph:
+        if device.type != "cuda":
+            raise SystemExit("--cuda-graph needs --device cuda")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):                      # warm up allocator and kernels
+            for _ in range(2):
+                solve()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if hasattr(graph, "register_generator_state"):     # the planner's own generator
+            graph.register_generator_state(planner.generator(device))
+        with torch.cuda.graph(graph):
+            static = solve()
+
+        def run():
+            graph.replay()
+            return static
+
+    for _ in range(args.warmup):
+        run()
+    times = []
+    for _ in range(args.runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        res = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    ms = sorted(1e3 * t for t in times)
+    out = {"bench": "plan_latency", "device": torch.cuda.get_device_name(device)
+           if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+           "dtype": dtype_name, "planner": planner_name, "samples": args.samples,
+           "iterations": args.iterations, "horizon": args.horizon, "chunk": cfg.chunk_dim,
+           "batch": args.batch, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
+           "median_ms": round(statistics.median(ms), 2),
+           "p95_ms": round(ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))], 2),
+           "runs": len(ms), "final_cost": round(float(res.cost.float().mean()), 4)}
+    if args.profile and not args.cuda_graph:
+        log: list[float] = []
+        wrapped = timed_energy(energy_fn, device, log)
+        t = time.perf_counter()
+        planner.solve(wrapped, bounds, args.horizon, batch=args.batch)
+        total = time.perf_counter() - t
+        out.update(profile_total_ms=round(1e3 * total, 2),
+                   profile_energy_ms=round(1e3 * sum(log), 2),
+                   profile_planner_overhead_ms=round(1e3 * (total - sum(log)), 2),
+                   profile_energy_calls=len(log))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", help="comma list: float32,bfloat16")
+    ap.add_argument("--planner", default="cem", help="comma list: cem,icem,mppi,gradient")
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--elites", type=int, default=30)
+    ap.add_argument("--horizon", type=int, default=5)
+    ap.add_argument("--frameskip", type=int, default=5)
+    ap.add_argument("--action-dim", type=int, default=2)
+    ap.add_argument("--history", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=1, help="environments planned together")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--cuda-graph", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also split energy vs planner time")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    for planner_name in args.planner.split(","):
+        for dtype_name in args.dtype.split(","):
+            print(json.dumps(measure(args, planner_name, dtype_name, device)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

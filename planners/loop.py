@@ -1,0 +1,102 @@
+"""Fixed-rate control loop: observe -> controller.act -> send, at `hz`, recording overruns.
+
+Works with either a gymnasium-style object (`reset(seed=...) -> (obs, info)`,
+`step(action) -> (obs, reward, terminated, truncated, info)`) or a robot given as two callbacks
+`get_obs() -> obs` and `send_action(action)`. The loop sleeps until each tick; a step whose
+work (observe + act + send) ends after its tick's deadline is an *overrun*: it is counted, and
+the schedule restarts from now instead of trying to catch up with a burst of late steps (a robot
+must never receive a flurry of stale commands). hz=None runs as fast as possible (simulation).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class LoopReport:
+    steps: int
+    overruns: int                       # steps whose work ended after their tick's deadline
+    hz_target: float | None
+    hz_achieved: float                  # steps / wall time
+    step_ms_p50: float                  # observe + act + send time per step
+    step_ms_p95: float
+    step_ms_max: float
+    terminated: bool = False            # the env ended the episode (or stop_when said so)
+    truncated: bool = False
+    infos: list[dict] = field(default_factory=list, repr=False)  # env info per step (env mode)
+
+
+class ControlLoop:
+    """Run `controller.act` against an env or a robot at a fixed rate."""
+
+    def __init__(self, controller: Any, env: Any = None, hz: float | None = 10.0,
+                 get_obs: Callable[[], Any] | None = None,
+                 send_action: Callable[[np.ndarray], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if env is None and (get_obs is None or send_action is None):
+            raise ValueError("ControlLoop needs an env with reset/step, or both get_obs and "
+                             "send_action callbacks")
+        if env is not None and (get_obs is not None or send_action is not None):
+            raise ValueError("give ControlLoop either env or get_obs/send_action, not both")
+        if env is not None and not (callable(getattr(env, "reset", None))
+                                    and callable(getattr(env, "step", None))):
+            raise TypeError("env must offer reset() and step(action) (gymnasium API)")
+        if hz is not None and hz <= 0:
+            raise ValueError(f"hz must be > 0 or None (as fast as possible), got {hz}")
+        self.controller, self.env, self.hz = controller, env, hz
+        self.get_obs, self.send_action = get_obs, send_action
+        self.clock, self.sleep = clock, sleep
+
+    def run(self, goal: Any, max_steps: int, seed: int | None = None, obs: Any = None,
+            stop_when: Callable[[Any, dict], bool] | None = None) -> LoopReport:
+        """Reset the controller toward `goal` and run up to `max_steps` control steps.
+
+        env mode: the env is reset with `seed` unless a first observation `obs` is given (for
+        an env already placed at its start state). stop_when(obs, info) -> True ends the run
+        early (e.g. the task's success test)."""
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.controller.reset(goal)
+        if self.env is not None and obs is None:
+            obs, _ = self.env.reset(seed=seed)
+        period = None if self.hz is None else 1.0 / self.hz
+        work, infos = [], []
+        overruns, terminated, truncated = 0, False, False
+        start = self.clock()
+        tick = start
+        steps = 0
+        for steps in range(1, max_steps + 1):
+            t0 = self.clock()
+            if self.env is None:
+                obs = self.get_obs()
+            action = self.controller.act(obs)
+            info: dict = {}
+            if self.env is None:
+                self.send_action(action)
+            else:
+                obs, _, terminated, truncated, info = self.env.step(action)
+                infos.append(info)
+            now = self.clock()
+            work.append(now - t0)
+            if stop_when is not None and stop_when(obs, info):
+                terminated = True
+            if terminated or truncated:
+                break
+            if period is not None:
+                tick += period
+                if now > tick:              # overrun: count it and restart the schedule from now
+                    overruns += 1
+                    tick = now
+                else:
+                    self.sleep(tick - now)
+        wall = max(self.clock() - start, 1e-9)
+        ms = np.asarray(work) * 1e3
+        return LoopReport(steps=steps, overruns=overruns, hz_target=self.hz,
+                          hz_achieved=steps / wall, step_ms_p50=float(np.percentile(ms, 50)),
+                          step_ms_p95=float(np.percentile(ms, 95)), step_ms_max=float(ms.max()),
+                          terminated=bool(terminated), truncated=bool(truncated), infos=infos)

@@ -1,0 +1,296 @@
+"""Receding-horizon MPC controller: goal in, one environment action per call out.
+
+The controller is model-agnostic. It talks to a *goal energy* (protocol `GoalEnergyLike`, what
+worldmodel.energy.GoalEnergy offers) with numpy observations and plans with any optimiser from
+planners/. One plan step is an action *chunk* of width frameskip * A (the world model predicts one
+latent per chunk); the first `receding_horizon` chunks of a plan are split into env actions of
+width A and queued; `act(obs)` pops one per call and replans when the queue runs dry.
+
+History: the energy gets the last `history` observations spaced `frameskip` env steps apart
+(oldest first, the current one last) and the action chunks executed between consecutive ones.
+At an episode's start fewer frames exist; the energy then receives T < history of them.
+
+Time budget: `time_budget_s` is the optimiser's anytime deadline (PlanResult.deadline_missed
+when it cut iterations short); the latencies in `stats()` also include encoding the history.
+
+Warm start: the previous plan's mean (and elites, for planners that keep them) is shifted by the
+number of env steps elapsed since that plan started, padded with the box centre, and passed as
+init_mean / init_elites.
+
+Async mode (`async_lead=k`): when only k actions are left in the queue, planning of the next
+chunk starts in a background thread from the latest observation (time t0) while the queued
+actions keep executing. When the queue runs dry the new plan is adopted; its first k env actions
+(they were meant for steps t0 .. t0+k-1, which the old plan already covered) are dropped. If the
+plan is not ready yet, `act` waits for it and counts a stall. Planning latency up to k control
+periods is thus hidden; the price is that each plan starts from an observation k steps old and
+yields receding_horizon * frameskip - k env actions (k = 0: plan only when the queue is empty,
+in the worker thread; the first plan of an episode is always waited for).
+Do not call `plan()` yourself while async planning is in flight.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from planners.base import Bounds, Planner, PlanResult
+
+
+class GoalEnergyLike(Protocol):
+    """What the controller needs from a world model. Arrays always carry a leading batch axis B."""
+
+    def set_goal(self, goal_obs: np.ndarray) -> None:
+        """goal_obs (B, *obs_shape), same layout and dtype as the observations."""
+
+    def set_observation(self, obs_history: np.ndarray, past_actions: np.ndarray) -> None:
+        """obs_history (B, T, *obs_shape), 1 <= T <= history, oldest first, current last;
+        past_actions (B, T-1, frameskip*A) float32 raw chunks executed between those frames."""
+
+    def __call__(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions (B, S, H, frameskip*A) raw, on the controller's device -> costs (B, S)."""
+
+
+class MPCController:
+    """`reset(goal)`, then `act(obs) -> action` at every control step. See the module docstring."""
+
+    def __init__(self, planner: Planner, energy_fn: GoalEnergyLike, bounds, horizon: int = 5,
+                 receding_horizon: int = 5, action_dim: int | None = None, frameskip: int = 1,
+                 history: int = 1, batch: int | None = None, time_budget_s: float | None = None,
+                 async_lead: int | None = None, warm_start: bool = True,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if not callable(getattr(planner, "solve", None)):
+            raise TypeError("planner must offer solve(...); build one with planners.make_planner")
+        for m in ("set_goal", "set_observation", "__call__"):
+            if not callable(getattr(energy_fn, m, None)):
+                raise TypeError(f"energy_fn lacks {m}(); it must follow planners.mpc.GoalEnergyLike")
+        low, high = (bounds.low, bounds.high) if isinstance(bounds, Bounds) else bounds
+        self.env_bounds = Bounds.make(low, high, device=device, dtype=dtype)   # (A,)
+        A = self.env_bounds.low.shape[0]
+        if action_dim is not None and action_dim != A:
+            raise ValueError(f"action_dim={action_dim} but the bounds have {A} entries")
+        if not 1 <= receding_horizon <= horizon:
+            raise ValueError(f"need 1 <= receding_horizon <= horizon, got {receding_horizon}, {horizon}")
+        if frameskip < 1 or history < 1 or (batch is not None and batch < 1):
+            raise ValueError("frameskip, history and batch must be >= 1")
+        n_exec = receding_horizon * frameskip
+        if async_lead is not None and not 0 <= async_lead < n_exec:
+            raise ValueError(f"async_lead must be in [0, receding_horizon*frameskip={n_exec}), "
+                             f"got {async_lead}")
+        self.planner, self.energy = planner, energy_fn
+        self.A, self.horizon, self.receding, self.frameskip = A, horizon, receding_horizon, frameskip
+        self.history, self.batch, self.time_budget_s = history, batch, time_budget_s
+        self.async_lead, self.warm_start = async_lead, warm_start
+        # the planner's per-step box: one chunk = frameskip env actions side by side
+        self.chunk_bounds = Bounds(self.env_bounds.low.repeat(frameskip),
+                                   self.env_bounds.high.repeat(frameskip))  # (frameskip*A,)
+        self._low = self.env_bounds.low.cpu().numpy().astype(np.float32)
+        self._high = self.env_bounds.high.cpu().numpy().astype(np.float32)
+        self._pool: ThreadPoolExecutor | None = None
+        self._goal_shape: tuple | None = None
+        self._clear()
+
+    # ------------------------------------------------------------------ episode state
+    def _clear(self) -> None:
+        self._future: Future | None = None
+        self._future_t0 = 0
+        self._queue: deque[np.ndarray] = deque()                  # env actions (B, A)
+        self._obs: deque[np.ndarray] = deque(maxlen=(self.history - 1) * self.frameskip + 1)
+        self._acts: deque[np.ndarray] = deque(maxlen=max((self.history - 1) * self.frameskip, 1))
+        self._t = 0                                                # env steps since reset
+        self._mean: torch.Tensor | None = None                    # (B, H, fs*A) raw
+        self._elites: torch.Tensor | None = None                  # (B, K, H, fs*A) raw
+        self._mean_t = 0                                           # env step the mean starts at
+        self._lat: list[float] = []
+        self._iters: list[int] = []
+        self._misses = self._stalls = 0
+        self._stall_s = 0.0
+
+    def reset(self, goal_image: np.ndarray, seed: int | None = None) -> None:
+        """Start an episode toward `goal_image` (obs layout; (batch, ...) when batch is set).
+        Clears the queue, history, warm start and statistics; `seed` reseeds the planner."""
+        self._drain()
+        goal = self._as_array(goal_image, "reset(goal_image)")
+        if self.batch is None:
+            goal = goal[None]
+        elif goal.ndim < 2 or goal.shape[0] != self.batch:
+            raise ValueError(f"reset: batch={self.batch}, so the goal needs shape (batch, ...), "
+                             f"got {goal.shape}")
+        self._check_finite(goal, "reset(goal_image)")
+        self._goal, self._goal_shape, self._goal_dtype = goal, goal.shape[1:], goal.dtype
+        self._clear()
+        if seed is not None:
+            self.planner.reseed(seed)
+        self.energy.set_goal(goal)
+
+    def close(self) -> None:
+        """Stop the background planner thread (async mode)."""
+        self._drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> "MPCController":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ input checks
+    @staticmethod
+    def _as_array(x, where: str) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{where}: expected a numpy array, got {type(x).__name__}")
+        return x
+
+    @staticmethod
+    def _check_finite(x: np.ndarray, where: str) -> None:
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError(f"{where}: contains NaN or inf; check the sensor / simulator state")
+
+    def _validate(self, obs, where: str) -> np.ndarray:
+        if self._goal_shape is None:
+            raise RuntimeError(f"{where}: call reset(goal_image) first to set the goal")
+        obs = self._as_array(obs, where)
+        want = self._goal_shape if self.batch is None else (self.batch, *self._goal_shape)
+        if obs.shape != want:
+            raise ValueError(f"{where}: expected observation shape {want} (the goal's layout"
+                             f"{', with the batch axis' if self.batch else ''}), got {obs.shape}")
+        if obs.dtype != self._goal_dtype:
+            raise TypeError(f"{where}: expected dtype {self._goal_dtype} like the goal, got "
+                            f"{obs.dtype}; convert observations and goal the same way")
+        self._check_finite(obs, where)
+        return obs if self.batch is not None else obs[None]        # (B, *obs_shape)
+
+    # ------------------------------------------------------------------ planning
+    def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(obs_history (B, T, ...), past_actions (B, T-1, fs*A)) from the recorded steps."""
+        obs, acts, fs = list(self._obs), list(self._acts), self.frameskip
+        n_acts = min(len(acts), self._t)
+        T = min(self.history, (len(obs) - 1) // fs + 1, n_acts // fs + 1)
+        frames = [obs[len(obs) - 1 - fs * j] for j in range(T)][::-1]
+        chunks = [np.concatenate(acts[len(acts) - fs * (j + 1): len(acts) - fs * j], axis=-1)
+                  for j in range(T - 1)][::-1]
+        B = frames[0].shape[0]
+        past = (np.stack(chunks, 1) if chunks else np.zeros((B, 0, fs * self.A))).astype(np.float32)
+        return np.stack(frames, 1), past
+
+    def _shift(self, x: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+        """Shift a plan (B, [K,] H, fs*A) forward by `steps` env steps, pad with the box centre."""
+        if x is None or not self.warm_start or steps >= self.horizon * self.frameskip:
+            return None
+        lead = x.shape[:-2]
+        flat = x.reshape(*lead, self.horizon * self.frameskip, self.A)   # (..., H*fs, A)
+        pad = self.env_bounds.center.expand(*lead, steps, self.A)
+        flat = torch.cat([flat[..., steps:, :], pad], dim=-2)
+        return flat.reshape(x.shape)
+
+    def _solve(self, obs_hist: np.ndarray, past: np.ndarray, t0: int) -> PlanResult:
+        """Plan from a history snapshot taken at env step t0 (runs in the worker in async mode)."""
+        t = time.perf_counter()               # latency = encoding the history + the solve
+        self.energy.set_observation(obs_hist, past)
+        res = self.planner.solve(
+            self.energy, self.chunk_bounds, self.horizon, batch=obs_hist.shape[0],
+            init_mean=self._shift(self._mean, t0 - self._mean_t),
+            init_elites=self._shift(self._elites, t0 - self._mean_t),
+            deadline_s=self.time_budget_s)
+        res.latency_s = time.perf_counter() - t
+        return res
+
+    def _adopt(self, res: PlanResult, t0: int, drop: int, enqueue: bool = True) -> None:
+        """Record a finished plan: warm-start state, statistics, and (enqueue) its env actions."""
+        self._mean, self._elites, self._mean_t = res.mean, res.elites, t0
+        self._lat.append(res.latency_s)
+        self._iters.append(res.iterations)
+        self._misses += int(res.deadline_missed)
+        if not enqueue:
+            return
+        chunks = res.actions[:, :self.receding]                       # (B, r, fs*A)
+        steps = chunks.reshape(chunks.shape[0], -1, self.A)            # (B, r*fs, A)
+        # host sync, once per plan: the actions leave the device for the robot
+        steps = np.clip(steps.detach().float().cpu().numpy(), self._low, self._high)
+        self._queue.clear()
+        self._queue.extend(steps[:, i] for i in range(drop, steps.shape[1]))
+
+    def plan(self, obs) -> PlanResult:
+        """Plan from `obs` (as the current frame, after the recorded history) without acting.
+        Updates the warm start and statistics, leaves the action queue alone; the result's
+        actions are (B, H, fs*A) raw chunks."""
+        obs = self._validate(obs, "plan(obs)")
+        self._drain()
+        saved = (self._obs.copy(), self._acts.copy())
+        self._obs.append(obs)
+        try:
+            res = self._solve(*self._snapshot(), self._t)
+        finally:
+            self._obs, self._acts = saved
+        self._adopt(res, self._t, 0, enqueue=False)
+        return res
+
+    def act(self, obs) -> np.ndarray:
+        """One env action (A,) (or (batch, A)), float32, inside the bounds."""
+        obs = self._validate(obs, "act(obs)")
+        self._obs.append(obs)
+        if self.async_lead is None:
+            if not self._queue:
+                self._adopt(self._solve(*self._snapshot(), self._t), self._t, 0)
+        else:
+            self._step_async()
+        a = self._queue.popleft()                                      # (B, A)
+        self._acts.append(a)
+        self._t += 1
+        return a if self.batch is not None else a[0]
+
+    def _step_async(self) -> None:
+        if self._future is None and len(self._queue) <= self.async_lead:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc-plan")
+            self._future_t0 = self._t
+            self._future = self._pool.submit(self._solve, *self._snapshot(), self._t)
+        if not self._queue:
+            fut, t0 = self._future, self._future_t0
+            stalled = not fut.done() and bool(self._lat)  # waiting for the first plan is no stall
+            t = time.perf_counter()
+            res = fut.result()
+            if stalled:
+                self._stalls += 1
+                self._stall_s += time.perf_counter() - t
+            self._future = None
+            self._adopt(res, t0, self._t - t0)
+
+    def _drain(self) -> None:
+        """Wait for and discard an in-flight async plan."""
+        if self._future is not None:
+            self._future.result()
+            self._future = None
+
+    # ------------------------------------------------------------------ tooling
+    def warmup(self, n: int = 2) -> None:
+        """Run `n` throw-away plans on a full-length fake history made of the goal (compiles
+        kernels, fills allocator caches, captures graphs); keeps statistics and warm start clean."""
+        if self._goal_shape is None:
+            raise RuntimeError("warmup(): call reset(goal_image) first")
+        self._drain()
+        B = self.batch or 1
+        hist = np.repeat(self._goal[:, None], self.history, axis=1)  # (B, history, *obs_shape)
+        past = np.broadcast_to(self.chunk_bounds.center.cpu().numpy().astype(np.float32),
+                               (B, self.history - 1, self.frameskip * self.A)).copy()
+        mean, elites, mean_t = self._mean, self._elites, self._mean_t
+        for _ in range(n):
+            self._solve(hist, past, self._mean_t)
+        self._mean, self._elites, self._mean_t = mean, elites, mean_t
+
+    def stats(self) -> dict:
+        """Planning latency p50/p95/max (ms), plans, mean iterations, deadline misses, stalls."""
+        lat = np.asarray(self._lat) * 1e3
+        pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: float("nan"))
+        return {"plans": len(self._lat), "latency_ms_p50": pct(50), "latency_ms_p95": pct(95),
+                "latency_ms_max": float(lat.max()) if lat.size else float("nan"),
+                "mean_iterations": float(np.mean(self._iters)) if self._iters else float("nan"),
+                "deadline_misses": self._misses, "async_stalls": self._stalls,
+                "async_stall_s": self._stall_s, "steps": self._t}

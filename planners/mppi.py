@@ -1,0 +1,75 @@
+"""MPPI as TD-MPC2 runs it: sample, keep the top elites, refit with softmax (exponential) weights.
+
+Defaults follow TD-MPC2: 512 samples, 64 elites, 6 iterations, temperature 0.5, std starting at
+2 and kept in [0.05, 2] (unit coordinates: 1 = bound half-range). TD-MPC2 weights elites by
+exp(temperature * (value - max value)); with costs and no reward scale we make the weights
+scale-free by default: costs are divided by the elite cost range before the softmax, so the
+temperature means "in units of the elite spread" whatever the energy's magnitude.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from planners.base import (BestSoFar, Bounds, Deadline, Energy, Planner, PlanResult, Problem,
+                           finish, register_planner, take)
+
+
+@register_planner("mppi")
+@dataclass
+class MPPI(Planner):
+    samples: int = 512
+    iterations: int = 6
+    elites: int = 64
+    temperature: float = 0.5
+    normalize: bool = True      # divide costs by the elite cost range before the softmax
+    init_std: float = 2.0
+    min_std: float = 0.05
+    max_std: float = 2.0
+    keep_mean: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.elites <= self.samples:
+            raise ValueError(f"mppi: need 1 <= elites <= samples, got {self.elites}, {self.samples}")
+        if self.temperature <= 0 or self.init_std <= 0 or not 0 <= self.min_std <= self.max_std:
+            raise ValueError("mppi: need temperature > 0, init_std > 0, 0 <= min_std <= max_std")
+
+    @torch.no_grad()
+    def solve(self, energy: Energy, bounds: Bounds, horizon: int, batch: int = 1,
+              init_mean: torch.Tensor | None = None, init_elites: torch.Tensor | None = None,
+              deadline_s: float | None = None) -> PlanResult:
+        p = Problem(bounds, horizon, batch, "mppi")
+        clock = Deadline(deadline_s, p.device)
+        gen = self.generator(p.device)
+        B, S, H, A = p.B, self.samples, p.H, p.A
+        mean = p.init_mean(init_mean)                                       # (B, H, A)
+        std = torch.full_like(mean, self.init_std)                          # (B, H, A)
+        warm = p.init_elites(init_elites)
+        best = BestSoFar(p)
+        elites = None
+        it = 0
+        for it in range(1, self.iterations + 1):
+            noise = torch.randn(B, S, H, A, generator=gen, device=p.device, dtype=p.dtype)
+            u = (mean[:, None] + std[:, None] * noise).clamp_(-1.0, 1.0)   # (B, S, H, A)
+            if it == 1 and warm is not None:
+                k = min(warm.shape[1], S - 1)
+                u[:, S - k:] = warm[:, :k]
+            if self.keep_mean:
+                u[:, 0] = mean
+            costs = p.evaluate(energy, u)                                   # (B, S)
+            best.update(costs, u, self.record_history)
+            c_el, idx = costs.topk(self.elites, dim=1, largest=False)       # (B, E) ascending
+            elites = take(u, idx)                                           # (B, E, H, A)
+            c_el = torch.where(torch.isfinite(c_el), c_el, c_el[:, :1] + 1e30)  # inf never weighs
+            gap = c_el - c_el[:, :1]                                        # (B, E) >= 0
+            if self.normalize:
+                gap = gap / (gap[:, -1:] + 1e-12)
+            w = torch.softmax(-gap / self.temperature, dim=1)[:, :, None, None]  # (B, E, 1, 1)
+            mean = (w * elites).sum(1)                                      # (B, H, A)
+            std = ((w * (elites - mean[:, None]).pow(2)).sum(1)).sqrt()     # (B, H, A)
+            std = std.clamp_(self.min_std, self.max_std)
+            if it < self.iterations and clock.expired(it):  # the loop's only host sync (optional)
+                break
+        return finish(p, best, mean, it, self.iterations, clock, elites)

@@ -1,0 +1,254 @@
+"""MPC controller and control loop against an analytic world: a point with z' = z + dt * a.
+
+The energy factory below plays the role of worldmodel.energy.GoalEnergy: it receives the goal and
+the observation history through the GoalEnergyLike protocol and rolls the exact dynamics out.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from planners import make_planner
+from planners.loop import ControlLoop
+from planners.mpc import MPCController
+
+DT = 0.1
+LOW, HIGH = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+
+
+class PointEnv:
+    """gymnasium-style: obs = position (2,) float32; action = velocity, clipped to [-1, 1]."""
+
+    def __init__(self, start=(0.0, 0.0)):
+        self.start = np.asarray(start, np.float32)
+
+    def reset(self, seed=None):
+        self.pos = self.start.copy()
+        return self.pos.copy(), {}
+
+    def step(self, action):
+        self.pos = (self.pos + DT * np.clip(action, LOW, HIGH)).astype(np.float32)
+        return self.pos.copy(), 0.0, False, False, {"pos": self.pos.copy()}
+
+
+class LinearWorld:
+    """GoalEnergyLike for the point: also checks the history the controller hands over."""
+
+    def __init__(self, frameskip: int, history: int, delay: float = 0.0):
+        self.fs, self.history, self.delay = frameskip, history, delay
+        self.calls: list[tuple[int, int]] = []    # (T, S) per set_observation / call
+
+    def set_goal(self, goal_obs):
+        assert goal_obs.ndim == 2                                          # (B, 2)
+        self.goal = torch.as_tensor(goal_obs)
+
+    def set_observation(self, obs_history, past_actions):
+        B, T = obs_history.shape[:2]
+        assert 1 <= T <= self.history and past_actions.shape == (B, T - 1, self.fs * 2)
+        assert past_actions.dtype == np.float32
+        # each past chunk must explain the motion between consecutive history frames
+        for j in range(T - 1):
+            moved = obs_history[:, j + 1] - obs_history[:, j]
+            np.testing.assert_allclose(moved, DT * past_actions[:, j].reshape(B, self.fs, 2).sum(1),
+                                       atol=1e-5)
+        self.z = torch.as_tensor(obs_history[:, -1])                       # (B, 2)
+        self.calls.append((T, 0))
+
+    def __call__(self, actions):                                           # (B, S, H, fs*2)
+        if self.delay:
+            time.sleep(self.delay)
+        B, S, H, _ = actions.shape
+        steps = actions.reshape(B, S, H * self.fs, 2)
+        final = self.z[:, None] + DT * steps.sum(2)                        # (B, S, 2)
+        return (final - self.goal[:, None]).pow(2).sum(-1)                 # (B, S)
+
+
+def controller(fs=2, history=3, planner="cem", **kw) -> MPCController:
+    plan = make_planner(planner, samples=64, iterations=6, elites=8, seed=0)
+    return MPCController(plan, LinearWorld(fs, history, kw.pop("delay", 0.0)), (LOW, HIGH),
+                         horizon=3, receding_horizon=2, frameskip=fs, history=history, **kw)
+
+
+def drive(ctrl, goal, steps=40, start=(0.0, 0.0)):
+    env = PointEnv(start)
+    obs, _ = env.reset()
+    ctrl.reset(np.asarray(goal, np.float32))
+    acts = []
+    for _ in range(steps):
+        a = ctrl.act(obs)
+        acts.append(a)
+        obs, *_ = env.step(a)
+    return obs, np.stack(acts)
+
+
+def test_drives_point_to_goal_with_history():
+    ctrl = controller()
+    goal = [0.8, -0.6]
+    final, acts = drive(ctrl, goal)
+    assert np.linalg.norm(final - goal) < 0.05
+    assert acts.dtype == np.float32 and acts.shape == (40, 2)
+    assert (acts >= LOW).all() and (acts <= HIGH).all()
+    s = ctrl.stats()
+    assert s["plans"] == 10 and s["steps"] == 40       # replans every 2 chunks x 2 env steps
+    assert s["latency_ms_p50"] > 0 and s["deadline_misses"] == 0
+    assert max(T for T, _ in ctrl.energy.calls) == 3   # the history filled up to 3 frames
+
+
+def test_unreachable_goal_actions_stay_in_bounds():
+    _, acts = drive(controller(planner="mppi"), [50.0, -50.0], steps=12)
+    assert (acts >= LOW).all() and (acts <= HIGH).all()
+    np.testing.assert_allclose(acts[-4:].mean(0), [1.0, -1.0], atol=0.15)
+
+
+def test_bad_inputs_have_clear_errors():
+    ctrl = controller()
+    with pytest.raises(RuntimeError, match="reset"):
+        ctrl.act(np.zeros(2, np.float32))
+    ctrl.reset(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        ctrl.act(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        ctrl.act(np.zeros(2, np.float64))
+    with pytest.raises(ValueError, match="NaN"):
+        ctrl.act(np.array([0.0, np.nan], np.float32))
+    with pytest.raises(TypeError, match="numpy"):
+        ctrl.act([0.0, 0.0])
+    with pytest.raises(ValueError, match="NaN"):
+        ctrl.reset(np.array([np.inf, 0.0], np.float32))
+    plan = make_planner("cem", samples=16, elites=4)
+    with pytest.raises(ValueError, match="receding_horizon"):
+        MPCController(plan, LinearWorld(1, 1), (LOW, HIGH), horizon=2, receding_horizon=3)
+    with pytest.raises(ValueError, match="action_dim"):
+        MPCController(plan, LinearWorld(1, 1), (LOW, HIGH), action_dim=3)
+    with pytest.raises(ValueError, match="async_lead"):
+        MPCController(plan, LinearWorld(1, 1), (LOW, HIGH), horizon=2, receding_horizon=1,
+                      async_lead=1)
+    with pytest.raises(TypeError, match="GoalEnergyLike"):
+        MPCController(plan, object(), (LOW, HIGH))
+
+
+def test_warm_start_shifts_previous_mean():
+    ctrl = controller(fs=2, history=1)
+    seen, means = [], []
+    solve = ctrl.planner.solve
+
+    def spy(*a, **kw):
+        seen.append(kw["init_mean"])
+        res = solve(*a, **kw)
+        means.append(res.mean.clone())
+        return res
+
+    ctrl.planner.solve = spy
+    drive(ctrl, [0.5, 0.5], steps=5)
+    assert seen[0] is None and len(seen) == 2
+    # the second plan starts 4 env steps (2 chunks) later: chunk 0 of its initial mean is chunk 2
+    # of the first plan's mean, the rest is the box centre (0)
+    init = seen[1]                                                   # (1, H=3, fs*A=4)
+    assert init.shape == (1, 3, 4)
+    assert torch.equal(init[:, 0], means[0][:, 2])
+    assert torch.equal(init[:, 1:], torch.zeros(1, 2, 4))
+
+
+def test_async_mode_same_kind_of_actions_and_reaches_goal():
+    with controller(async_lead=1) as ctrl:
+        goal = [-0.7, 0.4]
+        final, acts = drive(ctrl, goal, steps=48)
+        s = ctrl.stats()
+    assert np.linalg.norm(final - goal) < 0.08
+    assert acts.shape == (48, 2) and acts.dtype == np.float32
+    assert (acts >= LOW).all() and (acts <= HIGH).all()
+    # the first plan yields 4 actions, each later one 4 - async_lead = 3
+    assert s["plans"] == 1 + int(np.ceil((48 - 4) / 3))
+
+
+def test_async_stalls_and_deadline_misses_are_counted():
+    ctrl = controller(fs=1, history=1, async_lead=0, delay=0.01, time_budget_s=0.03)
+    drive(ctrl, [0.5, 0.5], steps=6)
+    s = ctrl.stats()
+    assert s["deadline_misses"] == s["plans"] >= 2
+    assert s["async_stalls"] >= 1 and s["async_stall_s"] > 0
+    assert s["mean_iterations"] < 6
+    ctrl.close()
+
+
+def test_batched_controller_and_plan():
+    ctrl = controller(batch=2, history=2)
+    goals = np.array([[0.5, 0.5], [-0.5, 0.2]], np.float32)
+    ctrl.reset(goals)
+    res = ctrl.plan(np.zeros((2, 2), np.float32))
+    assert res.actions.shape == (2, 3, 4)
+    ctrl.warmup(1)
+    assert ctrl.stats()["plans"] == 1               # warmup leaves statistics alone
+    a = ctrl.act(np.zeros((2, 2), np.float32))
+    assert a.shape == (2, 2)
+    np.testing.assert_array_less(0.0, a[0])         # heads toward (+, +)
+    assert a[1, 0] < 0
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, dt):
+        self.now += dt
+
+
+def test_control_loop_rate_and_overruns_with_callbacks():
+    clock, env = FakeClock(), PointEnv()
+    obs, _ = env.reset()
+    state = {"obs": obs, "n": 0}
+
+    def send(a):
+        state["n"] += 1
+        if state["n"] % 4 == 0:
+            clock.now += 0.25                       # a slow actuator: 2.5 periods late
+        state["obs"], *_ = env.step(a)
+
+    loop = ControlLoop(controller(), hz=10, get_obs=lambda: state["obs"], send_action=send,
+                       clock=clock, sleep=clock.sleep)
+    rep = loop.run(np.array([0.3, 0.3], np.float32), max_steps=12)
+    assert rep.steps == 12 and rep.overruns == 3 and rep.hz_target == 10
+    assert 0 < rep.hz_achieved < 10
+
+
+def test_control_loop_env_mode_stops_on_success():
+    goal = np.array([0.3, -0.3], np.float32)
+    loop = ControlLoop(controller(), PointEnv(), hz=None)
+    rep = loop.run(goal, max_steps=60,
+                   stop_when=lambda obs, info: bool(np.linalg.norm(obs - goal) < 0.05))
+    assert rep.terminated and rep.steps < 60 and len(rep.infos) == rep.steps
+    with pytest.raises(ValueError, match="get_obs"):
+        ControlLoop(controller())
+
+
+def test_controller_with_real_goal_energy_on_images():
+    """The protocol as worldmodel.energy.GoalEnergy implements it: uint8 images, history, chunks."""
+    wm = pytest.importorskip("worldmodel.model")
+    from worldmodel.energy import GoalEnergy
+
+    torch.manual_seed(0)
+    cfg = wm.ModelConfig(image_size=16, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2,
+                         enc_mlp=64, latent_dim=16, proj_hidden=32, pred_depth=1, pred_heads=2,
+                         pred_head_dim=8, pred_mlp=32, action_hidden=32, action_dim=2,
+                         frameskip=2, history=3)
+    energy = GoalEnergy(wm.WorldModel(cfg).eval())
+    plan = make_planner("cem", samples=32, iterations=3, elites=4)
+    ctrl = MPCController(plan, energy, (LOW, HIGH), horizon=3, receding_horizon=1,
+                         frameskip=2, history=3, time_budget_s=5.0)
+    rng = np.random.default_rng(0)
+    ctrl.reset(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    ctrl.warmup(1)
+    for _ in range(7):
+        a = ctrl.act(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        assert a.shape == (2,) and (a >= LOW).all() and (a <= HIGH).all()
+    assert ctrl.stats()["plans"] == 4                 # one chunk (2 env steps) per plan
+    grad = MPCController(make_planner("gradient", samples=4, iterations=3), energy, (LOW, HIGH),
+                         horizon=2, receding_horizon=1, frameskip=2, history=3)
+    grad.reset(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    assert grad.act(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).shape == (2,)

@@ -1,0 +1,114 @@
+"""Training throughput: samples/s (clips of history + n_preds frames) of the real training step.
+
+Builds the model and optimiser exactly as `wm train` does for a preset (configs/model/<preset>),
+feeds random clips of the preset's shape (or clips of a real dataset, --data PATH), and times
+`worldmodel.train.train_step` (forward, SIGReg, backward, clip, AdamW, LR step) with a device sync
+at each timing window. Prints one JSON line: the median over windows.
+
+    PYTHONPATH=. python benchmarks/train_speed.py --preset tiny                  # CPU, fp32
+    PYTHONPATH=. python benchmarks/train_speed.py --preset lewm --batch 128      # CUDA: bf16 autocast
+    ... --compile   (torch.compile the loss module, as compile=true does)
+REFERENCE.md: LeWM's library does 1,488 samples/s (86 ms/step) at batch 128, bf16, on one H100.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="tiny", help="configs/model/<preset>.yaml")
+    p.add_argument("--batch", type=int, default=None, help="default: the preset's batch_size")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | bf16 | fp32")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--action-dim", type=int, default=2)
+    p.add_argument("--data", default=None, help="time clips of this dataset instead of random ones")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--windows", type=int, default=5)
+    p.add_argument("--steps-per-window", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    p.add_argument("override", nargs="*", help="extra train config overrides, e.g. model.enc_depth=2")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    from worldmodel.config import load
+    from worldmodel.model import WorldModel
+    from worldmodel.distributed import resolve_device
+    from worldmodel.train import TrainConfig, _ClipLoss, autocast_for, build_optimizer, train_step
+
+    ov = [f"model={a.preset}", f"device={a.device}", f"precision={a.precision}", *a.override]
+    if a.batch:
+        ov.append(f"batch_size={a.batch}")
+    cfg = load(TrainConfig, "train", ov)
+    device = resolve_device(cfg.device, 0)
+    if a.data:
+        from worldmodel.clips import ClipDataset, ClipSampler, ClipSpec
+        from worldmodel.dataset import load_dataset
+
+        ds = load_dataset(a.data, columns=("pixels", "action"))
+        import dataclasses
+
+        cfg.model = dataclasses.replace(cfg.model, action_dim=int(ds.action.shape[1]))
+        clips = ClipDataset(ds, ClipSpec(cfg.model.history, cfg.data.n_preds, cfg.model.frameskip))
+        sampler = ClipSampler(len(clips), cfg.batch_size, seed=0)
+        batch = lambda: clips.get_batch(sampler.next_indices())  # noqa: E731
+    else:
+        import dataclasses
+
+        cfg.model = dataclasses.replace(cfg.model, action_dim=a.action_dim)
+        t, s, rng = cfg.model.history + cfg.data.n_preds, cfg.model.image_size, np.random.default_rng(0)
+        pixels = torch.from_numpy(rng.integers(0, 256, (cfg.batch_size, t, s, s, 3), dtype=np.uint8))
+        actions = torch.from_numpy(rng.normal(size=(cfg.batch_size, t - 1, cfg.model.chunk_dim)).astype(np.float32))
+        batch = lambda: (pixels, actions)  # noqa: E731
+
+    torch.manual_seed(0)
+    model = WorldModel(cfg.model).to(device).train()
+    opt, sched = build_optimizer(model, cfg)
+    loss_mod = _ClipLoss(model)
+    if a.compile:
+        loss_mod = torch.compile(loss_mod)
+    amp = autocast_for(cfg, device)
+    step = 0
+    t0 = time.perf_counter()
+    for _ in range(a.warmup):
+        out = train_step(loss_mod, model, opt, sched, *batch(), cfg, step, amp)
+        step += 1
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    rates = []
+    for _ in range(a.windows):
+        t0 = time.perf_counter()
+        for _ in range(a.steps_per_window):
+            out = train_step(loss_mod, model, opt, sched, *batch(), cfg, step, amp)
+            step += 1
+        sync(device)
+        rates.append(a.steps_per_window * cfg.batch_size / (time.perf_counter() - t0))
+    loss = float(out[0])                                      # host sync after timing
+    sps = statistics.median(rates)
+    print(json.dumps({
+        "figure": "train_samples_per_s", "preset": a.preset, "value": round(sps, 1),
+        "ms_per_step": round(1000 * cfg.batch_size / sps, 2), "batch": cfg.batch_size,
+        "clip_frames": cfg.model.history + cfg.data.n_preds, "image_size": cfg.model.image_size,
+        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "amp": "bf16" if not isinstance(amp, type(None)) and hasattr(amp, "fast_dtype") else "fp32",
+        "compile": a.compile, "threads": torch.get_num_threads(), "warmup_s": round(warm_s, 2),
+        "data": a.data or "random", "windows": [round(r, 1) for r in rates], "final_loss": round(loss, 5),
+        "overrides": a.override}))
+
+
+if __name__ == "__main__":
+    main()

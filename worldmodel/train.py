@@ -1,0 +1,410 @@
+"""`wm train`: train a JEPA world model with SIGReg on a collected dataset.
+
+    wm train data=runs/tworoom model=tiny steps=3000 out=runs/wm_tiny
+    torchrun --nproc_per_node=2 -m worldmodel.cli train data=... model=lewm     # same command, DDP
+
+loss = teacher-forced next-latent MSE + sigreg_weight * SIGReg(z) over the GLOBAL batch; AdamW with
+linear warmup + cosine decay, grad clip, bf16 autocast on CUDA. Every `eval_every` steps the
+held-out episodes give the prediction loss next to the "predict no change" baseline
+(mse(z_t, z_{t+1}) with the same encoder) and collapse diagnostics (SIGReg, per-dim std, effective
+rank). `last.pt` / `best.pt` are written atomically with the full trainer state, so `resume=true`
+continues bit-exactly (same step, LR, optimizer, RNG and data order), also after a kill -9.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, split_episodes
+from worldmodel.distributed import gather_rng_states, init_distributed, ranks_in_sync, resolve_device
+from worldmodel.logger import RunLogger
+from worldmodel.model import ModelConfig, WorldModel
+from worldmodel.validation import evaluate
+
+CONFIG_NAME = "train"
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.json", "tb")
+
+
+@dataclass
+class DataConfig:
+    """Which data and how clips are cut (clip geometry history/frameskip comes from the model)."""
+
+    path: str | None = None          # dataset directory or a single LeWM-style .h5 file
+    n_preds: int = 1                 # predicted frames per clip (clip = history + n_preds frames)
+    val_fraction: float = 0.1        # held-out episodes for validation
+    split_seed: int = 0              # episode split (fixed across resumes)
+    episodes: int | None = None      # use only the first n episodes (None: all)
+    prefetch: int = 2                # batches gathered ahead by a background thread (0: off)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    out: str = "runs/train"
+    steps: int = 2000
+    batch_size: int = 64             # global batch (split across DDP ranks)
+    lr: float = 3e-4
+    weight_decay: float = 1e-3
+    warmup_steps: int | None = None  # None: 5% of steps (at most 1000)
+    min_lr_ratio: float = 0.0        # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    sigreg_weight: float = 0.09
+    sigreg_directions: int = 1024
+    sigreg_knots: int = 17
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    threads: int = 0                 # torch intra-op CPU threads (0: torch's default)
+    resume: bool = False
+    overwrite: bool = False
+    stop_at: int | None = None       # end this invocation after this step (keeps the `steps` schedule)
+    eval_every: int = 250
+    eval_clips: int = 1024           # held-out clips per evaluation (a fixed, spread-out subset)
+    ckpt_every: int = 500
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+    warmup: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.lr <= 0 or self.grad_clip <= 0 or self.sigreg_weight < 0:
+            raise ValueError("lr and grad_clip must be > 0 and sigreg_weight >= 0")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        for name in ("eval_every", "ckpt_every", "log_every", "eval_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        auto = min(1000, max(1, self.steps // 20))
+        self.warmup = auto if self.warmup_steps is None else max(0, self.warmup_steps)
+
+
+CONFIG = TrainConfig
+
+
+class DivergedError(ValueError):
+    """Loss became NaN/Inf; training stopped and the last good checkpoint was left in place."""
+
+
+class _ClipLoss(nn.Module):
+    """forward = WorldModel.loss, so DDP (which hooks forward) wraps the whole training computation."""
+
+    def __init__(self, model: WorldModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.loss(pixels, actions)
+        return out["pred"], out["z"]                                   # scalar, (B, T, D)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over `warmup` steps, then cosine to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """Seed of the SIGReg directions at `step`: identical on every rank, fresh every step."""
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**62)
+
+
+# ------------------------------------------------------------------------------------------------
+# setup
+# ------------------------------------------------------------------------------------------------
+def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDataset | None, dict]:
+    """Load the dataset, check it fits the model (refusing before any training), split by episode.
+
+    Returns the model config with action_dim filled from the data, train and val clips, and meta.
+    """
+    from worldmodel.dataset import load_dataset
+
+    if not cfg.data.path:
+        raise ValueError("no dataset given: pass data=PATH (a `wm collect` directory or a LeWM .h5 file)")
+    ds = load_dataset(cfg.data.path, columns=("pixels", "action"), episodes=cfg.data.episodes)
+    pixels, action = ds.pixels, ds.action
+    h, w = pixels.shape[1:3]
+    if pixels.ndim != 4 or pixels.shape[3] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"{cfg.data.path}: pixels must be (N, H, W, 3) uint8, got "
+                         f"{pixels.shape} {pixels.dtype}")
+    if (h, w) != (cfg.model.image_size, cfg.model.image_size):
+        raise ValueError(
+            f"dataset frames are {h}x{w} but model.image_size={cfg.model.image_size}: pass "
+            f"model.image_size={h} (a multiple of model.patch_size={cfg.model.patch_size}), or "
+            f"re-collect with image_size={cfg.model.image_size}")
+    model_cfg = dataclasses.replace(cfg.model, action_dim=int(action.shape[1]))
+    spec = ClipSpec(model_cfg.history, cfg.data.n_preds, model_cfg.frameskip)
+    short = int((ds.ep_len < spec.min_episode_len).sum())
+    train_eps, val_eps = split_episodes(ds.ep_len, spec, cfg.data.val_fraction, cfg.data.split_seed)
+    if short:
+        print(f"note: {short} of {ds.num_episodes} episodes are shorter than the "
+              f"{spec.min_episode_len} rows a clip needs and are skipped")
+    train = ClipDataset(ds, spec, train_eps)
+    val = ClipDataset(ds, spec, val_eps) if len(val_eps) else None
+    if len(train) == 0:
+        raise ValueError(f"{cfg.data.path}: no training clip survives (NaN actions?); check with `wm inspect`")
+    return model_cfg, train, val, ds.meta
+
+
+def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
+    """The checkpoint to resume from, or None; refuses to clobber a run unless overwrite=true."""
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    if cfg.resume:
+        if last.exists():
+            return last
+        if rank == 0:
+            print(f"resume=true but {last} does not exist yet: starting a fresh run")
+    existing = [n for n in RUN_FILES if (out / n).exists()]
+    if existing and not cfg.resume and not cfg.overwrite:
+        raise FileExistsError(f"{out} already holds a training run ({', '.join(existing)}); pass "
+                              "resume=true to continue it, overwrite=true to start over, or another out=")
+    if rank == 0:
+        for n in existing:
+            p = out / n
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return None
+
+
+def _install_data_shorthand() -> None:
+    """Let `wm train data=PATH` mean `data.path=PATH` (`data` is also a config group).
+
+    Local stand-in until worldmodel/config.py rewrites it itself (as it does for env=...): wraps
+    `config.compose` for CONFIG_NAME only.
+    """
+    from worldmodel import config as C
+
+    if getattr(C.compose, "_data_shorthand", False):
+        return
+    original = C.compose
+
+    def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
+        if config_name == CONFIG_NAME:
+            options = set(C.group_options("data"))
+            overrides = [f"data.path={ov.partition('=')[2]}"
+                         if ov.partition("=")[0] == "data" and ov.partition("=")[2] not in options
+                         and ov.partition("=")[2] else ov for ov in overrides]
+        return original(config_name, overrides)
+
+    compose._data_shorthand = True  # type: ignore[attr-defined]
+    C.compose = compose
+
+
+_install_data_shorthand()
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------
+def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimizer, sched: Any,
+               pixels: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig, step: int,
+               amp: Any) -> torch.Tensor:
+    """One optimisation step on a clip batch; returns (loss, pred, sigreg, grad_norm) on device.
+
+    `loss_mod` is `_ClipLoss(model)`, possibly wrapped by DDP / torch.compile. No host sync.
+    """
+    from worldmodel.sigreg import sigreg
+
+    device = next(model.parameters()).device
+    pixels = pixels.to(device, non_blocking=True)                      # (b, T, H, W, 3) uint8
+    actions = actions.to(device, non_blocking=True)                    # (b, T-1, chunk)
+    g = torch.Generator(device=device).manual_seed(_step_seed(cfg.seed, step))
+    with amp:
+        pred, z = loss_mod(pixels, actions)                            # scalar, (b, T, D)
+    # SIGReg outside autocast: its projections must stay fp32; global batch under DDP.
+    reg = sigreg(z, cfg.sigreg_directions, cfg.sigreg_knots, generator=g)
+    loss = pred.float() + cfg.sigreg_weight * reg
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    sched.step()
+    return torch.stack([loss.detach(), pred.detach().float(), reg.detach(), gnorm.float()])  # (4,)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW + LambdaLR(linear warmup, cosine decay) per `cfg`."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps, cfg.min_lr_ratio))
+    return opt, sched
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device) -> Any:
+    """bf16 autocast on CUDA (precision=auto|bf16), nothing on CPU unless precision=bf16."""
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train per `cfg`; returns (and prints) the final metrics."""
+    rank, world, local_rank, owned = init_distributed()
+    try:
+        return _train(cfg, rank, world, local_rank)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from worldmodel.checkpoint import load_checkpoint, save_checkpoint
+    from worldmodel.config import save_resolved, to_dict
+
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+    device = resolve_device(cfg.device, local_rank)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    model_cfg, train, val, meta = prepare_data(cfg)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    resume_from = _prepare_out(cfg, rank)
+    if world > 1:
+        dist.barrier()
+    out = Path(cfg.out)
+    amp = autocast_for(cfg, device)
+
+    torch.manual_seed(cfg.seed)                                        # same init on every rank
+    model = WorldModel(model_cfg).to(device)
+    model.set_action_stats(*train.action_stats())
+    torch.manual_seed(cfg.seed + 1 + rank)                             # per-rank dropout streams
+    opt, sched = build_optimizer(model, cfg)
+    sampler = ClipSampler(len(train), cfg.batch_size // world, cfg.seed, rank, world)
+    step, best, extra = 0, math.inf, {}
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, map_location="cpu")
+        if ckpt["model_config"] != model_cfg.to_dict():
+            diff = {k: (ckpt["model_config"].get(k), v) for k, v in model_cfg.to_dict().items()
+                    if ckpt["model_config"].get(k) != v}
+            raise ValueError(f"resume=true but the model differs from {resume_from} "
+                             f"(checkpoint vs now: {diff}); use the run's model overrides or a new out=")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step, extra = int(ckpt["step"]), ckpt["extra"]
+        sampler.load_state_dict(extra["sampler"])
+        best = float(extra.get("best_val", math.inf))
+        rng = extra["rng"][rank] if rank < len(extra["rng"]) else extra["rng"][0]
+        torch.set_rng_state(rng["cpu"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        if step >= cfg.steps and rank == 0:
+            print(f"{resume_from} is already at step {step} >= steps={cfg.steps}; nothing to train")
+    if rank == 0:
+        save_resolved(cfg, out)
+    loss_mod: nn.Module = _ClipLoss(model)
+    if world > 1:
+        loss_mod = nn.parallel.DistributedDataParallel(
+            loss_mod, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        loss_mod = torch.compile(loss_mod)
+    loader = ClipLoader(train, sampler, prefetch=cfg.data.prefetch, pin_memory=device.type == "cuda")
+    logger = RunLogger(out, enabled=rank == 0, tensorboard=cfg.tensorboard,
+                       resume_step=step if resume_from is not None else None)
+    run_cfg = to_dict(cfg)
+
+    def checkpoint(name: str, metrics: dict[str, float]) -> None:
+        state = {"config": run_cfg, "sampler": loader.state_dict(), "rng": gather_rng_states(device, world),
+                 "best_val": best, "metrics": metrics, "dataset_meta": _jsonable(meta)}
+        if rank == 0:
+            save_checkpoint(out / name, model, opt, sched, step, state)
+
+    if rank == 0:
+        n_par = sum(p.numel() for p in model.parameters())
+        print(f"training {n_par / 1e6:.2f}M params on {device} x{world} | {len(train)} train clips, "
+              f"{len(val) if val else 0} val clips | steps {step}->{cfg.steps}, batch {cfg.batch_size}")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and rank == 0),
+               unit="step", dynamic_ncols=True)
+    window: list[torch.Tensor] = []
+    t_window, n_window, last_eval = time.perf_counter(), 0, {}
+    saved_at = step if resume_from is not None else -1
+    last_train: dict[str, float] = {}
+    start_step, t_start = step, time.perf_counter()
+    model.train()
+    end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+    try:
+        while step < end:
+            pixels, actions = next(loader)
+            window.append(train_step(loss_mod, model, opt, sched, pixels, actions, cfg, step, amp))
+            step += 1
+            n_window += 1
+            bar.update(1)
+            do_eval = val is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
+            do_ckpt = step % cfg.ckpt_every == 0 or step == end
+            if step % cfg.log_every == 0 or do_eval or do_ckpt:
+                stats = torch.stack(window)                            # (n, 4)
+                agg = torch.cat([stats.nan_to_num(0.0).mean(0), (~torch.isfinite(stats)).any(1).sum()[None]])
+                if world > 1:
+                    dist.all_reduce(agg)
+                    agg[:4] /= world
+                vals = agg.tolist()                                    # host sync: once per log window
+                window.clear()
+                if vals[4] > 0:
+                    raise DivergedError(
+                        f"loss became NaN/Inf before step {step}; stopped. The last good checkpoint "
+                        f"is {out / 'last.pt'} (step {saved_at if saved_at >= 0 else 'none'}). Lower lr "
+                        f"(now {cfg.lr}), check the data with `wm inspect`, or resume=true to retry.")
+                dt = time.perf_counter() - t_window
+                last_train = {"loss": vals[0], "pred": vals[1], "sigreg": vals[2], "grad_norm": vals[3],
+                              "lr": sched.get_last_lr()[0],
+                              "samples_per_s": n_window * cfg.batch_size / max(dt, 1e-9)}
+                t_window, n_window = time.perf_counter(), 0
+                logger.log(step, last_train)
+                bar.set_postfix(loss=f"{vals[0]:.4f}", pred=f"{vals[1]:.4f}",
+                                sps=f"{last_train['samples_per_s']:.0f}")
+            if do_eval:
+                last_eval = evaluate(model, val, cfg.eval_clips, cfg.batch_size // world, device, amp,
+                                     cfg.sigreg_directions, cfg.sigreg_knots)
+                logger.log(step, last_eval)
+                if rank == 0:
+                    bar.write(f"step {step}: val_pred {last_eval['val_pred']:.4f} (no-change "
+                              f"{last_eval['val_nochange']:.4f}, ratio {last_eval['val_ratio']:.3f}) "
+                              f"eff_rank {last_eval['eff_rank']:.1f} std_min {last_eval['std_min']:.3f}")
+                if last_eval["val_pred"] < best:
+                    best = last_eval["val_pred"]
+                    checkpoint("best.pt", {**last_train, **last_eval})
+                t_window = time.perf_counter()                          # eval time is not training speed
+            if do_ckpt:
+                checkpoint("last.pt", {**last_train, **last_eval})
+                saved_at = step
+    finally:
+        bar.close()
+        loader.close()
+        logger.close()
+    if saved_at != step:                                               # resumed at/after the end
+        checkpoint("last.pt", {**last_train, **last_eval})
+    if val is not None and not last_eval:
+        last_eval = evaluate(model, val, cfg.eval_clips, cfg.batch_size // world, device, amp,
+                             cfg.sigreg_directions, cfg.sigreg_knots)
+    elapsed = time.perf_counter() - t_start
+    if world > 1:
+        last_eval["ddp_in_sync"] = ranks_in_sync(model, world)
+    result = {"step": step, **last_train, **last_eval, "best_val_pred": best if best < math.inf else None,
+              "train_s": round(elapsed, 2), "steps_per_s": (step - start_step) / max(elapsed, 1e-9),
+              "out": str(out)}
+    if rank == 0:
+        print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}))
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    """meta.json content as plain JSON types (safe for weights_only checkpoints)."""
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,84 @@
+"""Validation of a world model on held-out clips, with collapse diagnostics.
+
+The prediction loss alone cannot tell learning from collapse (a constant encoder predicts itself
+perfectly), so it is always reported next to:
+  - the "predict no change" baseline mse(z_t, z_{t+1}) with the same encoder: a useful model beats it;
+  - the SIGReg statistic of the held-out latents (small when they look isotropic Gaussian);
+  - per-dimension std (mean, min) and the effective rank of the embedding matrix
+    (exp of the entropy of its normalised singular values; 1 = collapsed to a line, D = isotropic).
+Under torch.distributed every rank evaluates its slice of the same fixed clip subset and the
+results are reduced, so all ranks return identical numbers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from worldmodel.clips import ClipDataset
+
+
+@torch.no_grad()
+def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, device: torch.device,
+             amp: Any, sigreg_directions: int = 1024, sigreg_knots: int = 17) -> dict[str, float]:
+    """val_pred, val_nochange, val_ratio, val_sigreg, std_mean, std_min, eff_rank on up to
+    `max_clips` clips spread evenly over `val` (the same clips every time)."""
+    from worldmodel.sigreg import sigreg
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    m = min(len(val), max_clips)
+    idx = np.linspace(0, len(val) - 1, m).round().astype(np.int64)             # (m,)
+    per = max(1, m // world)
+    mine = torch.from_numpy(idx[rank * per:(rank + 1) * per] if m >= world else idx[:1])
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)         # pred, nochange, count
+    zs = []
+    for chunk in mine.split(max(1, batch_size)):
+        pixels, actions = val.get_batch(chunk)
+        pixels, actions = pixels.to(device), actions.to(device)        # (b, T, H, W, 3), (b, T-1, c)
+        with amp:
+            out = model.loss(pixels, actions)
+        z, z_hat = out["z"].float(), out["z_hat"].float()               # (b, T, D), (b, T-1, D)
+        sums[0] += F.mse_loss(z_hat, z[:, 1:], reduction="sum")
+        sums[1] += F.mse_loss(z[:, :-1], z[:, 1:], reduction="sum")
+        sums[2] += z[:, 1:].numel()
+        zs.append(z)
+    z = torch.cat(zs)                                                  # (m/world, T, D)
+    g = torch.Generator(device=device).manual_seed(12345)              # same directions every eval
+    reg = sigreg(z, sigreg_directions, sigreg_knots, generator=g)      # global batch under DDP
+    if world > 1:
+        dist.all_reduce(sums)
+        gathered = [torch.empty_like(z) for _ in range(world)]
+        dist.all_gather(gathered, z)
+        z = torch.cat(gathered)                                        # (m, T, D)
+    if was_training:
+        model.train()
+    pred, nochange, count = sums.tolist()                              # host sync (eval only)
+    res = {"val_pred": pred / count, "val_nochange": nochange / count, "val_sigreg": float(reg)}
+    res["val_ratio"] = res["val_pred"] / max(res["val_nochange"], 1e-12)
+    res.update(embedding_diagnostics(z))
+    return res
+
+
+@torch.no_grad()
+def embedding_diagnostics(z: torch.Tensor) -> dict[str, float]:
+    """Collapse diagnostics of embeddings z (..., D) flattened to (N, D).
+
+    std_mean / std_min: per-dimension standard deviation (SIGReg drives it towards 1);
+    eff_rank: exp(entropy of the normalised singular values of the centred embedding matrix),
+    between 1 (all embeddings on a line) and D (isotropic).
+    """
+    x = z.reshape(-1, z.shape[-1]).float()                                # (N, D)
+    std = x.std(dim=0)                                                    # (D,)
+    x = x - x.mean(dim=0, keepdim=True)
+    s = torch.linalg.svdvals(x)                                           # (min(N, D),)
+    p = s / s.sum().clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    # One host sync per diagnostic call (eval only, not in the training loop).
+    return {"std_mean": float(std.mean()), "std_min": float(std.min()),
+            "eff_rank": float(math.exp(float(entropy)))}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,14 +28,24 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def _rewrite_env(overrides: list[str]) -> list[str]:
-    """`env=Hopper-v5` (not a config in configs/env/) -> `env=gym env.id=Hopper-v5`."""
+def _uses_group(config_name: str, group: str) -> bool:
+    """Whether configs/<config_name>.yaml selects a default from config group `group`."""
+    import yaml
+
+    path = CONFIG_DIR / f"{config_name}.yaml"
+    defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.exists() else []
+    return any(isinstance(d, dict) and group in d for d in defaults)
+
+
+def _rewrite_shorthands(config_name: str, overrides: list[str]) -> list[str]:
+    """Values that name no config of their group are shorthands:
+    `env=Hopper-v5` -> `env=gym env.name=Hopper-v5` (any gymnasium MuJoCo id) and
+    `data=PATH` -> `data.path=PATH` (a dataset directory or .h5 file)."""
     out = []
-    options = set(group_options("env"))
     for ov in overrides:
         key, _, value = ov.partition("=")
-        if key == "env" and value and value not in options:
-            out += ["env=gym", f"env.id={value}"]
+        if key in ("env", "data") and value and _uses_group(config_name, key) and value not in group_options(key):
+            out += ["env=gym", f"env.name={value}"] if key == "env" else [f"data.path={value}"]
         else:
             out.append(ov)
     return out
@@ -52,17 +63,44 @@ def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
         key, eq, _ = ov.partition("=")
         if not eq or not key or key.startswith("="):
             raise ConfigError(f"malformed override {ov!r}: write key=value, e.g. episodes=100")
-    overrides = _rewrite_env(overrides)
+    overrides = _rewrite_shorthands(config_name, overrides)
+    # A plain key that shares its name with a config group this config does not use (demo's
+    # `env=tworoom`, `model=tiny`) would be read by Hydra as a group choice: apply it afterwards.
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not _uses_group(config_name, p.name)}
+    late = [ov for ov in overrides if ov.partition("=")[0] in groups]
+    overrides = [ov for ov in overrides if ov not in late]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        msg = str(e).splitlines()[0]
+        msg = str(e).splitlines()[0].rstrip(".")
         hint = ""
-        if "not in struct" in str(e) or "Could not override" in str(e):
-            hint = " Use one of the keys printed by `wm <command> --help`, or prefix with + to add a key."
+        if "Could not override" in msg or "not in struct" in msg:
+            hint = f" Run `wm {config_name} --help` for the valid keys."
+        missing = re.search(r"Could not find '(\w+)/([^']*)'", msg)
+        if missing:
+            group, choice = missing.groups()
+            hint = f" Unknown {group} {choice!r}; choose one of: {', '.join(group_options(group))}."
         raise ConfigError(f"bad override for `{config_name}`: {msg}.{hint}") from None
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    out = OmegaConf.to_container(cfg, resolve=True)
+    for ov in late:
+        key, _, value = ov.partition("=")
+        if key not in out:
+            raise ConfigError(f"bad override for `{config_name}`: unknown key {key!r}; "
+                              f"valid keys: {', '.join(sorted(out))}")
+        out[key] = _parse_value(value)
+    return out  # type: ignore[return-value]
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value the way Hydra reads one: YAML scalars (1, 0.5, true, null) else a string."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, type(None), str)) else text
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

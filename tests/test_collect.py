@@ -1,0 +1,202 @@
+"""`wm collect` / `wm inspect` / `wm preview` end to end on TwoRoom at tiny sizes.
+
+Includes the crash-safety proof: a real collection process is SIGKILLed at random moments, the
+dataset is read after every kill (only whole episodes, never duplicates), and `resume=true`
+finishes it into exactly the data of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worldmodel import dataset as D
+from worldmodel.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+COLS = ("pixels", "action", "state", "proprio")
+SMALL = ["env=tworoom", "episodes=4", "image_size=32", "episode_len=20", "seed=3", "progress=false"]
+
+
+def _collect(out: Path, *extra: str) -> int:
+    return main(["collect", *SMALL, f"out={out}", *extra])
+
+
+def _same(a: D.Dataset, b: D.Dataset) -> None:
+    assert a.ep_index.tolist() == b.ep_index.tolist() and a.ep_seed.tolist() == b.ep_seed.tolist()
+    for k in COLS:
+        np.testing.assert_array_equal(a.columns[k], b.columns[k])
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("collect") / "tw"
+    assert _collect(out, "workers=2") == 0
+    return out
+
+
+def test_collect_round_trip(two_workers):
+    ds = D.load_dataset(two_workers, columns=COLS)
+    assert (ds.num_episodes, ds.num_frames) == (4, 80)
+    assert ds.pixels.shape == (80, 32, 32, 3) and ds.pixels.dtype == np.uint8
+    assert ds.state.shape == (80, 4) and ds.proprio.shape == (80, 4) and ds.action.shape == (80, 2)
+    last = ds.ep_offset + ds.ep_len - 1
+    assert np.isnan(ds.action[last]).all()                             # no action at the last row
+    acted = np.delete(ds.action, last, axis=0)
+    assert np.isfinite(acted).all() and (np.abs(acted) <= 1.0).all()   # clipped to the bounds
+    assert ds.pixels.std() > 0 and np.abs(np.diff(ds.state[:20, :2], axis=0)).sum() > 0
+    assert len(list(two_workers.glob("shard_*.h5"))) == 2              # one shard per worker
+    meta = json.loads((two_workers / "meta.json").read_text())
+    assert meta["format"] == D.FORMAT and meta["env"] == "tworoom" and meta["env_id"] == "wm/TwoRoom-v0"
+    assert (meta["episodes"], meta["episode_len"], meta["image_size"], meta["action_dim"]) == (4, 20, 32, 2)
+    assert meta["state_names"] == ["x", "y", "vx", "vy"] and meta["policy"] == "expert"
+    assert "mujoco" in meta["versions"] and meta["command"][:2] == ["wm", "collect"]
+    cfg = json.loads((two_workers / "config.json").read_text())
+    assert cfg["episode_len"] == 20 and cfg["policy"] == "expert" and cfg["env"]["name"] == "tworoom"
+
+
+def test_deterministic_across_worker_counts_and_shards(two_workers, tmp_path):
+    assert _collect(tmp_path / "w1", "workers=1") == 0
+    _same(D.load_dataset(two_workers, columns=COLS), D.load_dataset(tmp_path / "w1", columns=COLS))
+    union = tmp_path / "union"
+    for i in (0, 1):                            # two "machines", merged by copying the shards
+        part = tmp_path / f"m{i}"
+        assert _collect(part, "workers=1", f"shard={i}", "num_shards=2") == 0
+        assert len(D.load_dataset(part, columns=()).ep_len) == 2
+        shutil.copytree(part, union, dirs_exist_ok=True)
+    metas = [json.loads((tmp_path / f"m{i}" / "meta.json").read_text()) for i in (0, 1)]
+    for m in metas:
+        assert m.pop("command")[-2:] == ["shard=0..1", "num_shards=2"]     # differ only in out=
+    assert metas[0] == metas[1]
+    _same(D.load_dataset(two_workers, columns=COLS), D.load_dataset(union, columns=COLS))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["env=nosuchenv"], "tworoom"),                                    # lists the envs
+    (["episodes"], "key=value"),                                       # malformed override
+    (["workers=0"], "workers must be >= 1"),
+    (["policy=nosuch"], "expert"),                                     # lists the policies
+    (["shard=2", "num_shards=2"], "shard must be in"),
+    (["bogus=1"], "bogus"),
+    (["resume=true", "overwrite=true"], "only one of"),
+])
+def test_bad_input_refused_before_any_work(tmp_path, capsys, args, needle):
+    out = tmp_path / "never"
+    assert main(["collect", *SMALL, f"out={out}", *args]) == 2
+    assert needle in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_existing_output_and_changed_config_refused(two_workers, capsys):
+    before = sorted(p.name for p in two_workers.rglob("*"))
+    assert _collect(two_workers, "workers=2") == 2
+    err = capsys.readouterr().err
+    assert "resume=true" in err and "overwrite=true" in err
+    assert _collect(two_workers, "resume=true", "seed=4", "episode_len=21") == 2
+    err = capsys.readouterr().err
+    assert "episode_len: 20 -> 21" in err and "seed: 3 -> 4" in err
+    assert sorted(p.name for p in two_workers.rglob("*")) == before
+    assert _collect(two_workers, "resume=true", "workers=1") == 0     # nothing left to do: a no-op
+    assert D.load_dataset(two_workers, columns=()).num_episodes == 4
+
+
+def test_overwrite_refuses_foreign_directory(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("precious")
+    assert _collect(tmp_path, "overwrite=true") == 2
+    assert "not a wm dataset" in capsys.readouterr().err and (tmp_path / "notes.txt").exists()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume(tmp_path):
+    crash = tmp_path / "crash"
+    args = ["collect", "env=tworoom", "episodes=96", "episode_len=30", "image_size=32", "seed=11",
+            "workers=2", "progress=false", "resume=true", f"out={crash}"]
+    assert main([*args[:-2], "workers=1", f"out={tmp_path / 'ref'}"]) == 0
+    ref = D.load_dataset(tmp_path / "ref", columns=COLS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MUJOCO_GL": "egl"}
+    code = "import sys; from worldmodel.cli import main; sys.exit(main(sys.argv[1:]))"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(6):
+        before = len(D.committed_indices(crash)) if crash.exists() else 0
+        p = subprocess.Popen([sys.executable, "-c", code, *args], env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt == 0:
+            time.sleep(rng.uniform(0.2, 1.5))                         # during start-up
+        else:                                                          # while episodes are flowing
+            t0 = time.time()
+            while p.poll() is None and time.time() - t0 < 30 and \
+                    (len(D.committed_indices(crash)) if crash.exists() else 0) <= before:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.1))
+        if p.poll() is not None:                                       # finished before the kill
+            break
+        kids = _children(p.pid)
+        os.kill(p.pid, signal.SIGKILL) if attempt % 2 else os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        kills += 1
+        deadline = time.time() + 10                                    # workers die with their parent
+        while not all(_gone(k) for k in kids) and time.time() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(k) for k in kids), "workers outlived the killed collection"
+        if crash.exists() and D.committed_indices(crash):
+            ds = D.load_dataset(crash, columns=COLS)                   # readable after any kill
+            assert (ds.ep_len == 30).all() and len(set(ds.ep_index.tolist())) == ds.num_episodes
+            for e, i in enumerate(ds.ep_index):                        # every episode whole and exact
+                np.testing.assert_array_equal(ds.episode(e)["pixels"], ref.episode(int(i))["pixels"])
+                np.testing.assert_array_equal(ds.episode(e)["state"], ref.episode(int(i))["state"])
+        if kills == 4:
+            break
+    assert kills >= 3, f"the collection finished after only {kills} kills (machine too slow to poll?)"
+    assert main(args) == 0                                             # resume to completion
+    _same(ref, D.load_dataset(crash, columns=COLS))
+    assert not list(crash.rglob("*.tmp")) and not (crash / D.STAGING).exists()
+
+
+def test_inspect_reports_stats_and_metrics(two_workers, capsys):
+    assert main(["inspect", str(two_workers), "json=true"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["episodes"], r["frames"], r["episode_len"]["mean"]) == (4, 80, 20.0)
+    assert len(r["action"]["mean"]) == 2 and r["state"]["names"] == ["x", "y", "vx", "vy"]
+    assert -1.0 <= r["action"]["min"][0] <= r["action"]["max"][0] <= 1.0
+    assert 0.0 <= r["metrics"]["crossed_door"]["mean"] <= 1.0 and r["disk_bytes"] > 80 * 32 * 32 * 3
+    assert main(["inspect", str(two_workers)]) == 0
+    text = capsys.readouterr().out
+    assert "crossed_door:" in text and "% of episodes" in text and "episodes 4" in text
+
+
+def test_preview_mp4_and_gif_fallback(two_workers, tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    import worldmodel.preview as preview
+
+    assert main(["preview", str(two_workers), "episodes=2", f"out={tmp_path / 'p.mp4'}"]) == 0
+    frames = iio.imread(tmp_path / "p.mp4")
+    assert frames.shape[0] == 20 and frames.shape[1] >= 128 and frames.std() > 0
+    monkeypatch.setattr(preview, "ffmpeg_available", lambda: False)
+    assert main(["preview", str(two_workers), "episodes=3", "layout=sequence", f"out={tmp_path / 'q.mp4'}"]) == 0
+    assert not (tmp_path / "q.mp4").exists()
+    assert iio.imread(tmp_path / "q.gif").shape[0] == 60

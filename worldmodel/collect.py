@@ -1,0 +1,444 @@
+"""`wm collect`: roll out a scripted policy in a simulator into a crash-safe HDF5 dataset.
+
+    wm collect env=tworoom episodes=1000 workers=2 out=data/tworoom seed=0 image_size=64
+
+Each worker process owns a contiguous block of global episode indices, stages every finished
+episode atomically and packs its episodes into one shard at the end (see `worldmodel.dataset`).
+Episode i is seeded by `episode_seed(seed, i)` alone, so the data do not depend on the number of
+workers, and `shard=i num_shards=n` lets n machines each collect a disjoint index range into
+shards that merge, by copying into one directory, into the dataset a single machine would make.
+A `kill -9` loses only the episodes in flight; `resume=true` finishes the rest.
+
+Workers are forked from a fork server that imported the simulators once (fast start-up); they
+die with the collection (PR_SET_PDEATHSIG plus a parent check per episode) and hold a shared
+"writers" lock, so a resume first waits until no writer of a killed run is left.
+"""
+from __future__ import annotations
+
+import fcntl
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from worldmodel import dataset as D
+from worldmodel.config import ConfigError, save_resolved
+
+
+@dataclass
+class EnvConfig:
+    """configs/env/<name>.yaml: which simulator, its default episode length and data policy."""
+
+    name: str = "tworoom"
+    episode_len: int = 100
+    policy: str = "expert"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CollectConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    episodes: int = 100
+    workers: int = 2
+    out: str | None = None            # null -> data/<env name>
+    seed: int = 0
+    image_size: int = 64
+    policy: str | None = None         # null -> env.policy
+    episode_len: int | None = None    # null -> env.episode_len (rows per episode)
+    shard: int = 0                    # this machine's part of a multi-machine collection ...
+    num_shards: int = 1               # ... out of num_shards
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.env, dict):
+            self.env = EnvConfig(**self.env)
+        self.policy = self.policy or self.env.policy
+        self.episode_len = self.episode_len if self.episode_len is not None else self.env.episode_len
+        self.out = self.out or f"data/{self.env.name}"
+        checks = [
+            (self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}"),
+            (self.workers >= 1, f"workers must be >= 1, got {self.workers}; e.g. workers={os.cpu_count() or 1}"),
+            (self.episode_len >= 2, f"episode_len must be >= 2 (rows per episode), got {self.episode_len}"),
+            (self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.num_shards >= 1, f"num_shards must be >= 1, got {self.num_shards}"),
+            (0 <= self.shard < self.num_shards,
+             f"shard must be in [0, num_shards={self.num_shards}), got shard={self.shard}"),
+            (self.num_shards <= self.episodes, f"num_shards={self.num_shards} > episodes={self.episodes}"),
+            (not (self.resume and self.overwrite), "pass only one of resume=true / overwrite=true"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def key(self) -> dict[str, Any]:
+        """What defines the data: a resume must match it exactly (workers may differ)."""
+        return {"env": self.env.name, "env_kwargs": self.env.kwargs, "policy": self.policy,
+                "episode_len": self.episode_len, "seed": self.seed, "image_size": self.image_size,
+                "episodes": self.episodes, "num_shards": self.num_shards}
+
+    def command(self) -> list[str]:
+        """A `wm collect` command line reproducing this collection."""
+        kw = [f"+env.kwargs.{k}={v}" for k, v in self.env.kwargs.items()]
+        return ["wm", "collect", f"env={self.env.name}", *kw, f"episodes={self.episodes}",
+                f"workers={self.workers}", f"out={self.out}", f"seed={self.seed}",
+                f"image_size={self.image_size}", f"policy={self.policy}", f"episode_len={self.episode_len}",
+                f"shard={self.shard}", f"num_shards={self.num_shards}"]
+
+
+CONFIG = CollectConfig
+CONFIG_NAME = "collect"
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """Seed of global episode `index`: a function of (seed, index) only, so worker count and
+    sharding never change the data."""
+    return int(np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def shard_range(episodes: int, shard: int, num_shards: int) -> range:
+    """Global episode indices collected by machine `shard` of `num_shards` (contiguous blocks)."""
+    return range(shard * episodes // num_shards, (shard + 1) * episodes // num_shards)
+
+
+def rollout(env: Any, policy_name: str, seed: int, index: int, length: int) -> dict[str, Any]:
+    """One episode of up to `length` rows. Row t: observation/state at step t and the (clipped)
+    action applied at t; the last row's action is NaN. Ends early if the env terminates."""
+    import envs
+
+    s = episode_seed(seed, index)
+    obs, info = env.reset(seed=s)
+    policy = envs.make_policy(policy_name, env, np.random.default_rng([s, 1]))
+    policy.reset(obs, info)
+    A = env.action_space.shape[0]
+    st, pr = np.asarray(info["state"]), np.asarray(info["proprio"])
+    pixels = np.empty((length, *obs.shape), np.uint8)                 # (L, H, W, 3)
+    action = np.full((length, A), np.nan, np.float32)                 # (L, A)
+    state = np.empty((length, st.shape[0]), np.float64)               # (L, S)
+    proprio = np.empty((length, pr.shape[0]), np.float32)             # (L, P)
+    n = length
+    for t in range(length):
+        pixels[t], state[t], proprio[t] = obs, info["state"], info["proprio"]
+        if t == length - 1:
+            break
+        a = env.clip_action(policy.act(obs, info))
+        action[t] = a
+        obs, _, terminated, truncated, info = env.step(a)
+        if terminated or truncated:
+            pixels[t + 1], state[t + 1], proprio[t + 1] = obs, info["state"], info["proprio"]
+            n = t + 2
+            break
+    return {"pixels": pixels[:n], "action": action[:n], "state": state[:n], "proprio": proprio[:n],
+            "ep_index": index, "ep_seed": s}
+
+
+# ------------------------------------------------------------------------------------------------
+# workers
+# ------------------------------------------------------------------------------------------------
+def _collect_block(job: dict[str, Any], report: Callable[[tuple], None]) -> None:
+    """Collect the episodes `job["indices"]`, staging each, then pack them into one shard."""
+    import envs
+
+    writing = _writer_lock(Path(job["out"]), job["shard"])    # held while this process may write
+    try:
+        if job.get("parent") and not _alive(job["parent"]):
+            os._exit(1)                                         # started for a run already killed
+        env = envs.make(job["env"], image_size=job["image_size"], **job["env_kwargs"])
+        staged, t0 = [], time.perf_counter()
+        try:
+            for i in job["indices"]:
+                if job.get("parent") and not _alive(job["parent"]):
+                    os._exit(1)                                 # orphaned: the collection was killed
+                ep = rollout(env, job["policy"], job["seed"], i, job["episode_len"])
+                staged.append(D.stage_episode(job["out"], ep))
+                report(("ep", len(ep["action"])))
+        finally:
+            env.close()
+        shard = D.pack_shard(job["out"], staged, job["attrs"])
+    finally:
+        writing.close()
+    report(("done", str(shard), len(staged), time.perf_counter() - t0))
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILLed when the parent (the fork server, which exits with the collection)
+    dies, so a killed collection leaves no orphan writers."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (a killed parent not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _writer_lock(out: Path, shard: int) -> Any:
+    """Shared lock every episode writer holds while it may write; see `_wait_for_writers`."""
+    fh = open(out / f".writers-shard{shard:03d}", "a")
+    fcntl.flock(fh, fcntl.LOCK_SH)
+    return fh
+
+
+def _wait_for_writers(out: Path, shard: int, timeout: float = 60.0) -> None:
+    """Block until no writer of an earlier (killed) run is alive: its workers die with it, but
+    not instantly, and a resume must never race them for the same episodes."""
+    with open(out / f".writers-shard{shard:03d}", "a") as fh:
+        t0 = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return                                   # closing the file releases it
+            except BlockingIOError:
+                if time.monotonic() - t0 > timeout:
+                    raise FileExistsError(
+                        f"worker processes of an earlier collection are still writing to {out} after "
+                        f"{timeout:.0f} s; find them with `fuser {fh.name}`, stop them, then resume") from None
+                time.sleep(0.05)
+
+
+def _worker(job: dict[str, Any], q: Any) -> None:
+    """Process entry point: Ctrl-C is the parent's to handle; errors go back as tracebacks."""
+    _die_with_parent()
+    if not _alive(job["parent"]):
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["MUJOCO_GL"] = "egl"
+    try:
+        _collect_block(job, q.put)
+    except BaseException:  # noqa: BLE001 - report everything to the parent
+        q.put(("error", traceback.format_exc()))
+        raise SystemExit(1)
+
+
+def _context() -> Any:
+    """A forkserver context that has imported the simulators once, so each worker starts in
+    milliseconds instead of re-importing MuJoCo / dm_control (seconds) like `spawn` would.
+    Calling it early overlaps that import with the main process's own start-up work."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["worldmodel.collect", "envs"])
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return ctx
+
+
+def _run_workers(jobs: list[dict[str, Any]], on_msg: Callable[[tuple], None]) -> None:
+    """Start one worker process per job and pump their messages until all finish."""
+    ctx = _context()
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(j, q), daemon=True, name=f"wm-collect-{k}")
+             for k, j in enumerate(jobs)]
+    for p in procs:
+        p.start()
+    done = 0
+    try:
+        while done < len(procs):
+            try:
+                msg = q.get(timeout=0.5)
+            except queue_mod.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"collection worker {dead[0].name} died (exit code {dead[0].exitcode}); "
+                                       "finished episodes are kept: re-run with resume=true")
+                continue
+            if msg[0] == "error":
+                raise RuntimeError(f"a collection worker failed:\n{msg[1]}")
+            done += msg[0] == "done"
+            on_msg(msg)
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+# ------------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("worldmodel", "numpy", "mujoco", "dm-control", "gymnasium", "h5py", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
+    """Check env and policy names and kwargs by building them once; returns (name, id, EnvInfo)."""
+    import envs
+    from envs.registry import GENERIC, IDS
+
+    short, _ = envs.resolve(cfg.env.name)       # ValueError listing the envs
+    if cfg.policy not in envs.list_policies():
+        raise ValueError(f"unknown policy {cfg.policy!r}; choose one of {envs.list_policies()} (policy=...)")
+    try:
+        env = envs.make(cfg.env.name, image_size=cfg.image_size, **cfg.env.kwargs)
+    except TypeError as e:
+        raise ValueError(f"env {cfg.env.name!r} rejected env.kwargs {cfg.env.kwargs}: {e}") from None
+    try:
+        envs.make_policy(cfg.policy, env, np.random.default_rng(0))
+        info = env.env_info()
+    finally:
+        env.close()
+    name = cfg.env.name if short == GENERIC else short
+    env_id = next((i for i, s in IDS.items() if s == short), cfg.env.name) if short != GENERIC else cfg.env.name
+    return name, env_id, info
+
+
+def _prepare_out(cfg: CollectConfig, out: Path) -> None:
+    """Refuse to clobber or mix data before any work; honour overwrite / resume."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"out={out} is a file; choose a directory path")
+    looks_like_data = (out / D.META).exists() or any(out.glob("shard_*.h5")) or (out / D.STAGING).exists()
+    if cfg.overwrite:
+        if not looks_like_data:
+            raise FileExistsError(f"out={out} exists and is not a wm dataset; refusing to delete it with "
+                                  "overwrite=true. Choose another out=...")
+        shutil.rmtree(out)
+        return
+    if not cfg.resume:
+        raise FileExistsError(f"out={out} already exists; pass resume=true to finish that collection or "
+                              "overwrite=true to replace it (or choose another out=...)")
+    if not (out / D.META).exists():
+        if not looks_like_data and all(p.name.startswith((".lock", ".writers", D.META, "config")) for p in out.iterdir()):
+            return                              # killed before anything was written: start afresh
+        raise FileExistsError(f"out={out} has no {D.META}; it is not a wm dataset to resume. Use another out=...")
+    old = D.read_meta(out / D.META).get("key", {})
+    new = cfg.key()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ValueError(f"resume=true with a different config than {out / D.META} ({detail}); "
+                         "use the original values, or overwrite=true / another out=... for new data")
+
+
+def _lock(out: Path, shard: int) -> Any:
+    """One collector per shard of a directory at a time (released by the kernel even on kill -9)."""
+    fh = open(out / f".lock-shard{shard:03d}", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise FileExistsError(f"another `wm collect` is writing shard {shard} of {out}; wait for it to "
+                              "finish (or kill it and re-run with resume=true)") from None
+    return fh
+
+
+def run(cfg: CollectConfig) -> dict[str, Any]:
+    """Collect `cfg.episodes` episodes (this machine's shard of them) into `cfg.out`."""
+    if cfg.workers > 1:
+        _context()                              # start importing in the fork server now
+    name, env_id, info = _probe(cfg)
+    out = Path(cfg.out)  # type: ignore[arg-type]
+    _prepare_out(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out, cfg.shard)
+    try:
+        _wait_for_writers(out, cfg.shard)
+        return _collect(cfg, out, name, env_id, info)
+    finally:
+        lock.close()
+
+
+def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -> dict[str, Any]:
+    key = cfg.key()
+    command = cfg.command()
+    if cfg.num_shards > 1:                      # meta.json is identical on every machine
+        command = [c if not c.startswith("shard=") else f"shard=0..{cfg.num_shards - 1}" for c in command]
+    meta = {"format": D.FORMAT, "env": name, "env_id": env_id, "env_kwargs": cfg.env.kwargs,
+            "image_size": cfg.image_size, "action_dim": int(len(info.action_low)),
+            "action_low": info.action_low.tolist(), "action_high": info.action_high.tolist(),
+            "control_hz": float(info.control_hz), "frameskip": 1, "policy": cfg.policy, "seed": cfg.seed,
+            "episodes": cfg.episodes, "episode_len": cfg.episode_len, "num_shards": cfg.num_shards,
+            "state_names": list(info.state_names), "proprio_names": list(info.proprio_names),
+            "env_info": info.to_json(), "versions": _versions(), "command": command, "key": key}
+    for tmp in out.glob(f"{D.META}.*.tmp"):     # left by a killed run (its pid is gone)
+        pid = tmp.name.split(".")[-2]
+        if not pid.isdigit() or not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+    if not (out / D.META).exists():
+        D.write_json_atomic(out / D.META, meta)
+    save_resolved(cfg, out, "config.json" if cfg.num_shards == 1 else f"config_shard{cfg.shard:03d}.json")
+    attrs = {"format": D.FORMAT, "key": key}
+    block = shard_range(cfg.episodes, cfg.shard, cfg.num_shards)
+    recovered = D.recover(out, block, attrs)
+    remaining = sorted(set(block) - D.committed_indices(out))
+    n_workers = min(cfg.workers, len(remaining))
+    chunks = [c.tolist() for c in np.array_split(np.array(remaining, np.int64), n_workers)] if remaining else []
+    jobs = [{"out": str(out), "env": name, "env_kwargs": cfg.env.kwargs, "image_size": cfg.image_size,
+             "policy": cfg.policy, "seed": cfg.seed, "episode_len": cfg.episode_len, "indices": c,
+             "attrs": attrs, "parent": os.getpid(), "shard": cfg.shard} for c in chunks]
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(remaining) * cfg.episode_len, unit="frame", unit_scale=True, smoothing=0.1,
+               desc=f"collect {name}", disable=not cfg.progress or not remaining, file=sys.stderr)
+    stats = {"frames": 0, "episodes": 0, "shards": []}
+
+    def on_msg(msg: tuple) -> None:
+        if msg[0] == "ep":
+            stats["frames"] += msg[1]
+            stats["episodes"] += 1
+            bar.update(msg[1])
+            bar.set_postfix(episodes=f"{stats['episodes']}/{len(remaining)}", refresh=False)
+        elif msg[0] == "done" and msg[1] != "None":
+            stats["shards"].append(msg[1])
+
+    try:
+        if len(jobs) == 1:                      # one worker: no process to spawn
+            _collect_block({**jobs[0], "parent": None}, on_msg)
+        elif jobs:
+            _run_workers(jobs, on_msg)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    try:
+        (out / D.STAGING).rmdir()               # only succeeds when empty
+    except OSError:
+        pass
+    total = len(D.committed_indices(out) & set(block))
+    summary = {"out": str(out), "episodes": total, "new_episodes": stats["episodes"],
+               "recovered_episodes": recovered, "frames": stats["frames"], "seconds": round(seconds, 3),
+               "frames_per_s": round(stats["frames"] / seconds, 1) if stats["frames"] else 0.0,
+               "workers": n_workers, "shards": stats["shards"]}
+    if cfg.progress:
+        print(f"collected {stats['episodes']} episodes ({stats['frames']} frames) in {seconds:.1f} s "
+              f"({summary['frames_per_s']} frames/s); {total}/{len(block)} episodes in {out}", file=sys.stderr)
+    return summary
+
+
+__all__ = ["CollectConfig", "EnvConfig", "CONFIG", "CONFIG_NAME", "run", "rollout", "episode_seed",
+           "shard_range"]

@@ -1,0 +1,437 @@
+"""The dataset format: crash-safe episode writing and a fast in-memory reader.
+
+A dataset is a directory with `meta.json` and HDF5 shards `shard_<first episode index>.h5`, each
+holding per-column arrays over all its rows (`pixels` (N,H,W,3) uint8, `action` (N,A) float32,
+`state` (N,S) float64, `proprio` (N,P) float32) and per-episode arrays (`ep_len`, `ep_offset`,
+`ep_seed`, `ep_index`) -- the LeWM / stable-worldmodel layout, so one of their `.h5` files loads too.
+
+Crash safety (a `kill -9` at any moment must lose at most the episode in flight):
+  1. every finished episode is *staged*: written to `.staging/ep_<index>.npz.<pid>.tmp`, renamed to
+     `ep_<index>.npz` (a rename is atomic, so a staged file is always a whole episode);
+  2. a worker *packs* its staged episodes into one shard at its end: the HDF5 file is written under
+     a temporary name, fsynced, and renamed; only then are the staged files deleted. A shard is
+     therefore written exactly once and never modified, so it can never be left half-written;
+  3. the reader returns shards plus staged episodes not already in a shard (deduplicated by the
+     global `ep_index`), ignoring `*.tmp`; `recover()` (run by `resume=true`) deletes temporaries and
+     packs leftover staged episodes, so a resumed collection never duplicates an episode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+FORMAT = "wm-hdf5-v1"
+META = "meta.json"
+STAGING = ".staging"
+EPISODE_KEYS = ("ep_len", "ep_offset", "ep_seed", "ep_index")
+ROW_COLUMNS = ("pixels", "action", "state", "proprio")
+_SHARD_RE = re.compile(r"^shard_(\d+)\.h5$")
+_STAGED_RE = re.compile(r"^ep_(\d+)\.npz$")
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------------
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON via temp file + fsync + rename, so readers never see a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def stage_episode(out_dir: str | os.PathLike, episode: dict[str, Any]) -> Path:
+    """Atomically stage one finished episode as `.staging/ep_<index>.npz`.
+
+    `episode` holds row arrays (`pixels`, `action`, ...; equal first dims) and ints `ep_index`,
+    `ep_seed`. Survives the death of the process (not of the machine: no fsync, for speed).
+    """
+    staging = Path(out_dir) / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    index = int(episode["ep_index"])
+    final = staging / f"ep_{index:08d}.npz"
+    tmp = staging / f"ep_{index:08d}.npz.{os.getpid()}.tmp"     # per-process: writers never share a file
+    try:
+        f = open(tmp, "wb")
+    except FileNotFoundError:                 # staging dir removed by a finishing collector
+        staging.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, "wb")
+    with f:
+        np.savez(f, **{k: np.asarray(v) for k, v in episode.items()})
+    os.replace(tmp, final)
+    return final
+
+
+def pack_shard(out_dir: str | os.PathLike, staged: Sequence[Path], attrs: dict[str, Any]) -> Path | None:
+    """Pack staged episodes into a new shard `shard_<min index>.h5` (temp + fsync + rename).
+
+    Streams one episode at a time (memory stays one episode). The staged files are deleted only
+    after the shard is in place; a crash in between leaves duplicates that the reader and
+    `recover` drop by `ep_index`. Returns the shard path (None when nothing was staged).
+    """
+    import h5py
+
+    if not staged:
+        return None
+    staged = sorted(staged, key=_staged_index)
+    index, seed, lens, members = [], [], [], []
+    for p in staged:                                     # pass 1: sizes only (npz loads lazily)
+        with np.load(p) as z:
+            rows = [k for k in z.files if k in ROW_COLUMNS]
+            index.append(int(z["ep_index"]))
+            seed.append(int(z["ep_seed"]))
+            lens.append(len(z["action"] if "action" in rows else z[rows[0]]))
+            members.append(set(rows))
+    cols = sorted(set.intersection(*members))
+    lens_a = np.array(lens, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64)
+    final = Path(out_dir) / f"shard_{index[0]:05d}.h5"
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; run collection with resume=true to recover")
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        with np.load(staged[0]) as z:
+            dsets = {c: f.create_dataset(c, (int(lens_a.sum()), *z[c].shape[1:]), dtype=z[c].dtype) for c in cols}
+        for p, off, n in zip(staged, offsets, lens_a):  # pass 2: copy rows
+            with np.load(p) as z:
+                for c in cols:
+                    dsets[c][off:off + n] = z[c]
+        f["ep_len"], f["ep_offset"] = lens_a, offsets
+        f["ep_seed"], f["ep_index"] = np.array(seed, np.int64), np.array(index, np.int64)
+        f.attrs["wm_meta"] = json.dumps(attrs)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    for p in staged:
+        p.unlink(missing_ok=True)
+    return final
+
+
+def committed_indices(out_dir: str | os.PathLike) -> set[int]:
+    """Global indices of every finished episode (in shards or staged)."""
+    shards, staged = _scan(Path(out_dir))
+    _close(shards)
+    return {i for s in shards if s.ep_index is not None for i in s.ep_index.tolist()} | set(staged)
+
+
+def recover(out_dir: str | os.PathLike, index_range: range, attrs: dict[str, Any]) -> int:
+    """Clean up after a crash within `index_range`: drop temporaries and staged duplicates, pack
+    leftover staged episodes into a shard. Returns the number of episodes packed.
+
+    Only call it while no writer can be alive (`wm collect` waits on its writers lock first)."""
+    out_dir = Path(out_dir)
+    for d in (out_dir, out_dir / STAGING):
+        for tmp in d.glob("*.tmp") if d.is_dir() else []:
+            m = re.match(r"^(?:shard|ep)_(\d+)\.", tmp.name)
+            if m and int(m.group(1)) in index_range:
+                tmp.unlink(missing_ok=True)
+    shards, staged = _scan(out_dir)
+    _close(shards)
+    in_shards = {i for s in shards if s.ep_index is not None for i in s.ep_index.tolist()}
+    leftovers = []
+    for idx, p in staged.items():
+        if idx not in index_range:
+            continue
+        if idx in in_shards:
+            p.unlink(missing_ok=True)       # packed, then the process died before deleting it
+        else:
+            leftovers.append(p)
+    pack_shard(out_dir, leftovers, attrs)
+    return len(leftovers)
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    """Whole columns in memory, episodes concatenated in `ep_index` order.
+
+    `columns[name]` is (N, ...) contiguous; episode e spans rows
+    `ep_offset[e] : ep_offset[e] + ep_len[e]`.
+    """
+
+    meta: dict[str, Any]
+    columns: dict[str, np.ndarray]
+    ep_len: np.ndarray                      # (E,) int64
+    ep_offset: np.ndarray                   # (E,) int64
+    ep_index: np.ndarray                    # (E,) int64 global episode index (position if unknown)
+    ep_seed: np.ndarray | None = None       # (E,) int64, None for foreign files
+    path: Path = field(default_factory=Path)
+    available: tuple[str, ...] = ()         # row columns present in the files
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.ep_len.shape[0])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.ep_len.sum())
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            where = "was not requested" if name in self.available else "is not in this dataset"
+            raise ValueError(
+                f"column {name!r} {where} ({self.path}); loaded: {sorted(self.columns)}, "
+                f"available: {list(self.available)}. Pass columns=(..., {name!r}) to load_dataset.")
+        return self.columns[name]
+
+    @property
+    def pixels(self) -> np.ndarray:
+        return self.column("pixels")
+
+    @property
+    def action(self) -> np.ndarray:
+        return self.column("action")
+
+    @property
+    def state(self) -> np.ndarray:
+        return self.column("state")
+
+    @property
+    def proprio(self) -> np.ndarray:
+        return self.column("proprio")
+
+    def episode(self, e: int) -> dict[str, np.ndarray]:
+        """Views of every loaded column for episode position `e`."""
+        a, n = int(self.ep_offset[e]), int(self.ep_len[e])
+        return {k: v[a:a + n] for k, v in self.columns.items()}
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    columns: Iterable[str] = ("pixels", "action", "state"),
+    episodes: int | Sequence[int] | None = None,
+) -> Dataset:
+    """Load a dataset directory or a single LeWM-style `.h5` file into memory.
+
+    `episodes`: None (all), an int n (the first n), or positions into the `ep_index` order.
+    Requested columns that the data lacks are left out (accessing them raises ValueError).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"dataset path {path} does not exist; collect one with `wm collect out={path}`")
+    if path.is_dir():
+        meta_path = path / META
+        meta = read_meta(meta_path) if meta_path.exists() else {}
+        sources = _dir_sources(path)
+        if not sources:
+            what = "no episodes yet" if meta else "no meta.json and no shard_*.h5 files"
+            raise ValueError(f"{path} holds {what}; is it a dataset directory made by `wm collect`?")
+    else:
+        sources = [_H5Source(path)]
+        meta = sources[0].attrs or {"format": "external-hdf5", "source": str(path)}
+    try:
+        return _assemble(path, meta, sources, tuple(columns), episodes)
+    finally:
+        _close(sources)
+
+
+def _dir_sources(path: Path, attempts: int = 5) -> list["_Source"]:
+    """Shards plus staged episodes not yet packed; retried if a concurrent pack deletes a staged file."""
+    for attempt in range(attempts):
+        shards, staged = _scan(path)
+        in_shards = {i for s in shards if s.ep_index is not None for i in s.ep_index.tolist()}
+        try:
+            return [*shards, *(_NpzSource(p) for i, p in sorted(staged.items()) if i not in in_shards)]
+        except FileNotFoundError:
+            _close(shards)
+            if attempt == attempts - 1:
+                raise ValueError(f"{path} keeps changing under the reader; retry when collection finishes") from None
+    return []
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a dataset's meta.json, refusing foreign or damaged files."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); re-create it with `wm collect ... resume=true`") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; not a wm dataset")
+    return meta
+
+
+def _staged_index(p: Path) -> int:
+    return int(_STAGED_RE.match(p.name).group(1))  # type: ignore[union-attr]
+
+
+def _scan(out_dir: Path) -> tuple[list["_H5Source"], dict[int, Path]]:
+    """Open every shard and list staged episodes. Staged files are listed first so that a pack
+    running concurrently can only make an episode appear twice (deduplicated), never vanish."""
+    staging = out_dir / STAGING
+    staged = {}
+    if staging.is_dir():
+        for p in staging.iterdir():
+            if _STAGED_RE.match(p.name):
+                staged[_staged_index(p)] = p
+    shards = [_H5Source(p) for p in sorted(out_dir.glob("shard_*.h5")) if _SHARD_RE.match(p.name)]
+    return shards, staged
+
+
+def _close(sources: Iterable["_Source"]) -> None:
+    for s in sources:
+        if isinstance(s, _H5Source):
+            s.f.close()
+
+
+class _Source:
+    """One file's episodes: per-episode arrays plus a way to copy row ranges of a column."""
+
+    ep_len: np.ndarray
+    ep_offset: np.ndarray
+    ep_index: np.ndarray | None
+    ep_seed: np.ndarray | None
+    row_columns: dict[str, tuple[tuple[int, ...], np.dtype]]   # name -> (row shape, dtype)
+    name: str
+
+    def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class _H5Source(_Source):
+    """A shard or foreign .h5 file: metadata read at open, rows copied straight into `out`."""
+
+    def __init__(self, path: Path):
+        import h5py
+
+        self.name = str(path)
+        try:
+            self.f = h5py.File(path, "r")
+        except OSError as e:
+            raise ValueError(f"{path} is not a readable HDF5 file ({e}); delete it or re-collect") from None
+        f = self.f
+        for key in ("ep_len", "ep_offset"):
+            if key not in f:
+                raise ValueError(f"{path} has no {key!r} dataset; not a LeWM/wm-style episode file "
+                                 f"(it has: {sorted(f.keys())})")
+        self.ep_len = f["ep_len"][()].astype(np.int64)
+        self.ep_offset = f["ep_offset"][()].astype(np.int64)
+        self.ep_index = f["ep_index"][()].astype(np.int64) if "ep_index" in f else None
+        self.ep_seed = f["ep_seed"][()].astype(np.int64) if "ep_seed" in f else None
+        self.attrs = json.loads(f.attrs["wm_meta"]) if "wm_meta" in f.attrs else None
+        self.row_columns = {k: (v.shape[1:], v.dtype) for k, v in f.items()
+                            if isinstance(v, h5py.Dataset) and k not in EPISODE_KEYS and v.ndim >= 1}
+        self._nchw = False
+        if "pixels" in self.row_columns:
+            shape, dt = self.row_columns["pixels"]
+            if len(shape) == 3 and shape[0] in (1, 3) and shape[-1] not in (1, 3):   # (C, H, W) rows
+                self._nchw = True
+                self.row_columns["pixels"] = ((shape[1], shape[2], shape[0]), dt)
+        _check_episodes(self)
+
+    def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
+        d = self.f[col]
+        if col == "pixels" and self._nchw:
+            out[...] = d[start:stop].transpose(0, 2, 3, 1)
+        elif out.dtype == d.dtype and out.flags.c_contiguous:
+            d.read_direct(out, source_sel=np.s_[start:stop])
+        else:
+            out[...] = d[start:stop]
+
+
+class _NpzSource(_Source):
+    """A staged episode (.npz): one episode, arrays loaded eagerly."""
+
+    def __init__(self, path: Path):
+        self.name = str(path)
+        try:
+            with np.load(path) as z:
+                self.arrays = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decode failure means a damaged file
+            raise ValueError(f"staged episode {path} is unreadable ({e}); delete it and resume") from None
+        rows = [k for k in self.arrays if k in ROW_COLUMNS]
+        n = len(self.arrays[rows[0]])
+        self.ep_len = np.array([n], np.int64)
+        self.ep_offset = np.zeros(1, np.int64)
+        self.ep_index = np.array([int(self.arrays["ep_index"])], np.int64)
+        self.ep_seed = np.array([int(self.arrays["ep_seed"])], np.int64)
+        self.row_columns = {k: (self.arrays[k].shape[1:], self.arrays[k].dtype) for k in rows}
+
+    def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
+        out[...] = self.arrays[col][start:stop]
+
+
+def _check_episodes(s: _Source) -> None:
+    n_rows = {k: None for k in s.row_columns}
+    if isinstance(s, _H5Source):
+        n_rows = {k: s.f[k].shape[0] for k in s.row_columns}
+    end = s.ep_offset + s.ep_len
+    if (s.ep_len.shape != s.ep_offset.shape or (s.ep_len < 1).any() or (s.ep_offset < 0).any()
+            or any(n is not None and len(end) and end.max() > n for n in n_rows.values())):
+        raise ValueError(f"{s.name}: ep_len/ep_offset are inconsistent with the row arrays; corrupt file")
+
+
+def _assemble(path: Path, meta: dict, sources: list[_Source], want: tuple[str, ...],
+              episodes: int | Sequence[int] | None) -> Dataset:
+    """Order episodes by ep_index, select, and copy each column into one contiguous array."""
+    for s in sources:
+        if isinstance(s, _H5Source) and s.attrs and meta and s.attrs.get("key") != meta.get("key"):
+            raise ValueError(f"{s.name} was collected with a different config than {path / META} "
+                             f"({s.attrs.get('key')} vs {meta.get('key')}); keep one collection per directory")
+    # (source id, local episode) for every episode, in global order
+    refs = [(si, e) for si, s in enumerate(sources) for e in range(len(s.ep_len))]
+    if all(s.ep_index is not None for s in sources):
+        keys = np.array([sources[si].ep_index[e] for si, e in refs], np.int64)  # type: ignore[index]
+        if len(np.unique(keys)) != len(keys):
+            raise ValueError(f"{path}: duplicate episode indices across shards; run `wm collect ... resume=true`")
+        refs = [refs[i] for i in np.argsort(keys, kind="stable")]
+    if episodes is not None:
+        pick = range(min(int(episodes), len(refs))) if isinstance(episodes, (int, np.integer)) else episodes
+        try:
+            refs = [refs[int(i)] for i in pick]
+        except IndexError:
+            raise ValueError(f"episode selection out of range: dataset has {len(refs)} episodes") from None
+    available = sorted(set.intersection(*(set(s.row_columns) for s in sources)))
+    partial = sorted(set.union(*(set(s.row_columns) for s in sources)) - set(available))
+    cols = [c for c in want if c in available]
+    bad = [c for c in want if c in partial]
+    if bad:
+        raise ValueError(f"{path}: column(s) {bad} exist in only some files; the shards are not one dataset")
+    lens = np.array([sources[si].ep_len[e] for si, e in refs], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    total = int(lens.sum())
+    out: dict[str, np.ndarray] = {}
+    for c in cols:
+        shape = sources[0].row_columns[c][0]
+        if any(s.row_columns[c][0] != shape for s in sources):
+            raise ValueError(f"{path}: column {c!r} has different shapes across files")
+        dtype = np.result_type(*(s.row_columns[c][1] for s in sources))
+        arr = np.empty((total, *shape), dtype)
+        for si, e0, dst, n in _runs(sources, refs, offsets, lens):
+            src = int(sources[si].ep_offset[e0])
+            sources[si].read(c, src, src + n, arr[dst:dst + n])
+        out[c] = arr
+    idx = np.array([sources[si].ep_index[e] if sources[si].ep_index is not None else k
+                    for k, (si, e) in enumerate(refs)], np.int64)
+    seeds = (np.array([sources[si].ep_seed[e] for si, e in refs], np.int64)
+             if all(s.ep_seed is not None for s in sources) else None)
+    return Dataset(meta, out, lens, offsets, idx, seeds, path, tuple(available))
+
+
+def _runs(sources: list[_Source], refs: list[tuple[int, int]], offsets: np.ndarray, lens: np.ndarray):
+    """Merge consecutive episodes that are contiguous in one source into single copies."""
+    run = None
+    for k, (si, e) in enumerate(refs):
+        s = sources[si]
+        if (run is not None and run[0] == si and int(s.ep_offset[e]) == int(s.ep_offset[run[1]]) + run[3]):
+            run[3] += int(lens[k])
+            continue
+        if run is not None:
+            yield tuple(run)
+        run = [si, e, int(offsets[k]), int(lens[k])]
+    if run is not None:
+        yield tuple(run)

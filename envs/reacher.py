@@ -16,7 +16,6 @@ from typing import Any
 
 import mujoco
 import numpy as np
-from dm_control.suite import reacher as dmc_reacher
 
 from envs.base import EnvInfo, GoalEnv
 from envs.registry import register_env
@@ -36,6 +35,8 @@ class Reacher(GoalEnv):
     """dm_control reacher arm; goal = joint configuration; success = every joint within 0.05 rad."""
 
     def __init__(self, image_size: int = 64, render_mode: str = "rgb_array"):
+        from dm_control.suite import reacher as dmc_reacher   # lazy: importing the suite costs ~2 s
+
         self.physics = dmc_reacher.Physics.from_xml_string(*dmc_reacher.get_model_and_assets())
         self.model: mujoco.MjModel = self.physics.model.ptr
         self.data: mujoco.MjData = self.physics.data.ptr

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from worldmodel import dataset as D
+from worldmodel import video
 from worldmodel.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,12 +192,11 @@ def test_inspect_reports_stats_and_metrics(two_workers, capsys):
 def test_preview_mp4_and_gif_fallback(two_workers, tmp_path, monkeypatch):
     import imageio.v3 as iio
 
-    import worldmodel.preview as preview
 
     assert main(["preview", str(two_workers), "episodes=2", f"out={tmp_path / 'p.mp4'}"]) == 0
     frames = iio.imread(tmp_path / "p.mp4")
     assert frames.shape[0] == 20 and frames.shape[1] >= 128 and frames.std() > 0
-    monkeypatch.setattr(preview, "ffmpeg_available", lambda: False)
+    monkeypatch.setattr(video, "ffmpeg_available", lambda: False)
     assert main(["preview", str(two_workers), "episodes=3", "layout=sequence", f"out={tmp_path / 'q.mp4'}"]) == 0
     assert not (tmp_path / "q.mp4").exists()
     assert iio.imread(tmp_path / "q.gif").shape[0] == 60

@@ -10,7 +10,6 @@ unavailable it falls back to an animated GIF (same frames, `.gif` suffix) and sa
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from worldmodel.config import ConfigError
 from worldmodel.dataset import load_dataset
+from worldmodel.video import write_video
 
 
 @dataclass
@@ -45,16 +45,6 @@ class PreviewConfig:
 
 CONFIG = PreviewConfig
 CONFIG_NAME = "preview"
-
-
-def ffmpeg_available() -> bool:
-    """Whether imageio can write MP4 (imageio-ffmpeg installed with a working binary)."""
-    try:
-        import imageio_ffmpeg
-
-        return bool(imageio_ffmpeg.get_ffmpeg_exe())
-    except Exception:  # noqa: BLE001 - any failure means no ffmpeg
-        return False
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
@@ -107,30 +97,6 @@ def make_frames(episodes: list[np.ndarray], indices: list[int], layout: str = "g
     return frames
 
 
-def write_video(frames: list[np.ndarray], out: Path, fps: float) -> Path:
-    """MP4 via ffmpeg when available, else GIF next to it; returns the path written."""
-    import imageio.v2 as iio
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if ffmpeg_available() and out.suffix.lower() != ".gif":
-        tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-        with iio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=16, quality=8,
-                            ffmpeg_log_level="error") as w:
-            for f in frames:
-                w.append_data(f)
-    else:
-        if out.suffix.lower() != ".gif":
-            print(f"wm preview: ffmpeg unavailable (pip install imageio-ffmpeg); writing a GIF instead",
-                  file=sys.stderr)
-            out = out.with_suffix(".gif")
-        import imageio.v3 as iio3
-
-        tmp = out.with_name(out.stem + ".tmp.gif")
-        iio3.imwrite(tmp, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
-    tmp.replace(out)
-    return out
-
-
 def run(cfg: PreviewConfig) -> dict[str, Any]:
     path = Path(cfg.path)  # type: ignore[arg-type]
     ds = load_dataset(path, columns=("pixels",), episodes=cfg.episodes)
@@ -142,7 +108,7 @@ def run(cfg: PreviewConfig) -> dict[str, Any]:
     frames = make_frames(eps, idx, cfg.layout, scale, cfg.labels)
     fps = cfg.fps or float(ds.meta.get("control_hz") or 10.0)
     default = path / "preview.mp4" if path.is_dir() else path.with_suffix(".mp4")
-    written = write_video(frames, Path(cfg.out) if cfg.out else default, fps)
+    written = write_video(Path(cfg.out) if cfg.out else default, frames, fps)
     print(f"wrote {written} ({len(frames)} frames, episodes {idx}, {fps:g} fps)")
     return {"out": str(written), "frames": len(frames), "episodes": idx, "fps": fps,
             "format": written.suffix.lstrip(".")}

@@ -183,33 +183,6 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
     return None
 
 
-def _install_data_shorthand() -> None:
-    """Let `wm train data=PATH` mean `data.path=PATH` (`data` is also a config group).
-
-    Local stand-in until worldmodel/config.py rewrites it itself (as it does for env=...): wraps
-    `config.compose` for CONFIG_NAME only.
-    """
-    from worldmodel import config as C
-
-    if getattr(C.compose, "_data_shorthand", False):
-        return
-    original = C.compose
-
-    def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
-        if config_name == CONFIG_NAME:
-            options = set(C.group_options("data"))
-            overrides = [f"data.path={ov.partition('=')[2]}"
-                         if ov.partition("=")[0] == "data" and ov.partition("=")[2] not in options
-                         and ov.partition("=")[2] else ov for ov in overrides]
-        return original(config_name, overrides)
-
-    compose._data_shorthand = True  # type: ignore[attr-defined]
-    C.compose = compose
-
-
-_install_data_shorthand()
-
-
 # ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------

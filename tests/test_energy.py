@@ -1,0 +1,92 @@
+"""GoalEnergy: shapes, agreement with the model's rollout, goal ordering, gradients, misuse errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldmodel.energy import GoalEnergy
+from test_model import pixels, small_model  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+def make_energy(model, b: int = 2, h: int = 3, **kw) -> GoalEnergy:
+    obs = pixels(b, h, 32, seed=1)
+    past = torch.randn(b, h - 1, model.cfg.chunk_dim) if h > 1 else None
+    goal = pixels(b, 1, 32, seed=2)[:, 0]
+    return GoalEnergy(model, obs, past, goal, **kw)
+
+
+def test_shapes_and_agreement_with_rollout():
+    model = small_model()
+    energy = make_energy(model)
+    actions = torch.randn(2, 7, 4, 6)
+    cost = energy(actions)
+    assert cost.shape == (2, 7) and not cost.requires_grad
+    obs, past = pixels(2, 3, 32, seed=1), None
+    with torch.no_grad():
+        z_hist = model.encode(obs)
+        past = torch.randn(2, 2, 6)
+        energy.set_latent_history(z_hist, past)
+        z_hat = model.rollout(z_hist, past, actions)              # (B, S, Hz, D)
+        expected = (z_hat[:, :, -1] - energy.z_goal[:, None]).square().sum(-1)
+    torch.testing.assert_close(energy(actions), expected, rtol=1e-5, atol=1e-5)
+    assert make_energy(model, h=1)(actions).shape == (2, 7)        # a single observed frame works
+    energy.set_observation(obs.numpy()[:, ::-1][:, ::-1], past.numpy())  # numpy (MPC controller) input
+    torch.testing.assert_close(energy(actions), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_goal_on_the_predicted_path_scores_lowest():
+    model = small_model()
+    energy = make_energy(model)
+    target = torch.randn(2, 1, 4, 6)
+    with torch.no_grad():
+        energy.z_goal = energy.latents(target)[:, 0, -1]          # goal = where `target` leads
+    candidates = torch.cat([target, torch.randn(2, 15, 4, 6) * 2], dim=1)
+    cost = energy(candidates)
+    assert torch.equal(cost.argmin(dim=1), torch.zeros(2, dtype=torch.long))
+    assert torch.all(cost[:, 0] <= 1e-6 * cost[:, 1:].min(dim=1).values)  # goal == prediction -> ~0
+
+
+def test_step_weights_and_gradients_for_gradient_planners():
+    model = small_model()
+    weights = torch.tensor([0.0, 0.5, 0.0, 1.0])
+    energy = make_energy(model, step_weights=weights)
+    actions = torch.randn(2, 3, 4, 6)
+    with torch.no_grad():
+        z_hat = energy.latents(actions)
+        expected = (z_hat - energy.z_goal[:, None, None]).square().sum(-1) @ weights
+    torch.testing.assert_close(energy(actions), expected, rtol=1e-5, atol=1e-5)
+    actions.requires_grad_()
+    energy(actions).sum().backward()
+    assert actions.grad is not None and actions.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="horizon"):
+        energy(torch.randn(2, 3, 5, 6))
+
+
+def test_misuse_is_refused_clearly():
+    model = small_model()
+    with pytest.raises(ValueError, match="eval"):
+        GoalEnergy(model.train())
+    model.eval()
+    energy = GoalEnergy(model)
+    with pytest.raises(RuntimeError, match="set_goal"):
+        energy(torch.randn(1, 2, 3, 6))
+    energy.set_goal(pixels(1, 1, 32)[:, 0])
+    with pytest.raises(RuntimeError, match="set_observation"):
+        energy(torch.randn(1, 2, 3, 6))
+    energy.set_observation(pixels(1, 1, 32))
+    with pytest.raises(ValueError, match="B=1"):
+        energy(torch.randn(2, 2, 3, 6))
+    with pytest.raises(ValueError, match="a_hist"):
+        energy.set_observation(pixels(1, 3, 32))                  # history without its actions
+
+
+@pytest.mark.slow
+def test_energy_call_is_capturable_without_graph_breaks():
+    """torch.compile(fullgraph=True) traces the whole rollout: no data-dependent Python control flow
+    and no host syncs (backend="eager": checks the capture without paying for code generation)."""
+    model = small_model()
+    energy = make_energy(model)
+    actions = torch.randn(2, 5, 4, 6)
+    compiled = torch.compile(energy.__call__, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(actions), energy(actions), rtol=1e-6, atol=1e-6)

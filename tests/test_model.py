@@ -1,0 +1,215 @@
+"""WorldModel: presets, shapes, causality, AdaLN-zero init, cached rollout == naive, checkpoints."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from worldmodel.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from worldmodel.config import from_dict
+from worldmodel.model import ModelConfig, WorldModel
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"
+
+# A very small model: the properties under test do not depend on size.
+SMALL = dict(image_size=32, patch_size=8, enc_width=32, enc_depth=2, enc_heads=2, enc_mlp=64,
+             latent_dim=24, proj_hidden=48, action_dim=2, frameskip=3, history=3, pred_depth=3,
+             pred_heads=4, pred_head_dim=8, pred_mlp=48, pred_dropout=0.1, action_embed=5,
+             action_hidden=32)
+
+
+def preset(name: str, action_dim: int = 2) -> ModelConfig:
+    data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    return from_dict(ModelConfig, {**data, "action_dim": action_dim})
+
+
+def small_model(seed: int = 0, randomise: bool = True, **over) -> WorldModel:
+    """Small model in eval mode; `randomise` replaces the zero-init AdaLN/bias so actions matter."""
+    torch.manual_seed(seed)
+    model = WorldModel(ModelConfig(**{**SMALL, **over}))
+    if randomise:
+        with torch.no_grad():
+            model.predictor.adaln.weight.normal_(0, 0.2)
+            model.predictor.adaln.bias.normal_(0, 0.2)
+            model.predictor.rel_bias.normal_(0, 1.0)
+    return model.eval()
+
+
+def pixels(b: int, t: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, t, size, size, 3), dtype=torch.uint8, generator=g)
+
+
+def test_presets_build_and_lewm_has_about_18m_parameters():
+    tiny, lewm = preset("tiny"), preset("lewm")
+    assert tiny.chunk_dim == tiny.frameskip * 2 and tiny.num_patches == (64 // 8) ** 2
+    counts = WorldModel(lewm).num_parameters()
+    print(f"LeWM preset parameters: {counts}")
+    assert 17e6 < counts["total"] < 19e6, counts
+    with pytest.raises(ValueError, match="multiple of"):
+        ModelConfig(image_size=60, patch_size=8)
+
+
+def test_shapes_at_tiny_preset():
+    model = WorldModel(preset("tiny", action_dim=2)).train()
+    b, t, chunk = 3, 4, model.cfg.chunk_dim
+    px = pixels(b, t, 64)
+    out = model.loss(px, torch.randn(b, t - 1, chunk))
+    assert out["pred"].shape == () and out["z"].shape == (b, t, 192) and out["z_hat"].shape == (b, t - 1, 192)
+    out["pred"].backward()
+    assert model.encoder.patch.weight.grad.abs().sum() > 0       # gradient reaches the pixels' encoder
+    assert model.predictor.adaln.weight.grad.abs().sum() > 0     # and the zero-init conditioning
+    model.eval()
+    with torch.no_grad():
+        z = model.encode(px)
+        assert z.shape == (b, t, 192)
+        assert torch.allclose(model.encode(px.float() / 255), z, atol=1e-5)  # float [0,1] == uint8
+        assert model.encode(px[:, 0]).shape == (b, 192)
+        assert model.predict(z, torch.randn(b, t, chunk)).shape == (b, t, 192)
+        assert model.rollout(z[:, :3], torch.randn(b, 2, chunk), torch.randn(b, 5, chunk)).shape == (b, 5, 192)
+    with pytest.raises(ValueError, match="64x64"):
+        model.encode(pixels(1, 1, 32))
+    with pytest.raises(ValueError, match="frameskip"):
+        model.predict(z, torch.randn(b, t, chunk + 1))
+
+
+def test_predictor_is_causal_and_windowed():
+    model = small_model()
+    b, t, d, c = 2, 7, 24, 6
+    z, a = torch.randn(b, t, d), torch.randn(b, t, c)
+    with torch.no_grad():
+        base = model.predict(z, a)
+        z2, a2 = z.clone(), a.clone()
+        z2[:, 4:] += 1.0
+        a2[:, 4:] += 1.0
+        changed = model.predict(z2, a2)
+    assert torch.equal(base[:, :4], changed[:, :4])               # the future never leaks back
+    assert not torch.allclose(base[:, 4:], changed[:, 4:])
+    # With one block the receptive field is exactly the window: output t sees t-2..t only.
+    one = small_model(pred_depth=1)
+    with torch.no_grad():
+        z3 = z.clone()
+        z3[:, 0] += torch.randn(b, d)                             # (not a constant: LayerNorm removes it)
+        o1, o2 = one.predict(z, a), one.predict(z3, a)
+    assert torch.equal(o1[:, 3:], o2[:, 3:]) and not torch.allclose(o1[:, :3], o2[:, :3])
+
+
+def test_adaln_zero_init_makes_actions_irrelevant_until_trained():
+    model = small_model(randomise=False)
+    assert torch.count_nonzero(model.predictor.adaln.weight) == 0
+    assert torch.count_nonzero(model.predictor.adaln.bias) == 0
+    z = torch.randn(2, 4, 24)
+    with torch.no_grad():
+        out1 = model.predict(z, torch.randn(2, 4, 6))
+        out2 = model.predict(z, torch.randn(2, 4, 6) * 10)
+        assert torch.equal(out1, out2)                            # gates are zero: blocks are identity
+        model.predictor.adaln.bias.normal_(0, 0.1)               # open the gates: actions now matter
+        model.predictor.adaln.weight.normal_(0, 0.1)
+        assert not torch.allclose(model.predict(z, torch.randn(2, 4, 6)), model.predict(z, torch.randn(2, 4, 6)))
+
+
+def naive_rollout(model: WorldModel, z_hist, a_hist, actions):
+    """Reference: re-run `predict` on the whole growing sequence for every step, one sample at a time."""
+    b, s, hz, _ = actions.shape
+    result = torch.empty(b, s, hz, z_hist.shape[-1])
+    for i in range(s):
+        zs = z_hist
+        acts = a_hist if a_hist is not None else z_hist.new_zeros(b, 0, actions.shape[-1])
+        for k in range(hz):
+            acts = torch.cat([acts, actions[:, i, k:k + 1]], dim=1)
+            nxt = model.predict(zs, acts)[:, -1:]                 # (B, 1, D)
+            zs = torch.cat([zs, nxt], dim=1)
+            result[:, i, k] = nxt[:, 0]
+    return result
+
+
+@pytest.mark.parametrize("h", [1, 2, 3, 5])
+def test_cached_rollout_equals_naive_loop(h):
+    model = small_model()
+    b, s, hz = 2, 3, 6
+    z_hist = torch.randn(b, h, 24)
+    a_hist = torch.randn(b, h - 1, 6) if h > 1 else None
+    actions = torch.randn(b, s, hz, 6)
+    with torch.no_grad():
+        fast = model.rollout(z_hist, a_hist, actions)
+        ref = naive_rollout(model, z_hist, a_hist, actions)
+        single = model.rollout(z_hist, a_hist, actions[:, 1])     # no sample axis
+    assert fast.shape == (b, s, hz, 24)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(single, fast[:, 1], rtol=1e-6, atol=1e-6)
+
+
+def test_action_stats_normalise_inside_the_model():
+    model = small_model()
+    mean, std = torch.randn(6), torch.rand(6) + 0.5
+    z, a = torch.randn(2, 3, 24), torch.randn(2, 3, 6)
+    with torch.no_grad():
+        ref = model.predict(z, (a - mean) / std)
+        model.set_action_stats(mean, std)
+        torch.testing.assert_close(model.predict(z, a), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="frameskip"):
+        model.set_action_stats(torch.zeros(5), torch.ones(5))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = small_model(seed=3)
+    model.set_action_stats(torch.arange(6.0), torch.full((6,), 2.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    model.loss(pixels(2, 3, 32), torch.randn(2, 2, 6))["pred"].backward()
+    opt.step()
+    model.eval()
+    rng = torch.get_rng_state()
+    path = save_checkpoint(tmp_path / "ck" / "last.pt", model, opt, step=17, extra={"torch_rng": rng, "note": "x"})
+    assert not list(path.parent.glob("*.tmp"))                    # atomic: no temp file left behind
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 17 and torch.equal(ckpt["extra"]["torch_rng"], rng)
+    assert ckpt["model_config"] == model.cfg.to_dict()
+    restored = WorldModel.from_checkpoint(path)
+    assert not restored.training
+    px, z_hist, acts = pixels(2, 3, 32, seed=1), torch.randn(2, 3, 24), torch.randn(2, 4, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(restored.encode(px), model.encode(px))
+        assert torch.equal(restored.rollout(z_hist, acts[:, 0, :2], acts),
+                           model.rollout(z_hist, acts[:, 0, :2], acts))
+    opt2 = torch.optim.AdamW(restored.parameters(), lr=1e-3)
+    opt2.load_state_dict(ckpt["optimizer"])                       # optimizer state resumes too
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoint_refuses_corrupt_and_foreign_files(tmp_path):
+    good = save_checkpoint(tmp_path / "good.pt", small_model())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.txt"
+    text.write_text("definitely not a checkpoint\n")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.randn(3), "step": 1}, foreign)
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"format": "worldmodel-checkpoint", "x": _Evil()}, f)
+    for bad in (truncated, text, evil):
+        with pytest.raises(CheckpointError, match="not a readable worldmodel checkpoint"):
+            load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not a worldmodel checkpoint"):
+        load_checkpoint(foreign)
+    future = torch.load(good, weights_only=True)
+    future["version"] = 99
+    torch.save(future, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+    del future["model"]
+    future["version"] = 1
+    torch.save(future, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="missing checkpoint key"):
+        WorldModel.from_checkpoint(tmp_path / "partial.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.pt")

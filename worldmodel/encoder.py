@@ -1,0 +1,113 @@
+"""Image encoder: a ViT whose CLS token, through a BatchNorm projector, is the latent z.
+
+Pixels (..., H, W, 3) -> patches -> pre-LN transformer -> final LayerNorm -> CLS -> projector
+(Linear -> BatchNorm1d -> GELU -> Linear). The projector ends the encoder with BatchNorm rather than
+LayerNorm because a LayerNorm output lies on a sphere-like set, which works against SIGReg's
+isotropic-Gaussian target (REFERENCE.md, LeWM).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Pixels are mapped from [0, 1] to [-1, 1]; simple, dataset-independent, and fine for a ViT from scratch.
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT-style init: truncated-normal(0.02) linears/convs with zero bias, unit LayerNorm."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+class BNProjector(nn.Module):
+    """MLP in_dim -> hidden -> out_dim with BatchNorm1d; accepts (..., in_dim) by flattening leading dims."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        h = self.fc1(x.reshape(-1, x.shape[-1]))         # (N, hidden)
+        h = F.gelu(self.bn(h))
+        return self.fc2(h).reshape(*lead, -1)            # (..., out_dim)
+
+
+class ViTBlock(nn.Module):
+    """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, width: int, heads: int, mlp: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"enc_width {width} must be divisible by enc_heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, mlp)
+        self.fc2 = nn.Linear(mlp, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, w = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(n, t, 3, self.heads, w // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)   # each (N, heads, T, hd)
+        a = F.scaled_dot_product_attention(q, k, v)       # (N, heads, T, hd)
+        x = x + self.proj(a.transpose(1, 2).reshape(n, t, w))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViTEncoder(nn.Module):
+    """Pixels (N, H, W, 3) uint8 or float in [0, 1] -> latent (N, latent_dim)."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int,
+                 mlp: int, latent_dim: int, proj_hidden: int):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+        self.image_size = image_size
+        self.num_patches = (image_size // patch_size) ** 2
+        self.patch = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.zeros(1, 1 + self.num_patches, width))
+        self.blocks = nn.ModuleList(ViTBlock(width, heads, mlp) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.projector = BNProjector(width, proj_hidden, latent_dim)
+        init_weights(self)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.trunc_normal_(self.cls, std=0.02)
+
+    def preprocess(self, pixels: Tensor) -> Tensor:
+        """(N, H, W, 3) uint8 [0, 255] or float [0, 1] -> (N, 3, H, W) float normalised to ~[-1, 1]."""
+        if pixels.dim() != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"expected pixels (N, H, W, 3) channels-last, got {tuple(pixels.shape)}")
+        if pixels.shape[1] != self.image_size or pixels.shape[2] != self.image_size:
+            raise ValueError(
+                f"pixels are {pixels.shape[1]}x{pixels.shape[2]} but the model expects "
+                f"{self.image_size}x{self.image_size}: collect at that size or set model.image_size")
+        dtype = self.patch.weight.dtype
+        x = pixels.permute(0, 3, 1, 2).to(dtype)           # (N, 3, H, W)
+        if pixels.dtype == torch.uint8:
+            x = x / 255.0
+        return (x - PIXEL_MEAN) / PIXEL_STD
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        x = self.patch(self.preprocess(pixels))            # (N, width, h, w)
+        x = x.flatten(2).transpose(1, 2)                   # (N, P, width)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos  # (N, 1+P, width)
+        for blk in self.blocks:
+            x = blk(x)
+        cls = self.norm(x[:, 0])                           # (N, width)
+        return self.projector(cls)                         # (N, latent_dim)

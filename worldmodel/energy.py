@@ -1,0 +1,98 @@
+"""The goal energy planners minimise: squared L2 between a predicted latent and the goal's latent.
+
+GoalEnergy encodes the goal image once per goal (`set_goal`) and the observation history once per
+plan (`set_observation`: encoder + the predictor's KV cache of the past tokens, batch B, shared by
+every candidate). Each call then rolls the candidates forward one token per step. It satisfies
+planners.base.Energy: actions (B, S, Hz, chunk) in raw env units -> costs (B, S).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from worldmodel.model import WorldModel
+
+
+def _tensor(x, device, dtype=None) -> Tensor:
+    """numpy (any strides) or tensor -> tensor on `device`."""
+    if isinstance(x, np.ndarray):
+        x = np.ascontiguousarray(x)
+    return torch.as_tensor(x, dtype=dtype, device=device)
+
+
+class GoalEnergy:
+    """cost = ||z_hat_Hz - z_goal||^2 by default; with `step_weights` (Hz,) the weighted sum over
+    all predicted steps sum_k w_k ||z_hat_k - z_goal||^2 instead.
+
+    No host syncs in __call__. Gradients flow to the actions when they require grad (for gradient
+    planners); otherwise the call runs without autograd.
+    """
+
+    def __init__(self, model: WorldModel, obs_pixels: Tensor | None = None,
+                 past_actions: Tensor | None = None, goal_pixels: Tensor | None = None,
+                 step_weights: Tensor | None = None):
+        if model.training:
+            raise ValueError("GoalEnergy needs the model in eval mode (BatchNorm and dropout would make "
+                             "costs depend on the batch): call model.eval() first")
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.step_weights = None if step_weights is None else torch.as_tensor(
+            step_weights, dtype=torch.float32, device=self.device)
+        self.z_goal: Tensor | None = None
+        self.z_last: Tensor | None = None
+        self.cache: list = []
+        if goal_pixels is not None:
+            self.set_goal(goal_pixels)
+        if obs_pixels is not None:
+            self.set_observation(obs_pixels, past_actions)
+
+    @torch.no_grad()
+    def set_goal(self, goal_pixels: Tensor) -> None:
+        """Goal image(s) (B, H, W, 3) -> z_goal (B, D). Once per goal."""
+        goal = _tensor(goal_pixels, self.device)
+        if goal.dim() != 4:
+            raise ValueError(f"goal pixels must be (B, H, W, 3), got {tuple(goal.shape)}")
+        self.z_goal = self.model.encode(goal)              # (B, D)
+
+    @torch.no_grad()
+    def set_observation(self, obs_pixels: Tensor, past_actions: Tensor | None = None) -> None:
+        """Observation history (B, h, H, W, 3) and the h-1 action chunks between those frames
+        (B, h-1, chunk) (None or empty when h == 1). Tensors or numpy arrays. Once per plan."""
+        obs = _tensor(obs_pixels, self.device)
+        if obs.dim() != 5:
+            raise ValueError(f"observation pixels must be (B, h, H, W, 3), got {tuple(obs.shape)}")
+        if past_actions is not None:
+            past_actions = _tensor(past_actions, self.device, torch.float32)
+        z_hist = self.model.encode(obs)                    # (B, h, D)
+        self.set_latent_history(z_hist, past_actions)
+
+    @torch.no_grad()
+    def set_latent_history(self, z_hist: Tensor, past_actions: Tensor | None = None) -> None:
+        """Like set_observation but from already-encoded latents z_hist (B, h, D)."""
+        self.cache = self.model.prefill(z_hist, past_actions)  # per layer: (B, 1, H, hd) pairs
+        self.z_last = z_hist[:, -1:]                       # (B, 1, D)
+
+    def latents(self, actions: Tensor) -> Tensor:
+        """Candidate chunks (B, S, Hz, chunk) -> predicted latents (B, S, Hz, D)."""
+        if self.z_last is None:
+            raise RuntimeError("call set_observation(obs_pixels, past_actions) before evaluating")
+        if actions.dim() != 4 or actions.shape[0] != self.z_last.shape[0]:
+            raise ValueError(f"actions must be (B={self.z_last.shape[0]}, S, Hz, chunk), "
+                             f"got {tuple(actions.shape)}")
+        with torch.set_grad_enabled(actions.requires_grad and torch.is_grad_enabled()):
+            return self.model.rollout_cached(self.z_last, self.cache, actions)
+
+    def __call__(self, actions: Tensor) -> Tensor:
+        """actions (B, S, Hz, chunk) raw env units -> costs (B, S)."""
+        if self.z_goal is None:
+            raise RuntimeError("call set_goal(goal_pixels) before evaluating")
+        z_hat = self.latents(actions)                      # (B, S, Hz, D)
+        with torch.set_grad_enabled(actions.requires_grad and torch.is_grad_enabled()):
+            goal = self.z_goal[:, None, None]              # (B, 1, 1, D)
+            if self.step_weights is None:
+                return (z_hat[:, :, -1:] - goal).square().sum(-1)[..., 0]  # (B, S)
+            if self.step_weights.shape != (z_hat.shape[2],):
+                raise ValueError(f"step_weights has shape {tuple(self.step_weights.shape)}, "
+                                 f"need ({z_hat.shape[2]},) = the horizon")
+            return (z_hat - goal).square().sum(-1) @ self.step_weights  # (B, S)

@@ -1,0 +1,201 @@
+"""The JEPA world model: ViT encoder + action encoder + AdaLN-zero predictor.
+
+Trained end-to-end from pixels with a teacher-forced next-latent MSE (`loss`) plus SIGReg on the
+latents (worldmodel/sigreg.py, applied by the trainer). Planning uses `rollout` (or GoalEnergy in
+worldmodel/energy.py), which keeps a KV cache so each step costs one token per candidate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worldmodel.encoder import ViTEncoder
+from worldmodel.predictor import KV, ActionEncoder, Predictor
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. YAML presets in configs/model/ set every field except action_dim (from data)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    enc_width: int = 192
+    enc_depth: int = 12
+    enc_heads: int = 3
+    enc_mlp: int = 768
+    latent_dim: int = 192
+    proj_hidden: int = 2048
+    action_dim: int = 2            # env action width A (filled from the dataset by the trainer)
+    frameskip: int = 5             # env steps per action chunk
+    history: int = 3               # predictor attention window (tokens)
+    pred_depth: int = 6
+    pred_heads: int = 16
+    pred_head_dim: int = 64
+    pred_mlp: int = 2048
+    pred_dropout: float = 0.1
+    action_embed: int = 10         # width of the 1x1 action map before the action MLP
+    action_hidden: int = 768       # hidden width of the action MLP
+    num_patches: int = field(init=False)
+    chunk_dim: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        positive = ["image_size", "patch_size", "enc_width", "enc_depth", "enc_heads", "enc_mlp",
+                    "latent_dim", "proj_hidden", "action_dim", "frameskip", "history", "pred_depth",
+                    "pred_heads", "pred_head_dim", "pred_mlp", "action_embed", "action_hidden"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
+                             f"model.patch_size {self.patch_size}")
+        if self.enc_width % self.enc_heads:
+            raise ValueError(f"model.enc_width {self.enc_width} must be divisible by "
+                             f"model.enc_heads {self.enc_heads}")
+        if not 0.0 <= self.pred_dropout < 1.0:
+            raise ValueError(f"model.pred_dropout must be in [0, 1), got {self.pred_dropout}")
+        self.num_patches = (self.image_size // self.patch_size) ** 2
+        self.chunk_dim = self.frameskip * self.action_dim
+
+    def to_dict(self) -> dict:
+        """Constructor arguments only (JSON-able), as stored in checkpoints."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("num_patches", "chunk_dim")}
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ViTEncoder(cfg.image_size, cfg.patch_size, cfg.enc_width, cfg.enc_depth,
+                                  cfg.enc_heads, cfg.enc_mlp, cfg.latent_dim, cfg.proj_hidden)
+        self.action_encoder = ActionEncoder(cfg.chunk_dim, cfg.action_embed, cfg.action_hidden,
+                                            cfg.latent_dim)
+        self.predictor = Predictor(cfg.latent_dim, cfg.pred_depth, cfg.pred_heads, cfg.pred_head_dim,
+                                   cfg.pred_mlp, cfg.pred_dropout, cfg.history, cfg.proj_hidden)
+        # Actions are normalised inside the model, so callers always pass raw env units.
+        self.register_buffer("action_mean", torch.zeros(cfg.chunk_dim))
+        self.register_buffer("action_std", torch.ones(cfg.chunk_dim))
+
+    # ---------------------------------------------------------------- pieces
+    def set_action_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Per-chunk-dimension statistics (chunk,) of the training actions (std floored at 1e-6)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.shape != (self.cfg.chunk_dim,) or std.shape != (self.cfg.chunk_dim,):
+            raise ValueError(f"action stats must have shape ({self.cfg.chunk_dim},) = frameskip x "
+                             f"action_dim; got {tuple(mean.shape)} / {tuple(std.shape)}")
+        self.action_mean.copy_(mean)
+        self.action_std.copy_(std.clamp_min(1e-6))
+
+    def embed_actions(self, actions: Tensor) -> Tensor:
+        """Raw action chunks (..., chunk) -> action embeddings (..., D)."""
+        if actions.shape[-1] != self.cfg.chunk_dim:
+            raise ValueError(f"action chunks must have last dim {self.cfg.chunk_dim} "
+                             f"(= frameskip {self.cfg.frameskip} x action_dim {self.cfg.action_dim}), "
+                             f"got {tuple(actions.shape)}")
+        a = (actions.to(self.action_std.dtype) - self.action_mean) / self.action_std
+        return self.action_encoder(a)
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Pixels (B, T, H, W, 3) uint8 (or float in [0, 1]) -> z (B, T, D). Also accepts (B, H, W, 3)
+        -> (B, D)."""
+        if pixels.dim() == 4:
+            return self.encoder(pixels)
+        if pixels.dim() != 5:
+            raise ValueError(f"expected pixels (B, T, H, W, 3), got {tuple(pixels.shape)}")
+        b, t = pixels.shape[:2]
+        return self.encoder(pixels.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, D)
+
+    def predict(self, z: Tensor, actions: Tensor) -> Tensor:
+        """z (B, T, D), raw action chunks (B, T, chunk) -> z_hat (B, T, D); z_hat[:, t] predicts
+        z[:, t+1] from z[:, t-history+1 .. t] (causal sliding window at every layer)."""
+        if z.shape[:2] != actions.shape[:2]:
+            raise ValueError(f"z {tuple(z.shape)} and actions {tuple(actions.shape)} need equal (B, T)")
+        return self.predictor(z, self.embed_actions(actions))
+
+    def loss(self, pixels: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        """Teacher-forced prediction loss on clips: pixels (B, T, H, W, 3), actions (B, T-1, chunk).
+        Returns {"pred": scalar MSE, "z": latents (B, T, D) for SIGReg, "z_hat": (B, T-1, D)}."""
+        if pixels.dim() != 5 or actions.dim() != 3 or actions.shape[1] != pixels.shape[1] - 1:
+            raise ValueError(f"loss needs pixels (B, T, H, W, 3) and actions (B, T-1, chunk); got "
+                             f"{tuple(pixels.shape)} and {tuple(actions.shape)}")
+        z = self.encode(pixels)                            # (B, T, D)
+        z_hat = self.predict(z[:, :-1], actions)           # (B, T-1, D)
+        return {"pred": F.mse_loss(z_hat, z[:, 1:]), "z": z, "z_hat": z_hat}
+
+    def forward(self, pixels: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        """= loss(pixels, actions), so DistributedDataParallel(model)(pixels, actions) works."""
+        return self.loss(pixels, actions)
+
+    # ---------------------------------------------------------------- rollout
+    def prefill(self, z_hist: Tensor, a_hist: Tensor | None) -> list[list[KV]]:
+        """KV cache of the observed history minus its last frame, kept to the last history-1 tokens.
+
+        z_hist (B, h, D), a_hist (B, h-1, chunk) the actions taken between those frames (None when
+        h == 1). Entries are (B, 1, H, hd): shared by every candidate sequence of that batch row.
+        """
+        b, h, _ = z_hist.shape
+        depth, keep = self.cfg.pred_depth, self.cfg.history - 1
+        if h == 1 or keep == 0:
+            return [[] for _ in range(depth)]
+        if a_hist is None or a_hist.shape[:2] != (b, h - 1):
+            raise ValueError(f"with a history of {h} frames pass a_hist (B={b}, {h - 1}, chunk); got "
+                             f"{None if a_hist is None else tuple(a_hist.shape)}")
+        _, kvs = self.predictor(z_hist[:, :-1], self.embed_actions(a_hist), return_kv=True)
+        start = max(0, h - 1 - keep)
+        return [[(k[:, j, None], v[:, j, None]) for j in range(start, h - 1)] for k, v in kvs]
+
+    def rollout_cached(self, z_last: Tensor, cache: list[list[KV]], actions: Tensor) -> Tensor:
+        """Autoregressive rollout from a prefilled cache.
+
+        z_last (B, 1 or S, D) the last observed latent; actions (B, S, Hz, chunk) raw candidate
+        chunks (the first one is applied at the last observed frame). Returns (B, S, Hz, D): the
+        predicted latents after each chunk. Only static Python control flow: capturable.
+        """
+        hz = actions.shape[2]
+        mods = self.predictor.modulation(self.embed_actions(actions))  # (B, S, Hz, depth, 6, D)
+        keep = self.cfg.history - 1
+        cache = [list(layer) for layer in cache]
+        x, outs = z_last, []
+        for k in range(hz):
+            x, new_kv = self.predictor.step(x, mods[:, :, k], cache)  # (B, S, D)
+            outs.append(x)
+            if k + 1 < hz:
+                for layer, kv in zip(cache, new_kv):
+                    layer.append(kv)
+                    del layer[: max(0, len(layer) - keep)]
+        return torch.stack(outs, dim=2)                    # (B, S, Hz, D)
+
+    def rollout(self, z_hist: Tensor, a_hist: Tensor | None, actions: Tensor) -> Tensor:
+        """z_hist (B, h, D) observed latents, a_hist (B, h-1, chunk) or None, actions (B, Hz, chunk)
+        or (B, S, Hz, chunk) -> predicted latents (B, Hz, D) or (B, S, Hz, D).
+        Equals running `predict` on the whole growing sequence, at one token per step."""
+        squeeze = actions.dim() == 3
+        if squeeze:
+            actions = actions[:, None]                     # (B, 1, Hz, chunk)
+        cache = self.prefill(z_hist, a_hist)
+        out = self.rollout_cached(z_hist[:, -1:], cache, actions)
+        return out[:, 0] if squeeze else out
+
+    # ---------------------------------------------------------------- I/O
+    def num_parameters(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {"encoder": count(self.encoder), "action_encoder": count(self.action_encoder),
+                "predictor": count(self.predictor), "total": count(self)}
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> "WorldModel":
+        """Rebuild the model (config + weights + action stats) from a checkpoint; returned in eval mode."""
+        from worldmodel.checkpoint import load_checkpoint
+        from worldmodel.checkpoint import CheckpointError
+
+        ckpt = load_checkpoint(path, map_location=device)
+        try:
+            model = cls(ModelConfig(**ckpt["model_config"]))
+            model.load_state_dict(ckpt["model"])
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: checkpoint does not match this WorldModel ({e}); "
+                                  f"use the worldmodel version that wrote it.") from None
+        return model.to(device).eval()

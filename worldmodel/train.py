@@ -31,7 +31,7 @@ from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, spl
 from worldmodel.distributed import gather_rng_states, init_distributed, ranks_in_sync, resolve_device
 from worldmodel.logger import RunLogger
 from worldmodel.model import ModelConfig, WorldModel
-from worldmodel.validation import evaluate
+from worldmodel.validation import evaluate, recalibrate_batchnorm
 
 CONFIG_NAME = "train"
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.json", "tb")
@@ -75,6 +75,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_clips: int = 1024           # held-out clips per evaluation (a fixed, spread-out subset)
     ckpt_every: int = 500
+    bn_calibration_batches: int = 16  # re-estimate BatchNorm statistics before eval/checkpoints (0: off)
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
@@ -294,7 +295,18 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                        resume_step=step if resume_from is not None else None)
     run_cfg = to_dict(cfg)
 
+    calibrated_at = -1
+
+    def calibrate() -> None:
+        """BatchNorm statistics for the current weights, once per step that evaluates or saves."""
+        nonlocal calibrated_at
+        if calibrated_at != step:
+            recalibrate_batchnorm(model, train, cfg.bn_calibration_batches, max(1, cfg.batch_size // world),
+                                  device, amp, seed=_step_seed(cfg.seed, step))
+            calibrated_at = step
+
     def checkpoint(name: str, metrics: dict[str, float]) -> None:
+        calibrate()
         state = {"config": run_cfg, "sampler": loader.state_dict(), "rng": gather_rng_states(device, world),
                  "best_val": best, "metrics": metrics, "dataset_meta": _jsonable(meta)}
         if rank == 0:
@@ -344,6 +356,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                 bar.set_postfix(loss=f"{vals[0]:.4f}", pred=f"{vals[1]:.4f}",
                                 sps=f"{last_train['samples_per_s']:.0f}")
             if do_eval:
+                calibrate()
                 last_eval = evaluate(model, val, cfg.eval_clips, cfg.batch_size // world, device, amp,
                                      cfg.sigreg_directions, cfg.sigreg_knots)
                 logger.log(step, last_eval)
@@ -365,6 +378,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     if saved_at != step:                                               # resumed at/after the end
         checkpoint("last.pt", {**last_train, **last_eval})
     if val is not None and not last_eval:
+        calibrate()
         last_eval = evaluate(model, val, cfg.eval_clips, cfg.batch_size // world, device, amp,
                              cfg.sigreg_directions, cfg.sigreg_knots)
     elapsed = time.perf_counter() - t_start

@@ -82,3 +82,37 @@ def embedding_diagnostics(z: torch.Tensor) -> dict[str, float]:
     # One host sync per diagnostic call (eval only, not in the training loop).
     return {"std_mean": float(std.mean()), "std_min": float(std.min()),
             "eff_rank": float(math.exp(float(entropy)))}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: Any, clips: ClipDataset, batches: int, batch_size: int,
+                          device: torch.device, amp: Any, seed: int) -> None:
+    """Recompute every BatchNorm's running statistics for the current weights.
+
+    BatchNorm's running averages lag an encoder that is still moving, and eval mode (planning,
+    validation) uses them: measured on TwoRoom at step 250, the held-out prediction loss was 6.1 with
+    the lagging statistics and 0.43 after recalibration (0.45 with batch statistics). So before each
+    validation and checkpoint the statistics are re-estimated as a plain average over `batches`
+    training batches (dropout off, no gradients). Deterministic in `seed`; training itself is
+    unaffected (train mode normalises with batch statistics).
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches < 1:
+        return
+    was_training = model.training
+    model.eval()                                                         # dropout off
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None                                               # cumulative average
+        bn.train()
+    rng = np.random.default_rng(seed)
+    for _ in range(batches):
+        idx = torch.from_numpy(rng.integers(0, len(clips), batch_size))
+        pixels, actions = clips.get_batch(idx)
+        with amp:
+            model.loss(pixels.to(device), actions.to(device))
+    for bn, mom in zip(bns, momenta):
+        bn.momentum = mom
+    model.train(was_training)
+

@@ -285,6 +285,11 @@ class MPCController:
             self._solve(hist, past, self._mean_t)
         self._mean, self._elites, self._mean_t = mean, elites, mean_t
 
+    @property
+    def latencies_s(self) -> list[float]:
+        """Wall time of every plan since `reset` (seconds), for aggregating across episodes."""
+        return list(self._lat)
+
     def stats(self) -> dict:
         """Planning latency p50/p95/max (ms), plans, mean iterations, deadline misses, stalls."""
         lat = np.asarray(self._lat) * 1e3

@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wm: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    from worldmodel.config import ConfigError, describe, load
+    from worldmodel.config import ConfigError, compose, describe, load
 
     if any(a in ("-h", "--help") for a in args):
         print(f"wm {name}: {COMMANDS[name][1]}\n\nkeys (defaults from configs/{module.CONFIG_NAME}.yaml):")
-        print("\n".join(describe(module.CONFIG)))
+        print("\n".join(describe(module.CONFIG, compose(module.CONFIG_NAME, []))))
         return 0
     if name in ("inspect", "preview") and args and "=" not in args[0]:
         args = [f"path={args[0]}", *args[1:]]

@@ -194,19 +194,27 @@ def save_resolved(cfg: Any, out_dir: str | os.PathLike, name: str = "config.json
     return path
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """Lines `key: type = default` for `--help`."""
+def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
+    """Lines `key: type = value` for `--help`; values from the composed YAML where given."""
     lines = []
     hints = typing.get_type_hints(cls)
+    values = values or {}
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines += describe(tp, f"{prefix}{f.name}.")
+            lines += describe(tp, values.get(f.name), f"{prefix}{f.name}.")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>")
+        if f.name in values:
+            value = values[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>"
+        if isinstance(value, dict) and value:
+            lines += [f"  {prefix}{f.name}.{k} = {v}" for k, v in value.items()]
+            continue
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        lines.append(f"  {prefix}{f.name}: {tname} = {default}")
+        lines.append(f"  {prefix}{f.name}: {tname} = {value}")
     return lines

@@ -1,0 +1,96 @@
+"""`wm eval` and `wm demo` end to end at tiny sizes, plus the protocol's pieces."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worldmodel.cli import main
+from worldmodel.evaluate import make_tasks, wilson
+
+
+def test_wilson_interval_matches_known_values():
+    lo, hi = wilson(45, 50)                      # 90% of 50
+    assert lo == pytest.approx(0.7864, abs=1e-3) and hi == pytest.approx(0.9565, abs=1e-3)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    lo, hi = wilson(0, 50)
+    assert 0.0 == lo < hi < 0.08
+
+
+def test_tasks_follow_protocol_and_refuse_training_seeds():
+    import envs
+    from worldmodel.collect import episode_seed
+
+    env = envs.make("tworoom", image_size=32)
+    tasks = make_tasks(env, "expert", eval_seed=123, episodes=3, episode_len=40, goal_offset=25,
+                       forbidden_seeds=set())
+    assert [t.index for t in tasks] == [0, 1, 2]
+    for t in tasks:
+        assert 0 <= t.start_step < 40 - 25
+        assert t.seed == episode_seed(123, t.index)
+    # The goal is the state 25 steps after the start in the same held-out episode.
+    from worldmodel.collect import rollout
+    ep = rollout(env, "expert", 123, 1, 40)
+    np.testing.assert_allclose(tasks[1].goal_state, ep["state"][tasks[1].start_step + 25])
+    with pytest.raises(ValueError, match="used for training"):
+        make_tasks(env, "expert", 123, 2, 40, 25, forbidden_seeds={episode_seed(123, 1)})
+    with pytest.raises(ValueError, match="must exceed goal_offset"):
+        make_tasks(env, "expert", 123, 1, 20, 25, forbidden_seeds=set())
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    code = main(["demo", f"out={out}", "episodes=6", "workers=1", "image_size=32", "train_steps=3",
+                 "batch_size=8", "eval_episodes=3", "plan_samples=16", "plan_iterations=2",
+                 "progress=false", "model=tiny"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_demo_writes_table_results_and_videos(demo_run):
+    table = (demo_run / "results.md").read_text()
+    assert "| tworoom | cem |" in table
+    summary = json.loads((demo_run / "summary.json").read_text())
+    assert summary["collect"]["episodes"] == 6
+    res = json.loads((demo_run / "eval" / "results.json").read_text())
+    assert res["episodes"] == 3 and len(res["per_episode"]) == 3
+    assert 0.0 <= res["ci95"][0] <= res["success_rate"] <= res["ci95"][1] <= 1.0
+    assert res["random_floor"]["successes"] <= 3
+    assert res["latency_ms"]["plans"] == 2 and res["latency_ms"]["p50"] > 0  # 50 steps / 25 per plan
+    assert res["protocol"]["goal_offset"] == 25 and res["protocol"]["budget"] == 50
+    assert res["config"]["planner"]["samples"] == 16
+    videos = sorted((demo_run / "eval" / "videos").iterdir())
+    assert len(videos) == 3 and all(v.stat().st_size > 0 for v in videos)
+
+
+@pytest.mark.slow
+def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
+    ckpt = demo_run / "train" / "best.pt"
+    out = tmp_path / "ev"
+    assert main(["eval", f"checkpoint={ckpt}", "planner=icem", "planner.samples=16", "planner.iterations=2",
+                 "episodes=2", "videos=0", "random_floor=false", f"out={out}", "progress=false"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["planner"] == "icem" and res["random_floor"] is None and res["videos"] == []
+    # Existing output, missing checkpoint, bad planner: refused with the fix named.
+    assert main(["eval", f"checkpoint={ckpt}", f"out={out}", "episodes=1"]) == 2
+    assert "overwrite=true" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={tmp_path / 'nope.pt'}", f"out={tmp_path / 'x'}"]) == 2
+    assert "wm train" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={ckpt}", "planner=nope"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={ckpt}", "env=Hopper-v5", f"out={tmp_path / 'y'}"]) == 2
+    assert "3 action dims" in capsys.readouterr().err                    # the model was trained on 2
+
+
+def test_demo_refuses_existing_output(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("keep me")
+    assert main(["demo", f"out={tmp_path / 'd'}"]) == 2
+    err = capsys.readouterr().err
+    assert "resume=true" in err and "overwrite=true" in err
+    assert (tmp_path / "d" / "x").read_text() == "keep me"

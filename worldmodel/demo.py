@@ -1,0 +1,114 @@
+"""`wm demo`: the whole product on one embedded default, end to end.
+
+    wm demo                      # TwoRoom, 64 px: collect -> train (tiny) -> eval (CEM) -> table + videos
+    wm demo out=runs/demo2 train_steps=4000 device=cuda
+
+Each stage is the same code as its own command (`wm collect`, `wm train`, `wm eval`) with the
+overrides below; the demo only wires them. Killed midway? `wm demo resume=true` finishes the
+collection, resumes training from its last checkpoint, and re-runs the evaluation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worldmodel import collect, evaluate, train
+from worldmodel.config import load, save_resolved
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    env: str = "tworoom"
+    episodes: int = 300          # collected episodes
+    workers: int = 2
+    image_size: int = 64
+    seed: int = 0
+    model: str = "tiny"
+    train_steps: int = 3000
+    batch_size: int = 64
+    eval_episodes: int = 50
+    planner: str = "cem"
+    plan_samples: int | None = None     # null: the planner config's (CEM: 300, LeWM's setting)
+    plan_iterations: int | None = None  # null: the planner config's (CEM: 30)
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise ValueError("choose one of resume=true (continue) and overwrite=true (start over)")
+        out = Path(self.out)
+        if out.exists() and any(out.iterdir()) and not (self.resume or self.overwrite):
+            raise FileExistsError(f"{out} already exists; pass resume=true to continue it or "
+                                  "overwrite=true to start over (or another out=)")
+
+
+CONFIG, CONFIG_NAME = DemoConfig, "demo"
+
+
+def _flags(cfg: DemoConfig) -> list[str]:
+    return [f"resume={str(cfg.resume).lower()}", f"overwrite={str(cfg.overwrite).lower()}",
+            f"progress={str(cfg.progress).lower()}"]
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of eval summaries."""
+    head = ("| env | planner | success | 95% CI | random floor | episodes | train time | "
+            "plan latency p50 | device |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lo, hi = r["ci95"]
+        floor = r.get("random_floor") or {}
+        lines.append(
+            f"| {r['env']} | {r['planner']} | {r['success_rate']:.0%} | {lo:.0%}-{hi:.0%} | "
+            f"{floor.get('success_rate', float('nan')):.0%} | {r['episodes']} | "
+            f"{r.get('train_minutes', float('nan')):.1f} min | "
+            f"{(r['latency_ms']['p50'] or float('nan')):.0f} ms | {r['device']} |")
+    return "\n".join(lines)
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out, "demo_config.json")
+    timings: dict[str, float] = {}
+    data, run_dir, eval_dir = out / "data", out / "train", out / "eval"
+
+    t = time.perf_counter()
+    col = collect.run(load(collect.CONFIG, collect.CONFIG_NAME, [
+        f"env={cfg.env}", f"episodes={cfg.episodes}", f"workers={cfg.workers}", f"out={data}",
+        f"seed={cfg.seed}", f"image_size={cfg.image_size}", *_flags(cfg)]))
+    timings["collect_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tr = train.run(load(train.CONFIG, train.CONFIG_NAME, [
+        f"data={data}", f"model={cfg.model}", f"steps={cfg.train_steps}", f"batch_size={cfg.batch_size}",
+        f"out={run_dir}", f"seed={cfg.seed}", f"device={cfg.device}", *_flags(cfg)]))
+    timings["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ev = evaluate.run(load(evaluate.CONFIG, evaluate.CONFIG_NAME, [
+        f"checkpoint={run_dir / 'best.pt'}", f"planner={cfg.planner}", f"episodes={cfg.eval_episodes}",
+        f"out={eval_dir}", f"device={cfg.device}", "overwrite=true", f"progress={str(cfg.progress).lower()}",
+        *([f"planner.samples={cfg.plan_samples}"] if cfg.plan_samples else []),
+        *([f"planner.iterations={cfg.plan_iterations}"] if cfg.plan_iterations else [])]))
+    timings["eval_s"] = time.perf_counter() - t
+
+    ev["train_minutes"] = timings["train_s"] / 60
+    table = results_table([ev])
+    summary = {"collect": col, "train": tr, "eval": {k: v for k, v in ev.items() if k != "per_episode"},
+               "timings_s": timings, "total_s": sum(timings.values())}
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, out / "summary.json")
+    (out / "results.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\ndemo done in {summary['total_s'] / 60:.1f} min: {out / 'results.md'}, "
+          f"videos in {eval_dir / 'videos'}")
+    return summary

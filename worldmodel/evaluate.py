@@ -1,0 +1,269 @@
+"""`wm eval`: zero-shot goal reaching under the LeWM protocol, batched over episodes.
+
+    wm eval checkpoint=runs/tworoom/best.pt planner=cem episodes=50 out=runs/tworoom/eval
+
+Protocol (REFERENCE.md): held-out episodes are rolled out with the training data's policy but with
+seeds never used for training; each evaluation episode starts at a random step of one of them, its
+goal is the state `goal_offset` (25) steps later, the planner gets `budget` (50) env steps, and the
+episode succeeds if the env's criterion holds at any step. The planner sees only pixels: the start
+frame, the goal image, and what the env renders after each action. Simulator state is used only to
+set up the start and to score. The random-policy floor runs on the very same starts and goals.
+
+All episodes of a batch step in lockstep and are planned together: one batched solve plans for
+every episode at once (B envs x S samples), instead of one episode at a time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from worldmodel.config import save_resolved
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
+    env: str | None = None             # null: the env of the checkpoint's training data
+    planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
+    episodes: int = 50
+    budget: int = 50                   # env steps per episode
+    goal_offset: int = 25              # goal = state this many steps after the start
+    horizon: int = 5                   # planned action chunks
+    receding_horizon: int = 5          # chunks executed before replanning (LeWM: the whole plan)
+    eval_seed: int = 1_000_003         # base seed of the held-out episodes (never a training seed)
+    policy: str | None = None          # held-out episodes' policy; null: the training data's
+    episode_len: int | None = None     # held-out episodes' length; null: the training data's
+    batch: int = 50                    # episodes planned together
+    time_budget_s: float | None = None # per-plan deadline (anytime planning); null: none
+    random_floor: bool = True          # also run uniform random actions on the same tasks
+    videos: int = 50                   # episodes that get a video (observation | goal)
+    device: str = "auto"
+    out: str = "runs/eval"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("checkpoint is required: wm eval checkpoint=runs/<name>/best.pt")
+        if not Path(self.checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint {self.checkpoint!r} does not exist; train one with "
+                                    "`wm train data=... out=...` (it writes best.pt and last.pt)")
+        for k in ("episodes", "budget", "goal_offset", "horizon", "receding_horizon", "batch"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.receding_horizon > self.horizon:
+            raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
+        if self.planner and "name" not in self.planner:
+            raise ValueError("planner config needs a name: planner=cem|icem|mppi|gradient")
+
+
+CONFIG, CONFIG_NAME = EvalConfig, "eval"
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a success rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class Task:
+    index: int
+    seed: int                 # held-out episode seed
+    start_step: int
+    start_state: np.ndarray   # (S,)
+    goal_state: np.ndarray    # (S,)
+
+
+def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int, goal_offset: int,
+               forbidden_seeds: set[int]) -> list[Task]:
+    """Roll out one held-out episode per task and pick (start, start + goal_offset) from it."""
+    from worldmodel.collect import episode_seed, rollout
+
+    if episode_len <= goal_offset:
+        raise ValueError(f"episode_len ({episode_len}) must exceed goal_offset ({goal_offset})")
+    tasks = []
+    for i in range(episodes):
+        seed = episode_seed(eval_seed, i)
+        if seed in forbidden_seeds:
+            raise ValueError(f"held-out seed {seed} (eval_seed={eval_seed}, episode {i}) was used for "
+                             "training; pick another eval_seed")
+        ep = rollout(env, policy, eval_seed, i, episode_len)
+        n = len(ep["state"])
+        if n <= goal_offset:
+            raise ValueError(f"held-out episode {i} ended after {n} rows, shorter than goal_offset")
+        rng = np.random.default_rng([seed, 7])
+        s = int(rng.integers(0, n - goal_offset))
+        tasks.append(Task(i, seed, s, ep["state"][s].copy(), ep["state"][s + goal_offset].copy()))
+    return tasks
+
+
+def run_tasks(env_list: list, tasks: list[Task], act: Callable[[np.ndarray], np.ndarray],
+              reset: Callable[[np.ndarray], None], budget: int, record: bool) -> list[dict[str, Any]]:
+    """Run len(tasks) <= len(env_list) episodes in lockstep with a batched policy `act`."""
+    B = len(tasks)
+    obs = np.stack([env_list[i].reset(seed=t.seed, options={"state": t.start_state})[0]
+                    for i, t in enumerate(tasks)])                         # (B, H, W, 3)
+    goals = np.stack([env_list[i].goal_image(t.goal_state) for i, t in enumerate(tasks)])
+    reset(goals)
+    first = [None] * B
+    frames: list[list[np.ndarray]] = [[o] for o in obs] if record else [[] for _ in range(B)]
+    for step in range(1, budget + 1):
+        actions = act(obs)                                                 # (B, A)
+        for i, env in enumerate(env_list[:B]):
+            o, _, _, _, info = env.step(actions[i])
+            obs[i] = o
+            if first[i] is None and env.is_success(info["state"], tasks[i].goal_state):
+                first[i] = step
+            if record:
+                frames[i].append(o)
+    return [{"success": f is not None, "steps_to_success": f, "frames": frames[i], "goal": goals[i]}
+            for i, f in enumerate(first)]
+
+
+def _video(path: Path, frames: list[np.ndarray], goal: np.ndarray, success_step: int | None,
+           title: str, fps: int) -> str:
+    from worldmodel.video import label, side_by_side, upscale, write_video
+
+    size = 192
+    g = label(upscale(goal, size), "goal")
+    out = []
+    for t, f in enumerate(frames):
+        done = success_step is not None and t >= success_step
+        tag = f"{title} t={t}" + ("  SUCCESS" if done else "")
+        out.append(side_by_side([label(upscale(f, size), tag, (120, 255, 120) if done else (255, 255, 255)), g]))
+    return str(write_video(path, out, fps=fps))
+
+
+def _percentile(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    import envs
+    from planners import make_planner
+    from planners.mpc import MPCController
+    from worldmodel.checkpoint import load_checkpoint
+    from worldmodel.collect import episode_seed
+    from worldmodel.energy import GoalEnergy
+    from worldmodel.model import WorldModel
+
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise FileExistsError(f"output {out} already exists; pass overwrite=true or another out=")
+        shutil.rmtree(out)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if cfg.device == "auto" else cfg.device))
+
+    # Everything that can be refused is checked before any rollout.
+    ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
+    meta = (ckpt.get("extra") or {}).get("dataset_meta") or {}
+    env_name = cfg.env or meta.get("env")
+    if not env_name:
+        raise ValueError("the checkpoint records no dataset env; pass env=<name>")
+    policy = cfg.policy or meta.get("policy") or "noise"
+    episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
+    model = WorldModel.from_checkpoint(cfg.checkpoint, device=device).eval()
+    mcfg = model.cfg
+    image_size = int(meta.get("image_size") or mcfg.image_size)
+    if image_size != mcfg.image_size:
+        raise ValueError(f"data image_size {image_size} != model image_size {mcfg.image_size}")
+    planner_cfg = dict(cfg.planner or {"name": "cem"})
+    planner = make_planner(planner_cfg.pop("name"), **planner_cfg)
+    B = min(cfg.batch, cfg.episodes)
+    env_list = [envs.make(env_name, image_size=image_size) for _ in range(B)]
+    low, high = env_list[0].action_space.low, env_list[0].action_space.high
+    if len(low) != mcfg.action_dim:
+        raise ValueError(f"env {env_name} has {len(low)} action dims; the model was trained on {mcfg.action_dim}")
+    train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
+        if "seed" in meta else set()
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+
+    t0 = time.perf_counter()
+    tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
+                       train_seeds)
+    energy = GoalEnergy(model)
+    results: list[dict[str, Any]] = []
+    floor: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    misses = 0
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(tasks), desc="eval episodes", unit="ep")
+    for b0 in range(0, len(tasks), B):
+        batch = tasks[b0:b0 + B]
+        ctrl = MPCController(planner, energy, (low, high), horizon=cfg.horizon,
+                             receding_horizon=cfg.receding_horizon, frameskip=mcfg.frameskip,
+                             history=mcfg.history, batch=len(batch), time_budget_s=cfg.time_budget_s,
+                             device=device)
+        record = b0 < cfg.videos
+        res = run_tasks(env_list, batch, ctrl.act, lambda g: ctrl.reset(g, seed=batch[0].seed),
+                        cfg.budget, record)
+        latencies += ctrl.latencies_s
+        misses += int(ctrl.stats()["deadline_misses"])
+        results += res
+        if cfg.random_floor:
+            rng = np.random.default_rng([cfg.eval_seed, b0, 99])
+            rand = run_tasks(env_list, batch, lambda o: rng.uniform(low, high, (len(o), len(low))).astype(np.float32),
+                             lambda g: None, cfg.budget, False)
+            floor += rand
+        if bar is not None:
+            bar.update(len(batch))
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.0%}")
+    if bar is not None:
+        bar.close()
+
+    videos = []
+    for t, r in zip(tasks, results):
+        if t.index < cfg.videos and r["frames"]:
+            videos.append(_video(out / "videos" / f"episode_{t.index:03d}.mp4", r["frames"], r["goal"],
+                                 r["steps_to_success"], f"ep {t.index}", fps=10))
+    n = len(results)
+    k = sum(r["success"] for r in results)
+    kf = sum(r["success"] for r in floor)
+    steps = [r["steps_to_success"] for r in results if r["success"]]
+    summary = {
+        "env": env_name, "checkpoint": str(cfg.checkpoint), "planner": cfg.planner.get("name", "cem") if cfg.planner else "cem",
+        "episodes": n, "successes": k, "success_rate": k / n, "ci95": wilson(k, n),
+        "random_floor": ({"successes": kf, "success_rate": kf / n, "ci95": wilson(kf, n)} if floor else None),
+        "steps_to_success": {"median": _percentile(steps, 50), "mean": float(np.mean(steps)) if steps else None},
+        "latency_ms": {"p50": _percentile([x * 1e3 for x in latencies], 50),
+                       "p95": _percentile([x * 1e3 for x in latencies], 95),
+                       "max": max(latencies) * 1e3 if latencies else None, "plans": len(latencies),
+                       "batch": B, "note": "one plan = one batched solve for all episodes of a batch"},
+        "deadline_misses": misses, "device": str(device),
+        "protocol": {"budget": cfg.budget, "goal_offset": cfg.goal_offset, "eval_seed": cfg.eval_seed,
+                     "policy": policy, "episode_len": episode_len},
+        "wall_s": time.perf_counter() - t0,
+        "per_episode": [{"index": t.index, "seed": t.seed, "start_step": t.start_step,
+                         "success": r["success"], "steps_to_success": r["steps_to_success"],
+                         "random_success": (floor[i]["success"] if floor else None)}
+                        for i, (t, r) in enumerate(zip(tasks, results))],
+        "videos": videos, "config": json.loads((out / "config.json").read_text()),
+    }
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=float))
+    os.replace(tmp, out / "results.json")
+    lo, hi = summary["ci95"]
+    line = f"{env_name}: success {k}/{n} = {k / n:.0%} (95% CI {lo:.0%}-{hi:.0%})"
+    if floor:
+        line += f"; random floor {kf}/{n} = {kf / n:.0%}"
+    print(line + f"; results in {out / 'results.json'}")
+    return summary

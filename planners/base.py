@@ -118,6 +118,9 @@ class Planner:
         self._generators.clear()
 
     def generator(self, device: torch.device) -> torch.Generator:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:   # "cuda" and "cuda:0" share one stream
+            device = torch.device("cuda", torch.cuda.current_device())
         key = str(device)
         if key not in self._generators:
             g = torch.Generator(device=device)

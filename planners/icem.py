@@ -27,8 +27,9 @@ def colored_noise(lead: tuple[int, ...], horizon: int, action_dim: int, beta: fl
                   ) -> torch.Tensor:
     """Gaussian noise (*lead, H, A) with unit variance and a 1/f^beta spectrum along H."""
     n_freq = horizon // 2 + 1
-    f = torch.fft.rfftfreq(horizon, device=device, dtype=dtype)             # (F,)
-    f[0] = 1.0 / horizon                     # the DC term gets the lowest non-zero frequency's gain
+    # The DC term gets the lowest non-zero frequency's gain (a clamp, not an index-put, keeps
+    # this free of host-to-device copies and so capturable in a CUDA graph).
+    f = torch.fft.rfftfreq(horizon, device=device, dtype=dtype).clamp_min(1.0 / horizon)  # (F,)
     gain = f.pow(-beta / 2)                                                 # (F,) amplitude
     re_im = torch.randn(*lead, action_dim, n_freq, 2, generator=generator, device=device,
                         dtype=dtype)                                        # (*lead, A, F, 2)

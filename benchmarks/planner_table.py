@@ -1,0 +1,136 @@
+"""Planners at equal compute: `wm eval` with CEM, iCEM, MPPI and gradient on one checkpoint, each
+given the same number of energy evaluations (action sequences scored) per plan.
+
+    python benchmarks/planner_table.py --checkpoint runs/repro/tworoom_cpu/seed0/train/best.pt
+    python benchmarks/planner_table.py --checkpoint ... --budget-sequences 3000 --planners cem icem
+
+Equivalence (per plan and per episode; `--budget-sequences` B, default 9000 = LeWM's CEM 300 x 30):
+  cem       iterations 30 (LeWM), samples = B / 30, elites 30.
+  mppi      iterations 6 (TD-MPC2), samples = B / 6, elites 64.
+  icem      iterations 10, elites 20, decay 1.25: the population of iteration i is
+            max(floor(S * 1.25^-i), 2 * elites); S is the largest first population whose sum over
+            the iterations is <= B. Elites carried to the next iteration keep their cost (no
+            re-evaluation), so they cost nothing.
+  gradient  iterations I = 50 energy calls on S parallel restarts, with I - 1 backward passes
+            through the predictor. A backward pass costs about two forwards (the usual rule for
+            dense layers), so one restart costs I + 2 (I - 1) = 3 I - 2 sequence-equivalents and
+            S = B / (3 I - 2) (9000 -> 60 restarts, 8880 equivalents).
+Each planner's actual count is reported as `sequences_per_plan`. Every run uses the same tasks
+(eval_seed), the same checkpoint and the LeWM protocol; the random floor runs once (first planner).
+
+stdout: one JSON line per planner; the whole table goes to --json (atomic write).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipes as R  # noqa: E402
+
+ITERATIONS = {"cem": 30, "mppi": 6, "icem": 10, "gradient": 50}
+ELITES = {"cem": 30, "mppi": 64, "icem": 20}
+
+
+def icem_sequences(samples: int, iterations: int, elites: int, decay: float = 1.25) -> int:
+    """Sequences scored by one iCEM solve (planners/icem.py ICEM.population summed)."""
+    return sum(max(int(samples * decay ** (-i)), 2 * elites) for i in range(iterations))
+
+
+def equal_compute(planner: str, budget: int) -> tuple[dict[str, Any], int]:
+    """Planner overrides spending about `budget` sequence evaluations per plan, and the exact count."""
+    it = ITERATIONS[planner]
+    if planner == "gradient":
+        s = max(1, budget // (3 * it - 2))
+        return {"samples": s, "iterations": it}, s * (3 * it - 2)
+    if planner == "icem":
+        e = ELITES["icem"]
+        if icem_sequences(e, it, e) > budget:
+            raise ValueError(f"--budget-sequences {budget} is below iCEM's floor of "
+                             f"{icem_sequences(e, it, e)} (10 iterations of >= 2 x 20 elites)")
+        s = e
+        while icem_sequences(s + 1, it, e) <= budget:
+            s += 1
+        return {"samples": s, "iterations": it, "elites": e}, icem_sequences(s, it, e)
+    s = max(2, budget // it)
+    return {"samples": s, "iterations": it, "elites": min(ELITES[planner], s)}, s * it
+
+
+def eval_args(checkpoint: str, planner: str, overrides: dict[str, Any], out: Path, a: argparse.Namespace,
+              floor: bool) -> list[str]:
+    """`wm eval` overrides for one planner row."""
+    return [f"checkpoint={checkpoint}", f"planner={planner}", *[f"planner.{k}={v}" for k, v in overrides.items()],
+            *([f"env={a.env}"] if a.env else []), f"episodes={a.episodes}", f"batch={a.batch}",
+            f"videos={a.videos}", f"random_floor={str(floor).lower()}", f"device={a.device}", f"out={out}",
+            "overwrite=true", f"progress={str(not a.quiet).lower()}"]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="best.pt written by `wm train`")
+    p.add_argument("--env", default=None, help="default: the env of the checkpoint's data")
+    p.add_argument("--planners", nargs="+", default=["cem", "icem", "mppi", "gradient"],
+                   choices=sorted(ITERATIONS))
+    p.add_argument("--budget-sequences", type=int, default=9000, help="energy evaluations per plan")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--batch", type=int, default=50, help="episodes planned together")
+    p.add_argument("--videos", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default; 1 on a busy box)")
+    p.add_argument("--out", default="runs/planner_table")
+    p.add_argument("--json", default=None, help="default benchmarks/results/planner_table_<env>.json")
+    p.add_argument("--dry-run", action="store_true", help="print the wm commands, run nothing")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    a = parse(argv)
+    plans = {}
+    for i, name in enumerate(a.planners):
+        overrides, sequences = equal_compute(name, a.budget_sequences)
+        args = eval_args(a.checkpoint, name, overrides, Path(a.out) / name, a, floor=i == 0)
+        plans[name] = (overrides, sequences, args)
+    if a.dry_run:
+        for name, (_, seq, args) in plans.items():
+            R.line({"bench": "planner_table", "dry_run": True, "planner": name, "sequences_per_plan": seq,
+                    "command": R.command("eval", args)})
+        return None
+
+    if not Path(a.checkpoint).is_file():
+        raise SystemExit(f"planner_table: no checkpoint at {a.checkpoint}; train one with "
+                         "`python benchmarks/reproduce.py` or `wm train`")
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    head = {"bench": "planner_table", "checkpoint": a.checkpoint, "budget_sequences": a.budget_sequences,
+            "git": R.git_commit(), "machine": R.machine(a.device)}
+    rows, floor = [], None
+    for name, (overrides, sequences, args) in plans.items():
+        t = time.perf_counter()
+        ev = R.run_stage("eval", args)
+        floor = floor or ev["random_floor"]
+        row = {"bench": "planner_table", "env": ev["env"], "planner": name, "settings": overrides,
+               "sequences_per_plan": sequences, "budget_sequences": a.budget_sequences,
+               "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
+               "episodes": ev["episodes"], "latency_ms_p50": ev["latency_ms"]["p50"],
+               "latency_ms_p95": ev["latency_ms"]["p95"], "plan_batch": ev["latency_ms"]["batch"],
+               "eval_s": round(time.perf_counter() - t, 2), "device": ev["device"],
+               "gpu": head["machine"]["gpu"], "command": R.command("eval", args)}
+        R.line(row)
+        rows.append(row)
+    env = rows[0]["env"]
+    record = {**head, "env": env, "random_floor": floor, "rows": rows,
+              "equivalence": "cem S*30; mppi S*6; icem sum of decaying populations over 10 iterations; "
+                             "gradient S*(3*50-2) (backward ~ 2 forwards)"}
+    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"planner_table_{env}.json")
+    R.write_json(path, record)
+    print(f"planner_table: wrote {path}", file=sys.stderr)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Result recipes: one dict of (env, scale) -> the exact collect / train / eval settings of a row
+of the results table, and helpers that turn a recipe into `wm` overrides, run them in-process and
+describe the machine. Shared by reproduce.py, planner_table.py and sigreg_ablation.py.
+
+Scales:
+  "cpu"  ("cpu-reduced"): runnable on the 2-core dev CPU in about 15 minutes per env per seed:
+         model=tiny at 64 px, 300 episodes, 500 steps at batch 64 (tiny: ~1.1 s/step there),
+         eval 50 episodes with LeWM's CEM (300 samples x 30 iterations).
+  "full": the GPU recipe meant for one H100 in ~15-20 minutes per env per seed (collect ~2 min on
+         16 workers, train 7,000 steps ~10 min, eval under a minute; stage speeds measured on an H100
+         at smaller sizes, see budget_note). Recipe.verified stays False until the recipe has been
+         run end to end as written; a run with any override records `"verified": false`.
+The full recipes use the LeWM model (18M parameters) at 64 px with patch 8 (64 tokens instead of
+LeWM's 256 at 224 px / patch 14) so that 2,000-5,000 episodes fit in RAM and disk; this is a
+deliberate difference from the paper, stated in every result file through the recipe.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:                       # runnable as `python benchmarks/<script>.py`
+    sys.path.insert(0, str(ROOT))
+
+SCALE_LABELS = {"cpu": "cpu-reduced", "full": "full"}
+
+# Published success rates (%) from REFERENCE.md (LeWM paper, Table: TwoRoom / Reacher / Push-T).
+REFERENCE = {
+    "tworoom": {"LeWM": 87, "DINO-WM": 100, "PLDM": 97, "random (users; paper: 0)": 26},
+    "reacher": {"LeWM": 86, "DINO-WM": 79, "PLDM": 78, "random": 10},
+    "pusht": {"LeWM": 96, "DINO-WM": 74, "PLDM": 78, "random": 2},
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines one row of the results table."""
+    env: str
+    scale: str                     # "cpu" | "full"
+    episodes: int                  # collected episodes (seed 0; training seeds vary only training)
+    steps: int                     # training steps
+    batch_size: int
+    model: str = "tiny"            # configs/model/<model>.yaml
+    model_overrides: tuple[str, ...] = ()   # e.g. ("model.patch_size=8",)
+    image_size: int = 64
+    episode_len: int | None = None  # null: the env config's (tworoom 100, pusht/reacher 200)
+    policy: str | None = None       # null: the env config's (expert for all three)
+    workers: int = 2
+    device: str = "auto"
+    threads: int = 0                # torch CPU threads in training (0: torch's default)
+    lr: float | None = None         # null: the optim preset of the model
+    eval_episodes: int = 50
+    planner: str = "cem"
+    plan_samples: int = 300         # LeWM: CEM 300 samples x 30 iterations, 30 elites
+    plan_iterations: int = 30
+    plan_elites: int = 30           # capped at plan_samples (only tiny smoke runs hit the cap)
+    eval_batch: int = 50            # episodes planned together in one batched solve
+    videos: int = 10
+    budget_note: str = ""           # the intended wall-time budget, and whether it was measured
+    verified: bool = False          # True once this exact recipe has been run end to end
+
+    @property
+    def scale_label(self) -> str:
+        return SCALE_LABELS[self.scale]
+
+
+_CPU = dict(scale="cpu", episodes=300, steps=500, batch_size=64, model="tiny", image_size=64,
+            workers=2, device="cpu",
+            budget_note="2-core CPU, ~15 min per env per seed: collect ~1-2 min, train 500 x ~1.1 s, "
+                        "eval 50 episodes CEM 300x30 a few minutes (estimate from the tiny preset's "
+                        "measured step time; the whole recipe has not been timed yet)")
+# LeWM model at 64 px / patch 8; batch 128, lr 5e-5 (configs/optim/lewm.yaml), bf16 on CUDA.
+_FULL = dict(scale="full", batch_size=128, model="lewm", image_size=64,
+             model_overrides=("model.patch_size=8",), workers=16, device="cuda",
+             budget_note="one H100, ~15-20 min per env per seed. Measured on an H100 (reproduce.py "
+                         "smoke, tworoom, 400 episodes, 300 steps): collect 4,600 frames/s on 16 workers, "
+                         "train 83 ms/step incl. validation (68 ms/step bare, train_speed.py), eval 50 "
+                         "episodes CEM 300x30 in 14 s. So ~2 min collect, 7,000 steps ~10 min, eval <1 min")
+
+RECIPES: dict[tuple[str, str], Recipe] = {
+    ("tworoom", "cpu"): Recipe(env="tworoom", **_CPU),
+    ("reacher", "cpu"): Recipe(env="reacher", **_CPU),
+    ("pusht", "cpu"): Recipe(env="pusht", **_CPU),
+    # TwoRoom: LeWM uses 10k episodes of ~92 steps; 5,000 x 100 at 64 px = 500k frames, ~6 GB.
+    ("tworoom", "full"): Recipe(env="tworoom", episodes=5000, steps=7000, episode_len=100, **_FULL),
+    # Reacher: expert (PD to random joint targets) episodes of 200 steps; 2,000 x 200 = 400k frames.
+    ("reacher", "full"): Recipe(env="reacher", episodes=2000, steps=7000, episode_len=200, **_FULL),
+    # Push-T: expert episodes of 200 steps (LeWM: ~196); 2,500 x 200 = 500k frames.
+    ("pusht", "full"): Recipe(env="pusht", episodes=2500, steps=7000, episode_len=200, **_FULL),
+}
+
+
+def get_recipe(env: str, scale: str, **overrides: Any) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe for (env, scale) with the non-None `overrides` applied; also returns the
+    overrides that changed something (a run with any of them is not the verified recipe)."""
+    if (env, scale) not in RECIPES:
+        raise ValueError(f"no recipe for env={env!r} scale={scale!r}; choose from "
+                         f"{sorted({e for e, _ in RECIPES})} x {sorted({s for _, s in RECIPES})}")
+    base = RECIPES[(env, scale)]
+    changed = {k: v for k, v in overrides.items() if v is not None and getattr(base, k) != v}
+    unknown = set(changed) - {f.name for f in dataclasses.fields(Recipe)}
+    if unknown:
+        raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+    recipe = dataclasses.replace(base, **changed)
+    if changed:
+        recipe = dataclasses.replace(recipe, verified=False)
+    return recipe, changed
+
+
+OVERRIDABLE = ("episodes", "episode_len", "image_size", "model", "steps", "batch_size", "lr", "workers",
+               "threads", "device", "eval_episodes", "eval_batch", "plan_samples", "plan_iterations",
+               "videos")
+
+
+def add_override_args(p: Any) -> None:
+    """--episodes, --steps, ... flags (argparse), one per overridable recipe field."""
+    g = p.add_argument_group("recipe overrides (a run with any of them is not the verified recipe)")
+    for name in OVERRIDABLE:
+        kind = {"model": str, "device": str, "lr": float}.get(name, int)
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    g.add_argument("--train-extra", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra `wm train` overrides, e.g. eval_clips=64 tensorboard=false")
+
+
+def recipe_from_args(a: Any) -> tuple[Recipe, dict[str, Any]]:
+    """get_recipe(a.env, a.scale) with the override flags of `add_override_args` applied."""
+    recipe, changed = get_recipe(a.env, a.scale, **{k: getattr(a, k) for k in OVERRIDABLE})
+    if getattr(a, "train_extra", None):
+        changed = {**changed, "train_extra": list(a.train_extra)}
+        recipe = dataclasses.replace(recipe, verified=False)
+    return recipe, changed
+
+
+def _b(x: bool) -> str:
+    return str(x).lower()
+
+
+def collect_args(r: Recipe, out: Path | str, seed: int = 0, progress: bool = True,
+                 resume: bool = False) -> list[str]:
+    """`wm collect` overrides for the recipe's dataset."""
+    args = [f"env={r.env}", f"episodes={r.episodes}", f"workers={r.workers}", f"out={out}",
+            f"seed={seed}", f"image_size={r.image_size}"]
+    args += [f"policy={r.policy}"] if r.policy else []
+    args += [f"episode_len={r.episode_len}"] if r.episode_len else []
+    return args + [f"resume={_b(resume)}", f"progress={_b(progress)}"]
+
+
+def train_args(r: Recipe, data: Path | str, out: Path | str, seed: int, progress: bool = True,
+               resume: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+    """`wm train` overrides for one training seed."""
+    args = [f"data={data}", f"model={r.model}", *r.model_overrides, f"model.image_size={r.image_size}",
+            f"steps={r.steps}", f"batch_size={r.batch_size}", f"out={out}", f"seed={seed}",
+            f"device={r.device}"]
+    args += [f"lr={r.lr}"] if r.lr is not None else []
+    args += [f"threads={r.threads}"] if r.threads else []
+    return args + [*extra, f"resume={_b(resume)}", f"overwrite={_b(not resume)}", f"progress={_b(progress)}"]
+
+
+def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, planner: str | None = None,
+              planner_overrides: dict[str, Any] | None = None, progress: bool = True) -> list[str]:
+    """`wm eval` overrides: LeWM protocol (50-step budget, goal 25 steps ahead), random floor on."""
+    name = planner or r.planner
+    po = planner_overrides if planner_overrides is not None else (
+        {"samples": r.plan_samples, "iterations": r.plan_iterations,
+         "elites": min(r.plan_elites, r.plan_samples)} if name == r.planner else {})
+    return [f"checkpoint={checkpoint}", f"planner={name}", *[f"planner.{k}={v}" for k, v in po.items()],
+            f"episodes={r.eval_episodes}", f"batch={r.eval_batch}", f"videos={r.videos}",
+            "random_floor=true", f"device={r.device}", f"out={out}", "overwrite=true",
+            f"progress={_b(progress)}"]
+
+
+def command(name: str, args: list[str]) -> str:
+    """The `wm ...` line a user can paste to run the same stage."""
+    return shlex.join(["wm", name, *args])
+
+
+STAGES = {"collect": "worldmodel.collect", "train": "worldmodel.train", "eval": "worldmodel.evaluate"}
+
+
+def run_stage(name: str, args: list[str]) -> dict[str, Any]:
+    """Run `wm <name> <args>` in-process (same config load and `run` as the CLI). The stage's own
+    stdout is sent to stderr so that the caller's JSON lines are all that stdout carries."""
+    import importlib
+
+    from worldmodel.config import load
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    module = importlib.import_module(STAGES[name])
+    cfg = load(module.CONFIG, module.CONFIG_NAME, args)
+    with contextlib.redirect_stdout(sys.stderr):
+        return module.run(cfg)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def machine(device: str) -> dict[str, Any]:
+    """Device / GPU name, CPU model and core count, torch version."""
+    import torch
+
+    dev = resolve_device(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"device": dev, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "gpu": None}
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(dev))
+    return info
+
+
+def git_commit() -> dict[str, Any]:
+    """HEAD of the repo (None outside git) and whether the working tree has uncommitted changes."""
+    def git(*a: str) -> str | None:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    head = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if head else None
+    return {"commit": head, "dirty": bool(status) if status is not None else None}
+
+
+def dataset_size(path: Path | str) -> dict[str, int]:
+    """Episodes and frames (rows) of a collected dataset, read from its episode index."""
+    from worldmodel.dataset import load_dataset
+
+    ds = load_dataset(path, columns=())
+    return {"episodes": int(ds.num_episodes), "frames": int(ds.ep_len.sum())}
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    """Atomic JSON write (temp file in the same directory + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def line(obj: dict[str, Any]) -> None:
+    """One JSON line on stdout, flushed (the scripts' only stdout)."""
+    print(json.dumps(obj, default=float), flush=True)

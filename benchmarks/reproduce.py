@@ -1,0 +1,139 @@
+"""Reproduce one row of the results table from an empty disk: collect -> (train -> eval) per seed.
+
+    python benchmarks/reproduce.py --env tworoom --scale cpu                 # ~15 min per seed, 2 cores
+    python benchmarks/reproduce.py --env pusht --scale full --seeds 0 1 2    # one H100 (NOT run yet)
+    python benchmarks/reproduce.py --env reacher --scale cpu --dry-run       # print the wm commands
+
+The recipe (benchmarks/recipes.py) fixes every setting; any flag below overrides a field, and a
+run with an override is recorded with `"verified": false` and its `overrides`. Each stage is the
+same code as `wm collect` / `wm train` / `wm eval`, run in-process; the exact `wm ...` lines are
+recorded so a user can paste them. The dataset is collected once (collection seed 0); the training
+seeds vary the model's init, data order and SIGReg directions. Evaluation follows the LeWM
+protocol (50 episodes, start at a random step of a held-out episode, goal 25 steps later, 50-step
+budget, CEM 300 x 30) and runs the random-action floor on the same tasks.
+
+stdout: one JSON line per seed, then one aggregate line (with the published LeWM / DINO-WM / PLDM
+numbers as "reference"). The whole record goes to --json (atomic write), by default
+benchmarks/results/<env>_<scale>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipes as R  # noqa: E402
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", required=True, choices=sorted({e for e, _ in R.RECIPES}))
+    p.add_argument("--scale", default="cpu", choices=sorted(R.SCALE_LABELS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    p.add_argument("--out", default=None, help="run directory (default runs/repro/<env>_<scale>)")
+    p.add_argument("--json", default=None, help="result file (default benchmarks/results/<env>_<scale>.json)")
+    p.add_argument("--dry-run", action="store_true", help="print the wm commands, run nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run in --out (collect and train resume; eval reruns)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    R.add_override_args(p)
+    return p.parse_args(argv)
+
+
+def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[str, Any]]:
+    """Recipe, overrides, run directory and the stage argument lists (one train/eval per seed)."""
+    recipe, changed = R.recipe_from_args(a)
+    out = Path(a.out or f"runs/repro/{a.env}_{a.scale}")
+    progress = not a.quiet
+    stages: dict[str, Any] = {"collect": R.collect_args(recipe, out / "data", 0, progress, a.resume),
+                              "seeds": {}}
+    for s in a.seeds:
+        run_dir = out / f"seed{s}"
+        stages["seeds"][s] = {
+            "train": R.train_args(recipe, out / "data", run_dir / "train", s, progress, a.resume,
+                                  tuple(a.train_extra)),
+            "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress)}
+    return recipe, changed, out, stages
+
+
+def aggregate(env: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean / min / max success over seeds, pooled successes with a Wilson interval, and the floor."""
+    from worldmodel.evaluate import wilson
+
+    rates = [r["success_rate"] for r in rows]
+    k, n = sum(r["successes"] for r in rows), sum(r["eval_episodes"] for r in rows)
+    floors = [r["random_floor"]["success_rate"] for r in rows if r.get("random_floor")]
+    return {"seeds": [r["seed"] for r in rows], "success_mean": sum(rates) / len(rates),
+            "success_min": min(rates), "success_max": max(rates),
+            "pooled": {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n)},
+            "random_floor_mean": sum(floors) / len(floors) if floors else None,
+            "reference_pct": R.REFERENCE.get(env)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    a = parse(argv)
+    recipe, changed, out, stages = plan(a)
+    commands = [R.command("collect", stages["collect"])]
+    for s in a.seeds:
+        commands += [R.command("train", stages["seeds"][s]["train"]),
+                     R.command("eval", stages["seeds"][s]["eval"])]
+    if a.dry_run:
+        R.line({"bench": "reproduce", "dry_run": True, "env": a.env, "scale": R.SCALE_LABELS[a.scale],
+                "recipe": dataclasses.asdict(recipe), "overrides": changed, "commands": commands})
+        print("\n".join(commands), file=sys.stderr)
+        return None
+
+    if recipe.threads:                  # eval runs in this process too: same thread count
+        import torch
+        torch.set_num_threads(recipe.threads)
+    head = {"bench": "reproduce", "env": a.env, "scale": recipe.scale_label,
+            "verified": not changed, "overrides": changed,
+            "git": R.git_commit(), "machine": R.machine(recipe.device)}
+    t = time.perf_counter()
+    col = R.run_stage("collect", stages["collect"])
+    collect_s = time.perf_counter() - t
+    dataset = {**R.dataset_size(out / "data"), "path": str(out / "data"),
+               "collect_frames_per_s": col.get("frames_per_s")}
+    rows = []
+    for s in a.seeds:
+        st = stages["seeds"][s]
+        t = time.perf_counter()
+        tr = R.run_stage("train", st["train"])
+        train_wall = time.perf_counter() - t
+        t = time.perf_counter()
+        ev = R.run_stage("eval", st["eval"])
+        eval_s = time.perf_counter() - t
+        row = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "seed": s,
+               "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
+               "random_floor": ev["random_floor"], "eval_episodes": ev["episodes"],
+               "planner": ev["planner"], "plan_latency_ms_p50": ev["latency_ms"]["p50"],
+               "plan_batch": ev["latency_ms"]["batch"], "dataset": dataset,
+               "collect_s": round(collect_s, 2), "train_s": tr.get("train_s"),
+               "train_wall_s": round(train_wall, 2), "eval_s": round(eval_s, 2),
+               "train_final": {k: tr.get(k) for k in ("step", "loss", "pred", "val_pred", "val_nochange",
+                                                      "val_ratio", "eff_rank", "std_min")},
+               "device": ev["device"], "gpu": head["machine"]["gpu"],
+               "commands": [commands[0], R.command("train", st["train"]), R.command("eval", st["eval"])],
+               "git_commit": head["git"]["commit"],
+               "results": str(out / f"seed{s}" / "eval" / "results.json")}
+        R.line(row)
+        rows.append(row)
+    agg = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "aggregate": True,
+           **aggregate(a.env, rows),
+           "reference": {"source": "REFERENCE.md (LeWM paper), success %", **(R.REFERENCE.get(a.env) or {})}}
+    R.line(agg)
+    record = {**head, "recipe": dataclasses.asdict(recipe), "commands": commands, "dataset": dataset,
+              "collect_s": round(collect_s, 2), "per_seed": rows, "aggregate": agg,
+              "reference": agg["reference"]}
+    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{a.env}_{a.scale}.json")
+    R.write_json(path, record)
+    print(f"reproduce: wrote {path}", file=sys.stderr)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Smoke tests of the result recipes (benchmarks/reproduce.py, planner_table.py, sigreg_ablation.py).
+
+The scripts run in-process at absurdly small sizes (6 episodes of 40 steps at 32 px, 2 training
+steps at batch 8, 2 eval episodes, 8 CEM samples x 2 iterations, one torch thread) into tmp dirs;
+the checks are on the JSON they print and write, and on the equal-compute arithmetic.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import planner_table  # noqa: E402
+import recipes  # noqa: E402
+import reproduce  # noqa: E402
+import sigreg_ablation  # noqa: E402
+
+TINY = ["--episodes", "6", "--episode-len", "40", "--steps", "2", "--batch-size", "8", "--image-size", "32",
+        "--eval-episodes", "2", "--plan-samples", "8", "--plan-iterations", "2", "--videos", "0",
+        "--workers", "1", "--threads", "1", "--device", "cpu", "--quiet",
+        "--train-extra", "eval_clips=16", "tensorboard=false"]
+
+
+def _lines(out: str) -> list[dict]:
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """The scripts set torch's thread count process-wide; restore it for the other tests."""
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_every_env_has_both_scales_and_reference():
+    for env in ("tworoom", "reacher", "pusht"):
+        cpu, full = recipes.RECIPES[(env, "cpu")], recipes.RECIPES[(env, "full")]
+        assert (cpu.model, cpu.steps, cpu.episodes, cpu.batch_size) == ("tiny", 500, 300, 64)
+        assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (300, 30, 50)
+        assert full.device == "cuda" and full.model == "lewm" and not full.verified
+        assert set(recipes.REFERENCE[env]) >= {"LeWM", "DINO-WM", "PLDM"}
+    assert recipes.REFERENCE["pusht"]["LeWM"] == 96 and recipes.REFERENCE["reacher"]["DINO-WM"] == 79
+
+
+def test_override_marks_recipe_unverified():
+    r, changed = recipes.get_recipe("tworoom", "cpu", steps=3, episodes=None)
+    assert r.steps == 3 and changed == {"steps": 3} and not r.verified
+    with pytest.raises(ValueError, match="no recipe"):
+        recipes.get_recipe("hopper", "cpu")
+
+
+def test_dry_run_prints_pasteable_commands(capsys):
+    assert reproduce.main(["--env", "pusht", "--scale", "full", "--seeds", "0", "1", "--dry-run"]) is None
+    (rec,) = _lines(capsys.readouterr().out)
+    cmds = rec["commands"]
+    assert [c.split()[1] for c in cmds] == ["collect", "train", "eval", "train", "eval"]
+    assert all(c.startswith("wm ") for c in cmds)
+    assert "episode_len=200" in cmds[0] and "model=lewm" in cmds[1] and "device=cuda" in cmds[1]
+    assert "seed=1" in cmds[3] and "planner.samples=300" in cmds[2] and "planner.iterations=30" in cmds[2]
+    assert rec["scale"] == "full" and rec["recipe"]["verified"] is False
+
+
+def test_equal_compute_budgets():
+    from planners import make_planner
+
+    assert planner_table.equal_compute("cem", 9000) == ({"samples": 300, "iterations": 30, "elites": 30}, 9000)
+    assert planner_table.equal_compute("mppi", 9000)[1] == 9000
+    ov, n = planner_table.equal_compute("gradient", 9000)
+    assert ov == {"samples": 60, "iterations": 50} and n == 60 * 148
+    ov, n = planner_table.equal_compute("icem", 9000)
+    icem = make_planner("icem", samples=ov["samples"], iterations=ov["iterations"], elites=ov["elites"])
+    assert n == sum(icem.population(i) for i in range(ov["iterations"])) <= 9000
+    assert planner_table.icem_sequences(ov["samples"] + 1, 10, 20) > 9000
+    with pytest.raises(ValueError, match="floor"):
+        planner_table.equal_compute("icem", 100)
+
+
+def test_planner_table_dry_run(capsys):
+    planner_table.main(["--checkpoint", "missing.pt", "--budget-sequences", "3000", "--dry-run"])
+    rows = _lines(capsys.readouterr().out)
+    assert [r["planner"] for r in rows] == ["cem", "icem", "mppi", "gradient"]
+    assert all(r["sequences_per_plan"] <= 3000 for r in rows)
+    assert "random_floor=true" in rows[0]["command"] and "random_floor=false" in rows[1]["command"]
+
+
+@pytest.mark.slow
+def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread):
+    out, js = tmp_path / "repro", tmp_path / "repro.json"
+    rec = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(js), *TINY])
+    lines = _lines(capsys.readouterr().out)
+    assert len(lines) == 2 and lines[1]["aggregate"] is True
+    seed = lines[0]
+    for k in ("success_rate", "ci95", "random_floor", "eval_episodes", "dataset", "train_s", "collect_s",
+              "eval_s", "plan_latency_ms_p50", "device", "gpu", "commands", "git_commit"):
+        assert k in seed, k
+    assert seed["eval_episodes"] == 2 and seed["dataset"] == {**seed["dataset"], "episodes": 6, "frames": 240}
+    assert 0 <= seed["ci95"][0] <= seed["success_rate"] <= seed["ci95"][1] <= 1
+    assert seed["scale"] == "cpu-reduced" and seed["verified"] is False
+    saved = json.loads(js.read_text())
+    assert saved["aggregate"]["reference"]["LeWM"] == 87 and saved["overrides"]["steps"] == 2
+    assert saved["aggregate"]["success_min"] <= saved["aggregate"]["success_mean"] <= saved["aggregate"]["success_max"]
+    assert rec["per_seed"][0]["commands"][1].startswith("wm train ")
+
+    ckpt = out / "seed0" / "train" / "best.pt"
+    pt_json = tmp_path / "pt.json"
+    planner_table.main(["--checkpoint", str(ckpt), "--budget-sequences", "200", "--episodes", "1",
+                        "--planners", "cem", "gradient", "--out", str(tmp_path / "pt"), "--json", str(pt_json),
+                        "--threads", "1", "--quiet"])
+    rows = _lines(capsys.readouterr().out)
+    assert [r["planner"] for r in rows] == ["cem", "gradient"]
+    assert all(r["sequences_per_plan"] <= 200 and r["latency_ms_p50"] > 0 for r in rows)
+    assert json.loads(pt_json.read_text())["random_floor"] is not None
+
+    sa_json = tmp_path / "sa.json"
+    sigreg_ablation.main(["--env", "tworoom", "--data", str(out / "data"), "--out", str(tmp_path / "sa"),
+                          "--json", str(sa_json), *TINY])
+    rows = _lines(capsys.readouterr().out)
+    assert [r["sigreg_weight"] for r in rows] == [0.0, 0.09]
+    for r in rows:
+        for k in ("eff_rank", "std_min", "val_pred", "val_nochange", "success_rate"):
+            assert isinstance(r[k], float), k
+        assert r["step"] == 2
+    assert json.loads(sa_json.read_text())["verified"] is False

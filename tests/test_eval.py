@@ -45,7 +45,7 @@ def test_tasks_follow_protocol_and_refuse_training_seeds():
 def demo_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "run"
     code = main(["demo", f"out={out}", "episodes=6", "workers=1", "image_size=32", "train_steps=3",
-                 "batch_size=8", "eval_episodes=3", "plan_samples=16", "plan_iterations=2",
+                 "batch_size=8", "eval_episodes=3", "plan_samples=32", "plan_iterations=2",
                  "progress=false", "model=tiny"])
     assert code == 0
     return out
@@ -63,7 +63,7 @@ def test_demo_writes_table_results_and_videos(demo_run):
     assert res["random_floor"]["successes"] <= 3
     assert res["latency_ms"]["plans"] == 2 and res["latency_ms"]["p50"] > 0  # 50 steps / 25 per plan
     assert res["protocol"]["goal_offset"] == 25 and res["protocol"]["budget"] == 50
-    assert res["config"]["planner"]["samples"] == 16
+    assert res["config"]["planner"]["samples"] == 32
     videos = sorted((demo_run / "eval" / "videos").iterdir())
     assert len(videos) == 3 and all(v.stat().st_size > 0 for v in videos)
 
@@ -72,7 +72,7 @@ def test_demo_writes_table_results_and_videos(demo_run):
 def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
     ckpt = demo_run / "train" / "best.pt"
     out = tmp_path / "ev"
-    assert main(["eval", f"checkpoint={ckpt}", "planner=icem", "planner.samples=16", "planner.iterations=2",
+    assert main(["eval", f"checkpoint={ckpt}", "planner=icem", "planner.samples=16", "planner.elites=4", "planner.iterations=2",
                  "episodes=2", "videos=0", "random_floor=false", f"out={out}", "progress=false"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["planner"] == "icem" and res["random_floor"] is None and res["videos"] == []

@@ -100,7 +100,9 @@ class WorldModel(nn.Module):
 
     def encode(self, pixels: Tensor) -> Tensor:
         """Pixels (B, T, H, W, 3) uint8 (or float in [0, 1]) -> z (B, T, D). Also accepts (B, H, W, 3)
-        -> (B, D)."""
+        -> (B, D). numpy arrays are moved to the model's device."""
+        if not isinstance(pixels, Tensor):
+            pixels = torch.as_tensor(pixels, device=self.action_mean.device)
         if pixels.dim() == 4:
             return self.encoder(pixels)
         if pixels.dim() != 5:

@@ -135,3 +135,46 @@ class GoalEnv(gym.Env, ABC):
 
     def _info(self) -> dict[str, Any]:
         return {"state": self.get_state(), "proprio": self.get_proprio()}
+
+
+class MujocoGoalEnv(GoalEnv):
+    """A GoalEnv over one MuJoCo `MjModel`/`MjData`: state = (qpos, qvel), renders through
+    `self._renderer` (an envs.render.FastRenderer). Subclasses set `model`, `data`, `_renderer`
+    and, for the default velocity control, `_n_sub` (physics steps per control step) and
+    `ctrl_scale` (ctrl = action * ctrl_scale)."""
+
+    ctrl_scale: float = 1.0
+
+    def _step_sim(self, action: np.ndarray) -> None:
+        import mujoco
+
+        self.data.ctrl[:] = action.astype(np.float64) * self.ctrl_scale
+        mujoco.mj_step(self.model, self.data, nstep=self._n_sub)
+        mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
+
+    def _render(self) -> np.ndarray:
+        return self._renderer.render(self.data)
+
+    def get_state(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def set_state(self, state: np.ndarray) -> None:
+        nq, nv = self.model.nq, self.model.nv
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        if state.shape != (nq + nv,):
+            names = ", ".join(self.env_info().state_names)
+            raise ValueError(f"{type(self).__name__} state must have {nq + nv} entries ({names}), "
+                             f"got {state.shape}")
+        self._write_state(state[:nq], state[nq:])
+
+    def _write_state(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        import mujoco
+
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = qvel
+        self.data.ctrl[:] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def close(self) -> None:
+        self._renderer.close()
+        super().close()

@@ -21,7 +21,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, GoalEnv
+from envs.base import EnvInfo, MujocoGoalEnv
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -45,7 +45,7 @@ def _default_camera(env: Any, model: mujoco.MjModel, data: mujoco.MjData) -> muj
 
 
 @register_env("gym", "wm/Gym-v0")
-class GymMujoco(GoalEnv):
+class GymMujoco(MujocoGoalEnv):
     """Wraps a gymnasium MuJoCo env: pixels from its model, state = (qpos, qvel)."""
 
     def __init__(
@@ -116,18 +116,8 @@ class GymMujoco(GoalEnv):
         self.env.step(action)
         mujoco.mj_forward(self.model, self.data)   # mj_step leaves xpos one substep stale
 
-    def _render(self) -> np.ndarray:
-        return self._renderer.render(self.data)
-
-    def get_state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
-
-    def set_state(self, state: np.ndarray) -> None:
-        state = np.asarray(state, dtype=np.float64).reshape(-1)
-        if state.shape != (self.nq + self.nv,):
-            raise ValueError(f"{self.gym_id} state must have nq + nv = {self.nq + self.nv} "
-                             f"entries (qpos, qvel), got {state.shape}")
-        self.env.set_state(state[: self.nq], state[self.nq:])
+    def _write_state(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        self.env.set_state(qpos, qvel)
 
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
@@ -137,6 +127,5 @@ class GymMujoco(GoalEnv):
         return bool(np.linalg.norm(d) < self.success_threshold)
 
     def close(self) -> None:
-        self._renderer.close()
         self.env.close()
         super().close()

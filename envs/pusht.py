@@ -24,7 +24,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, GoalEnv
+from envs.base import EnvInfo, MujocoGoalEnv
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -94,13 +94,14 @@ def wrap_angle(a: np.ndarray | float) -> np.ndarray:
 
 
 @register_env("pusht", "wm/PushT-v0")
-class PushT(GoalEnv):
+class PushT(MujocoGoalEnv):
     """Planar pusher and T block; goal = a full state; success = LeWM's pose criterion."""
 
     def __init__(self, image_size: int = 64, render_mode: str = "rgb_array"):
         self.model = mujoco.MjModel.from_xml_string(_XML)
         self.data = mujoco.MjData(self.model)
         self._n_sub = int(round(1.0 / (CONTROL_HZ * PHYS_DT)))
+        self.ctrl_scale = MAX_SPEED
         super().__init__(image_size=image_size, render_mode=render_mode)
         self._renderer = FastRenderer(self.model, image_size, camera="top")
         mujoco.mj_forward(self.model, self.data)
@@ -133,27 +134,6 @@ class PushT(GoalEnv):
         self.data.qpos[:] = np.r_[agent, block]
         mujoco.mj_forward(self.model, self.data)
 
-    def _step_sim(self, action: np.ndarray) -> None:
-        self.data.ctrl[:] = action.astype(np.float64) * MAX_SPEED
-        mujoco.mj_step(self.model, self.data, nstep=self._n_sub)
-        mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
-
-    def _render(self) -> np.ndarray:
-        return self._renderer.render(self.data)
-
-    def get_state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
-
-    def set_state(self, state: np.ndarray) -> None:
-        state = np.asarray(state, dtype=np.float64).reshape(-1)
-        if state.shape != (10,):
-            raise ValueError(f"PushT state must have 10 entries (see env_info().state_names), "
-                             f"got {state.shape}")
-        self.data.qpos[:] = state[:5]
-        self.data.qvel[:] = state[5:]
-        self.data.ctrl[:] = 0.0
-        mujoco.mj_forward(self.model, self.data)
-
     def get_proprio(self) -> np.ndarray:
         s = self.get_state()
         return np.r_[s[0:2], s[5:7]].astype(np.float32)
@@ -171,7 +151,3 @@ class PushT(GoalEnv):
         moved = np.linalg.norm(s[:, 2:4] - s[0, 2:4], axis=1).max() > MOVED_DIST
         turned = np.abs(wrap_angle(s[:, 4] - s[0, 4])).max() > MOVED_ANGLE
         return {"block_moved": float(moved or turned)}
-
-    def close(self) -> None:
-        self._renderer.close()
-        super().close()

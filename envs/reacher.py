@@ -17,7 +17,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, GoalEnv
+from envs.base import EnvInfo, MujocoGoalEnv
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -31,7 +31,7 @@ def wrap_angle(a: np.ndarray | float) -> np.ndarray:
 
 
 @register_env("reacher", "wm/Reacher-v0")
-class Reacher(GoalEnv):
+class Reacher(MujocoGoalEnv):
     """dm_control reacher arm; goal = joint configuration; success = every joint within 0.05 rad."""
 
     def __init__(self, image_size: int = 64, render_mode: str = "rgb_array"):
@@ -74,22 +74,6 @@ class Reacher(GoalEnv):
         self.physics.set_control(action.astype(np.float64))
         self.physics.step()
 
-    def _render(self) -> np.ndarray:
-        return self._renderer.render(self.data)
-
-    def get_state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
-
-    def set_state(self, state: np.ndarray) -> None:
-        state = np.asarray(state, dtype=np.float64).reshape(-1)
-        if state.shape != (4,):
-            raise ValueError(f"Reacher state must have 4 entries (shoulder, wrist, shoulder_vel, "
-                             f"wrist_vel), got {state.shape}")
-        self.data.qpos[:] = state[:2]
-        self.data.qvel[:] = state[2:]
-        self.data.ctrl[:] = 0.0
-        mujoco.mj_forward(self.model, self.data)
-
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
@@ -101,7 +85,3 @@ class Reacher(GoalEnv):
         """shoulder_range: radians swept by the shoulder (unwrapped) over the episode (T, 4)."""
         sh = np.unwrap(np.asarray(states)[:, 0])
         return {"shoulder_range": float(sh.max() - sh.min())}
-
-    def close(self) -> None:
-        self._renderer.close()
-        super().close()

@@ -19,7 +19,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, GoalEnv
+from envs.base import EnvInfo, MujocoGoalEnv
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -86,13 +86,14 @@ def room_of(x: np.ndarray | float) -> np.ndarray:
 
 
 @register_env("tworoom", "wm/TwoRoom-v0")
-class TwoRoom(GoalEnv):
+class TwoRoom(MujocoGoalEnv):
     """Point agent in two rooms; goal = a state (position); success within 0.157 m."""
 
     def __init__(self, image_size: int = 64, render_mode: str = "rgb_array"):
         self.model = mujoco.MjModel.from_xml_string(_XML)
         self.data = mujoco.MjData(self.model)
         self._n_sub = int(round(1.0 / (CONTROL_HZ * PHYS_DT)))
+        self.ctrl_scale = MAX_SPEED
         super().__init__(image_size=image_size, render_mode=render_mode)
         self._renderer = FastRenderer(self.model, image_size, camera="top")
         mujoco.mj_forward(self.model, self.data)
@@ -120,26 +121,6 @@ class TwoRoom(GoalEnv):
         self.data.qpos[:] = (x, y)
         mujoco.mj_forward(self.model, self.data)
 
-    def _step_sim(self, action: np.ndarray) -> None:
-        self.data.ctrl[:] = action.astype(np.float64) * MAX_SPEED
-        mujoco.mj_step(self.model, self.data, nstep=self._n_sub)
-        mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
-
-    def _render(self) -> np.ndarray:
-        return self._renderer.render(self.data)
-
-    def get_state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
-
-    def set_state(self, state: np.ndarray) -> None:
-        state = np.asarray(state, dtype=np.float64).reshape(-1)
-        if state.shape != (4,):
-            raise ValueError(f"TwoRoom state must have 4 entries (x, y, vx, vy), got {state.shape}")
-        self.data.qpos[:] = state[:2]
-        self.data.qvel[:] = state[2:]
-        self.data.ctrl[:] = 0.0
-        mujoco.mj_forward(self.model, self.data)
-
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
@@ -151,7 +132,3 @@ class TwoRoom(GoalEnv):
         """crossed_door: 1.0 if the agent was seen in both rooms during the episode (T, 4)."""
         rooms = room_of(np.asarray(states)[:, 0])
         return {"crossed_door": float((rooms < 0).any() and (rooms > 0).any())}
-
-    def close(self) -> None:
-        self._renderer.close()
-        super().close()

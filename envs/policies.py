@@ -158,7 +158,7 @@ class ExpertPolicy(Policy):
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         a = self.inner.act(obs, info)
-        if self.rng.random() < self.eps:
+        if self.eps > 0 and self.rng.random() < self.eps:    # no draw when off: data stay as before
             return self.rng.uniform(self.low, self.high).astype(np.float32)
         if self.white > 0:
             return self._out((a - self.mid) / self.half + self.rng.normal(0.0, self.white, a.shape))

@@ -45,7 +45,7 @@ def pixels(b: int, t: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def test_presets_build_and_lewm_has_about_18m_parameters():
     tiny, lewm = preset("tiny"), preset("lewm")
-    assert tiny.chunk_dim == tiny.frameskip * 2 and tiny.num_patches == (64 // 8) ** 2
+    assert tiny.chunk_dim == tiny.frameskip * 2 and tiny.num_patches == (64 // 16) ** 2
     counts = WorldModel(lewm).num_parameters()
     print(f"LeWM preset parameters: {counts}")
     assert 17e6 < counts["total"] < 19e6, counts

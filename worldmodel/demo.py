@@ -29,8 +29,8 @@ class DemoConfig:
     image_size: int = 64
     seed: int = 0
     model: str = "tiny"
-    train_steps: int = 3000
-    batch_size: int = 64
+    train_steps: int = 2000
+    batch_size: int = 32
     eval_episodes: int = 50
     planner: str = "cem"
     plan_samples: int | None = None     # null: the planner config's (CEM: 300, LeWM's setting)

@@ -55,21 +55,21 @@ def test_presets_build_and_lewm_has_about_18m_parameters():
 
 def test_shapes_at_tiny_preset():
     model = WorldModel(preset("tiny", action_dim=2)).train()
-    b, t, chunk = 3, 4, model.cfg.chunk_dim
+    b, t, chunk, d = 3, 4, model.cfg.chunk_dim, model.cfg.latent_dim
     px = pixels(b, t, 64)
     out = model.loss(px, torch.randn(b, t - 1, chunk))
-    assert out["pred"].shape == () and out["z"].shape == (b, t, 192) and out["z_hat"].shape == (b, t - 1, 192)
+    assert out["pred"].shape == () and out["z"].shape == (b, t, d) and out["z_hat"].shape == (b, t - 1, d)
     out["pred"].backward()
     assert model.encoder.patch.weight.grad.abs().sum() > 0       # gradient reaches the pixels' encoder
     assert model.predictor.adaln.weight.grad.abs().sum() > 0     # and the zero-init conditioning
     model.eval()
     with torch.no_grad():
         z = model.encode(px)
-        assert z.shape == (b, t, 192)
+        assert z.shape == (b, t, d)
         assert torch.allclose(model.encode(px.float() / 255), z, atol=1e-5)  # float [0,1] == uint8
-        assert model.encode(px[:, 0]).shape == (b, 192)
-        assert model.predict(z, torch.randn(b, t, chunk)).shape == (b, t, 192)
-        assert model.rollout(z[:, :3], torch.randn(b, 2, chunk), torch.randn(b, 5, chunk)).shape == (b, 5, 192)
+        assert model.encode(px[:, 0]).shape == (b, d)
+        assert model.predict(z, torch.randn(b, t, chunk)).shape == (b, t, d)
+        assert model.rollout(z[:, :3], torch.randn(b, 2, chunk), torch.randn(b, 5, chunk)).shape == (b, 5, d)
     with pytest.raises(ValueError, match="64x64"):
         model.encode(pixels(1, 1, 32))
     with pytest.raises(ValueError, match="frameskip"):

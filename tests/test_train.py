@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 # A model small enough for ~10 ms steps on 2 CPU cores (16 px frames, 4 patches, 1+1 blocks).
 MICRO = dict(image_size=16, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2, enc_mlp=64,
              latent_dim=32, proj_hidden=64, frameskip=2, history=2, pred_depth=1, pred_heads=2,
-             pred_head_dim=16, pred_mlp=64, action_hidden=32)
+             pred_head_dim=16, pred_mlp=64, action_hidden=32, pred_dropout=0.1, action_embed=10)
+# Every model field is spelled out, so the CLI path (YAML preset + these overrides) and make_cfg
+# (dataclass defaults + these) build the same model whatever the preset's values are.
 
 
 @pytest.fixture(scope="module")

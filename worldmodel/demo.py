@@ -88,7 +88,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     tr = train.run(load(train.CONFIG, train.CONFIG_NAME, [
-        f"data={data}", f"model={cfg.model}", f"steps={cfg.train_steps}", f"batch_size={cfg.batch_size}",
+        f"data={data}", f"model={cfg.model}", f"model.image_size={cfg.image_size}", f"steps={cfg.train_steps}",
+        f"batch_size={cfg.batch_size}",
         f"out={run_dir}", f"seed={cfg.seed}", f"device={cfg.device}", *_flags(cfg)]))
     timings["train_s"] = time.perf_counter() - t
 

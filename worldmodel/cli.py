@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wm {name}: config error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"wm {name}: error: {e}", file=sys.stderr)
+        if os.environ.get("WM_DEBUG"):
+            raise
+        print(f"wm {name}: error: {e}  (WM_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nwm {name}: interrupted; finished work is kept (re-run with resume=true).", file=sys.stderr)

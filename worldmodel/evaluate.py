@@ -112,14 +112,17 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
     return tasks
 
 
-def run_tasks(env_list: list, tasks: list[Task], act: Callable[[np.ndarray], np.ndarray],
-              reset: Callable[[np.ndarray], None], budget: int, record: bool) -> list[dict[str, Any]]:
+def goal_images(env_list: list, tasks: list[Task]) -> np.ndarray:
+    """(B, H, W, 3) goal images of a batch of tasks, rendered by the observation camera."""
+    return np.stack([env_list[i].goal_image(t.goal_state) for i, t in enumerate(tasks)])
+
+
+def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callable[[np.ndarray], np.ndarray],
+              budget: int, record: bool) -> list[dict[str, Any]]:
     """Run len(tasks) <= len(env_list) episodes in lockstep with a batched policy `act`."""
     B = len(tasks)
     obs = np.stack([env_list[i].reset(seed=t.seed, options={"state": t.start_state})[0]
                     for i, t in enumerate(tasks)])                         # (B, H, W, 3)
-    goals = np.stack([env_list[i].goal_image(t.goal_state) for i, t in enumerate(tasks)])
-    reset(goals)
     first = [None] * B
     frames: list[list[np.ndarray]] = [[o] for o in obs] if record else [[] for _ in range(B)]
     for step in range(1, budget + 1):
@@ -171,14 +174,14 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                           else ("cpu" if cfg.device == "auto" else cfg.device))
 
     # Everything that can be refused is checked before any rollout.
-    ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
+    ckpt = load_checkpoint(cfg.checkpoint, map_location=device)
     meta = (ckpt.get("extra") or {}).get("dataset_meta") or {}
     env_name = cfg.env or meta.get("env")
     if not env_name:
         raise ValueError("the checkpoint records no dataset env; pass env=<name>")
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
-    model = WorldModel.from_checkpoint(cfg.checkpoint, device=device).eval()
+    model = WorldModel.from_loaded(ckpt, device, source=cfg.checkpoint)
     mcfg = model.cfg
     image_size = int(meta.get("image_size") or mcfg.image_size)
     if image_size != mcfg.image_size:
@@ -214,15 +217,17 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                              history=mcfg.history, batch=len(batch), time_budget_s=cfg.time_budget_s,
                              device=device)
         record = b0 < cfg.videos
-        res = run_tasks(env_list, batch, ctrl.act, lambda g: ctrl.reset(g, seed=batch[0].seed),
-                        cfg.budget, record)
+        goals = goal_images(env_list, batch)                               # (b, H, W, 3)
+        ctrl.reset(goals, seed=batch[0].seed)
+        res = run_tasks(env_list, batch, goals, ctrl.act, cfg.budget, record)
         latencies += ctrl.latencies_s
         misses += int(ctrl.stats()["deadline_misses"])
         results += res
         if cfg.random_floor:
             rng = np.random.default_rng([cfg.eval_seed, b0, 99])
-            rand = run_tasks(env_list, batch, lambda o: rng.uniform(low, high, (len(o), len(low))).astype(np.float32),
-                             lambda g: None, cfg.budget, False)
+            rand = run_tasks(env_list, batch, goals,
+                             lambda o: rng.uniform(low, high, (len(o), len(low))).astype(np.float32),
+                             cfg.budget, False)
             floor += rand
         if bar is not None:
             bar.update(len(batch))

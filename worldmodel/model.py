@@ -191,13 +191,19 @@ class WorldModel(nn.Module):
     def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> "WorldModel":
         """Rebuild the model (config + weights + action stats) from a checkpoint; returned in eval mode."""
         from worldmodel.checkpoint import load_checkpoint
+
+        return cls.from_loaded(load_checkpoint(path, map_location=device), device, source=str(path))
+
+    @classmethod
+    def from_loaded(cls, ckpt: dict, device: str | torch.device = "cpu", source: str = "checkpoint"
+                    ) -> "WorldModel":
+        """Same as from_checkpoint, from a dict `load_checkpoint` already returned (no second read)."""
         from worldmodel.checkpoint import CheckpointError
 
-        ckpt = load_checkpoint(path, map_location=device)
         try:
             model = cls(ModelConfig(**ckpt["model_config"]))
             model.load_state_dict(ckpt["model"])
         except (TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{path}: checkpoint does not match this WorldModel ({e}); "
+            raise CheckpointError(f"{source}: checkpoint does not match this WorldModel ({e}); "
                                   f"use the worldmodel version that wrote it.") from None
         return model.to(device).eval()

@@ -13,6 +13,8 @@ All randomness comes from the `rng` passed in, so a seed reproduces an episode e
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from typing import Any, Callable
 
 import numpy as np
@@ -65,7 +67,7 @@ def env_short_name(env: GoalEnv) -> str | None:
     return None
 
 
-class Policy:
+class Policy(ABC):
     """Base: holds the env's action bounds and the rng; `act` returns an in-bounds (A,) float32."""
 
     def __init__(self, env: GoalEnv, rng: np.random.Generator):
@@ -79,8 +81,9 @@ class Policy:
     def reset(self, obs: np.ndarray, info: dict[str, Any]) -> None:
         """Start of an episode (default: nothing to reset)."""
 
+    @abstractmethod
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        raise NotImplementedError
+        """An in-bounds (A,) float32 action for this observation."""
 
     def _out(self, a_unit: np.ndarray) -> np.ndarray:
         """Map an action in [-1, 1] units to the env's bounds, clipped, as float32."""

@@ -6,6 +6,8 @@ Here A is the per-step action width the energy expects (for a world model: frame
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -89,7 +91,7 @@ def make_planner(name: str, **kwargs):
 
 
 @dataclass
-class Planner:
+class Planner(ABC):
     """Base of every optimiser: hyper-parameters as dataclass fields plus a seeded torch.Generator.
 
     `solve(energy, bounds, horizon, batch, init_mean, init_elites, deadline_s) -> PlanResult`.
@@ -128,6 +130,7 @@ class Planner:
             self._generators[key] = g
         return self._generators[key]
 
+    @abstractmethod
     def solve(self, energy: Energy, bounds: Bounds, horizon: int, batch: int = 1,
               init_mean: torch.Tensor | None = None, init_elites: torch.Tensor | None = None,
               deadline_s: float | None = None) -> PlanResult:
@@ -138,7 +141,6 @@ class Planner:
         the first iteration (e.g. the previous solve's elites, shifted). deadline_s: anytime
         budget; the solve stops after the iteration that crosses it and returns the best so far.
         """
-        raise NotImplementedError
 
 
 class Problem:

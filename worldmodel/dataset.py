@@ -17,6 +17,8 @@ Crash safety (a `kill -9` at any moment must lose at most the episode in flight)
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import os
 import re
@@ -286,7 +288,7 @@ def _close(sources: Iterable["_Source"]) -> None:
             s.f.close()
 
 
-class _Source:
+class _Source(ABC):
     """One file's episodes: per-episode arrays plus a way to copy row ranges of a column."""
 
     ep_len: np.ndarray
@@ -296,8 +298,9 @@ class _Source:
     row_columns: dict[str, tuple[tuple[int, ...], np.dtype]]   # name -> (row shape, dtype)
     name: str
 
+    @abstractmethod
     def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
-        raise NotImplementedError
+        """Copy rows [start, stop) of column `col` into `out`."""
 
 
 class _H5Source(_Source):

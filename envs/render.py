@@ -31,7 +31,6 @@ _OFF_FLAGS = (
 )
 
 
-_ATEXIT = False
 _LIVE: "weakref.WeakSet[FastRenderer]" = weakref.WeakSet()
 
 
@@ -100,10 +99,11 @@ class FastRenderer:
         self.size = size
         self.camera = camera
         self._renderer: mujoco.Renderer | None = mujoco.Renderer(model, height=size, width=size)
-        global _ATEXIT
-        if not _ATEXIT:  # registered after mujoco.egl's eglTerminate hook, so it runs before it
-            atexit.register(_close_all)
-            _ATEXIT = True
+        # atexit runs hooks last-registered-first. Re-registering on every new renderer keeps ours
+        # after any EGL teardown hook registered since (mujoco.egl's, or dm_control's when an env
+        # imports it lazily), so contexts are freed while the EGL display is still alive.
+        atexit.unregister(_close_all)
+        atexit.register(_close_all)
         flags = self._renderer.scene.flags
         for f in _OFF_FLAGS:
             flags[f] = False

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +179,18 @@ def test_pusht_block_moved_metric_and_contact(made):
     states = np.stack(states)
     assert states[-1, 2] > 0.05, "the pusher should have pushed the block to the right"
     assert env.episode_metrics(states) == {"block_moved": 1.0}
+
+
+def test_interpreter_exit_is_quiet_with_envs_of_two_render_stacks():
+    """Exiting with a MuJoCo env and a dm_control env open frees every GL context without errors.
+
+    dm_control registers its own EGL teardown at import (lazily, when Reacher is made); the renderer
+    must still free its contexts first.
+    """
+    code = ("import envs\n"
+            "a = envs.make('tworoom', image_size=32); b = envs.make('reacher', image_size=32)\n"
+            "a.reset(seed=0); b.reset(seed=0); a.render(); b.render()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert "Error" not in r.stderr and "Exception" not in r.stderr, r.stderr

@@ -41,6 +41,29 @@ def test_tasks_follow_protocol_and_refuse_training_seeds():
     env.close()
 
 
+def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):
+    """A window where the data policy idles (start meets the goal) is not a task: redraw it."""
+    import envs
+    import worldmodel.collect as collect
+
+    env = envs.make("tworoom", image_size=32)
+    env.reset(seed=0)
+    s0 = env.get_state()
+    moving = np.repeat(s0[None], 60, axis=0)          # idles for 30 steps, then walks in x
+    moving[30:, 0] += 0.02 * np.arange(1, 31)
+    monkeypatch.setattr(collect, "rollout", lambda *a, **k: {"state": moving})
+    tasks = make_tasks(env, "expert", eval_seed=5, episodes=20, episode_len=60, goal_offset=25,
+                       forbidden_seeds=set())
+    for t in tasks:
+        assert not env.is_success(t.start_state, t.goal_state)
+        assert t.start_step >= 13       # earlier starts end within 0.157 m of where they began
+    monkeypatch.setattr(collect, "rollout", lambda *a, **k: {"state": moving[:30]})
+    with pytest.raises(ValueError, match="never moves"):
+        make_tasks(env, "expert", eval_seed=5, episodes=1, episode_len=30, goal_offset=25,
+                   forbidden_seeds=set())
+    env.close()
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "run"

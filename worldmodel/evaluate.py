@@ -4,7 +4,8 @@
 
 Protocol (REFERENCE.md): held-out episodes are rolled out with the training data's policy but with
 seeds never used for training; each evaluation episode starts at a random step of one of them, its
-goal is the state `goal_offset` (25) steps later, the planner gets `budget` (50) env steps, and the
+goal is the state `goal_offset` (25) steps later (a start that already meets its goal, where the
+data policy idled, is redrawn: any policy would "solve" it), the planner gets `budget` (50) env steps, and the
 episode succeeds if the env's criterion holds at any step. The planner sees only pixels: the start
 frame, the goal image, and what the env renders after each action. Simulator state is used only to
 set up the start and to score. The random-policy floor runs on the very same starts and goals.
@@ -107,7 +108,17 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
         if n <= goal_offset:
             raise ValueError(f"held-out episode {i} ended after {n} rows, shorter than goal_offset")
         rng = np.random.default_rng([seed, 7])
+        # A window whose start already meets the goal (the data policy idled) is no task: any
+        # policy "solves" it. Redraw the start among the windows that are not solved at step 0.
+        open_starts = [s for s in range(n - goal_offset)
+                       if not env.is_success(ep["state"][s], ep["state"][s + goal_offset])]
+        if not open_starts:
+            raise ValueError(f"held-out episode {i} (seed {seed}) never moves far enough in "
+                             f"{goal_offset} steps to make a task; use a longer episode_len or "
+                             "another policy=")
         s = int(rng.integers(0, n - goal_offset))
+        while s not in open_starts:
+            s = int(rng.integers(0, n - goal_offset))
         tasks.append(Task(i, seed, s, ep["state"][s].copy(), ep["state"][s + goal_offset].copy()))
     return tasks
 

@@ -212,22 +212,34 @@ class PushTExpert(Policy):
     """Go behind the block (around it if needed) and push it toward a random target, with noise.
 
     The push line aims `offset` beside the block's centre so pushes also rotate it; a new target is
-    drawn when the block gets there or after `patience` steps.
+    drawn when the block gets there or after `patience` steps. Targets whose push start ("behind"
+    the block) lies outside the walls are not drawn, and the way round the block ends behind it:
+    either would park the pusher (measured before both fixes: 24% of 25-step windows had nothing
+    moving at all, and the block moved in only 46%).
     """
 
     def __init__(self, env: GoalEnv, rng: np.random.Generator, noise: float = 0.3,
-                 push_speed: float = 0.7, patience: int = 80):
+                 push_speed: float = 0.7, patience: int = 60):
         super().__init__(env, rng)
         self.noise = Smoothed(2, rng, beta=0.7, scale=noise)
         self.push_speed, self.patience = push_speed, patience
         self.standoff = pusht.BLOCK_RADIUS + pusht.AGENT_R + 0.03
+        self.reach = pusht.HALF - pusht.AGENT_R - 0.01      # pusher centre limit inside the walls
 
     def _new_target(self, com: np.ndarray) -> None:
-        while True:
+        best, best_out = None, np.inf
+        for _ in range(100):
             t = self.rng.uniform(-0.3, 0.3, size=2)
-            if np.linalg.norm(t - com) > 0.12:
+            if np.linalg.norm(t - com) <= 0.12:
+                continue
+            behind = com - (t - com) / np.linalg.norm(t - com) * self.standoff
+            out = np.max(np.abs(behind)) - self.reach      # > 0: the push start is behind a wall
+            if out <= 0:
+                best = t
                 break
-        self.target, self.offset = t, self.rng.uniform(-0.05, 0.05)
+            if out < best_out:                             # block in a corner: least-bad push
+                best, best_out = t, out
+        self.target, self.offset = best, self.rng.uniform(-0.05, 0.05)
         self.pushing, self.age = False, 0
 
     def reset(self, obs: np.ndarray, info: dict[str, Any]) -> None:
@@ -255,8 +267,8 @@ class PushTExpert(Policy):
         else:
             goal = behind
             if along > -0.1 and np.linalg.norm(rel) < self.standoff + 0.05:
-                side = 1.0 if lateral >= 0 else -1.0  # in front or beside: go round the block
-                goal = com + side * n * (self.standoff + 0.03) - d * 0.05
+                side = 1.0 if lateral >= 0 else -1.0  # in front or beside: go round the block,
+                goal = com + side * n * (self.standoff + 0.03) - d * self.standoff  # to its back
             delta = goal - agent
             v = delta / max(np.linalg.norm(delta), 1e-6) * min(1.0, np.linalg.norm(delta) / 0.04)
         return self._out(v + self.noise())

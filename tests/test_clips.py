@@ -94,6 +94,17 @@ def test_gather_layout_matches_rows(ds):
     assert torch.equal(actions[0], want)
 
 
+def test_frame_states_align_with_frames(tmp_path):
+    from worldmodel.dataset import load_dataset
+
+    path = write_dataset(tmp_path / "d", [20, 7, 16, 3, 30], shards=2)
+    clips = ClipDataset(load_dataset(path, columns=("pixels", "action", "state")), SPEC)
+    full = load_dataset(path, columns=("state",)).state                # (N, 4)
+    s = int(clips.starts[3])
+    np.testing.assert_array_equal(clips.frame_states([3])[0], full[[s, s + 5, s + 10, s + 15]])
+    assert ClipDataset(load(path), SPEC).frame_states([0]) is None      # no state loaded: no probe
+
+
 def test_nan_in_episode_middle_excludes_clips(tmp_path):
     root = write_dataset(tmp_path / "d", [40])
     with h5py.File(root / "shard_00000.h5", "r+") as f:

@@ -66,7 +66,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def test_run_writes_outputs_and_metrics(data, tmp_path):
     res = run(make_cfg(data, tmp_path / "r"))
-    for key in ("val_pred", "val_nochange", "eff_rank", "std_min", "val_sigreg", "loss"):
+    for key in ("val_pred", "val_nochange", "eff_rank", "std_min", "val_sigreg", "loss", "probe_r2"):
         assert key in res and res[key] == res[key], key              # present and not NaN
     assert res["step"] == 16
     out = tmp_path / "r"
@@ -184,3 +184,15 @@ def test_ddp_two_cpu_ranks_stay_in_sync(data, tmp_path):
     ck = load_checkpoint(tmp_path / "r" / "last.pt")
     assert ck["step"] == 6 and len(ck["extra"]["rng"]) == 2          # both ranks' RNG saved
     assert [int(r["step"]) for r in read_metrics(tmp_path / "r") if r["loss"]] == [2, 4, 6]
+
+
+def test_state_probe_reads_a_linearly_coded_state_and_not_noise():
+    from worldmodel.validation import state_probe
+
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(200, 4, 3, generator=g, dtype=torch.float64)          # (M, T, S)
+    z = states @ torch.randn(3, 16, generator=g, dtype=torch.float64)          # (M, T, D)
+    z = z + 0.01 * torch.randn(z.shape, generator=g, dtype=torch.float64)
+    assert state_probe(z.float(), states.numpy())["probe_r2"] > 0.99
+    noise = torch.randn(200, 4, 16, generator=g)
+    assert state_probe(noise, states.numpy())["probe_r2"] < 0.1

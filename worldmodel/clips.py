@@ -121,6 +121,10 @@ class ClipDataset:
         self.pixels = np.ascontiguousarray(ds.pixels)                       # (N, H, W, 3) uint8
         self.action = np.ascontiguousarray(ds.action, dtype=np.float32)     # (N, A)
         action = self.action
+        try:                                                                # scoring only (probe)
+            self.state: np.ndarray | None = np.asarray(ds.state, dtype=np.float64)  # (N, S)
+        except (ValueError, AttributeError):                                # not loaded / not in the data
+            self.state = None
         self.ep_len = np.asarray(ds.ep_len, dtype=np.int64)
         self.ep_offset = np.asarray(ds.ep_offset, dtype=np.int64)
         self.episodes = (np.arange(len(self.ep_len)) if episodes is None
@@ -159,6 +163,15 @@ class ClipDataset:
         arows = (s[:, None] + self._action_off).reshape(-1)                  # (B*(T-1)*fs,)
         actions = np.take(self.action, arows, axis=0).reshape(b, t - 1, self.chunk_dim)  # (B, T-1, chunk)
         return torch.from_numpy(pixels), torch.from_numpy(actions)
+
+    def frame_states(self, idx: np.ndarray | torch.Tensor) -> np.ndarray | None:
+        """Simulator states (B, T, S) of the frames of clips `idx` (None without a state column).
+        Used only to score the latents (the state probe), never as a model input."""
+        if self.state is None:
+            return None
+        s = self.starts[np.asarray(idx, dtype=np.int64)]                     # (B,)
+        rows = s[:, None] + self._frame_off                                  # (B, T)
+        return self.state[rows]                                              # (B, T, S)
 
     def action_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-chunk-dim mean and std (chunk,) over this split's action rows (NaN rows excluded).

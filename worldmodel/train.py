@@ -139,7 +139,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDatase
 
     if not cfg.data.path:
         raise ValueError("no dataset given: pass data=PATH (a `wm collect` directory or a LeWM .h5 file)")
-    ds = load_dataset(cfg.data.path, columns=("pixels", "action"), episodes=cfg.data.episodes)
+    ds = load_dataset(cfg.data.path, columns=("pixels", "action", "state"), episodes=cfg.data.episodes)
     pixels, action = ds.pixels, ds.action
     h, w = pixels.shape[1:3]
     if pixels.ndim != 4 or pixels.shape[3] != 3 or pixels.dtype != np.uint8:
@@ -363,7 +363,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                 if rank == 0:
                     bar.write(f"step {step}: val_pred {last_eval['val_pred']:.4f} (no-change "
                               f"{last_eval['val_nochange']:.4f}, ratio {last_eval['val_ratio']:.3f}) "
-                              f"eff_rank {last_eval['eff_rank']:.1f} std_min {last_eval['std_min']:.3f}")
+                              f"eff_rank {last_eval['eff_rank']:.1f} std_min {last_eval['std_min']:.3f}"
+                              + (f" probe_r2 {last_eval['probe_r2']:.2f}" if "probe_r2" in last_eval else ""))
                 if last_eval["val_pred"] < best:
                     best = last_eval["val_pred"]
                     checkpoint("best.pt", {**last_train, **last_eval})

@@ -117,3 +117,17 @@ def test_demo_refuses_existing_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "resume=true" in err and "overwrite=true" in err
     assert (tmp_path / "d" / "x").read_text() == "keep me"
+
+
+def test_paired_test_against_random_on_the_same_tasks():
+    from worldmodel.evaluate import paired_vs_random
+
+    # 17 vs 7 successes where random's successes are a subset of the planner's: 10 discordant, all
+    # the planner's, p = 2 / 2^10.
+    planner = [True] * 17 + [False] * 33
+    random = [True] * 7 + [False] * 43
+    r = paired_vs_random(planner, random)
+    assert (r["planner_only"], r["random_only"]) == (10, 0)
+    assert r["p_value"] == pytest.approx(2 / 1024)
+    assert paired_vs_random([True, False], [False, True])["p_value"] == 1.0
+    assert paired_vs_random([True], [True])["p_value"] == 1.0        # no discordant task

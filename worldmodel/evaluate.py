@@ -163,6 +163,21 @@ def _video(path: Path, frames: list[np.ndarray], goal: np.ndarray, success_step:
     return str(write_video(path, out, fps=fps))
 
 
+def paired_vs_random(planner: list[bool], random: list[bool]) -> dict[str, Any]:
+    """Exact McNemar test of planner vs random on the same tasks.
+
+    Only discordant tasks carry information: `planner_only` (planner succeeds, random fails) and
+    `random_only`. Under "no better than random" each discordant task is a fair coin, so the
+    two-sided p-value is the binomial tail of min(planner_only, random_only) of their sum. Pairing
+    is sharper than comparing the two Wilson intervals, which may touch while p is small.
+    """
+    b = sum(p and not r for p, r in zip(planner, random))
+    c = sum(r and not p for p, r in zip(planner, random))
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n if n else 1.0
+    return {"planner_only": b, "random_only": c, "p_value": min(1.0, 2 * tail)}
+
+
 def _percentile(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
@@ -258,7 +273,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     summary = {
         "env": env_name, "checkpoint": str(cfg.checkpoint), "planner": cfg.planner.get("name", "cem") if cfg.planner else "cem",
         "episodes": n, "successes": k, "success_rate": k / n, "ci95": wilson(k, n),
-        "random_floor": ({"successes": kf, "success_rate": kf / n, "ci95": wilson(kf, n)} if floor else None),
+        "random_floor": ({"successes": kf, "success_rate": kf / n, "ci95": wilson(kf, n),
+                          "paired": paired_vs_random([r["success"] for r in results],
+                                                     [r["success"] for r in floor])} if floor else None),
         "steps_to_success": {"median": _percentile(steps, 50), "mean": float(np.mean(steps)) if steps else None},
         "latency_ms": {"p50": _percentile([x * 1e3 for x in latencies], 50),
                        "p95": _percentile([x * 1e3 for x in latencies], 95),
@@ -280,6 +297,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     lo, hi = summary["ci95"]
     line = f"{env_name}: success {k}/{n} = {k / n:.0%} (95% CI {lo:.0%}-{hi:.0%})"
     if floor:
-        line += f"; random floor {kf}/{n} = {kf / n:.0%}"
+        pr = summary["random_floor"]["paired"]
+        line += (f"; random floor {kf}/{n} = {kf / n:.0%} (same tasks: planner-only {pr['planner_only']}, "
+                 f"random-only {pr['random_only']}, McNemar p = {pr['p_value']:.2g})")
     print(line + f"; results in {out / 'results.json'}")
     return summary

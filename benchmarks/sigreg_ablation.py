@@ -8,6 +8,7 @@ Without SIGReg nothing stops the encoder from collapsing: the prediction loss ca
 embeddings lose rank. Each row reports, from the held-out clips at the checkpoint that `wm eval`
 plans with (best.pt): val_pred, val_nochange (the "predict no change" baseline), their ratio,
 effective rank (1 = collapsed to a line, latent_dim = isotropic), per-dimension std (min, mean),
+the linear state probe (probe_r2, where the data has states),
 val_sigreg, and the planning success with its Wilson interval and the random floor.
 
 stdout: one JSON line per weight; the whole record goes to --json (atomic write), by default
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
 
 DIAGNOSTICS = ("step", "val_pred", "val_nochange", "val_ratio", "val_sigreg", "eff_rank", "std_min",
-               "std_mean")
+               "std_mean", "probe_r2")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

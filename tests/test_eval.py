@@ -131,3 +131,19 @@ def test_paired_test_against_random_on_the_same_tasks():
     assert r["p_value"] == pytest.approx(2 / 1024)
     assert paired_vs_random([True, False], [False, True])["p_value"] == 1.0
     assert paired_vs_random([True], [True])["p_value"] == 1.0        # no discordant task
+
+
+@pytest.mark.slow
+def test_latent_geometry_script_reports_distances(demo_run, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latent_geometry.py"
+    spec = importlib.util.spec_from_file_location("latent_geometry", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--checkpoint", str(demo_run / "train" / "best.pt"), "--points", "12",
+                    "--scales", "0.01", "0.5"])
+    assert res["env"] == "tworoom" and res["points"] == 12
+    assert set(res["median_sq_dist_by_displacement"]) == {"0.01", "0.5"}
+    assert all(v >= 0 and v == v for v in res["median_sq_dist_by_displacement"].values())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "latent_geometry"

@@ -114,6 +114,9 @@ class _ClipLoss(nn.Module):
         return out["pred"], out["z"]                                   # scalar, (B, T, D)
 
 
+COLLAPSED_STD = 1e-3   # held-out per-dim std (mean) below this: the encoder ignores its input
+
+
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup to 1 over `warmup` steps, then cosine to `min_ratio` at `total`."""
     if step < warmup:
@@ -364,7 +367,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                     bar.write(f"step {step}: val_pred {last_eval['val_pred']:.4f} (no-change "
                               f"{last_eval['val_nochange']:.4f}, ratio {last_eval['val_ratio']:.3f}) "
                               f"eff_rank {last_eval['eff_rank']:.1f} std_min {last_eval['std_min']:.3f}"
-                              + (f" probe_r2 {last_eval['probe_r2']:.2f}" if "probe_r2" in last_eval else ""))
+                              + (f" probe_r2 {last_eval['probe_r2']:.2f}" if "probe_r2" in last_eval else "")
+                              + (" COLLAPSED: latents ~constant (raise sigreg_weight)"
+                                 if last_eval["std_mean"] < COLLAPSED_STD else ""))
                 if last_eval["val_pred"] < best:
                     best = last_eval["val_pred"]
                     checkpoint("best.pt", {**last_train, **last_eval})

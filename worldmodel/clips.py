@@ -158,7 +158,7 @@ class ClipDataset:
         """
         s = self.starts[np.asarray(idx, dtype=np.int64)]                     # (B,)
         b, t = s.shape[0], self.spec.num_frames
-        rows = (s[:, None] + self._frame_off).reshape(-1)                    # (B*T,)
+        rows = self._frame_rows(s).reshape(-1)                               # (B*T,)
         pixels = np.take(self.pixels, rows, axis=0).reshape(b, t, *self.image_shape)  # (B, T, H, W, 3)
         arows = (s[:, None] + self._action_off).reshape(-1)                  # (B*(T-1)*fs,)
         actions = np.take(self.action, arows, axis=0).reshape(b, t - 1, self.chunk_dim)  # (B, T-1, chunk)
@@ -169,9 +169,11 @@ class ClipDataset:
         Used only to score the latents (the state probe), never as a model input."""
         if self.state is None:
             return None
-        s = self.starts[np.asarray(idx, dtype=np.int64)]                     # (B,)
-        rows = s[:, None] + self._frame_off                                  # (B, T)
-        return self.state[rows]                                              # (B, T, S)
+        return self.state[self._frame_rows(self.starts[np.asarray(idx, dtype=np.int64)])]  # (B, T, S)
+
+    def _frame_rows(self, starts: np.ndarray) -> np.ndarray:
+        """Dataset rows (B, T) of the frames of clips starting at rows `starts` (B,)."""
+        return starts[:, None] + self._frame_off
 
     def action_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-chunk-dim mean and std (chunk,) over this split's action rows (NaN rows excluded).

@@ -8,7 +8,6 @@ dataclass strictly: an unknown key or a wrong type is refused before any work, n
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import types
@@ -186,12 +185,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_resolved(cfg: Any, out_dir: str | os.PathLike, name: str = "config.json") -> Path:
     """Write the resolved config next to a run's outputs (atomically)."""
+    from worldmodel.dataset import write_json_atomic
+
     path = Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, to_dict(cfg))
 
 
 def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") -> list[str]:

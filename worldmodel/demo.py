@@ -9,8 +9,6 @@ collection, resumes training from its last checkpoint, and re-runs the evaluatio
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 from worldmodel import collect, evaluate, train
 from worldmodel.config import load, save_resolved
+from worldmodel.dataset import write_json_atomic
 
 
 @dataclass
@@ -107,9 +106,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     table = results_table([ev])
     summary = {"collect": col, "train": tr, "eval": {k: v for k, v in ev.items() if k != "per_episode"},
                "timings_s": timings, "total_s": sum(timings.values())}
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out / "summary.json")
+    write_json_atomic(out / "summary.json", summary)
     (out / "results.md").write_text(table + "\n")
     print("\n" + table)
     print(f"\ndemo done in {summary['total_s'] / 60:.1f} min: {out / 'results.md'}, "

@@ -15,9 +15,7 @@ every episode at once (B envs x S samples), instead of one episode at a time.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,7 +25,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from worldmodel.config import save_resolved
+from worldmodel.config import save_resolved, to_dict
+from worldmodel.dataset import write_json_atomic
 
 
 @dataclass
@@ -213,7 +212,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if image_size != mcfg.image_size:
         raise ValueError(f"data image_size {image_size} != model image_size {mcfg.image_size}")
     planner_cfg = dict(cfg.planner or {"name": "cem"})
-    planner = make_planner(planner_cfg.pop("name"), **planner_cfg)
+    planner_name = planner_cfg.pop("name")
+    planner = make_planner(planner_name, **planner_cfg)
     B = min(cfg.batch, cfg.episodes)
     env_list = [envs.make(env_name, image_size=image_size) for _ in range(B)]
     low, high = env_list[0].action_space.low, env_list[0].action_space.high
@@ -271,7 +271,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     kf = sum(r["success"] for r in floor)
     steps = [r["steps_to_success"] for r in results if r["success"]]
     summary = {
-        "env": env_name, "checkpoint": str(cfg.checkpoint), "planner": cfg.planner.get("name", "cem") if cfg.planner else "cem",
+        "env": env_name, "checkpoint": str(cfg.checkpoint), "planner": planner_name,
         "episodes": n, "successes": k, "success_rate": k / n, "ci95": wilson(k, n),
         "random_floor": ({"successes": kf, "success_rate": kf / n, "ci95": wilson(kf, n),
                           "paired": paired_vs_random([r["success"] for r in results],
@@ -289,11 +289,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                          "success": r["success"], "steps_to_success": r["steps_to_success"],
                          "random_success": (floor[i]["success"] if floor else None)}
                         for i, (t, r) in enumerate(zip(tasks, results))],
-        "videos": videos, "config": json.loads((out / "config.json").read_text()),
+        "videos": videos, "config": to_dict(cfg),
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    os.replace(tmp, out / "results.json")
+    write_json_atomic(out / "results.json", summary)
     lo, hi = summary["ci95"]
     line = f"{env_name}: success {k}/{n} = {k / n:.0%} (95% CI {lo:.0%}-{hi:.0%})"
     if floor:

@@ -126,16 +126,17 @@ class Predictor(nn.Module):
         Attention over <= history keys is a few elementwise ops: far cheaper than a matmul kernel.
         """
         new_kv: list[KV] = []
+        n = len(cache[0]) + 1 if cache else 1            # keys per layer: cached + the new one
+        bias = self.rel_bias[:, :n].flip(-1)               # (H, n), offsets n-1 .. 0, oldest first
         for i, blk in enumerate(self.blocks):
             mod = mods[:, :, i]                            # (B, S, 6, D)
             q, k, v = blk.qkv_of(x, mod[..., 0, :], mod[..., 1, :])  # each (B, S, H, hd)
             new_kv.append((k, v))
             keys = [kv[0] for kv in cache[i]] + [k]
             vals = [kv[1] for kv in cache[i]] + [v]
-            n = len(keys)                                  # offsets n-1 .. 0, oldest first
             logits = torch.stack([(q * kj).sum(-1) for kj in keys], dim=-1)  # (B, S, H, n)
             # scale on the small logits, not on q; the key at list position j has offset n-1-j
-            logits = logits * blk.scale + self.rel_bias[:, :n].flip(-1)
+            logits = logits * blk.scale + bias
             w = logits.softmax(-1)                         # (B, S, H, n)
             attn = w[..., 0, None] * vals[0]
             for j in range(1, n):

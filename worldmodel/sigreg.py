@@ -63,14 +63,12 @@ def sigreg(z: Tensor, num_directions: int = 1024, num_knots: int = 17, t_max: fl
     t, w = knot_weights(num_knots, t_max, device=z.device)            # (K,), (K,)
     xt = (z @ dirs).unsqueeze(-1) * t                      # (N, T, M, K)
     sums = torch.stack([xt.cos().sum(0), xt.sin().sum(0)])  # (2, T, M, K) local sums over the batch
+    n = torch.tensor(float(n_local), device=z.device)
     if _distributed():
         from torch.distributed.nn.functional import all_reduce
 
         sums = all_reduce(sums)                            # differentiable; backward sums grads
-        n = torch.tensor(float(n_local), device=z.device)
         dist.all_reduce(n)                                 # global batch size (no grad needed)
-    else:
-        n = torch.tensor(float(n_local), device=z.device)
     cos_mean, sin_mean = (sums / n).unbind(0)              # (T, M, K) each
     err = (cos_mean - torch.exp(-0.5 * t * t)).square() + sin_mean.square()  # (T, M, K)
     return (err @ w * n).mean()                            # mean over T and M

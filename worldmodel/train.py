@@ -308,6 +308,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                                   device, amp, seed=_step_seed(cfg.seed, step))
             calibrated_at = step
 
+    def validate() -> dict[str, float]:
+        calibrate()
+        return evaluate(model, val, cfg.eval_clips, cfg.batch_size // world, device, amp,
+                        cfg.sigreg_directions, cfg.sigreg_knots)
+
     def checkpoint(name: str, metrics: dict[str, float]) -> None:
         calibrate()
         state = {"config": run_cfg, "sampler": loader.state_dict(), "rng": gather_rng_states(device, world),
@@ -359,9 +364,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                 bar.set_postfix(loss=f"{vals[0]:.4f}", pred=f"{vals[1]:.4f}",
                                 sps=f"{last_train['samples_per_s']:.0f}")
             if do_eval:
-                calibrate()
-                last_eval = evaluate(model, val, cfg.eval_clips, cfg.batch_size // world, device, amp,
-                                     cfg.sigreg_directions, cfg.sigreg_knots)
+                last_eval = validate()
                 logger.log(step, last_eval)
                 if rank == 0:
                     bar.write(f"step {step}: val_pred {last_eval['val_pred']:.4f} (no-change "
@@ -384,9 +387,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     if saved_at != step:                                               # resumed at/after the end
         checkpoint("last.pt", {**last_train, **last_eval})
     if val is not None and not last_eval:
-        calibrate()
-        last_eval = evaluate(model, val, cfg.eval_clips, cfg.batch_size // world, device, amp,
-                             cfg.sigreg_directions, cfg.sigreg_knots)
+        last_eval = validate()
     elapsed = time.perf_counter() - t_start
     if world > 1:
         last_eval["ddp_in_sync"] = ranks_in_sync(model, world)

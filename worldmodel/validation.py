@@ -68,8 +68,8 @@ def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, devi
     res = {"val_pred": pred / count, "val_nochange": nochange / count, "val_sigreg": float(reg)}
     res["val_ratio"] = res["val_pred"] / max(res["val_nochange"], 1e-12)
     res.update(embedding_diagnostics(z))
-    states = val.frame_states(idx[:per * world] if m >= world else idx[:1])    # (m, T, S) | None
-    if states is not None and len(states) == len(z):
+    states = val.frame_states(idx[:per * world]) if m >= world else None   # (m, T, S) | None
+    if states is not None:                   # rows line up with the gathered z: rank slices in order
         res.update(state_probe(z, states))
     return res
 

@@ -35,9 +35,12 @@ ITERATIONS = {"cem": 30, "mppi": 6, "icem": 10, "gradient": 50}
 ELITES = {"cem": 30, "mppi": 64, "icem": 20}
 
 
-def icem_sequences(samples: int, iterations: int, elites: int, decay: float = 1.25) -> int:
-    """Sequences scored by one iCEM solve (planners/icem.py ICEM.population summed)."""
-    return sum(max(int(samples * decay ** (-i)), 2 * elites) for i in range(iterations))
+def icem_sequences(samples: int, iterations: int, elites: int) -> int:
+    """Sequences scored by one iCEM solve: ICEM.population summed over its iterations."""
+    from planners.icem import ICEM
+
+    icem = ICEM(samples=samples, iterations=iterations, elites=elites)
+    return sum(icem.population(i) for i in range(iterations))
 
 
 def equal_compute(planner: str, budget: int) -> tuple[dict[str, Any], int]:

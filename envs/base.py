@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 
@@ -146,8 +147,6 @@ class MujocoGoalEnv(GoalEnv):
     ctrl_scale: float = 1.0
 
     def _step_sim(self, action: np.ndarray) -> None:
-        import mujoco
-
         self.data.ctrl[:] = action.astype(np.float64) * self.ctrl_scale
         mujoco.mj_step(self.model, self.data, nstep=self._n_sub)
         mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
@@ -168,8 +167,6 @@ class MujocoGoalEnv(GoalEnv):
         self._write_state(state[:nq], state[nq:])
 
     def _write_state(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
-        import mujoco
-
         self.data.qpos[:] = qpos
         self.data.qvel[:] = qvel
         self.data.ctrl[:] = 0.0

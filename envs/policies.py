@@ -138,21 +138,10 @@ class NoisePolicy(Policy):
 
 @register_policy("expert")
 class ExpertPolicy(Policy):
-    """Dispatch to the env's scripted expert; envs without one (gym adapter) get `noise`.
+    """Dispatch to the env's scripted expert; envs without one (gym adapter) get `noise`."""
 
-    Optional exploration on top (per step): with probability `eps` a uniform random action,
-    otherwise the expert's action plus white noise of std `white` (in bound half-ranges), for data
-    that covers the jittery, saturated sequences a sampling planner proposes. Off by default: the
-    published TwoRoom result (benchmarks/results/tworoom_full.json) used the bare expert, and at
-    CPU scale (tiny model, 600 steps) eps=0.25, white=0.3 did not measurably help.
-    """
-
-    def __init__(self, env: GoalEnv, rng: np.random.Generator, eps: float = 0.0, white: float = 0.0,
-                 **kwargs: Any):
+    def __init__(self, env: GoalEnv, rng: np.random.Generator, **kwargs: Any):
         super().__init__(env, rng)
-        if not 0.0 <= eps <= 1.0 or white < 0:
-            raise ValueError(f"expert needs 0 <= eps <= 1 and white >= 0, got eps={eps}, white={white}")
-        self.eps, self.white = eps, white
         cls = EXPERTS.get(env_short_name(env) or "", NoisePolicy)
         self.inner: Policy = cls(env, rng, **kwargs)
 
@@ -160,12 +149,7 @@ class ExpertPolicy(Policy):
         self.inner.reset(obs, info)
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        a = self.inner.act(obs, info)
-        if self.eps > 0 and self.rng.random() < self.eps:    # no draw when off: data stay as before
-            return self.rng.uniform(self.low, self.high).astype(np.float32)
-        if self.white > 0:
-            return self._out((a - self.mid) / self.half + self.rng.normal(0.0, self.white, a.shape))
-        return a
+        return self.inner.act(obs, info)
 
 
 @register_expert("tworoom")

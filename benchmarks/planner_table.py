@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
+from worldmodel.dataset import write_json_atomic  # noqa: E402
 
 ITERATIONS = {"cem": 30, "mppi": 6, "icem": 10, "gradient": 50}
 ELITES = {"cem": 30, "mppi": 64, "icem": 20}
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
               "equivalence": "cem S*30; mppi S*6; icem sum of decaying populations over 10 iterations; "
                              "gradient S*(3*50-2) (backward ~ 2 forwards)"}
     path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"planner_table_{env}.json")
-    R.write_json(path, record)
+    write_json_atomic(path, record)
     print(f"planner_table: wrote {path}", file=sys.stderr)
     return record
 

@@ -8,8 +8,8 @@ Scales:
          eval 50 episodes with LeWM's CEM (300 samples x 30 iterations); `wm demo`'s settings.
   "full": the GPU recipe meant for one H100 in ~15-20 minutes per env per seed (collect ~2 min on
          16 workers, train 7,000 steps ~10 min, eval under a minute; stage speeds measured on an H100
-         at smaller sizes, see budget_note). Recipe.verified stays False until the recipe has been
-         run end to end as written; a run with any override records `"verified": false`.
+         at smaller sizes, see budget_note). A result file records `"verified": true` only when
+         its recipe ran as written; a run with any override records `"verified": false`.
 The full recipes use the LeWM model (18M parameters) at 64 px with patch 8 (64 tokens instead of
 LeWM's 256 at 224 px / patch 14) so that 2,000-5,000 episodes fit in RAM and disk; this is a
 deliberate difference from the paper, stated in every result file through the recipe.
@@ -67,7 +67,6 @@ class Recipe:
     eval_batch: int = 50            # episodes planned together in one batched solve
     videos: int = 10
     budget_note: str = ""           # the intended wall-time budget, and whether it was measured
-    verified: bool = False          # True once this exact recipe has been run end to end
 
     @property
     def scale_label(self) -> str:
@@ -111,10 +110,7 @@ def get_recipe(env: str, scale: str, **overrides: Any) -> tuple[Recipe, dict[str
     unknown = set(changed) - {f.name for f in dataclasses.fields(Recipe)}
     if unknown:
         raise ValueError(f"unknown recipe fields {sorted(unknown)}")
-    recipe = dataclasses.replace(base, **changed)
-    if changed:
-        recipe = dataclasses.replace(recipe, verified=False)
-    return recipe, changed
+    return dataclasses.replace(base, **changed), changed
 
 
 OVERRIDABLE = ("episodes", "episode_len", "image_size", "model", "steps", "batch_size", "lr", "workers",
@@ -137,7 +133,6 @@ def recipe_from_args(a: Any) -> tuple[Recipe, dict[str, Any]]:
     recipe, changed = get_recipe(a.env, a.scale, **{k: getattr(a, k) for k in OVERRIDABLE})
     if getattr(a, "train_extra", None):
         changed = {**changed, "train_extra": list(a.train_extra)}
-        recipe = dataclasses.replace(recipe, verified=False)
     return recipe, changed
 
 
@@ -248,15 +243,6 @@ def dataset_size(path: Path | str) -> dict[str, int]:
 
     ds = load_dataset(path, columns=())
     return {"episodes": int(ds.num_episodes), "frames": int(ds.ep_len.sum())}
-
-
-def write_json(path: Path | str, obj: Any) -> None:
-    """Atomic JSON write (temp file in the same directory + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 def line(obj: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@
     python benchmarks/reproduce.py --env reacher --scale cpu --dry-run       # print the wm commands
 
 The recipe (benchmarks/recipes.py) fixes every setting; any flag below overrides a field, and a
-run with an override is recorded with `"verified": false` and its `overrides`. Each stage is the
+run with an override is recorded with `"verified": false` and its `overrides`. A result file that
+already holds other seeds of the same recipe and dataset keeps them (`--seeds 1 2 --resume` adds
+rows to a seed-0 file). Each stage is the
 same code as `wm collect` / `wm train` / `wm eval`, run in-process; the exact `wm ...` lines are
 recorded so a user can paste them. The dataset is collected once (collection seed 0); the training
 seeds vary the model's init, data order and SIGReg directions. Evaluation follows the LeWM
@@ -27,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
+from worldmodel.dataset import write_json_atomic  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +75,28 @@ def aggregate(env: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "pooled": {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n)},
             "random_floor_mean": sum(floors) / len(floors) if floors else None,
             "reference_pct": R.REFERENCE.get(env)}
+
+
+def earlier_rows(path: Path, recipe: R.Recipe, changed: dict[str, Any], dataset: dict[str, Any],
+                 seeds: list[int]) -> dict[str, Any] | None:
+    """The record already at `path` with its rows for seeds not run now, when it is the same recipe,
+    overrides and dataset (so `--seeds 1 2 --resume` adds seeds to a seed-0 row); else None."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    def settings(r: dict[str, Any]) -> dict[str, Any]:         # what defines the run (not its notes)
+        return {k: v for k, v in json.loads(json.dumps(r)).items() if k not in ("budget_note", "verified")}
+
+    same = (settings(old.get("recipe", {})) == settings(dataclasses.asdict(recipe))
+            and old.get("overrides") == changed
+            and all(old.get("dataset", {}).get(k) == dataset[k] for k in ("path", "episodes", "frames")))
+    if not same:
+        return None
+    kept = [r for r in old.get("per_seed", []) if r["seed"] not in seeds]
+    return {**old, "per_seed": kept} if kept else None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -122,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "results": str(out / f"seed{s}" / "eval" / "results.json")}
         R.line(row)
         rows.append(row)
+    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{a.env}_{a.scale}.json")
+    earlier = earlier_rows(path, recipe, changed, dataset, a.seeds)
+    if earlier and not col.get("new_episodes"):      # the dataset was collected by the earlier run
+        dataset, collect_s = earlier["dataset"], earlier["collect_s"]
+    rows = sorted((earlier["per_seed"] if earlier else []) + rows, key=lambda r: r["seed"])
     agg = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "aggregate": True,
            **aggregate(a.env, rows),
            "reference": {"source": "REFERENCE.md (LeWM paper), success %", **(R.REFERENCE.get(a.env) or {})}}
@@ -129,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     record = {**head, "recipe": dataclasses.asdict(recipe), "commands": commands, "dataset": dataset,
               "collect_s": round(collect_s, 2), "per_seed": rows, "aggregate": agg,
               "reference": agg["reference"]}
-    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{a.env}_{a.scale}.json")
-    R.write_json(path, record)
+    write_json_atomic(path, record)
     print(f"reproduce: wrote {path}", file=sys.stderr)
     return record
 

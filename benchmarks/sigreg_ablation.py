@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
+from worldmodel.dataset import write_json_atomic  # noqa: E402
 
 DIAGNOSTICS = ("step", "val_pred", "val_nochange", "val_ratio", "val_sigreg", "eff_rank", "std_min",
                "std_mean", "probe_r2")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
               "commands": commands, "rows": rows,
               "note": "diagnostics from best.pt (the evaluated model); final_step = the last step's"}
     path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"sigreg_ablation_{a.env}_{a.scale}.json")
-    R.write_json(path, record)
+    write_json_atomic(path, record)
     print(f"sigreg_ablation: wrote {path}", file=sys.stderr)
     return record
 

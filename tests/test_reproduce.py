@@ -45,14 +45,14 @@ def test_every_env_has_both_scales_and_reference():
         cpu, full = recipes.RECIPES[(env, "cpu")], recipes.RECIPES[(env, "full")]
         assert (cpu.model, cpu.steps, cpu.episodes, cpu.batch_size) == ("tiny", 2000, 300, 32)
         assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (300, 30, 50)
-        assert full.device == "cuda" and full.model == "lewm" and not full.verified
+        assert full.device == "cuda" and full.model == "lewm"
         assert set(recipes.REFERENCE[env]) >= {"LeWM", "DINO-WM", "PLDM"}
     assert recipes.REFERENCE["pusht"]["LeWM"] == 96 and recipes.REFERENCE["reacher"]["DINO-WM"] == 79
 
 
 def test_override_marks_recipe_unverified():
     r, changed = recipes.get_recipe("tworoom", "cpu", steps=3, episodes=None)
-    assert r.steps == 3 and changed == {"steps": 3} and not r.verified
+    assert r.steps == 3 and changed == {"steps": 3}
     with pytest.raises(ValueError, match="no recipe"):
         recipes.get_recipe("hopper", "cpu")
 
@@ -65,7 +65,7 @@ def test_dry_run_prints_pasteable_commands(capsys):
     assert all(c.startswith("wm ") for c in cmds)
     assert "episode_len=200" in cmds[0] and "model=lewm" in cmds[1] and "device=cuda" in cmds[1]
     assert "seed=1" in cmds[3] and "planner.samples=300" in cmds[2] and "planner.iterations=30" in cmds[2]
-    assert rec["scale"] == "full" and rec["recipe"]["verified"] is False
+    assert rec["scale"] == "full" and rec["overrides"] == {} and "verified" not in rec["recipe"]
 
 
 def test_equal_compute_budgets():
@@ -108,6 +108,14 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert saved["aggregate"]["reference"]["LeWM"] == 87 and saved["overrides"]["steps"] == 2
     assert saved["aggregate"]["success_min"] <= saved["aggregate"]["success_mean"] <= saved["aggregate"]["success_max"]
     assert rec["per_seed"][0]["commands"][1].startswith("wm train ")
+
+    # a later run of more seeds of the same recipe and dataset adds its rows to the same file
+    more = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(js),
+                           "--seeds", "1", "--resume", *TINY])
+    capsys.readouterr()
+    assert [r["seed"] for r in more["per_seed"]] == [0, 1] and more["aggregate"]["seeds"] == [0, 1]
+    assert more["collect_s"] == rec["collect_s"]
+    assert more["per_seed"][0] == json.loads(json.dumps(rec["per_seed"][0]))
 
     ckpt = out / "seed0" / "train" / "best.pt"
     pt_json = tmp_path / "pt.json"

@@ -40,12 +40,20 @@ _STAGED_RE = re.compile(r"^ep_(\d+)\.npz$")
 # ------------------------------------------------------------------------------------------------
 # writing
 # ------------------------------------------------------------------------------------------------
+def _json_default(x: Any) -> Any:
+    """numpy / torch scalars as numbers, anything else (paths, ...) as its string."""
+    return x.item() if hasattr(x, "item") and getattr(x, "ndim", None) == 0 else str(x)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON via temp file + fsync + rename, so readers never see a partial file."""
+    """Write JSON via temp file + fsync + rename (parent made if missing), so readers never see a
+    partial file."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

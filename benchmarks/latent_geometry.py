@@ -42,16 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     import envs
-    from worldmodel.checkpoint import load_checkpoint
     from worldmodel.collect import rollout
-    from worldmodel.model import WorldModel
+    from worldmodel.model import load_trained
 
-    ckpt = load_checkpoint(a.checkpoint, map_location=a.device)
-    meta = (ckpt.get("extra") or {}).get("dataset_meta") or {}
-    env_name = a.env or meta.get("env")
-    if not env_name:
-        raise SystemExit("the checkpoint records no dataset env; pass --env")
-    model = WorldModel.from_loaded(ckpt, a.device, source=a.checkpoint)
+    model, meta, env_name = load_trained(a.checkpoint, a.device, a.env)
     env = envs.make(env_name, image_size=model.cfg.image_size)
     rng = np.random.default_rng(a.seed)
 

@@ -63,15 +63,6 @@ def equal_compute(planner: str, budget: int) -> tuple[dict[str, Any], int]:
     return {"samples": s, "iterations": it, "elites": min(ELITES[planner], s)}, s * it
 
 
-def eval_args(checkpoint: str, planner: str, overrides: dict[str, Any], out: Path, a: argparse.Namespace,
-              floor: bool) -> list[str]:
-    """`wm eval` overrides for one planner row."""
-    return [f"checkpoint={checkpoint}", f"planner={planner}", *[f"planner.{k}={v}" for k, v in overrides.items()],
-            *([f"env={a.env}"] if a.env else []), f"episodes={a.episodes}", f"batch={a.batch}",
-            f"videos={a.videos}", f"random_floor={str(floor).lower()}", f"device={a.device}", f"out={out}",
-            "overwrite=true", f"progress={str(not a.quiet).lower()}"]
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="best.pt written by `wm train`")
@@ -96,7 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     plans = {}
     for i, name in enumerate(a.planners):
         overrides, sequences = equal_compute(name, a.budget_sequences)
-        args = eval_args(a.checkpoint, name, overrides, Path(a.out) / name, a, floor=i == 0)
+        args = R.wm_eval_args(a.checkpoint, Path(a.out) / name, name, overrides, episodes=a.episodes,
+                              batch=a.batch, videos=a.videos, device=a.device, random_floor=i == 0,
+                              env=a.env, progress=not a.quiet)
         plans[name] = (overrides, sequences, args)
     if a.dry_run:
         for name, (_, seq, args) in plans.items():

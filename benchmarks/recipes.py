@@ -161,17 +161,22 @@ def train_args(r: Recipe, data: Path | str, out: Path | str, seed: int, progress
     return args + [*extra, f"resume={_b(resume)}", f"overwrite={_b(not resume)}", f"progress={_b(progress)}"]
 
 
-def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, planner: str | None = None,
-              planner_overrides: dict[str, Any] | None = None, progress: bool = True) -> list[str]:
-    """`wm eval` overrides: LeWM protocol (50-step budget, goal 25 steps ahead), random floor on."""
-    name = planner or r.planner
-    po = planner_overrides if planner_overrides is not None else (
-        {"samples": r.plan_samples, "iterations": r.plan_iterations,
-         "elites": min(r.plan_elites, r.plan_samples)} if name == r.planner else {})
-    return [f"checkpoint={checkpoint}", f"planner={name}", *[f"planner.{k}={v}" for k, v in po.items()],
-            f"episodes={r.eval_episodes}", f"batch={r.eval_batch}", f"videos={r.videos}",
-            "random_floor=true", f"device={r.device}", f"out={out}", "overwrite=true",
-            f"progress={_b(progress)}"]
+def wm_eval_args(checkpoint: Path | str, out: Path | str, planner: str, planner_overrides: dict[str, Any],
+                 *, episodes: int, batch: int, videos: int, device: str, random_floor: bool = True,
+                 env: str | None = None, progress: bool = True) -> list[str]:
+    """`wm eval` overrides for one planner on one checkpoint: the LeWM protocol (50-step budget, goal
+    25 steps ahead); `env` None means the env of the checkpoint's data."""
+    return [f"checkpoint={checkpoint}", f"planner={planner}",
+            *[f"planner.{k}={v}" for k, v in planner_overrides.items()], *([f"env={env}"] if env else []),
+            f"episodes={episodes}", f"batch={batch}", f"videos={videos}", f"random_floor={_b(random_floor)}",
+            f"device={device}", f"out={out}", "overwrite=true", f"progress={_b(progress)}"]
+
+
+def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True) -> list[str]:
+    """`wm eval` overrides of the recipe: its planner settings, random floor on."""
+    po = {"samples": r.plan_samples, "iterations": r.plan_iterations, "elites": min(r.plan_elites, r.plan_samples)}
+    return wm_eval_args(checkpoint, out, r.planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
+                        videos=r.videos, device=r.device, progress=progress)
 
 
 def command(name: str, args: list[str]) -> str:

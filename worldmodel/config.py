@@ -8,6 +8,7 @@ dataclass strictly: an unknown key or a wrong type is refused before any work, n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -27,13 +28,18 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def _uses_group(config_name: str, group: str) -> bool:
-    """Whether configs/<config_name>.yaml selects a default from config group `group`."""
+@functools.lru_cache(maxsize=None)
+def _groups_used(config_name: str) -> frozenset[str]:
+    """The config groups from which configs/<config_name>.yaml selects a default (read once)."""
     import yaml
 
     path = CONFIG_DIR / f"{config_name}.yaml"
     defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.exists() else []
-    return any(isinstance(d, dict) and group in d for d in defaults)
+    return frozenset(g for d in defaults if isinstance(d, dict) for g in d)
+
+
+def _uses_group(config_name: str, group: str) -> bool:
+    return group in _groups_used(config_name)
 
 
 def _rewrite_shorthands(config_name: str, overrides: list[str]) -> list[str]:

@@ -185,10 +185,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     import envs
     from planners import make_planner
     from planners.mpc import MPCController
-    from worldmodel.checkpoint import load_checkpoint
     from worldmodel.collect import episode_seed
     from worldmodel.energy import GoalEnergy
-    from worldmodel.model import WorldModel
+    from worldmodel.model import load_trained
 
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
@@ -199,23 +198,15 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                           else ("cpu" if cfg.device == "auto" else cfg.device))
 
     # Everything that can be refused is checked before any rollout.
-    ckpt = load_checkpoint(cfg.checkpoint, map_location=device)
-    meta = (ckpt.get("extra") or {}).get("dataset_meta") or {}
-    env_name = cfg.env or meta.get("env")
-    if not env_name:
-        raise ValueError("the checkpoint records no dataset env; pass env=<name>")
+    model, meta, env_name = load_trained(cfg.checkpoint, device, cfg.env)
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
-    model = WorldModel.from_loaded(ckpt, device, source=cfg.checkpoint)
     mcfg = model.cfg
-    image_size = int(meta.get("image_size") or mcfg.image_size)
-    if image_size != mcfg.image_size:
-        raise ValueError(f"data image_size {image_size} != model image_size {mcfg.image_size}")
     planner_cfg = dict(cfg.planner or {"name": "cem"})
     planner_name = planner_cfg.pop("name")
     planner = make_planner(planner_name, **planner_cfg)
     B = min(cfg.batch, cfg.episodes)
-    env_list = [envs.make(env_name, image_size=image_size) for _ in range(B)]
+    env_list = [envs.make(env_name, image_size=mcfg.image_size) for _ in range(B)]
     low, high = env_list[0].action_space.low, env_list[0].action_space.high
     if len(low) != mcfg.action_dim:
         raise ValueError(f"env {env_name} has {len(low)} action dims; the model was trained on {mcfg.action_dim}")

@@ -207,3 +207,22 @@ class WorldModel(nn.Module):
             raise CheckpointError(f"{source}: checkpoint does not match this WorldModel ({e}); "
                                   f"use the worldmodel version that wrote it.") from None
         return model.to(device).eval()
+
+
+def load_trained(path, device: str | torch.device = "cpu", env: str | None = None
+                 ) -> tuple[WorldModel, dict, str]:
+    """A `wm train` checkpoint's model (eval mode), the metadata of the dataset it was trained on,
+    and the env to run it in (`env`, else the dataset's). Refused before any work: a checkpoint
+    that names no env when none is given, a dataset whose image size is not the model's."""
+    from worldmodel.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, map_location=device)
+    meta = (ckpt.get("extra") or {}).get("dataset_meta") or {}
+    env_name = env or meta.get("env")
+    if not env_name:
+        raise ValueError(f"{path} records no dataset env; pass env=<name>")
+    model = WorldModel.from_loaded(ckpt, device, source=str(path))
+    image_size = int(meta.get("image_size") or model.cfg.image_size)
+    if image_size != model.cfg.image_size:
+        raise ValueError(f"data image_size {image_size} != model image_size {model.cfg.image_size}")
+    return model, meta, env_name

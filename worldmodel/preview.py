@@ -59,17 +59,6 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img)
 
 
-def _pad16(frame: np.ndarray) -> np.ndarray:
-    """Pad (H, W, 3) to multiples of 16 so every codec accepts it without rescaling."""
-    h, w = frame.shape[:2]
-    H, W = -(-h // 16) * 16, -(-w // 16) * 16
-    if (H, W) == (h, w):
-        return frame
-    out = np.zeros((H, W, 3), np.uint8)
-    out[:h, :w] = frame
-    return out
-
-
 def make_frames(episodes: list[np.ndarray], indices: list[int], layout: str = "grid", scale: int = 1,
                 labels: bool = True) -> list[np.ndarray]:
     """Video frames from per-episode pixel arrays [(T_e, H, W, 3)] (grid or one after another)."""
@@ -82,7 +71,7 @@ def make_frames(episodes: list[np.ndarray], indices: list[int], layout: str = "g
     frames = []
     if layout == "sequence":
         for e in range(len(episodes)):
-            frames += [_pad16(tile(e, t)) for t in range(len(episodes[e]))]
+            frames += [tile(e, t) for t in range(len(episodes[e]))]
         return frames
     n = len(episodes)
     cols = math.ceil(math.sqrt(n))
@@ -93,7 +82,7 @@ def make_frames(episodes: list[np.ndarray], indices: list[int], layout: str = "g
         for e in range(n):
             r, c = divmod(e, cols)
             canvas[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = tile(e, t)
-        frames.append(_pad16(canvas))
+        frames.append(canvas)
     return frames
 
 

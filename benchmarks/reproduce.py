@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     collect_s = time.perf_counter() - t
     dataset = {**R.dataset_size(out / "data"), "path": str(out / "data"),
                "collect_frames_per_s": col.get("frames_per_s")}
+    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{a.env}_{a.scale}.json")
+    earlier = earlier_rows(path, recipe, changed, dataset, a.seeds)
+    if earlier and not col.get("new_episodes"):      # the dataset was collected by the earlier run
+        dataset, collect_s = earlier["dataset"], earlier["collect_s"]
     rows = []
     for s in a.seeds:
         st = stages["seeds"][s]
@@ -147,10 +151,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "results": str(out / f"seed{s}" / "eval" / "results.json")}
         R.line(row)
         rows.append(row)
-    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{a.env}_{a.scale}.json")
-    earlier = earlier_rows(path, recipe, changed, dataset, a.seeds)
-    if earlier and not col.get("new_episodes"):      # the dataset was collected by the earlier run
-        dataset, collect_s = earlier["dataset"], earlier["collect_s"]
     rows = sorted((earlier["per_seed"] if earlier else []) + rows, key=lambda r: r["seed"])
     agg = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "aggregate": True,
            **aggregate(a.env, rows),

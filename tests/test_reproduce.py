@@ -114,7 +114,8 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
                            "--seeds", "1", "--resume", *TINY])
     capsys.readouterr()
     assert [r["seed"] for r in more["per_seed"]] == [0, 1] and more["aggregate"]["seeds"] == [0, 1]
-    assert more["collect_s"] == rec["collect_s"]
+    assert more["collect_s"] == more["per_seed"][1]["collect_s"] == rec["collect_s"]
+    assert more["per_seed"][1]["dataset"] == more["dataset"] == json.loads(json.dumps(rec["dataset"]))
     assert more["per_seed"][0] == json.loads(json.dumps(rec["per_seed"][0]))
 
     ckpt = out / "seed0" / "train" / "best.pt"

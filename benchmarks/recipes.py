@@ -230,7 +230,8 @@ def machine(device: str) -> dict[str, Any]:
 
 
 def git_commit() -> dict[str, Any]:
-    """HEAD of the repo (None outside git) and whether the working tree has uncommitted changes."""
+    """HEAD of the repo (None outside git) and whether the working tree has uncommitted changes
+    (outside benchmarks/results/, which the scripts themselves write)."""
     def git(*a: str) -> str | None:
         try:
             return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
@@ -238,7 +239,7 @@ def git_commit() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
     head = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if head else None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results") if head else None
     return {"commit": head, "dirty": bool(status) if status is not None else None}
 
 

@@ -50,7 +50,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)
         f.write("\n")

@@ -213,3 +213,21 @@ def test_checkpoint_refuses_corrupt_and_foreign_files(tmp_path):
         WorldModel.from_checkpoint(tmp_path / "partial.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_load_trained_names_the_env_and_refuses_mismatches(tmp_path):
+    from worldmodel.model import load_trained
+
+    model = small_model()
+    meta = {"env": "tworoom", "image_size": 32, "policy": "expert"}
+    path = save_checkpoint(tmp_path / "ok.pt", model, extra={"dataset_meta": meta})
+    loaded, got_meta, env = load_trained(path)
+    assert env == "tworoom" and got_meta == meta and not loaded.training
+    assert load_trained(path, env="reacher")[2] == "reacher"            # an explicit env wins
+    bare = save_checkpoint(tmp_path / "bare.pt", model)                  # no dataset metadata
+    with pytest.raises(ValueError, match="pass env="):
+        load_trained(bare)
+    assert load_trained(bare, env="pusht")[2] == "pusht"
+    other = save_checkpoint(tmp_path / "other.pt", model, extra={"dataset_meta": {**meta, "image_size": 64}})
+    with pytest.raises(ValueError, match="image_size 64 != model image_size 32"):
+        load_trained(other)

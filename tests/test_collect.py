@@ -140,21 +140,25 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MUJOCO_GL": "egl"}
     code = "import sys; from worldmodel.cli import main; sys.exit(main(sys.argv[1:]))"
     rng = random.Random(0)
-    kills = 0
-    for attempt in range(6):
+    kills, startup, fresh = 0, 1.5, True
+    for attempt in range(10):
         before = len(D.committed_indices(crash)) if crash.exists() else 0
         p = subprocess.Popen([sys.executable, "-c", code, *args], env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt == 0:
-            time.sleep(rng.uniform(0.2, 1.5))                         # during start-up
+        if fresh:
+            time.sleep(rng.uniform(0.2, startup))                     # during start-up
+            fresh = False
         else:                                                          # while episodes are flowing
             t0 = time.time()
             while p.poll() is None and time.time() - t0 < 30 and \
                     (len(D.committed_indices(crash)) if crash.exists() else 0) <= before:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.1))
-        if p.poll() is not None:                                       # finished before the kill
-            break
+        if p.poll() is not None:                                       # finished before the kill:
+            assert p.returncode == 0                                   # this machine outran the
+            shutil.rmtree(crash)                                       # schedule; start afresh
+            startup, fresh = startup / 2, True                         # with an earlier first kill
+            continue
         kids = _children(p.pid)
         os.kill(p.pid, signal.SIGKILL) if attempt % 2 else os.killpg(p.pid, signal.SIGKILL)
         p.wait()
@@ -171,7 +175,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
                 np.testing.assert_array_equal(ds.episode(e)["state"], ref.episode(int(i))["state"])
         if kills == 4:
             break
-    assert kills >= 3, f"the collection finished after only {kills} kills (machine too slow to poll?)"
+    assert kills >= 3, f"the collection finished after only {kills} kills (in 10 tries)"
     assert main(args) == 0                                             # resume to completion
     _same(ref, D.load_dataset(crash, columns=COLS))
     assert not list(crash.rglob("*.tmp")) and not (crash / D.STAGING).exists()

@@ -49,6 +49,10 @@ class DataConfig:
     prefetch: int = 2                # batches gathered ahead by a background thread (0: off)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")    # the modes that capture CUDA graphs
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -68,6 +72,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
+    compile_mode: str = "default"    # torch.compile mode; reduce-overhead adds CUDA graphs (one GPU only)
     threads: int = 0                 # torch intra-op CPU threads (0: torch's default)
     resume: bool = False
     overwrite: bool = False
@@ -88,6 +93,8 @@ class TrainConfig:
             raise ValueError("lr and grad_clip must be > 0 and sigreg_weight >= 0")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         for name in ("eval_every", "ckpt_every", "log_every", "eval_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -115,6 +122,19 @@ class _ClipLoss(nn.Module):
 
 
 COLLAPSED_STD = 1e-3   # held-out per-dim std (mean) below this: the encoder ignores its input
+SHRUNK_STD = 0.1       # below this SIGReg is not holding the latents near unit scale (healthy runs: ~0.9-1)
+
+
+def collapse_note(metrics: dict[str, float]) -> str:
+    """A warning for the validation line when the latents collapse or shrink. The effective rank is
+    blind to scale: Push-T trained with sigreg_weight=0 kept eff_rank 178/192 while its latents
+    shrank to std 0.03 and planning fell to the random floor."""
+    std = metrics["std_mean"]
+    if std < COLLAPSED_STD:
+        return " COLLAPSED: latents ~constant (raise sigreg_weight)"
+    if std < SHRUNK_STD:
+        return f" SHRINKING: latent std {std:.3f}, SIGReg keeps it near 1 (raise sigreg_weight)"
+    return ""
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -190,6 +210,20 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
 # ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------
+def check_compile(cfg: TrainConfig, world: int) -> None:
+    """Refuse, before any work, CUDA-graph compilation under DDP (its all-reduce hooks run between
+    the graphed pieces; untested here)."""
+    if cfg.compile and world > 1 and cfg.compile_mode in CUDA_GRAPH_MODES:
+        raise ValueError(f"compile_mode={cfg.compile_mode} (CUDA graphs) is for one process; under "
+                         "torchrun use compile_mode=default or max-autotune-no-cudagraphs")
+
+
+def compile_loss(loss_mod: nn.Module, mode: str) -> nn.Module:
+    """torch.compile the training computation. The CUDA-graph modes replay the whole compiled step
+    with one launch instead of its ~1,500 kernel launches (lewm preset), which bound it on a GPU."""
+    return torch.compile(loss_mod, mode=None if mode == "default" else mode)
+
+
 def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimizer, sched: Any,
                pixels: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig, step: int,
                amp: Any) -> torch.Tensor:
@@ -203,6 +237,8 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     pixels = pixels.to(device, non_blocking=True)                      # (b, T, H, W, 3) uint8
     actions = actions.to(device, non_blocking=True)                    # (b, T-1, chunk)
     g = torch.Generator(device=device).manual_seed(_step_seed(cfg.seed, step))
+    if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()   # a new step: the last replay's outputs are free
     with amp:
         pred, z = loss_mod(pixels, actions)                            # scalar, (b, T, D)
     # SIGReg outside autocast: its projections must stay fp32; global batch under DDP.
@@ -248,6 +284,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
 
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+    check_compile(cfg, world)
     device = resolve_device(cfg.device, local_rank)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -292,7 +329,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
         loss_mod = nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        loss_mod = torch.compile(loss_mod)
+        loss_mod = compile_loss(loss_mod, cfg.compile_mode)
     loader = ClipLoader(train, sampler, prefetch=cfg.data.prefetch, pin_memory=device.type == "cuda")
     logger = RunLogger(out, enabled=rank == 0, tensorboard=cfg.tensorboard,
                        resume_step=step if resume_from is not None else None)
@@ -371,8 +408,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                               f"{last_eval['val_nochange']:.4f}, ratio {last_eval['val_ratio']:.3f}) "
                               f"eff_rank {last_eval['eff_rank']:.1f} std_min {last_eval['std_min']:.3f}"
                               + (f" probe_r2 {last_eval['probe_r2']:.2f}" if "probe_r2" in last_eval else "")
-                              + (" COLLAPSED: latents ~constant (raise sigreg_weight)"
-                                 if last_eval["std_mean"] < COLLAPSED_STD else ""))
+                              + collapse_note(last_eval))
                 if last_eval["val_pred"] < best:
                     best = last_eval["val_pred"]
                     checkpoint("best.pt", {**last_train, **last_eval})

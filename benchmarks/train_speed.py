@@ -7,15 +7,17 @@ at each timing window. Prints one JSON line: the median over windows.
 
     PYTHONPATH=. python benchmarks/train_speed.py --preset tiny                  # CPU, fp32
     PYTHONPATH=. python benchmarks/train_speed.py --preset lewm --batch 128      # CUDA: bf16 autocast
-    ... --compile   (torch.compile the loss module, as compile=true does)
+    ... --compile [--compile-mode reduce-overhead]   (as `wm train compile=true compile_mode=...`)
 REFERENCE.md: LeWM's library does 1,488 samples/s (86 ms/step) at batch 128, bf16, on one H100.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,30 +28,35 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny", help="configs/model/<preset>.yaml")
     p.add_argument("--batch", type=int, default=None, help="default: the preset's batch_size")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | bf16 | fp32")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default="default",
+                   help="with --compile: default | reduce-overhead (CUDA graphs) | max-autotune | ...")
     p.add_argument("--action-dim", type=int, default=2)
     p.add_argument("--data", default=None, help="time clips of this dataset instead of random ones")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--windows", type=int, default=5)
-    p.add_argument("--steps-per-window", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument("override", nargs="*", help="extra train config overrides, e.g. model.enc_depth=2")
-    a = p.parse_args()
+    return p
+
+
+def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any, Any, Callable[[], tuple]]:
+    """What `wm train` builds for these arguments: (cfg, device, model, opt, sched, loss_mod, amp,
+    batch) where batch() returns one (pixels, actions) clip batch on the host."""
     if a.threads:
         torch.set_num_threads(a.threads)
 
     from worldmodel.config import load
-    from worldmodel.model import WorldModel
     from worldmodel.distributed import resolve_device
-    from worldmodel.train import TrainConfig, _ClipLoss, autocast_for, build_optimizer, train_step
+    from worldmodel.model import WorldModel
+    from worldmodel.train import TrainConfig, _ClipLoss, autocast_for, build_optimizer, compile_loss
 
-    ov = [f"model={a.preset}", f"device={a.device}", f"precision={a.precision}", *a.override]
+    ov = [f"model={a.preset}", f"device={a.device}", f"precision={a.precision}",
+          f"compile={str(a.compile).lower()}", f"compile_mode={a.compile_mode}", *a.override]
     if a.batch:
         ov.append(f"batch_size={a.batch}")
     cfg = load(TrainConfig, "train", ov)
@@ -59,15 +66,11 @@ def main() -> None:
         from worldmodel.dataset import load_dataset
 
         ds = load_dataset(a.data, columns=("pixels", "action"))
-        import dataclasses
-
         cfg.model = dataclasses.replace(cfg.model, action_dim=int(ds.action.shape[1]))
         clips = ClipDataset(ds, ClipSpec(cfg.model.history, cfg.data.n_preds, cfg.model.frameskip))
         sampler = ClipSampler(len(clips), cfg.batch_size, seed=0)
         batch = lambda: clips.get_batch(sampler.next_indices())  # noqa: E731
     else:
-        import dataclasses
-
         cfg.model = dataclasses.replace(cfg.model, action_dim=a.action_dim)
         t, s, rng = cfg.model.history + cfg.data.n_preds, cfg.model.image_size, np.random.default_rng(0)
         pixels = torch.from_numpy(rng.integers(0, 256, (cfg.batch_size, t, s, s, 3), dtype=np.uint8))
@@ -78,9 +81,20 @@ def main() -> None:
     model = WorldModel(cfg.model).to(device).train()
     opt, sched = build_optimizer(model, cfg)
     loss_mod = _ClipLoss(model)
-    if a.compile:
-        loss_mod = torch.compile(loss_mod)
-    amp = autocast_for(cfg, device)
+    if cfg.compile:
+        loss_mod = compile_loss(loss_mod, cfg.compile_mode)
+    return cfg, device, model, opt, sched, loss_mod, autocast_for(cfg, device), batch
+
+
+def main() -> None:
+    p = parser()
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--windows", type=int, default=5)
+    p.add_argument("--steps-per-window", type=int, default=5)
+    a = p.parse_args()
+    from worldmodel.train import train_step
+
+    cfg, device, model, opt, sched, loss_mod, amp, batch = setup(a)
     step = 0
     t0 = time.perf_counter()
     for _ in range(a.warmup):
@@ -105,7 +119,8 @@ def main() -> None:
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "amp": "bf16" if not isinstance(amp, type(None)) and hasattr(amp, "fast_dtype") else "fp32",
-        "compile": a.compile, "threads": torch.get_num_threads(), "warmup_s": round(warm_s, 2),
+        "compile": a.compile, "compile_mode": cfg.compile_mode if a.compile else None,
+        "threads": torch.get_num_threads(), "warmup_s": round(warm_s, 2),
         "data": a.data or "random", "windows": [round(r, 1) for r in rates], "final_loss": round(loss, 5),
         "overrides": a.override}))
 

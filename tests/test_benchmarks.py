@@ -1,0 +1,41 @@
+"""The speed scripts run and print what they claim (tiny sizes on the CPU; the figures themselves
+come from the scripts run at full size, never from tests), and result files name their commit."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--preset", "tiny", "--batch", "4", "--device", "cpu", "--threads", "1", "model.enc_depth=1",
+        "model.pred_depth=1"]
+
+
+def _json_line(script: str, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_train_speed_and_profile_report_per_step_figures():
+    speed = _json_line("train_speed.py", *TINY, "--warmup", "1", "--windows", "2", "--steps-per-window", "1")
+    assert speed["figure"] == "train_samples_per_s" and speed["value"] > 0 and len(speed["windows"]) == 2
+    assert speed["batch"] == 4 and speed["compile"] is False and speed["compile_mode"] is None
+    prof = _json_line("train_profile.py", *TINY, "--warmup", "1", "--steps", "2", "--profile-steps", "1")
+    assert prof["figure"] == "train_step_profile" and prof["ms_per_step"] > 0
+    assert abs(prof["samples_per_s"] - 4000 / prof["ms_per_step"]) < 1
+    assert prof["dtype_casts_per_step"] > 0                          # counted from the profiler
+
+
+def test_git_commit_outside_git_uses_wm_git_commit(monkeypatch, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import recipes
+
+    monkeypatch.setattr(recipes, "ROOT", tmp_path)                    # not a git checkout
+    monkeypatch.delenv("WM_GIT_COMMIT", raising=False)
+    assert recipes.git_commit() == {"commit": None, "dirty": None}
+    monkeypatch.setenv("WM_GIT_COMMIT", "abc123")
+    assert recipes.git_commit() == {"commit": "abc123", "dirty": None, "source": "WM_GIT_COMMIT"}

@@ -3,7 +3,9 @@
 A `GoalEnv` is a gymnasium `Env` whose observation is the rendered image (H, W, 3) uint8, so a
 planner built on it only ever sees pixels. Simulator state travels in `info` (for data collection
 and scoring) and through `get_state` / `set_state`. A goal is a state; its goal image is that state
-rendered by the same camera (`goal_image`), and `is_success(state, goal_state)` scores it.
+rendered by the same camera (`goal_image`). `goal_error(state, goal_state)` scores it: the worst
+criterion error as a fraction of its tolerance, so success (`is_success`) is an error below 1 in
+every env, and how close a failure came is comparable across envs.
 
 Envs know nothing about models or planners.
 """
@@ -91,8 +93,13 @@ class GoalEnv(gym.Env, ABC):
         """(P,) float32 proprioception (what a robot could measure about itself)."""
 
     @abstractmethod
+    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
+        """The env's success criterion as a number: the largest of its errors (position, angle, ...)
+        each divided by its tolerance. 0 at the goal; below 1 is success."""
+
     def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
         """Whether `state` satisfies the goal `goal_state` (the env's own criterion)."""
+        return self.goal_error(state, goal_state) < 1.0
 
     # ---- public contract ---------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

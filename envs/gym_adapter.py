@@ -122,9 +122,9 @@ class GymMujoco(MujocoGoalEnv):
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
-    def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
         d = np.asarray(state)[self.success_dims] - np.asarray(goal_state)[self.success_dims]
-        return bool(np.linalg.norm(d) < self.success_threshold)
+        return float(np.linalg.norm(d) / self.success_threshold)
 
     def close(self) -> None:
         self.env.close()

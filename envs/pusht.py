@@ -138,12 +138,12 @@ class PushT(MujocoGoalEnv):
         s = self.get_state()
         return np.r_[s[0:2], s[5:7]].astype(np.float32)
 
-    def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
         s, g = np.asarray(state), np.asarray(goal_state)
-        agent_ok = np.linalg.norm(s[0:2] - g[0:2]) < POS_TOL
-        block_ok = np.linalg.norm(s[2:4] - g[2:4]) < POS_TOL
-        angle_ok = abs(float(wrap_angle(s[4] - g[4]))) < ANGLE_TOL
-        return bool(agent_ok and block_ok and angle_ok)
+        agent = np.linalg.norm(s[0:2] - g[0:2]) / POS_TOL
+        block = np.linalg.norm(s[2:4] - g[2:4]) / POS_TOL
+        angle = abs(float(wrap_angle(s[4] - g[4]))) / ANGLE_TOL
+        return float(max(agent, block, angle))
 
     def episode_metrics(self, states: np.ndarray) -> dict[str, float]:
         """block_moved: 1.0 if the block left its initial pose by > 5 cm or > 10 degrees."""

@@ -77,9 +77,9 @@ class Reacher(MujocoGoalEnv):
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
-    def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
         err = wrap_angle(np.asarray(state)[:2] - np.asarray(goal_state)[:2])
-        return bool(np.all(np.abs(err) < JOINT_TOL))
+        return float(np.abs(err).max() / JOINT_TOL)
 
     def episode_metrics(self, states: np.ndarray) -> dict[str, float]:
         """shoulder_range: radians swept by the shoulder (unwrapped) over the episode (T, 4)."""

@@ -124,9 +124,9 @@ class TwoRoom(MujocoGoalEnv):
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
-    def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
         d = np.linalg.norm(np.asarray(state)[:2] - np.asarray(goal_state)[:2])
-        return bool(d < SUCCESS_DIST)
+        return float(d / SUCCESS_DIST)
 
     def episode_metrics(self, states: np.ndarray) -> dict[str, float]:
         """crossed_door: 1.0 if the agent was seen in both rooms during the episode (T, 4)."""

@@ -111,10 +111,13 @@ def test_state_round_trip_and_goal_image(env):
 def test_success_at_goal_not_far_away(env):
     env.reset(seed=2)
     goal = env.get_state()
-    assert env.is_success(goal, goal)
+    assert env.is_success(goal, goal) and env.goal_error(goal, goal) == 0.0
     far = goal.copy()
     far[0] += 1.0          # 1 m or 1 rad away on the first position coordinate
-    assert not env.is_success(far, goal)
+    assert not env.is_success(far, goal) and env.goal_error(far, goal) >= 1.0
+    near = goal.copy()
+    near[0] += 1e-4        # well inside every tolerance
+    assert env.is_success(near, goal) and 0.0 < env.goal_error(near, goal) < 1.0
 
 
 def test_actions_are_clipped_and_nan_refused(env):

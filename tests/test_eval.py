@@ -87,6 +87,13 @@ def test_demo_writes_table_results_and_videos(demo_run):
     assert res["latency_ms"]["plans"] == 2 and res["latency_ms"]["p50"] > 0  # 50 steps / 25 per plan
     assert res["protocol"]["goal_offset"] == 25 and res["protocol"]["budget"] == 50
     assert res["config"]["planner"]["samples"] == 32
+    for e in res["per_episode"]:      # goal_error: the success criterion as a multiple of its tolerance
+        assert e["start_error"] >= 1.0                                 # solved starts were redrawn
+        assert e["closest_error"] <= min(e["start_error"], e["final_error"])
+        assert e["success"] == (e["closest_error"] < 1.0)
+        assert e["random_success"] == (e["random_closest_error"] < 1.0)
+    ge = res["goal_error"]
+    assert ge["closest"] == pytest.approx(np.median([e["closest_error"] for e in res["per_episode"]]), abs=1e-3)
     videos = sorted((demo_run / "eval" / "videos").iterdir())
     assert len(videos) == 3 and all(v.stat().st_size > 0 for v in videos)
 

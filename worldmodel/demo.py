@@ -58,17 +58,22 @@ def _flags(cfg: DemoConfig) -> list[str]:
 
 def results_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of eval summaries."""
-    head = ("| env | planner | success | 95% CI | random floor | planner vs random (p) | episodes | "
-            "train time | plan latency p50 | device |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| env | planner | success | 95% CI | random floor | planner vs random (p) | "
+            "failures came within (x tolerance) | episodes | train time | plan latency p50 | device |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lo, hi = r["ci95"]
         floor = r.get("random_floor") or {}
         pr = floor.get("paired")
         paired = f"+{pr['planner_only']} / -{pr['random_only']} (p={pr['p_value']:.2g})" if pr else "-"
+        ge = r.get("goal_error") or {}
+        near = f"{ge['closest_failures']:.1f}x" if ge.get("closest_failures") is not None else "-"
+        if ge.get("random_closest") is not None:
+            near += f" (random {ge['random_closest']:.1f}x)"
         lines.append(
             f"| {r['env']} | {r['planner']} | {r['success_rate']:.0%} | {lo:.0%}-{hi:.0%} | "
-            f"{floor.get('success_rate', float('nan')):.0%} | {paired} | {r['episodes']} | "
+            f"{floor.get('success_rate', float('nan')):.0%} | {paired} | {near} | {r['episodes']} | "
             f"{r.get('train_minutes', float('nan')):.1f} min | "
             f"{(r['latency_ms']['p50'] or float('nan')):.0f} ms | {r['device']} |")
     return "\n".join(lines)

@@ -9,6 +9,9 @@ data policy idled, is redrawn: any policy would "solve" it), the planner gets `b
 episode succeeds if the env's criterion holds at any step. The planner sees only pixels: the start
 frame, the goal image, and what the env renders after each action. Simulator state is used only to
 set up the start and to score. The random-policy floor runs on the very same starts and goals.
+Besides success, each episode records how close it came: the env's `goal_error` (its criterion as a
+multiple of the tolerance, < 1 = success) at the start, at the closest step and at the end, so a
+failure that missed by a hair reads differently from one that went nowhere.
 
 All episodes of a batch step in lockstep and are planned together: one batched solve plans for
 every episode at once (B envs x S samples), instead of one episode at a time.
@@ -134,18 +137,36 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
     obs = np.stack([env_list[i].reset(seed=t.seed, options={"state": t.start_state})[0]
                     for i, t in enumerate(tasks)])                         # (B, H, W, 3)
     first = [None] * B
+    start = [env_list[i].goal_error(t.start_state, t.goal_state) for i, t in enumerate(tasks)]
+    closest, last = list(start), list(start)
     frames: list[list[np.ndarray]] = [[o] for o in obs] if record else [[] for _ in range(B)]
     for step in range(1, budget + 1):
         actions = act(obs)                                                 # (B, A)
         for i, env in enumerate(env_list[:B]):
             o, _, _, _, info = env.step(actions[i])
             obs[i] = o
+            last[i] = env.goal_error(info["state"], tasks[i].goal_state)
+            closest[i] = min(closest[i], last[i])
             if first[i] is None and env.is_success(info["state"], tasks[i].goal_state):
                 first[i] = step
             if record:
                 frames[i].append(o)
-    return [{"success": f is not None, "steps_to_success": f, "frames": frames[i], "goal": goals[i]}
+    return [{"success": f is not None, "steps_to_success": f, "frames": frames[i], "goal": goals[i],
+             "start_error": start[i], "closest_error": closest[i], "final_error": last[i]}
             for i, f in enumerate(first)]
+
+
+def goal_error_summary(results: list[dict[str, Any]], floor: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the goal error (x the success tolerance) over the episodes: at the start, closest,
+    at the end; the closest among failures alone; and the random policy's closest on the same tasks."""
+    def med(rs: list[dict[str, Any]], key: str) -> float | None:
+        return round(float(np.median([r[key] for r in rs])), 3) if rs else None
+    return {"start": med(results, "start_error"), "closest": med(results, "closest_error"),
+            "final": med(results, "final_error"),
+            "closest_failures": med([r for r in results if not r["success"]], "closest_error"),
+            "random_closest": med(floor, "closest_error"),
+            "note": "medians of the env's goal_error: its success criterion as a multiple of the "
+                    "tolerance (< 1 = success)"}
 
 
 def _video(path: Path, frames: list[np.ndarray], goal: np.ndarray, success_step: int | None,
@@ -268,6 +289,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                           "paired": paired_vs_random([r["success"] for r in results],
                                                      [r["success"] for r in floor])} if floor else None),
         "steps_to_success": {"median": _percentile(steps, 50), "mean": float(np.mean(steps)) if steps else None},
+        "goal_error": goal_error_summary(results, floor),
         "latency_ms": {"p50": _percentile([x * 1e3 for x in latencies], 50),
                        "p95": _percentile([x * 1e3 for x in latencies], 95),
                        "max": max(latencies) * 1e3 if latencies else None, "plans": len(latencies),
@@ -278,7 +300,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "per_episode": [{"index": t.index, "seed": t.seed, "start_step": t.start_step,
                          "success": r["success"], "steps_to_success": r["steps_to_success"],
-                         "random_success": (floor[i]["success"] if floor else None)}
+                         **{k: round(r[k], 4) for k in ("start_error", "closest_error", "final_error")},
+                         "random_success": (floor[i]["success"] if floor else None),
+                         "random_closest_error": (round(floor[i]["closest_error"], 4) if floor else None)}
                         for i, (t, r) in enumerate(zip(tasks, results))],
         "videos": videos, "config": to_dict(cfg),
     }
@@ -289,5 +313,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         pr = summary["random_floor"]["paired"]
         line += (f"; random floor {kf}/{n} = {kf / n:.0%} (same tasks: planner-only {pr['planner_only']}, "
                  f"random-only {pr['random_only']}, McNemar p = {pr['p_value']:.2g})")
+    ge = summary["goal_error"]
+    if ge["closest_failures"] is not None:
+        line += (f"; failures came within {ge['closest_failures']:.1f}x the tolerance (median; start "
+                 f"{ge['start']:.1f}x" + (f", random {ge['random_closest']:.1f}x" if floor else "") + ")")
     print(line + f"; results in {out / 'results.json'}")
     return summary

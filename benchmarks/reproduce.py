@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         row = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "seed": s,
                "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
                "random_floor": ev["random_floor"], "eval_episodes": ev["episodes"],
+               "goal_error": ev.get("goal_error"),
                "planner": ev["planner"], "plan_latency_ms_p50": ev["latency_ms"]["p50"],
                "plan_batch": ev["latency_ms"]["batch"], "dataset": dataset,
                "collect_s": round(collect_s, 2), "train_s": tr.get("train_s"),

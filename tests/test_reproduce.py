@@ -99,10 +99,11 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert len(lines) == 2 and lines[1]["aggregate"] is True
     seed = lines[0]
     for k in ("success_rate", "ci95", "random_floor", "eval_episodes", "dataset", "train_s", "collect_s",
-              "eval_s", "plan_latency_ms_p50", "device", "gpu", "commands", "git_commit"):
+              "eval_s", "plan_latency_ms_p50", "device", "gpu", "commands", "git_commit", "goal_error"):
         assert k in seed, k
     assert seed["eval_episodes"] == 2 and seed["dataset"] == {**seed["dataset"], "episodes": 6, "frames": 240}
     assert 0 <= seed["ci95"][0] <= seed["success_rate"] <= seed["ci95"][1] <= 1
+    assert seed["goal_error"]["closest"] <= seed["goal_error"]["start"]
     assert seed["scale"] == "cpu-reduced" and seed["verified"] is False
     saved = json.loads(js.read_text())
     assert saved["aggregate"]["reference"]["LeWM"] == 87 and saved["overrides"]["steps"] == 2

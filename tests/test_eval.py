@@ -68,7 +68,7 @@ def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):
 def demo_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "run"
     code = main(["demo", f"out={out}", "episodes=6", "workers=1", "image_size=32", "train_steps=3",
-                 "batch_size=8", "eval_episodes=3", "plan_samples=32", "plan_iterations=2",
+                 "batch_size=8", "lr=0.0005", "eval_episodes=3", "plan_samples=32", "plan_iterations=2",
                  "progress=false", "model=tiny"])
     assert code == 0
     return out
@@ -80,6 +80,7 @@ def test_demo_writes_table_results_and_videos(demo_run):
     assert "| tworoom | cem |" in table
     summary = json.loads((demo_run / "summary.json").read_text())
     assert summary["collect"]["episodes"] == 6
+    assert json.loads((demo_run / "train" / "config.json").read_text())["lr"] == 0.0005   # demo lr=
     res = json.loads((demo_run / "eval" / "results.json").read_text())
     assert res["episodes"] == 3 and len(res["per_episode"]) == 3
     assert 0.0 <= res["ci95"][0] <= res["success_rate"] <= res["ci95"][1] <= 1.0

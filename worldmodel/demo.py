@@ -30,6 +30,7 @@ class DemoConfig:
     model: str = "tiny"
     train_steps: int = 2000
     batch_size: int = 32
+    lr: float | None = None             # null: the model preset's (configs/optim/<model>.yaml)
     eval_episodes: int = 50
     planner: str = "cem"
     plan_samples: int | None = None     # null: the planner config's (CEM: 300, LeWM's setting)
@@ -95,7 +96,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     t = time.perf_counter()
     tr = train.run(load(train.CONFIG, train.CONFIG_NAME, [
         f"data={data}", f"model={cfg.model}", f"model.image_size={cfg.image_size}", f"steps={cfg.train_steps}",
-        f"batch_size={cfg.batch_size}",
+        f"batch_size={cfg.batch_size}", *([f"lr={cfg.lr}"] if cfg.lr is not None else []),
         f"out={run_dir}", f"seed={cfg.seed}", f"device={cfg.device}", *_flags(cfg)]))
     timings["train_s"] = time.perf_counter() - t
 

@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
                "random_floor": ev["random_floor"], "eval_episodes": ev["episodes"],
                "goal_error": ev.get("goal_error"),
+               # one character per task, in task order (1 = success): runs on the same tasks can be
+               # compared task by task (paired), not only by their rates
+               "outcomes": "".join("1" if e["success"] else "0" for e in ev["per_episode"]),
+               "random_outcomes": ("".join("1" if e["random_success"] else "0" for e in ev["per_episode"])
+                                   if ev["random_floor"] else None),
                "planner": ev["planner"], "plan_latency_ms_p50": ev["latency_ms"]["p50"],
                "plan_batch": ev["latency_ms"]["batch"], "dataset": dataset,
                "collect_s": round(collect_s, 2), "train_s": tr.get("train_s"),

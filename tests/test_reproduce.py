@@ -104,6 +104,8 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert seed["eval_episodes"] == 2 and seed["dataset"] == {**seed["dataset"], "episodes": 6, "frames": 240}
     assert 0 <= seed["ci95"][0] <= seed["success_rate"] <= seed["ci95"][1] <= 1
     assert seed["goal_error"]["closest"] <= seed["goal_error"]["start"]
+    assert len(seed["outcomes"]) == 2 and seed["outcomes"].count("1") == seed["successes"]
+    assert seed["random_outcomes"].count("1") == seed["random_floor"]["successes"]
     assert seed["scale"] == "cpu-reduced" and seed["verified"] is False
     saved = json.loads(js.read_text())
     assert saved["aggregate"]["reference"]["LeWM"] == 87 and saved["overrides"]["steps"] == 2

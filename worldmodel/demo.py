@@ -30,7 +30,7 @@ class DemoConfig:
     model: str = "tiny"
     train_steps: int = 2000
     batch_size: int = 32
-    lr: float | None = None             # null: the model preset's (configs/optim/<model>.yaml)
+    lr: float | None = 1e-4             # TwoRoom's (configs/demo.yaml); null: the model preset's
     eval_episodes: int = 50
     planner: str = "cem"
     plan_samples: int | None = None     # null: the planner config's (CEM: 300, LeWM's setting)

@@ -90,6 +90,16 @@ def test_resume_is_bit_exact(data, tmp_path):
     assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
     steps = [int(r["step"]) for r in read_metrics(tmp_path / "split") if r["loss"]]
     assert steps == [4, 8, 12, 16]                                   # no duplicated rows
+    # A resume that changes what the checkpoint fixes (lr, batch, split, ...) is refused, naming it;
+    # the run is left as it was.
+    before = load_checkpoint(tmp_path / "split" / "last.pt")["step"]
+    with pytest.raises(ValueError, match=r"'lr': \(0\.001, 0\.0003\).*overwrite=true"):
+        run(make_cfg(data, tmp_path / "split", resume=True, steps=24, lr=3e-4))
+    with pytest.raises(ValueError, match=r"data\.val_fraction"):
+        run(make_cfg(data, tmp_path / "split", resume=True, steps=24, data=dict(val_fraction=0.3)))
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == before
+    run(make_cfg(data, tmp_path / "split", resume=True, steps=20))     # more steps: allowed
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 20
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):

@@ -210,6 +210,28 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
 # ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------
+# What a resumed run must keep: the optimiser state, schedule, data order and split come from the
+# checkpoint, so a changed value here would be silently ignored (steps, stop_at, logging, device and
+# compile settings may change).
+RESUME_FIXED = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "sigreg_weight",
+                "sigreg_directions", "sigreg_knots", "batch_size", "seed", "precision")
+RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
+
+
+def check_resume(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume `path` (whose run config is `saved`) with different training settings."""
+    from worldmodel.config import to_dict
+
+    now = to_dict(cfg)
+    pairs = [(k, saved.get(k), now[k]) for k in RESUME_FIXED] + \
+            [(f"data.{k}", saved.get("data", {}).get(k), now["data"][k]) for k in RESUME_FIXED_DATA]
+    diff = {k: (old, new) for k, old, new in pairs if old != new}
+    if diff:
+        raise ValueError(f"resume=true but the training settings differ from {path} (checkpoint vs "
+                         f"now: {diff}); resume with the run's settings, or start a new run with "
+                         "overwrite=true or another out=")
+
+
 def check_compile(cfg: TrainConfig, world: int) -> None:
     """Refuse, before any work, CUDA-graph compilation under DDP (its all-reduce hooks run between
     the graphed pieces; untested here)."""
@@ -310,6 +332,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                     if ckpt["model_config"].get(k) != v}
             raise ValueError(f"resume=true but the model differs from {resume_from} "
                              f"(checkpoint vs now: {diff}); use the run's model overrides or a new out=")
+        check_resume(ckpt["extra"]["config"], cfg, resume_from)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])

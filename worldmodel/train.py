@@ -218,11 +218,17 @@ RESUME_FIXED = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip
 RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
 
 
-def check_resume(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """Refuse to resume `path` (whose run config is `saved`) with different training settings."""
+def check_resume(ckpt: dict, model_cfg: ModelConfig, cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume the checkpoint `ckpt` (read from `path`) with another model or with different
+    training settings."""
     from worldmodel.config import to_dict
 
-    now = to_dict(cfg)
+    if ckpt["model_config"] != model_cfg.to_dict():
+        diff = {k: (ckpt["model_config"].get(k), v) for k, v in model_cfg.to_dict().items()
+                if ckpt["model_config"].get(k) != v}
+        raise ValueError(f"resume=true but the model differs from {path} "
+                         f"(checkpoint vs now: {diff}); use the run's model overrides or a new out=")
+    saved, now = ckpt["extra"]["config"], to_dict(cfg)
     pairs = [(k, saved.get(k), now[k]) for k in RESUME_FIXED] + \
             [(f"data.{k}", saved.get("data", {}).get(k), now["data"][k]) for k in RESUME_FIXED_DATA]
     diff = {k: (old, new) for k, old, new in pairs if old != new}
@@ -327,12 +333,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     step, best, extra = 0, math.inf, {}
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location="cpu")
-        if ckpt["model_config"] != model_cfg.to_dict():
-            diff = {k: (ckpt["model_config"].get(k), v) for k, v in model_cfg.to_dict().items()
-                    if ckpt["model_config"].get(k) != v}
-            raise ValueError(f"resume=true but the model differs from {resume_from} "
-                             f"(checkpoint vs now: {diff}); use the run's model overrides or a new out=")
-        check_resume(ckpt["extra"]["config"], cfg, resume_from)
+        check_resume(ckpt, model_cfg, cfg, resume_from)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])

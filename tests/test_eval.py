@@ -95,6 +95,8 @@ def test_demo_writes_table_results_and_videos(demo_run):
         assert e["random_success"] == (e["random_closest_error"] < 1.0)
     ge = res["goal_error"]
     assert ge["closest"] == pytest.approx(np.median([e["closest_error"] for e in res["per_episode"]]), abs=1e-3)
+    for pic in ("train/curves.png", "eval/summary.png"):          # drawn by train and eval, linked in the table
+        assert (demo_run / pic).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({pic})" in table
     videos = sorted((demo_run / "eval" / "videos").iterdir())
     assert len(videos) == 3 and all(v.stat().st_size > 0 for v in videos)
 

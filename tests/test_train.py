@@ -44,7 +44,7 @@ def one_thread():
 def make_cfg(data_path: Path, out: Path, **kw) -> TrainConfig:
     base = dict(model=dict(MICRO), data=dict(path=str(data_path), val_fraction=0.2), out=str(out),
                 steps=16, batch_size=8, lr=1e-3, eval_every=8, ckpt_every=8, log_every=4,
-                tensorboard=False, progress=False)
+                tensorboard=False, plots=False, progress=False)
     for k, v in kw.items():
         if k in ("model", "data"):
             base[k] = {**base[k], **v}
@@ -65,12 +65,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def test_run_writes_outputs_and_metrics(data, tmp_path):
-    res = run(make_cfg(data, tmp_path / "r"))
+    res = run(make_cfg(data, tmp_path / "r", plots=True))
     for key in ("val_pred", "val_nochange", "eff_rank", "std_min", "val_sigreg", "loss", "probe_r2"):
         assert key in res and res[key] == res[key], key              # present and not NaN
     assert res["step"] == 16
     out = tmp_path / "r"
-    assert {"last.pt", "best.pt", "config.json", "metrics.csv"} <= {p.name for p in out.iterdir()}
+    assert {"last.pt", "best.pt", "config.json", "metrics.csv", "curves.png"} <= {p.name for p in out.iterdir()}
     ck = load_checkpoint(out / "last.pt")
     assert ck["step"] == 16 and ck["model_config"]["action_dim"] == 2      # filled from the data
     rows = read_metrics(out)

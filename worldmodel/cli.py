@@ -1,8 +1,8 @@
 """The `wm` command: `wm <command> key=value ...`.
 
 Each command lives in its own module exposing `CONFIG` (the dataclass schema), `CONFIG_NAME`
-(the YAML in configs/) and `run(cfg)`; this file only dispatches. `wm inspect PATH` and
-`wm preview PATH` take a positional path (shorthand for `path=PATH`).
+(the YAML in configs/) and `run(cfg)`; this file only dispatches. `wm inspect PATH`,
+`wm preview PATH` and `wm plot PATH` take a positional path (shorthand for `path=PATH`).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ COMMANDS = {
     "preview": ("worldmodel.preview", "write an MP4/GIF of a few dataset episodes"),
     "train": ("worldmodel.train", "train a JEPA world model with SIGReg"),
     "eval": ("worldmodel.evaluate", "zero-shot goal-reaching evaluation (LeWM protocol)"),
+    "plot": ("worldmodel.plots", "draw a training run's curves or an evaluation's summary as PNG"),
     "demo": ("worldmodel.demo", "collect -> train -> eval on TwoRoom, end to end"),
 }
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wm {name}: {COMMANDS[name][1]}\n\nkeys (defaults from configs/{module.CONFIG_NAME}.yaml):")
         print("\n".join(describe(module.CONFIG, compose(module.CONFIG_NAME, []))))
         return 0
-    if name in ("inspect", "preview") and args and "=" not in args[0]:
+    if name in ("inspect", "preview", "plot") and args and "=" not in args[0]:
         args = [f"path={args[0]}", *args[1:]]
     try:
         cfg = load(module.CONFIG, module.CONFIG_NAME, args)

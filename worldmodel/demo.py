@@ -17,6 +17,7 @@ from typing import Any
 from worldmodel import collect, evaluate, train
 from worldmodel.config import load, save_resolved
 from worldmodel.dataset import write_json_atomic
+from worldmodel.plots import CURVES, EVAL_SUMMARY
 
 
 @dataclass
@@ -113,8 +114,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     summary = {"collect": col, "train": tr, "eval": {k: v for k, v in ev.items() if k != "per_episode"},
                "timings_s": timings, "total_s": sum(timings.values())}
     write_json_atomic(out / "summary.json", summary)
-    (out / "results.md").write_text(table + "\n")
+    pictures = [p.relative_to(out).as_posix() for p in (run_dir / CURVES, eval_dir / EVAL_SUMMARY) if p.exists()]
+    (out / "results.md").write_text(table + "\n\n" + "".join(f"![{p}]({p})\n" for p in pictures))
     print("\n" + table)
     print(f"\ndemo done in {summary['total_s'] / 60:.1f} min: {out / 'results.md'}, "
-          f"videos in {eval_dir / 'videos'}")
+          f"pictures {', '.join(str(out / p) for p in pictures)}, videos in {eval_dir / 'videos'}")
     return summary

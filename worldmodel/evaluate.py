@@ -11,7 +11,8 @@ frame, the goal image, and what the env renders after each action. Simulator sta
 set up the start and to score. The random-policy floor runs on the very same starts and goals.
 Besides success, each episode records how close it came: the env's `goal_error` (its criterion as a
 multiple of the tolerance, < 1 = success) at the start, at the closest step and at the end, so a
-failure that missed by a hair reads differently from one that went nowhere.
+failure that missed by a hair reads differently from one that went nowhere. results.json holds it
+all; summary.png draws it (success vs the random floor, every episode's closest approach).
 
 All episodes of a batch step in lockstep and are planned together: one batched solve plans for
 every episode at once (B envs x S samples), instead of one episode at a time.
@@ -30,6 +31,7 @@ import torch
 
 from worldmodel.config import save_resolved, to_dict
 from worldmodel.dataset import write_json_atomic
+from worldmodel.plots import EVAL_SUMMARY, plot_eval
 
 
 @dataclass
@@ -307,6 +309,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "videos": videos, "config": to_dict(cfg),
     }
     write_json_atomic(out / "results.json", summary)
+    plot_eval(summary, out / EVAL_SUMMARY)
     lo, hi = summary["ci95"]
     line = f"{env_name}: success {k}/{n} = {k / n:.0%} (95% CI {lo:.0%}-{hi:.0%})"
     if floor:
@@ -317,5 +320,5 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if ge["closest_failures"] is not None:
         line += (f"; failures came within {ge['closest_failures']:.1f}x the tolerance (median; start "
                  f"{ge['start']:.1f}x" + (f", random {ge['random_closest']:.1f}x" if floor else "") + ")")
-    print(line + f"; results in {out / 'results.json'}")
+    print(line + f"; results in {out / 'results.json'}, picture in {out / EVAL_SUMMARY}")
     return summary

@@ -9,6 +9,7 @@ held-out episodes give the prediction loss next to the "predict no change" basel
 (mse(z_t, z_{t+1}) with the same encoder) and collapse diagnostics (SIGReg, per-dim std, effective
 rank). `last.pt` / `best.pt` are written atomically with the full trainer state, so `resume=true`
 continues bit-exactly (same step, LR, optimizer, RNG and data order), also after a kill -9.
+metrics.csv (+ TensorBoard) logs every scalar; curves.png draws them at every `last.pt` save.
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, spl
 from worldmodel.distributed import gather_rng_states, init_distributed, ranks_in_sync, resolve_device
 from worldmodel.logger import RunLogger
 from worldmodel.model import ModelConfig, WorldModel
+from worldmodel.plots import refresh_curves
 from worldmodel.validation import evaluate, recalibrate_batchnorm
 
 CONFIG_NAME = "train"
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.json", "tb")
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.json", "tb", "curves.png")
 
 
 @dataclass
@@ -83,6 +85,7 @@ class TrainConfig:
     bn_calibration_batches: int = 16  # re-estimate BatchNorm statistics before eval/checkpoints (0: off)
     log_every: int = 10
     tensorboard: bool = True
+    plots: bool = True               # redraw curves.png (worldmodel/plots.py) at every last.pt save
     progress: bool = True
     warmup: int = field(init=False)
 
@@ -440,6 +443,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
             if do_ckpt:
                 checkpoint("last.pt", {**last_train, **last_eval})
                 saved_at = step
+                if rank == 0 and cfg.plots:
+                    t_window += refresh_curves(out)                    # drawing is not training time
     finally:
         bar.close()
         loader.close()

@@ -1,0 +1,241 @@
+"""Plots people would rather look at than read: training curves and an evaluation summary.
+
+`plot_training(run_dir)` draws a run's metrics.csv into `curves.png` (train loss terms, held-out
+prediction loss against the "predict no change" baseline, collapse diagnostics, learning rate and
+speed); `wm train` refreshes it at every `last.pt` save, so a killed run still has its picture.
+`plot_eval(results, path)` draws an evaluation's results.json into `summary.png` (success against
+the random floor with Wilson intervals, how close every episode came to its goal, steps to
+success); `wm eval` writes it next to results.json. `wm plot PATH` redraws either from the files.
+
+matplotlib runs on its non-interactive Agg backend, so this works on headless machines.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CURVES = "curves.png"
+EVAL_SUMMARY = "summary.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Atomic PNG write: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the rows where `key` has a finite value."""
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if v not in (None, ""):
+            y = float(v)
+            if math.isfinite(y):
+                xs.append(float(r["step"]))
+                ys.append(y)
+    return xs, ys
+
+
+def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path | None:
+    """Draw `run_dir/metrics.csv` into `path` (default `run_dir/curves.png`); None if nothing is logged."""
+    from worldmodel.logger import read_metrics
+
+    rows = read_metrics(run_dir)
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(2, 2, figsize=(11, 7))
+    title = "/".join(Path(run_dir).resolve().parts[-2:])
+
+    a = ax[0, 0]
+    for key, label in (("pred", "prediction (train)"), ("sigreg", "SIGReg statistic"), ("loss", "total loss")):
+        xs, ys = _series(rows, key)
+        if xs:
+            a.plot(xs, ys, label=label, lw=1)
+    a.set_yscale("log")
+    a.set_title("training loss")
+
+    a = ax[0, 1]
+    for key, label, style in (("val_pred", "held-out prediction", "-o"),
+                              ("val_nochange", 'baseline: "predict no change"', "--")):
+        xs, ys = _series(rows, key)
+        if xs:
+            a.plot(xs, ys, style, label=label, lw=1.2, ms=3)
+    a.set_yscale("log")
+    a.set_title("validation (lower than the baseline = the model predicts)")
+
+    a = ax[1, 0]
+    xs, ys = _series(rows, "eff_rank")
+    if xs:
+        a.plot(xs, ys, "-o", ms=3, color="C2", label="effective rank")
+    a.set_ylabel("effective rank")
+    b = a.twinx()
+    for key, label, color in (("std_mean", "per-dim std (mean)", "C3"), ("std_min", "per-dim std (min)", "C4"),
+                              ("probe_r2", "probe_r2 (state read off latents)", "C5")):
+        xs, ys = _series(rows, key)
+        if xs:
+            b.plot(xs, ys, "-", color=color, lw=1, label=label)
+    b.set_ylabel("std, probe_r2")
+    a.set_title("collapse diagnostics (rank or std falling to ~0 = collapse)")
+    handles = a.get_legend_handles_labels()[0] + b.get_legend_handles_labels()[0]
+    if handles:
+        a.legend(handles=handles, fontsize=7, loc="best")
+
+    a = ax[1, 1]
+    xs, ys = _series(rows, "lr")
+    if xs:
+        a.plot(xs, ys, color="C0", label="learning rate")
+    a.set_ylabel("learning rate")
+    b = a.twinx()
+    xs, ys = _series(rows, "samples_per_s")
+    if xs:
+        b.plot(xs, ys, color="C1", lw=0.8, label="samples/s")
+    b.set_ylabel("samples/s")
+    a.set_title("schedule and speed")
+    handles = a.get_legend_handles_labels()[0] + b.get_legend_handles_labels()[0]
+    if handles:
+        a.legend(handles=handles, fontsize=7, loc="best")
+
+    for a in (ax[0, 0], ax[0, 1]):
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
+    for a in ax.flat:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{title}: {len(rows)} logged rows, last step {rows[-1]['step']}")
+    fig.tight_layout()
+    try:
+        return _save(fig, Path(path) if path else Path(run_dir) / CURVES)
+    finally:
+        plt.close(fig)
+
+
+def refresh_curves(run_dir: str | os.PathLike) -> float:
+    """Redraw `run_dir/curves.png` during training; returns the seconds it took. A plot that cannot be
+    drawn only warns: it must never stop a training run."""
+    t0 = time.perf_counter()
+    try:
+        plot_training(run_dir)
+    except Exception as e:   # noqa: BLE001 -- a picture is not worth a lost run
+        print(f"warning: could not draw {Path(run_dir) / CURVES}: {type(e).__name__}: {e}")
+    return time.perf_counter() - t0
+
+
+def plot_eval(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Draw an evaluation summary (the dict `wm eval` writes to results.json) into `path`."""
+    plt = _pyplot()
+    eps = results["per_episode"]
+    floor = results.get("random_floor")
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 2, 1.3]})
+
+    a = ax[0]
+    names, rates, los, his = [results["planner"]], [results["success_rate"]], [results["ci95"][0]], [results["ci95"][1]]
+    if floor:
+        names.append("random")
+        rates.append(floor["success_rate"])
+        los.append(floor["ci95"][0])
+        his.append(floor["ci95"][1])
+    err = [[100 * max(0.0, r - lo) for r, lo in zip(rates, los)], [100 * max(0.0, hi - r) for r, hi in zip(rates, his)]]
+    a.bar(names, [100 * r for r in rates], yerr=err,
+          color=["C0", "C7"][:len(names)], capsize=6)
+    for i, (r, hi) in enumerate(zip(rates, his)):
+        a.text(i, 100 * hi + 2, f"{100 * r:.0f}%", ha="center", fontsize=9)
+    a.set_ylim(0, 105)
+    a.set_ylabel("success rate (%), 95% Wilson CI")
+    a.set_title(f"{results['successes']}/{results['episodes']} episodes")
+
+    a = ax[1]
+    order = sorted(range(len(eps)), key=lambda i: eps[i]["closest_error"])
+    x = list(range(len(eps)))
+    a.scatter(x, [eps[i]["start_error"] for i in order], marker="x", color="C7", s=14, label="start")
+    if floor:
+        a.scatter(x, [eps[i]["random_closest_error"] for i in order], marker=".", color="C1", s=22,
+                  label="closest, random actions")
+    a.scatter(x, [eps[i]["closest_error"] for i in order], marker="o", color="C0", s=16,
+              label=f"closest, {results['planner']}")
+    a.axhline(1.0, color="C2", lw=1.5, ls="--", label="success threshold")
+    a.set_yscale("log")
+    a.set_xlabel("episode (sorted by the planner's closest approach)")
+    a.set_ylabel("goal error (x tolerance)")
+    a.set_title("how close each episode came (below the line = success)")
+    a.legend(fontsize=7, loc="upper left")
+
+    a = ax[2]
+    steps = [e["steps_to_success"] for e in eps if e["success"]]
+    budget = results.get("protocol", {}).get("budget", max(steps, default=50))
+    a.hist(steps, bins=range(0, budget + 5, 5), color="C0")
+    a.set_xlim(0, budget)
+    a.set_xlabel("env steps to success")
+    a.set_ylabel("episodes")
+    lat = results.get("latency_ms", {}).get("p50")
+    a.set_title("steps to success" + (f" (plan p50 {lat / 1e3:.2f} s)" if lat else ""))
+
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{results['env']}: {results['planner']} from {Path(results['checkpoint']).name}"
+                 f" ({results['episodes']} episodes)")
+    fig.tight_layout()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+# ---- `wm plot PATH` ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PlotConfig:
+    """wm plot: redraw a training run's curves or an evaluation's summary from its files."""
+
+    path: str | None = None   # a training run directory (metrics.csv), an eval directory or its results.json
+    out: str | None = None    # the PNG to write; default: curves.png / summary.png beside the input
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            from worldmodel.config import ConfigError
+
+            raise ConfigError("nothing to plot: wm plot PATH (a `wm train` or `wm eval` out= directory)")
+
+
+CONFIG = PlotConfig
+CONFIG_NAME = "plot"
+
+
+def run(cfg: PlotConfig) -> str:
+    p = Path(cfg.path)
+    results = p if p.is_file() else p / "results.json"
+    if results.name.endswith(".json") and results.is_file():
+        with open(results) as f:
+            data = json.load(f)
+        if "per_episode" not in data:
+            raise ValueError(f"{results} is not a `wm eval` results.json (no per_episode); "
+                             "pass an eval output directory or a training run directory")
+        png = plot_eval(data, cfg.out or results.with_name(EVAL_SUMMARY))
+    elif p.is_dir():
+        png = plot_training(p, cfg.out or None)
+        if png is None:
+            raise FileNotFoundError(f"{p} has no metrics.csv rows and no results.json; pass a "
+                                    "`wm train` out= directory or a `wm eval` out= directory")
+    else:
+        raise FileNotFoundError(f"{p} does not exist; pass a `wm train` or `wm eval` out= directory")
+    print(f"wrote {png}")
+    return str(png)

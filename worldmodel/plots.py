@@ -93,6 +93,8 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
         xs, ys = _series(rows, key)
         if xs:
             b.plot(xs, ys, "-", color=color, lw=1, label=label)
+    a.set_ylim(bottom=0)                       # from 0: a collapse reads as a fall, noise as noise
+    b.set_ylim(bottom=min(0.0, b.get_ylim()[0]))
     b.set_ylabel("std, probe_r2")
     a.set_title("collapse diagnostics (rank or std falling to ~0 = collapse)")
     handles = a.get_legend_handles_labels()[0] + b.get_legend_handles_labels()[0]

@@ -10,8 +10,23 @@ near the random-pair level at small displacements means an energy that is flat b
     python benchmarks/latent_geometry.py --checkpoint runs/demo/train/best.pt
     python benchmarks/latent_geometry.py --checkpoint runs/pusht/best.pt --dims 2 3 --scales 0.02 0.05 0.1
 
+Two references put those numbers in context:
+- pixels: the same displacements measured on the rendered images themselves (median squared pixel
+  distance, as a fraction of unrelated pairs'). A displacement the pixels show plainly but the
+  latents barely register is lost by the encoder, not by the image resolution.
+- rollout error: the predictor run open loop from held-out frames with the actions that were really
+  taken, chunk by chunk up to `--horizon` chunks (the planning horizon), against the encoded true
+  frames, as a fraction of unrelated pairs ("no_change": the last observed latent held fixed). When
+  the error at the planning horizon is larger than the energy of a displacement, the planner cannot
+  tell plans that end that far apart: the model's resolution, not the optimiser's. With
+  `--tolerance` (the success radius in the displaced coordinates: TwoRoom 0.157 m on dims 0 1,
+  Push-T 0.039 m on the block, dims 2 3, Reacher 0.05 rad on dims 0 1) the script reports
+  `resolution_ratio` = that error at the horizon / the energy of a tolerance-sized displacement:
+  well below 1, success is visible to the planner through the model; above 1, it is lost in the
+  model's error.
+
 stdout: one JSON line. The states come from expert rollouts with seeds never used for training
-(the eval seeds); only goal images are encoded, the model never sees a state.
+(the eval seeds); only images are encoded, the model never sees a state.
 """
 from __future__ import annotations
 
@@ -36,8 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
                    help="displacements, in state units (m for positions)")
     p.add_argument("--points", type=int, default=64, help="base states")
     p.add_argument("--seed", type=int, default=1000003, help="held-out rollout seed (eval's default)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="success radius in the displaced coordinates: adds it to --scales and reports resolution_ratio")
+    p.add_argument("--horizon", type=int, default=5, help="chunks of open-loop rollout (eval's horizon)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    if a.tolerance is not None and a.tolerance not in a.scales:
+        a.scales = sorted([*a.scales, a.tolerance])
 
     import torch
 
@@ -49,17 +69,27 @@ def main(argv: list[str] | None = None) -> dict:
     env = envs.make(env_name, image_size=model.cfg.image_size)
     rng = np.random.default_rng(a.seed)
 
-    states = []
+    episodes, states = [], []
     for i in range((a.points + 9) // 10):              # 10 states per held-out expert episode
-        s = rollout(env, meta.get("policy") or "expert", a.seed, i, 100)["state"]   # (101, S)
+        ep = rollout(env, meta.get("policy") or "expert", a.seed, i, 100)
+        episodes.append(ep)
+        s = ep["state"]                                # (101, S)
         states.extend(s[rng.choice(len(s), 10, replace=False)])
     base = np.stack(states[:a.points])                 # (P, S)
     if max(a.dims) >= base.shape[1]:
         raise SystemExit(f"--dims {a.dims}: {env_name} states have {base.shape[1]} coordinates")
 
-    def encode(st: np.ndarray) -> torch.Tensor:
+    def render(st: np.ndarray) -> np.ndarray:
+        return np.stack([env.goal_image(x) for x in st])                 # (P, H, W, 3) uint8
+
+    def encode(px: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return model.encode(np.stack([env.goal_image(x) for x in st])).float()   # (P, D)
+            return model.encode(px).float()                              # (P, D)
+
+    def sq(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> float:
+        """Median over rows of the squared distance; pixels are scaled to [0, 1]."""
+        x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+        return float((x - y).square().flatten(1).sum(-1).median())
 
     def displaced(d: float) -> np.ndarray:
         u = rng.normal(size=(len(base), len(a.dims)))
@@ -68,15 +98,61 @@ def main(argv: list[str] | None = None) -> dict:
         out[:, a.dims] += d * u
         return out
 
-    z = encode(base)
-    rows = {f"{d:g}": float((encode(displaced(d)) - z).square().sum(-1).median()) for d in a.scales}
-    rand = float((z - z[rng.permutation(len(z))]).square().sum(-1).median())
+    px = render(base)
+    z = encode(px)
+    rows, px_rows = {}, {}
+    for d in a.scales:
+        moved = render(displaced(d))
+        rows[f"{d:g}"] = sq(encode(moved), z)
+        px_rows[f"{d:g}"] = sq(moved / 255.0, px / 255.0)
+    perm = rng.permutation(len(z))
+    rand, rand_px = sq(z, z[perm]), sq(px / 255.0, px[perm] / 255.0)
+
+    err, hold = rollout_error(model, episodes, a.horizon, rng, torch)
     res = {"bench": "latent_geometry", "checkpoint": a.checkpoint, "env": env_name, "dims": a.dims,
            "points": len(base), "median_sq_dist_by_displacement": rows, "median_sq_dist_random_pairs": rand,
-           "fraction_of_random": {k: round(v / max(rand, 1e-12), 3) for k, v in rows.items()}}
+           "fraction_of_random": {k: round(v / max(rand, 1e-12), 3) for k, v in rows.items()},
+           "pixel_fraction_of_random": {k: round(v / max(rand_px, 1e-12), 3) for k, v in px_rows.items()},
+           "rollout_error_fraction_of_random": {
+               "by_chunk": [round(e / max(rand, 1e-12), 4) for e in err],
+               "no_change": [round(h / max(rand, 1e-12), 4) for h in hold],
+               "starts": len(episodes) * 8, "frameskip": model.cfg.frameskip}}
+    if a.tolerance is not None:
+        res["tolerance"] = a.tolerance
+        res["resolution_ratio"] = round(err[-1] / max(rows[f"{a.tolerance:g}"], 1e-12), 3)
     env.close()
     print(json.dumps(res))
     return res
+
+
+def rollout_error(model, episodes: list[dict], horizon: int, rng: np.random.Generator, torch
+                  ) -> tuple[list[float], list[float]]:
+    """Open-loop prediction error after each of `horizon` chunks, from 8 random starts per held-out
+    episode, with the actions really taken: medians of ||z_hat_k - z_k||^2 and of ||z_0 - z_k||^2."""
+    fs, h = model.cfg.frameskip, model.cfg.history
+    hist, a_hist, acts, future = [], [], [], []
+    for ep in episodes:
+        n = len(ep["pixels"])
+        lo, hi = (h - 1) * fs, n - 1 - horizon * fs
+        if hi < lo:
+            raise SystemExit(f"held-out episodes of {n} frames are too short for history {h} and "
+                             f"{horizon} chunks of {fs}; lower --horizon")
+        for t0 in rng.integers(lo, hi + 1, size=8):
+            idx = t0 + fs * np.arange(-(h - 1), horizon + 1)             # kept frames (h + horizon,)
+            chunks = np.stack([ep["action"][t:t + fs].reshape(-1) for t in idx[:-1]])   # (h-1+Hz, chunk)
+            hist.append(ep["pixels"][idx[:h]])
+            future.append(ep["pixels"][idx[h:]])
+            a_hist.append(chunks[:h - 1])
+            acts.append(chunks[h - 1:])
+    with torch.no_grad():
+        dev = model.action_mean.device
+        z_hist = model.encode(np.stack(hist)).float()                    # (N, h, D)
+        z_true = model.encode(np.stack(future)).float()                  # (N, Hz, D)
+        t = lambda x: torch.as_tensor(np.stack(x), dtype=torch.float32, device=dev)   # noqa: E731
+        z_hat = model.rollout(z_hist, t(a_hist) if h > 1 else None, t(acts)).float()  # (N, Hz, D)
+    err = (z_hat - z_true).square().sum(-1).median(0).values                           # (Hz,)
+    hold = (z_hist[:, -1:] - z_true).square().sum(-1).median(0).values                 # (Hz,)
+    return err.tolist(), hold.tolist()
 
 
 if __name__ == "__main__":

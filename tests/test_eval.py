@@ -156,4 +156,9 @@ def test_latent_geometry_script_reports_distances(demo_run, capsys):
     assert res["env"] == "tworoom" and res["points"] == 12
     assert set(res["median_sq_dist_by_displacement"]) == {"0.01", "0.5"}
     assert all(v >= 0 and v == v for v in res["median_sq_dist_by_displacement"].values())
+    px = res["pixel_fraction_of_random"]                       # the rendered images, no model involved
+    assert set(px) == {"0.01", "0.5"} and 0 <= px["0.01"] < px["0.5"]   # 1 cm is < 1 px at 32 px
+    ro = res["rollout_error_fraction_of_random"]               # open-loop predictor error per chunk
+    assert len(ro["by_chunk"]) == len(ro["no_change"]) == 5 and ro["starts"] == 16
+    assert all(v >= 0 and v == v for v in ro["by_chunk"] + ro["no_change"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "latent_geometry"

@@ -31,7 +31,7 @@ import torch
 
 from worldmodel.config import save_resolved, to_dict
 from worldmodel.dataset import write_json_atomic
-from worldmodel.plots import EVAL_SUMMARY, plot_eval
+from worldmodel.plots import EVAL_SUMMARY, plot_eval, safe_draw
 
 
 @dataclass
@@ -309,7 +309,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "videos": videos, "config": to_dict(cfg),
     }
     write_json_atomic(out / "results.json", summary)
-    plot_eval(summary, out / EVAL_SUMMARY)
+    safe_draw(plot_eval, summary, out / EVAL_SUMMARY)
     lo, hi = summary["ci95"]
     line = f"{env_name}: success {k}/{n} = {k / n:.0%} (95% CI {lo:.0%}-{hi:.0%})"
     if floor:

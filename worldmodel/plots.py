@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 CURVES = "curves.png"
 EVAL_SUMMARY = "summary.png"
@@ -130,14 +130,15 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
         plt.close(fig)
 
 
-def refresh_curves(run_dir: str | os.PathLike) -> float:
-    """Redraw `run_dir/curves.png` during training; returns the seconds it took. A plot that cannot be
-    drawn only warns: it must never stop a training run."""
+def safe_draw(draw: Callable[..., Any], *args: Any) -> float:
+    """Call a plot function; a picture that cannot be drawn only warns, it must never fail a training
+    run or an evaluation whose results are already on disk. Returns the seconds it took."""
     t0 = time.perf_counter()
     try:
-        plot_training(run_dir)
+        draw(*args)
     except Exception as e:   # noqa: BLE001 -- a picture is not worth a lost run
-        print(f"warning: could not draw {Path(run_dir) / CURVES}: {type(e).__name__}: {e}")
+        print(f"warning: {draw.__name__} failed ({type(e).__name__}: {e}); the run's files are intact, "
+              "redraw later with `wm plot`")
     return time.perf_counter() - t0
 
 

@@ -32,7 +32,7 @@ from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, spl
 from worldmodel.distributed import gather_rng_states, init_distributed, ranks_in_sync, resolve_device
 from worldmodel.logger import RunLogger
 from worldmodel.model import ModelConfig, WorldModel
-from worldmodel.plots import refresh_curves
+from worldmodel.plots import plot_training, safe_draw
 from worldmodel.validation import evaluate, recalibrate_batchnorm
 
 CONFIG_NAME = "train"
@@ -444,7 +444,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                 checkpoint("last.pt", {**last_train, **last_eval})
                 saved_at = step
                 if rank == 0 and cfg.plots:
-                    t_window += refresh_curves(out)                    # drawing is not training time
+                    t_window += safe_draw(plot_training, out)          # drawing is not training time
     finally:
         bar.close()
         loader.close()

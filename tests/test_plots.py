@@ -88,3 +88,4 @@ def test_wm_plot_redraws_either_kind_and_refuses_other_paths(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["plot"]) == 2
     assert "nothing to plot" in capsys.readouterr().err
+

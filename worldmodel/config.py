@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 import re
 import types
@@ -198,10 +199,20 @@ def save_resolved(cfg: Any, out_dir: str | os.PathLike, name: str = "config.json
     return write_json_atomic(path, to_dict(cfg))
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """The trailing `# comment` of each field line in the dataclass source (the `--help` text)."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, flags=re.M)}
+
+
 def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
-    """Lines `key: type = value` for `--help`; values from the composed YAML where given."""
+    """Lines `key: type = value  # what it does` for `--help`; values from the composed YAML where given."""
     lines = []
     hints = typing.get_type_hints(cls)
+    notes = _field_comments(cls)
     values = values or {}
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -220,5 +231,6 @@ def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") 
             lines += [f"  {prefix}{f.name}.{k} = {v}" for k, v in value.items()]
             continue
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        lines.append(f"  {prefix}{f.name}: {tname} = {value}")
+        line = f"  {prefix}{f.name}: {tname} = {value}"
+        lines.append(f"{line:<44}  # {notes[f.name]}" if f.name in notes else line)
     return lines

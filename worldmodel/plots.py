@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from worldmodel.logger import read_metrics
+
 CURVES = "curves.png"
 EVAL_SUMMARY = "summary.png"
 
@@ -56,8 +58,6 @@ def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[flo
 
 def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path | None:
     """Draw `run_dir/metrics.csv` into `path` (default `run_dir/curves.png`); None if nothing is logged."""
-    from worldmodel.logger import read_metrics
-
     rows = read_metrics(run_dir)
     if not rows:
         return None

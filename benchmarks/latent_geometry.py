@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     perm = rng.permutation(len(z))
     rand, rand_px = sq(z, z[perm]), sq(px / 255.0, px[perm] / 255.0)
 
-    err, hold = rollout_error(model, episodes, a.horizon, rng, torch)
+    err, hold = rollout_error(model, episodes, a.horizon, rng)
     res = {"bench": "latent_geometry", "checkpoint": a.checkpoint, "env": env_name, "dims": a.dims,
            "points": len(base), "median_sq_dist_by_displacement": rows, "median_sq_dist_random_pairs": rand,
            "fraction_of_random": {k: round(v / max(rand, 1e-12), 3) for k, v in rows.items()},
@@ -125,10 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
     return res
 
 
-def rollout_error(model, episodes: list[dict], horizon: int, rng: np.random.Generator, torch
+def rollout_error(model, episodes: list[dict], horizon: int, rng: np.random.Generator
                   ) -> tuple[list[float], list[float]]:
     """Open-loop prediction error after each of `horizon` chunks, from 8 random starts per held-out
     episode, with the actions really taken: medians of ||z_hat_k - z_k||^2 and of ||z_0 - z_k||^2."""
+    import torch
+
     fs, h = model.cfg.frameskip, model.cfg.history
     hist, a_hist, acts, future = [], [], [], []
     for ep in episodes:

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, split_episodes
+from worldmodel.config import save_resolved, to_dict
 from worldmodel.distributed import gather_rng_states, init_distributed, ranks_in_sync, resolve_device
 from worldmodel.logger import RunLogger
 from worldmodel.model import ModelConfig, WorldModel
@@ -224,8 +225,6 @@ RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
 def check_resume(ckpt: dict, model_cfg: ModelConfig, cfg: TrainConfig, path: Path) -> None:
     """Refuse to resume the checkpoint `ckpt` (read from `path`) with another model or with different
     training settings."""
-    from worldmodel.config import to_dict
-
     if ckpt["model_config"] != model_cfg.to_dict():
         diff = {k: (ckpt["model_config"].get(k), v) for k, v in model_cfg.to_dict().items()
                 if ckpt["model_config"].get(k) != v}
@@ -311,7 +310,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     from tqdm import tqdm
 
     from worldmodel.checkpoint import load_checkpoint, save_checkpoint
-    from worldmodel.config import save_resolved, to_dict
 
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium as gym
 import mujoco
@@ -182,3 +182,49 @@ class MujocoGoalEnv(GoalEnv):
     def close(self) -> None:
         self._renderer.close()
         super().close()
+
+
+def qpos_qvel_names(model: mujoco.MjModel) -> tuple[str, ...]:
+    """Names of the (qpos, qvel) state coordinates from the model's joints: 'qpos:<joint>' or
+    'qpos:<joint>[k]' for multi-coordinate joints (free, ball), then the same for 'qvel:'."""
+    def names(prefix: str, n: int, adr: np.ndarray) -> list[str]:
+        out = [f"{prefix}{i}" for i in range(n)]
+        starts = sorted(int(a) for a in adr)
+        for j in range(model.njnt):
+            jn = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint{j}"
+            start = int(adr[j])
+            end = next((a for a in starts if a > start), n)
+            for k in range(start, end):
+                out[k] = f"{prefix}{jn}" + (f"[{k - start}]" if end - start > 1 else "")
+        return out
+    return tuple(names("qpos:", model.nq, model.jnt_qposadr) + names("qvel:", model.nv, model.jnt_dofadr))
+
+
+class StateGoalEnv(MujocoGoalEnv):
+    """A MujocoGoalEnv for a simulator with no goal notion of its own (the generic adapters):
+    a goal is any state, success is the Euclidean distance over the state coordinates
+    `success_dims` (default: every qpos coordinate) below `success_threshold`. Proprioception is
+    the whole state."""
+
+    def _set_success(self, success_dims: Sequence[int] | None, success_threshold: float) -> None:
+        nq, nv = int(self.model.nq), int(self.model.nv)
+        dims = list(range(nq)) if success_dims is None else [int(d) for d in success_dims]
+        if not dims or min(dims) < 0 or max(dims) >= nq + nv:
+            raise ValueError(f"success_dims must index the state (0..{nq + nv - 1}), got {dims}")
+        if not success_threshold > 0:
+            raise ValueError(f"success_threshold must be > 0, got {success_threshold!r}")
+        self.success_dims = np.asarray(dims)
+        self.success_threshold = float(success_threshold)
+
+    def _success_info(self) -> tuple[str, dict[str, Any]]:
+        """The success criterion in words, and as EnvInfo.extra entries."""
+        return (f"L2 distance over state dims {self.success_dims.tolist()} < {self.success_threshold}",
+                {"nq": int(self.model.nq), "nv": int(self.model.nv),
+                 "success_dims": self.success_dims.tolist(), "success_threshold": self.success_threshold})
+
+    def get_proprio(self) -> np.ndarray:
+        return self.get_state().astype(np.float32)
+
+    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
+        d = np.asarray(state)[self.success_dims] - np.asarray(goal_state)[self.success_dims]
+        return float(np.linalg.norm(d) / self.success_threshold)

@@ -21,7 +21,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, MujocoGoalEnv
+from envs.base import EnvInfo, StateGoalEnv, qpos_qvel_names
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -45,7 +45,7 @@ def _default_camera(env: Any, model: mujoco.MjModel, data: mujoco.MjData) -> muj
 
 
 @register_env("gym", "wm/Gym-v0")
-class GymMujoco(MujocoGoalEnv):
+class GymMujoco(StateGoalEnv):
     """Wraps a gymnasium MuJoCo env: pixels from its model, state = (qpos, qvel)."""
 
     def __init__(
@@ -68,44 +68,24 @@ class GymMujoco(MujocoGoalEnv):
                              "needs gymnasium.envs.mujoco envs")
         self.model: mujoco.MjModel = self.env.model
         self.data: mujoco.MjData = self.env.data
-        self.nq, self.nv = int(self.model.nq), int(self.model.nv)
-        dims = list(range(self.nq)) if success_dims is None else [int(d) for d in success_dims]
-        if not dims or min(dims) < 0 or max(dims) >= self.nq + self.nv:
-            raise ValueError(f"success_dims must index the state (0..{self.nq + self.nv - 1}), "
-                             f"got {dims}")
-        self.success_dims = np.asarray(dims)
-        self.success_threshold = float(success_threshold)
+        self._set_success(success_dims, success_threshold)
         super().__init__(image_size=image_size, render_mode=render_mode)
         self.env.reset(seed=0)
         cam = _default_camera(self.env, self.model, self.data) if camera is None else camera
         self._renderer = FastRenderer(self.model, image_size, camera=cam)
 
-    def _names(self, prefix: str, n: int, adr: np.ndarray) -> list[str]:
-        """Per-coordinate names 'qpos:<joint>[k]' from the model's joints."""
-        names = [f"{prefix}{i}" for i in range(n)]
-        for j in range(self.model.njnt):
-            jn = mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint{j}"
-            start = int(adr[j])
-            end = next((int(a) for a in sorted(adr) if a > start), n)
-            for k in range(start, end):
-                names[k] = f"{prefix}{jn}" + (f"[{k - start}]" if end - start > 1 else "")
-        return names
-
     def env_info(self) -> EnvInfo:
         space = self.env.action_space
-        names = tuple(self._names("qpos:", self.nq, self.model.jnt_qposadr)
-                      + self._names("qvel:", self.nv, self.model.jnt_dofadr))
+        names = qpos_qvel_names(self.model)
+        success, extra = self._success_info()
         return EnvInfo(
             action_low=np.asarray(space.low, np.float32),
             action_high=np.asarray(space.high, np.float32),
             control_hz=float(1.0 / self.env.dt),
             state_names=names,
             proprio_names=names,
-            success=(f"L2 distance over state dims {self.success_dims.tolist()} < "
-                     f"{self.success_threshold}"),
-            extra={"gym_id": self.gym_id, "nq": self.nq, "nv": self.nv,
-                   "success_dims": self.success_dims.tolist(),
-                   "success_threshold": self.success_threshold},
+            success=success,
+            extra={"gym_id": self.gym_id, **extra},
         )
 
     # ---- simulation hooks --------------------------------------------------------------------
@@ -118,13 +98,6 @@ class GymMujoco(MujocoGoalEnv):
 
     def _write_state(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
         self.env.set_state(qpos, qvel)
-
-    def get_proprio(self) -> np.ndarray:
-        return self.get_state().astype(np.float32)
-
-    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
-        d = np.asarray(state)[self.success_dims] - np.asarray(goal_state)[self.success_dims]
-        return float(np.linalg.norm(d) / self.success_threshold)
 
     def close(self) -> None:
         self.env.close()

@@ -138,7 +138,7 @@ class NoisePolicy(Policy):
 
 @register_policy("expert")
 class ExpertPolicy(Policy):
-    """Dispatch to the env's scripted expert; envs without one (gym adapter) get `noise`."""
+    """Dispatch to the env's scripted expert; envs without one (the generic adapters) get `noise`."""
 
     def __init__(self, env: GoalEnv, rng: np.random.Generator, **kwargs: Any):
         super().__init__(env, rng)

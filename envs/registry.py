@@ -3,8 +3,9 @@
     @register_env("tworoom", "wm/TwoRoom-v0")
     class TwoRoom(GoalEnv): ...
 
-`make(name, image_size=64, **kwargs)` accepts the short name, the `wm/...` id, or the id of any
-gymnasium MuJoCo env (e.g. `Hopper-v5`), which goes through the generic adapter.
+`make(name, image_size=64, **kwargs)` accepts the short name, the `wm/...` id, the id of any
+gymnasium MuJoCo env (e.g. `Hopper-v5`), or a dm_control suite task as Shimmy names it
+(`dm_control/cartpole-swingup-v0`, `-v0` optional); the last two go through the generic adapters.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import gymnasium as gym
 ENVS: dict[str, type] = {}          # short name -> class
 IDS: dict[str, str] = {}            # gymnasium id -> short name
 GENERIC = "gym"                     # short name of the generic gymnasium-MuJoCo adapter
+DMC = "dmc"                         # short name of the generic dm_control suite adapter
+DMC_PREFIX = "dm_control/"
 
 
 def register_env(name: str, gym_id: str) -> Callable[[type], type]:
@@ -33,6 +36,16 @@ def list_envs() -> list[str]:
     return sorted(ENVS)
 
 
+def parse_dmc_name(name: str) -> dict[str, str]:
+    """'dm_control/cartpole-swingup[-v0]' -> {'domain': 'cartpole', 'task': 'swingup'}. Domains and
+    tasks use underscores (ball_in_cup, swingup_sparse), so the first '-' splits them."""
+    domain, _, task = name[len(DMC_PREFIX):].removesuffix("-v0").partition("-")
+    if not domain or not task:
+        raise ValueError(f"dm_control env names are '{DMC_PREFIX}<domain>-<task>', e.g. "
+                         f"'{DMC_PREFIX}cartpole-swingup'; got {name!r}")
+    return {"domain": domain, "task": task}
+
+
 def resolve(name: str) -> tuple[str, dict]:
     """Map a user-facing env name to (short name, extra kwargs). Raises with the list of choices."""
     if name in ENVS:
@@ -43,11 +56,14 @@ def resolve(name: str) -> tuple[str, dict]:
     for short in ENVS:
         if short.lower() == low:
             return short, {}
+    if DMC in ENVS and name.startswith(DMC_PREFIX):
+        return DMC, parse_dmc_name(name)
     if GENERIC in ENVS and name in gym.registry:
         return GENERIC, {"gym_id": name}
     raise ValueError(
         f"unknown env {name!r}. Choose one of {list_envs()} (or their ids {sorted(IDS)}), "
-        "or the id of an installed gymnasium MuJoCo env such as 'Hopper-v5'."
+        f"the id of an installed gymnasium MuJoCo env such as 'Hopper-v5', or a dm_control suite "
+        f"task such as '{DMC_PREFIX}cartpole-swingup'."
     )
 
 

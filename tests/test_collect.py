@@ -81,6 +81,22 @@ def test_deterministic_across_worker_counts_and_shards(two_workers, tmp_path):
     _same(D.load_dataset(two_workers, columns=COLS), D.load_dataset(union, columns=COLS))
 
 
+@pytest.mark.parametrize("env, env_id, state_dim, action_dim", [
+    ("InvertedPendulum-v5", "InvertedPendulum-v5", 4, 1),                 # a gymnasium MuJoCo id
+    ("dm_control/cartpole-swingup", "dm_control/cartpole-swingup", 4, 1),  # a dm_control suite task
+])
+def test_collect_through_the_generic_adapters(tmp_path, env, env_id, state_dim, action_dim):
+    out = tmp_path / "d"
+    assert main(["collect", f"env={env}", "episodes=2", "episode_len=10", "image_size=32",
+                 "progress=false", f"out={out}"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["env"] == env and meta["env_id"] == env_id and meta["policy"] == "noise"
+    ds = D.load_dataset(out, columns=COLS)
+    assert ds.state.shape == (20, state_dim) and ds.action.shape == (20, action_dim)
+    assert ds.pixels.shape == (20, 32, 32, 3) and ds.pixels.std() > 0
+    assert np.abs(np.diff(ds.state[:10], axis=0)).sum() > 0          # the system moved
+
+
 @pytest.mark.parametrize("args, needle", [
     (["env=nosuchenv"], "tworoom"),                                    # lists the envs
     (["episodes"], "key=value"),                                       # malformed override

@@ -15,15 +15,19 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import envs  # noqa: E402
 from envs.registry import ENVS  # noqa: E402
 
-# (name, kwargs): every registered env, the generic adapter on two cheap gymnasium MuJoCo envs.
+# (name, kwargs): every registered env; the generic adapters on two cheap gymnasium MuJoCo envs
+# and two dm_control suite tasks (one with a free-floating body: 3 qpos for a planar root).
 SPECS = [
     ("tworoom", {}),
     ("pusht", {}),
     ("reacher", {}),
     ("gym", {"gym_id": "InvertedPendulum-v5"}),
     ("gym", {"gym_id": "Reacher-v5"}),
+    ("dmc", {"domain": "cartpole", "task": "swingup"}),
+    ("dmc", {"domain": "walker", "task": "walk"}),
 ]
-IDS = [kw.get("gym_id", name) for name, kw in SPECS]
+IDS = [kw.get("gym_id") or (f"{kw['domain']}-{kw['task']}" if "domain" in kw else name)
+       for name, kw in SPECS]
 
 
 def test_specs_cover_every_registered_env():
@@ -146,7 +150,32 @@ def test_ids_and_gym_names_resolve():
     assert envs.resolve("wm/PushT-v0") == ("pusht", {})
     assert envs.resolve("TwoRoom") == ("tworoom", {})
     assert envs.resolve("Hopper-v5") == ("gym", {"gym_id": "Hopper-v5"})
+    for name in ("dm_control/ball_in_cup-catch-v0", "dm_control/ball_in_cup-catch"):
+        assert envs.resolve(name) == ("dmc", {"domain": "ball_in_cup", "task": "catch"})
     assert set(ENVS) == set(envs.list_envs())
+
+
+@pytest.mark.parametrize("name, match", [
+    ("dm_control/cartpole", "dm_control/<domain>-<task>"),         # no task
+    ("dm_control/cartpole-jump", "cartpole-swingup"),              # not a suite task: lists them
+])
+def test_bad_dm_control_names_are_refused(name, match):
+    with pytest.raises(ValueError, match=match):
+        envs.make(name)
+
+
+def test_dm_control_adapter_is_the_suite_task(made):
+    """Bounds and control rate are the suite's; state names come from its joints; camera 0."""
+    env = made.get("walker-walk") or envs.make("dmc", domain="walker", task="walk")
+    made["walker-walk"] = env
+    meta = env.env_info()
+    assert meta.control_hz == 40.0                          # walker: 0.025 s control step
+    np.testing.assert_array_equal(meta.action_low, -np.ones(6, np.float32))
+    assert meta.state_names[:3] == ("qpos:rootz", "qpos:rootx", "qpos:rooty")
+    assert len(meta.state_names) == 18 and meta.extra["source"] == "dm_control.suite walker-walk"
+    env.reset(seed=0)
+    for _ in range(200):                                    # past nothing: episodes never end
+        env.step(env.action_space.sample())
 
 
 def test_tworoom_crossed_door_metric(made):

@@ -12,8 +12,8 @@ import envs  # noqa: E402
 from envs.policies import NoisePolicy, PushTExpert, ReacherExpert, TwoRoomExpert  # noqa: E402
 
 ENV_SPECS = [("tworoom", {}), ("pusht", {}), ("reacher", {}),
-             ("gym", {"gym_id": "InvertedPendulum-v5"})]
-ENV_IDS = [kw.get("gym_id", name) for name, kw in ENV_SPECS]
+             ("gym", {"gym_id": "InvertedPendulum-v5"}), ("dmc", {"domain": "cartpole", "task": "swingup"})]
+ENV_IDS = [kw.get("gym_id") or kw.get("domain") or name for name, kw in ENV_SPECS]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_policy_in_bounds_and_deterministic(made, key, policy_name):
 def test_expert_dispatch(made):
     rng = np.random.default_rng(0)
     expected = {"tworoom": TwoRoomExpert, "pusht": PushTExpert, "reacher": ReacherExpert,
-                "InvertedPendulum-v5": NoisePolicy}
+                "InvertedPendulum-v5": NoisePolicy, "cartpole": NoisePolicy}
     for key, cls in expected.items():
         assert type(envs.make_policy("expert", made[key], rng).inner) is cls
 

@@ -297,9 +297,9 @@ def _versions() -> dict[str, str]:
 def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
     """Check env and policy names and kwargs by building them once; returns (name, id, EnvInfo)."""
     import envs
-    from envs.registry import GENERIC, IDS
+    from envs.registry import IDS
 
-    short, _ = envs.resolve(cfg.env.name)       # ValueError listing the envs
+    short, named = envs.resolve(cfg.env.name)   # ValueError listing the envs
     if cfg.policy not in envs.list_policies():
         raise ValueError(f"unknown policy {cfg.policy!r}; choose one of {envs.list_policies()} (policy=...)")
     try:
@@ -311,9 +311,9 @@ def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
         info = env.env_info()
     finally:
         env.close()
-    name = cfg.env.name if short == GENERIC else short
-    env_id = next((i for i, s in IDS.items() if s == short), cfg.env.name) if short != GENERIC else cfg.env.name
-    return name, env_id, info
+    if named:           # the name itself says which env (`Hopper-v5`, `dm_control/walker-walk`)
+        return cfg.env.name, cfg.env.name, info
+    return short, next(i for i, s in IDS.items() if s == short), info
 
 
 def _prepare_out(cfg: CollectConfig, out: Path) -> None:

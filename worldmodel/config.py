@@ -45,13 +45,17 @@ def _uses_group(config_name: str, group: str) -> bool:
 
 def _rewrite_shorthands(config_name: str, overrides: list[str]) -> list[str]:
     """Values that name no config of their group are shorthands:
-    `env=Hopper-v5` -> `env=gym env.name=Hopper-v5` (any gymnasium MuJoCo id) and
+    `env=Hopper-v5` -> `env=gym env.name=Hopper-v5` (any gymnasium MuJoCo id),
+    `env=dm_control/walker-walk` -> `env=dmc env.name=dm_control/walker-walk` (a suite task) and
     `data=PATH` -> `data.path=PATH` (a dataset directory or .h5 file)."""
     out = []
     for ov in overrides:
         key, _, value = ov.partition("=")
         if key in ("env", "data") and value and _uses_group(config_name, key) and value not in group_options(key):
-            out += ["env=gym", f"env.name={value}"] if key == "env" else [f"data.path={value}"]
+            if key == "data":
+                out.append(f"data.path={value}")
+            else:
+                out += ["env=dmc" if value.startswith("dm_control/") else "env=gym", f"env.name={value}"]
         else:
             out.append(ov)
     return out

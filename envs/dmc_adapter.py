@@ -1,0 +1,92 @@
+"""Generic adapter: any dm_control suite task (cartpole-swingup, walker-walk, ...) as a GoalEnv.
+
+    env = envs.make("dm_control/cartpole-swingup")                  # resolved to "dmc"
+    env = envs.make("dmc", domain="walker", task="walk", success_dims=[1, 2], success_threshold=0.2)
+    wm collect env=dmc env.name=dm_control/walker-walk out=data/walker
+
+Names follow Shimmy's gymnasium ids for the suite (`dm_control/<domain>-<task>-v0`; the `-v0` may
+be left out). The env is the suite's own: its model, physics and task, so `task.before_step` maps
+actions to controls as the suite does, and one env step is the suite's control step
+(`control_timestep()`, e.g. 100 Hz for cartpole, 40 Hz for walker).
+
+- Actions: the task's `action_spec()` bounds, clipped.
+- Resets: the task's own `initialize_episode`, its randomness seeded from `reset(seed=...)`.
+- The suite's reward, termination and time limit are ignored: episodes never end early.
+- State (nq + nv,) = (qpos, qvel). Whatever a task randomises outside them (e.g. the position of
+  reacher's target geom) is not part of the state: it stays as the last reset left it.
+- Rendering: the model's camera 0 (the suite's default view) through the shared fast renderer,
+  or `camera` (a camera name or id; -1 = MuJoCo's free camera).
+- Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
+  indices `success_dims` (default: every qpos coordinate) below `success_threshold` (default 0.1).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import mujoco
+import numpy as np
+
+from envs.base import EnvInfo, StateGoalEnv, qpos_qvel_names
+from envs.registry import register_env
+from envs.render import FastRenderer
+
+
+@register_env("dmc", "wm/DMC-v0")
+class DMCSuite(StateGoalEnv):
+    """Wraps a dm_control suite task: pixels from its model, state = (qpos, qvel)."""
+
+    def __init__(
+        self,
+        domain: str = "cartpole",
+        task: str = "swingup",
+        image_size: int = 64,
+        render_mode: str = "rgb_array",
+        success_dims: Sequence[int] | None = None,
+        success_threshold: float = 0.1,
+        camera: str | int = 0,
+    ):
+        from dm_control import suite   # lazy: importing the suite costs ~2 s
+
+        if (domain, task) not in suite.ALL_TASKS:
+            tasks = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS)
+            raise ValueError(f"unknown dm_control suite task {domain}-{task}; choose one of: {tasks}")
+        self.domain, self.task_name = domain, task
+        # The task draws every random choice from this RandomState; reset reseeds it in place.
+        self._task_random = np.random.RandomState(0)
+        self._dmc = suite.load(domain, task, task_kwargs={"random": self._task_random})
+        self.physics = self._dmc.physics
+        self.model: mujoco.MjModel = self.physics.model.ptr
+        self.data: mujoco.MjData = self.physics.data.ptr
+        self._n_sub = max(1, round(self._dmc.control_timestep() / float(self.model.opt.timestep)))
+        self._set_success(success_dims, success_threshold)
+        super().__init__(image_size=image_size, render_mode=render_mode)
+        if isinstance(camera, int) and camera >= self.model.ncam:
+            camera = -1                 # a model without cameras: MuJoCo's free camera
+        self._renderer = FastRenderer(self.model, image_size, camera=camera)
+        self._dmc.reset()
+
+    def env_info(self) -> EnvInfo:
+        spec = self._dmc.action_spec()
+        names = qpos_qvel_names(self.model)
+        success, extra = self._success_info()
+        return EnvInfo(
+            action_low=np.broadcast_to(spec.minimum, spec.shape).astype(np.float32),
+            action_high=np.broadcast_to(spec.maximum, spec.shape).astype(np.float32),
+            control_hz=float(1.0 / self._dmc.control_timestep()),
+            state_names=names,
+            proprio_names=names,
+            success=success,
+            extra={"source": f"dm_control.suite {self.domain}-{self.task_name}", **extra},
+        )
+
+    # ---- simulation hooks --------------------------------------------------------------------
+    def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
+        self._task_random.seed(int(rng.integers(2**31 - 1)))
+        self._dmc.reset()           # the task's initialize_episode inside physics.reset_context()
+
+    def _step_sim(self, action: np.ndarray) -> None:
+        # The body of the suite's Environment.step without its reward, termination and time limit.
+        self._dmc.task.before_step(action.astype(np.float64), self.physics)
+        self.physics.step(self._n_sub)
+        self._dmc.task.after_step(self.physics)
+        mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly

@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    import envs
     from worldmodel.collect import rollout
+    from worldmodel.evaluate import make_env
     from worldmodel.model import load_trained
 
     model, meta, env_name = load_trained(a.checkpoint, a.device, a.env)
-    env = envs.make(env_name, image_size=model.cfg.image_size)
+    env = make_env(env_name, meta, model.cfg.image_size)
     rng = np.random.default_rng(a.seed)
 
     episodes, states = [], []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from worldmodel.cli import main
-from worldmodel.evaluate import make_tasks, wilson
+from worldmodel.evaluate import make_env, make_tasks, wilson
 
 
 def test_wilson_interval_matches_known_values():
@@ -58,9 +58,21 @@ def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):
         assert not env.is_success(t.start_state, t.goal_state)
         assert t.start_step >= 13       # earlier starts end within 0.157 m of where they began
     monkeypatch.setattr(collect, "rollout", lambda *a, **k: {"state": moving[:30]})
-    with pytest.raises(ValueError, match="never moves"):
+    with pytest.raises(ValueError, match=r"never moves .* widest start-to-goal gap is 0.00 x"):
         make_tasks(env, "expert", eval_seed=5, episodes=1, episode_len=30, goal_offset=25,
                    forbidden_seeds=set())
+    env.close()
+
+
+def test_eval_env_is_built_with_the_datas_env_kwargs():
+    """A dataset collected with `env.kwargs` (a suite task, a success tolerance) is evaluated in
+    that same env; an env named by `env=` instead gets its defaults."""
+    meta = {"env": "dmc", "env_kwargs": {"domain": "point_mass", "task": "easy", "success_threshold": 0.02}}
+    env = make_env("dmc", meta, 32)
+    assert (env.domain, env.success_threshold, env.observation_space.shape) == ("point_mass", 0.02, (32, 32, 3))
+    env.close()
+    env = make_env("dm_control/cartpole-swingup", meta, 32)
+    assert (env.domain, env.success_threshold) == ("cartpole", 0.1)
     env.close()
 
 
@@ -118,6 +130,11 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
     assert "choose one of" in capsys.readouterr().err
     assert main(["eval", f"checkpoint={ckpt}", "env=Hopper-v5", f"out={tmp_path / 'y'}"]) == 2
     assert "3 action dims" in capsys.readouterr().err                    # the model was trained on 2
+    seed = json.loads((demo_run / "data" / "meta.json").read_text())["seed"]
+    assert main(["eval", f"checkpoint={ckpt}", f"eval_seed={seed}", "episodes=1",
+                 f"out={tmp_path / 'z'}", "progress=false"]) == 2
+    assert "was used for training" in capsys.readouterr().err             # refused by make_tasks
+    assert not (tmp_path / "z").exists() and not (tmp_path / "y").exists()   # refusals leave no out
 
 
 def test_demo_refuses_existing_output(tmp_path, capsys):

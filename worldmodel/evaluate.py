@@ -117,9 +117,13 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
         open_starts = [s for s in range(n - goal_offset)
                        if not env.is_success(ep["state"][s], ep["state"][s + goal_offset])]
         if not open_starts:
+            widest = max(env.goal_error(ep["state"][s], ep["state"][s + goal_offset])
+                         for s in range(n - goal_offset))
             raise ValueError(f"held-out episode {i} (seed {seed}) never moves far enough in "
-                             f"{goal_offset} steps to make a task; use a longer episode_len or "
-                             "another policy=")
+                             f"{goal_offset} steps to make a task: its widest start-to-goal gap is "
+                             f"{widest:.2f} x the success tolerance (a task needs > 1). Use a larger "
+                             "goal_offset=, another policy=, or a tighter success tolerance in the "
+                             "data's env.kwargs (the generic adapters' success_threshold)")
         s = int(rng.integers(0, n - goal_offset))
         while s not in open_starts:
             s = int(rng.integers(0, n - goal_offset))
@@ -200,12 +204,21 @@ def paired_vs_random(planner: list[bool], random: list[bool]) -> dict[str, Any]:
     return {"planner_only": b, "random_only": c, "p_value": min(1.0, 2 * tail)}
 
 
+def make_env(env_name: str, meta: dict[str, Any], image_size: int):
+    """The env to evaluate in: the training data's env built with the kwargs it was collected
+    with (a generic adapter's suite task, success dims and tolerance, ...); an env that `env=`
+    names instead gets its own defaults."""
+    import envs
+
+    kwargs = (meta.get("env_kwargs") or {}) if env_name == meta.get("env") else {}
+    return envs.make(env_name, image_size=image_size, **kwargs)
+
+
 def _percentile(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    import envs
     from planners import make_planner
     from planners.mpc import MPCController
     from worldmodel.collect import episode_seed
@@ -229,18 +242,17 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     planner_name = planner_cfg.pop("name")
     planner = make_planner(planner_name, **planner_cfg)
     B = min(cfg.batch, cfg.episodes)
-    env_list = [envs.make(env_name, image_size=mcfg.image_size) for _ in range(B)]
+    env_list = [make_env(env_name, meta, mcfg.image_size) for _ in range(B)]
     low, high = env_list[0].action_space.low, env_list[0].action_space.high
     if len(low) != mcfg.action_dim:
         raise ValueError(f"env {env_name} has {len(low)} action dims; the model was trained on {mcfg.action_dim}")
     train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
         if "seed" in meta else set()
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
-
     t0 = time.perf_counter()
     tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
                        train_seeds)
+    out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
+    save_resolved(cfg, out)
     energy = GoalEnergy(model)
     results: list[dict[str, Any]] = []
     floor: list[dict[str, Any]] = []

@@ -34,3 +34,22 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     assert scope["action"].shape == (2,)
     assert scope["z"].shape == (1, 1, 32)
     assert scope["ctrl"].stats()["plans"] >= 1
+
+
+def test_readme_recorder_example_runs(tmp_path, monkeypatch):
+    """The DatasetWriter block writes a dataset that loads, given logs shaped as its comment says."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from worldmodel.dataset import load_dataset
+
+    (block,) = [b for b in _python_blocks() if "DatasetWriter" in b]
+    rng = np.random.default_rng(0)
+    logs = [SimpleNamespace(frames=rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8),
+                            commands=rng.uniform(-1, 1, (8, 2)), joints=rng.normal(size=(9, 3)))
+            for _ in range(3)]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"my_logs": logs})         # noqa: S102 - our own docs
+    ds = load_dataset(tmp_path / "data" / "arm", columns=("pixels", "action", "state"))
+    assert (ds.num_episodes, ds.num_frames) == (3, 27) and ds.state.shape == (27, 3)

@@ -79,7 +79,8 @@ def inspect(path: str | Path, metrics: bool = True) -> dict[str, Any]:
     meta = ds.meta
     lens = ds.ep_len
     out: dict[str, Any] = {
-        "path": str(path), "format": meta.get("format"), "env": meta.get("env"),
+        "path": str(path), "format": meta.get("format"),
+        "env": meta.get("env") or (f"none (recorded: {meta['source']})" if meta.get("source") else None),
         "policy": meta.get("policy"), "image_size": meta.get("image_size"),
         "episodes": ds.num_episodes, "episodes_requested": meta.get("episodes"), "frames": ds.num_frames,
         "episode_len": {"min": int(lens.min()), "mean": float(lens.mean()), "max": int(lens.max())},

@@ -28,6 +28,10 @@ class LoopReport:
     terminated: bool = False            # the env ended the episode (or stop_when said so)
     truncated: bool = False
     infos: list[dict] = field(default_factory=list, repr=False)  # env info per step (env mode)
+    # record=True: every observation (steps + 1, the one after the last action included) and every
+    # action sent (steps), ready for worldmodel.recorder.DatasetWriter.add_episode(frames, actions)
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)
+    actions: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
 class ControlLoop:
@@ -53,19 +57,21 @@ class ControlLoop:
         self.clock, self.sleep = clock, sleep
 
     def run(self, goal: Any, max_steps: int, seed: int | None = None, obs: Any = None,
-            stop_when: Callable[[Any, dict], bool] | None = None) -> LoopReport:
+            stop_when: Callable[[Any, dict], bool] | None = None, record: bool = False) -> LoopReport:
         """Reset the controller toward `goal` and run up to `max_steps` control steps.
 
         env mode: the env is reset with `seed` unless a first observation `obs` is given (for
         an env already placed at its start state). stop_when(obs, info) -> True ends the run
-        early (e.g. the task's success test)."""
+        early (e.g. the task's success test). record=True keeps copies of the observations and
+        actions in the report (robot mode reads one more observation after the last action),
+        outside the timed work."""
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.controller.reset(goal)
         if self.env is not None and obs is None:
             obs, _ = self.env.reset(seed=seed)
         period = None if self.hz is None else 1.0 / self.hz
-        work, infos = [], []
+        work, infos, frames, actions = [], [], [], []
         overruns, terminated, truncated = 0, False, False
         start = self.clock()
         tick = start
@@ -74,6 +80,7 @@ class ControlLoop:
             t0 = self.clock()
             if self.env is None:
                 obs = self.get_obs()
+            obs_seen = obs
             action = self.controller.act(obs)
             info: dict = {}
             if self.env is None:
@@ -83,6 +90,9 @@ class ControlLoop:
                 infos.append(info)
             now = self.clock()
             work.append(now - t0)
+            if record:
+                frames.append(np.array(obs_seen))
+                actions.append(np.array(action))
             if stop_when is not None and stop_when(obs, info):
                 terminated = True
             if terminated or truncated:
@@ -95,8 +105,11 @@ class ControlLoop:
                 else:
                     self.sleep(tick - now)
         wall = max(self.clock() - start, 1e-9)
+        if record:
+            frames.append(np.array(obs if self.env is not None else self.get_obs()))
         ms = np.asarray(work) * 1e3
         return LoopReport(steps=steps, overruns=overruns, hz_target=self.hz,
                           hz_achieved=steps / wall, step_ms_p50=float(np.percentile(ms, 50)),
                           step_ms_p95=float(np.percentile(ms, 95)), step_ms_max=float(ms.max()),
-                          terminated=bool(terminated), truncated=bool(truncated), infos=infos)
+                          terminated=bool(terminated), truncated=bool(truncated), infos=infos,
+                          frames=frames, actions=actions)

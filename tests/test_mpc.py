@@ -227,6 +227,24 @@ def test_control_loop_env_mode_stops_on_success():
         ControlLoop(controller())
 
 
+@pytest.mark.parametrize("mode", ["env", "robot"])
+def test_control_loop_records_frames_and_actions_for_a_dataset(mode):
+    """record=True: steps + 1 observations and steps actions, each action between its two frames."""
+    env = PointEnv()
+    if mode == "env":
+        loop = ControlLoop(controller(), env, hz=None)
+    else:
+        obs, _ = env.reset()
+        last = {"obs": obs}
+        loop = ControlLoop(controller(), hz=None, get_obs=lambda: last["obs"],
+                           send_action=lambda a: last.update(obs=env.step(a)[0]))
+    rep = loop.run(np.array([0.3, -0.3], np.float32), max_steps=7, record=True)
+    frames, actions = np.stack(rep.frames), np.stack(rep.actions)
+    assert frames.shape == (8, 2) and actions.shape == (7, 2)
+    np.testing.assert_allclose(frames[1:], frames[:-1] + DT * actions, rtol=0, atol=1e-6)
+    assert loop.run(np.zeros(2, np.float32), max_steps=2).frames == []      # off by default
+
+
 def test_controller_with_real_goal_energy_on_images():
     """The protocol as worldmodel.energy.GoalEnergy implements it: uint8 images, history, chunks."""
     wm = pytest.importorskip("worldmodel.model")

@@ -94,6 +94,10 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("tworoom", "cpu"): Recipe(env="tworoom", lr=1e-4, **_CPU),
     ("reacher", "cpu"): Recipe(env="reacher", **_CPU),
     ("pusht", "cpu"): Recipe(env="pusht", **_CPU),
+    # A dm_control suite task through the generic adapter with its defaults (noise-policy data,
+    # success = L2 over the 3 qpos < 0.1 rad): the finger must also turn the spinner it touches.
+    # No published reference; it shows the pipeline on an env the toolkit has no code for.
+    ("dm_control/finger-turn_easy", "cpu"): Recipe(env="dm_control/finger-turn_easy", **_CPU),
     # TwoRoom: LeWM uses 10k episodes of ~92 steps; 5,000 x 100 at 64 px = 500k frames, ~6 GB.
     ("tworoom", "full"): Recipe(env="tworoom", episodes=5000, steps=7000, episode_len=100, **_FULL),
     # Reacher: expert (PD to random joint targets) episodes of 200 steps; 2,000 x 200 = 400k frames.
@@ -101,6 +105,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # Push-T: expert episodes of 200 steps (LeWM: ~196); 2,500 x 200 = 500k frames.
     ("pusht", "full"): Recipe(env="pusht", episodes=2500, steps=7000, episode_len=200, **_FULL),
 }
+
+
+def slug(env: str) -> str:
+    """An env name as one path component: 'dm_control/finger-turn_easy' -> 'dm_control_finger-turn_easy'."""
+    return env.replace("/", "_")
 
 
 def get_recipe(env: str, scale: str, **overrides: Any) -> tuple[Recipe, dict[str, Any]]:

@@ -50,7 +50,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[str, Any]]:
     """Recipe, overrides, run directory and the stage argument lists (one train/eval per seed)."""
     recipe, changed = R.recipe_from_args(a)
-    out = Path(a.out or f"runs/repro/{a.env}_{a.scale}")
+    out = Path(a.out or f"runs/repro/{R.slug(a.env)}_{a.scale}")
     progress = not a.quiet
     stages: dict[str, Any] = {"collect": R.collect_args(recipe, out / "data", 0, progress, a.resume),
                               "seeds": {}}
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     collect_s = time.perf_counter() - t
     dataset = {**R.dataset_size(out / "data"), "path": str(out / "data"),
                "collect_frames_per_s": col.get("frames_per_s")}
-    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{a.env}_{a.scale}.json")
+    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{R.slug(a.env)}_{a.scale}.json")
     earlier = earlier_rows(path, recipe, changed, dataset, a.seeds)
     if earlier and not col.get("new_episodes"):      # the dataset was collected by the earlier run
         dataset, collect_s = earlier["dataset"], earlier["collect_s"]

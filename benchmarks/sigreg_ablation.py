@@ -58,7 +58,7 @@ def best_metrics(checkpoint: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     a = parse(argv)
     recipe, changed = R.recipe_from_args(a)
-    out = Path(a.out or f"runs/sigreg_ablation/{a.env}_{a.scale}")
+    out = Path(a.out or f"runs/sigreg_ablation/{R.slug(a.env)}_{a.scale}")
     progress = not a.quiet
     data = Path(a.data) if a.data else out / "data"
     collect = None if a.data else R.collect_args(recipe, data, 0, progress)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     record = {**head, "recipe": dataclasses.asdict(recipe), "dataset": dataset, "collect_s": collect_s,
               "commands": commands, "rows": rows,
               "note": "diagnostics from best.pt (the evaluated model); final_step = the last step's"}
-    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"sigreg_ablation_{a.env}_{a.scale}.json")
+    path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"sigreg_ablation_{R.slug(a.env)}_{a.scale}.json")
     write_json_atomic(path, record)
     print(f"sigreg_ablation: wrote {path}", file=sys.stderr)
     return record

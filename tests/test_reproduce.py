@@ -55,6 +55,9 @@ def test_override_marks_recipe_unverified():
     assert r.steps == 3 and changed == {"steps": 3}
     with pytest.raises(ValueError, match="no recipe"):
         recipes.get_recipe("hopper", "cpu")
+    dmc, _ = recipes.get_recipe("dm_control/finger-turn_easy", "cpu")      # a generic-adapter row
+    assert recipes.collect_args(dmc, "d")[0] == "env=dm_control/finger-turn_easy"
+    assert recipes.slug(dmc.env) == "dm_control_finger-turn_easy"           # one path component
 
 
 def test_dry_run_prints_pasteable_commands(capsys):

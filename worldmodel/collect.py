@@ -38,10 +38,10 @@ from worldmodel.config import ConfigError, save_resolved
 class EnvConfig:
     """configs/env/<name>.yaml: which simulator, its default episode length and data policy."""
 
-    name: str = "tworoom"
-    episode_len: int = 100
-    policy: str = "expert"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = "tworoom"         # tworoom | pusht | reacher | a gymnasium MuJoCo id | dm_control/<domain>-<task>
+    episode_len: int = 100        # default rows per episode for this env
+    policy: str = "expert"        # default data policy for this env
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor kwargs, e.g. success_threshold
 
 
 @dataclass

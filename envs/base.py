@@ -31,6 +31,10 @@ class EnvInfo:
     proprio_names: tuple[str, ...]    # layout of info["proprio"]
     success: str = ""                 # human-readable success criterion
     extra: dict[str, Any] = field(default_factory=dict)
+    # The state coordinates one frame shows (positions and angles, not velocities; None = all)
+    # and which of them are angles: what the training's state probe reads (angles as sin, cos).
+    pose_dims: tuple[int, ...] | None = None
+    angle_dims: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +44,8 @@ class EnvInfo:
             "state_names": list(self.state_names),
             "proprio_names": list(self.proprio_names),
             "success": self.success,
+            "pose_dims": list(range(len(self.state_names)) if self.pose_dims is None else self.pose_dims),
+            "angle_dims": list(self.angle_dims),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -198,6 +204,12 @@ def qpos_qvel_names(model: mujoco.MjModel) -> tuple[str, ...]:
                 out[k] = f"{prefix}{jn}" + (f"[{k - start}]" if end - start > 1 else "")
         return out
     return tuple(names("qpos:", model.nq, model.jnt_qposadr) + names("qvel:", model.nv, model.jnt_dofadr))
+
+
+def hinge_qpos_dims(model: mujoco.MjModel) -> tuple[int, ...]:
+    """qpos indices of the model's hinge joints: angles (a slide or free joint's are not)."""
+    return tuple(int(model.jnt_qposadr[j]) for j in range(model.njnt)
+                 if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE)
 
 
 class StateGoalEnv(MujocoGoalEnv):

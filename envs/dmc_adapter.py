@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, StateGoalEnv, qpos_qvel_names
+from envs.base import EnvInfo, StateGoalEnv, hinge_qpos_dims, qpos_qvel_names
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -77,6 +77,8 @@ class DMCSuite(StateGoalEnv):
             proprio_names=names,
             success=success,
             extra={"source": f"dm_control.suite {self.domain}-{self.task_name}", **extra},
+            pose_dims=tuple(range(self.model.nq)),
+            angle_dims=hinge_qpos_dims(self.model),
         )
 
     # ---- simulation hooks --------------------------------------------------------------------

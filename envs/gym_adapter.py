@@ -21,7 +21,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, StateGoalEnv, qpos_qvel_names
+from envs.base import EnvInfo, StateGoalEnv, hinge_qpos_dims, qpos_qvel_names
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -86,6 +86,8 @@ class GymMujoco(StateGoalEnv):
             proprio_names=names,
             success=success,
             extra={"gym_id": self.gym_id, **extra},
+            pose_dims=tuple(range(self.model.nq)),
+            angle_dims=hinge_qpos_dims(self.model),
         )
 
     # ---- simulation hooks --------------------------------------------------------------------

@@ -120,6 +120,8 @@ class PushT(MujocoGoalEnv):
             extra={"workspace_m": 2 * HALF, "max_speed_mps": MAX_SPEED, "pos_tol_m": POS_TOL,
                    "angle_tol_rad": ANGLE_TOL, "action": "commanded pusher velocity / max_speed",
                    "block_moved": f"displacement > {MOVED_DIST} m or rotation > pi/18"},
+            pose_dims=(0, 1, 2, 3, 4),
+            angle_dims=(4,),
         )
 
     # ---- simulation hooks --------------------------------------------------------------------

@@ -61,6 +61,8 @@ class Reacher(MujocoGoalEnv):
             success=f"every joint within {JOINT_TOL} rad of the goal (wrapped)",
             extra={"source": "dm_control.suite.reacher", "joint_tol_rad": JOINT_TOL,
                    "wrist_range_rad": self.wrist_range.tolist(), "action": "motor commands"},
+            pose_dims=(0, 1),
+            angle_dims=(0, 1),
         )
 
     # ---- simulation hooks --------------------------------------------------------------------

@@ -109,6 +109,7 @@ class TwoRoom(MujocoGoalEnv):
             extra={"arena_half_width_m": HALF, "fov_m": FOV, "door_width_m": DOOR_WIDTH,
                    "door_y_m": DOOR_Y, "max_speed_mps": MAX_SPEED,
                    "success_dist_m": SUCCESS_DIST, "action": "commanded velocity / max_speed"},
+            pose_dims=(0, 1),
         )
 
     # ---- simulation hooks --------------------------------------------------------------------

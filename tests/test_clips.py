@@ -105,6 +105,16 @@ def test_frame_states_align_with_frames(tmp_path):
     assert ClipDataset(load(path), SPEC).frame_states([0]) is None      # no state loaded: no probe
 
 
+def test_pose_features_drop_velocities_and_unwrap_angles():
+    from worldmodel.clips import pose_features
+
+    state = np.array([[0.5, -0.2, 2 * np.pi + 0.3, 9.0], [0.1, 0.0, -np.pi, -9.0]])    # x, y, theta, v
+    meta = {"env_info": {"pose_dims": [0, 1, 2], "angle_dims": [2]}}
+    want = np.array([[0.5, -0.2, np.sin(0.3), np.cos(0.3)], [0.1, 0.0, 0.0, -1.0]])
+    np.testing.assert_allclose(pose_features(state, meta), want, atol=1e-12)
+    assert pose_features(state, {"format": "external-hdf5"}) is state         # no record: as is
+
+
 def test_nan_in_episode_middle_excludes_clips(tmp_path):
     root = write_dataset(tmp_path / "d", [40])
     with h5py.File(root / "shard_00000.h5", "r+") as f:

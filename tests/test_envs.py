@@ -74,6 +74,11 @@ def test_rollout_shapes_and_info(env):
     meta = info_meta.to_json()
     json.dumps(meta)
     assert meta["control_hz"] > 0 and meta["success"]
+    pose, angles = meta["pose_dims"], meta["angle_dims"]       # what the state probe reads
+    assert pose and set(angles) <= set(pose) <= set(range(len(info_meta.state_names)))
+    names = [info_meta.state_names[d] for d in pose]
+    assert not [n for n in names if n.startswith("qvel:") or n.endswith("_vel")
+                or n.split("_")[-1] in ("vx", "vy", "omega")], "a velocity among the pose dims"
 
 
 def test_seeded_reset_is_deterministic(env):

@@ -179,3 +179,16 @@ def test_latent_geometry_script_reports_distances(demo_run, capsys):
     assert len(ro["by_chunk"]) == len(ro["no_change"]) == 5 and ro["starts"] == 16
     assert all(v >= 0 and v == v for v in ro["by_chunk"] + ro["no_change"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "latent_geometry"
+
+
+def test_state_probe_script_scores_both_readings(demo_run, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "state_probe.py"
+    spec = importlib.util.spec_from_file_location("state_probe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--checkpoint", str(demo_run / "train" / "best.pt")])
+    assert res["env"] == "tworoom" and res["pose_dims"] == [0, 1] and res["angle_dims"] == []
+    assert all(r == r and r <= 1 for r in (res["probe_r2_raw_state"], res["probe_r2_pose_features"]))
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "state_probe"

@@ -109,6 +109,22 @@ def split_episodes(ep_len: np.ndarray, spec: ClipSpec, val_fraction: float,
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def pose_features(state: np.ndarray, meta: dict[str, Any] | None) -> np.ndarray:
+    """(N, S) states -> (N, F): what one frame can show, as the state probe reads it. The env's
+    pose coordinates (meta.json `env_info.pose_dims`: velocities are left out, a single frame
+    does not show them), each angle as (sin, cos) (a linear map cannot read a wrapping angle).
+    Data without that record (older datasets, LeWM files) keep every coordinate as it is."""
+    info = (meta or {}).get("env_info") or {}
+    pose = info.get("pose_dims")
+    if pose is None:
+        return state
+    angles = set(info.get("angle_dims") or ())
+    cols: list[np.ndarray] = []
+    for d in pose:
+        cols += [np.sin(state[:, d]), np.cos(state[:, d])] if d in angles else [state[:, d]]
+    return np.stack(cols, axis=1)                                           # (N, F)
+
+
 class ClipDataset:
     """Clips over a loaded dataset (anything with `pixels`, `action`, `ep_len`, `ep_offset`).
 
@@ -122,7 +138,8 @@ class ClipDataset:
         self.action = np.ascontiguousarray(ds.action, dtype=np.float32)     # (N, A)
         action = self.action
         try:                                                                # scoring only (probe)
-            self.state: np.ndarray | None = np.asarray(ds.state, dtype=np.float64)  # (N, S)
+            self.state: np.ndarray | None = pose_features(np.asarray(ds.state, dtype=np.float64),
+                                                          getattr(ds, "meta", None))  # (N, F)
         except (ValueError, AttributeError):                                # not loaded / not in the data
             self.state = None
         self.ep_len = np.asarray(ds.ep_len, dtype=np.int64)
@@ -165,8 +182,8 @@ class ClipDataset:
         return torch.from_numpy(pixels), torch.from_numpy(actions)
 
     def frame_states(self, idx: np.ndarray | torch.Tensor) -> np.ndarray | None:
-        """Simulator states (B, T, S) of the frames of clips `idx` (None without a state column).
-        Used only to score the latents (the state probe), never as a model input."""
+        """The `pose_features` (B, T, F) of the frames of clips `idx` (None without a state
+        column). Used only to score the latents (the state probe), never as a model input."""
         if self.state is None:
             return None
         return self.state[self._frame_rows(self.starts[np.asarray(idx, dtype=np.int64)])]  # (B, T, S)

@@ -7,11 +7,13 @@ perfectly), so it is always reported next to:
   - per-dimension std (mean, min) and the effective rank of the embedding matrix
     (exp of the entropy of its normalised singular values; 1 = collapsed to a line, D = isotropic);
   - where the data has a `state` column, a linear state probe (`probe_r2`): how much of the
-    simulator state a linear map reads off the latents on held-out episodes. A model can predict
-    its own latents well while they barely hold the state (measured on TwoRoom, `tiny` after 2,000
-    CPU steps: prediction 0.028 x the no-change baseline, yet probe_r2 0.21 and a linear read-out
-    of the agent's position off by ~0.6 m in a 2 m arena), and then planning on latent distances
-    is weak; the probe shows it. The state is only read to score, never to train.
+    pose (the env's `pose_dims`: positions, angles as sin/cos; `clips.pose_features`) a linear map
+    reads off the latents on held-out episodes. A model can predict its own latents well while they
+    barely hold the state (measured on TwoRoom, `tiny` after 2,000 CPU steps: prediction 0.028 x
+    the no-change baseline, yet a linear read-out of the agent's position off by ~0.6 m in a 2 m
+    arena), and then planning on latent distances is weak; the probe shows it. The state is only
+    read to score, never to train. (Before 2026-11-23 the probe read the raw state, velocities and
+    wrapping angles included; benchmarks/state_probe.py compares the two readings.)
 Under torch.distributed every rank evaluates its slice of the same fixed clip subset and the
 results are reduced, so all ranks return identical numbers.
 """
@@ -79,8 +81,8 @@ def state_probe(z: torch.Tensor, states: np.ndarray, ridge: float = 1e-3) -> dic
     """Ridge-regress the state from the latents: fit on the first half of the clips, score R^2 on
     the second (clips are ordered by episode, so the halves share few episodes).
 
-    z (M, T, D), states (M, T, S) -> probe_r2: mean R^2 over state dims that vary in the scored half
-    (velocities and wrapped angles are harder to read linearly than positions, so 1.0 is rare).
+    z (M, T, D), states (M, T, F) -> probe_r2: mean R^2 over the features that vary in the scored
+    half (the pose features of `ClipDataset.frame_states`, or raw states for data without a pose record).
     """
     m = z.shape[0] // 2
     if m < 2:

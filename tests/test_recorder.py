@@ -32,7 +32,8 @@ def test_round_trip_trains_and_inspects(tmp_path, capsys):
     rng = np.random.default_rng(0)
     out = tmp_path / "rec"
     eps = [episode(rng) for _ in range(6)]
-    with DatasetWriter(out, name="square", state_names=["x", "y"], shard_every=4, **BOUNDS) as w:
+    with DatasetWriter(out, name="square", state_names=["x", "y"], pose_dims=[0, 1], shard_every=4,
+                       **BOUNDS) as w:
         assert [w.add_episode(**e) for e in eps] == list(range(6))
     assert len(list(out.glob("shard_*.h5"))) == 2 and not (out / D.STAGING).exists()
     ds = D.load_dataset(out, columns=("pixels", "action", "state"))
@@ -42,6 +43,7 @@ def test_round_trip_trains_and_inspects(tmp_path, capsys):
     assert np.isnan(ds.episode(3)["action"][-1]).all()                 # no action after the last frame
     meta = json.loads((out / D.META).read_text())
     assert meta["env"] is None and meta["source"] == "square" and meta["episodes"] == 6
+    assert meta["env_info"] == {"pose_dims": [0, 1], "angle_dims": []}
     assert (meta["action_dim"], meta["image_size"], meta["control_hz"]) == (2, 16, 10.0)
 
     assert main(["inspect", str(out), "json=true"]) == 0
@@ -88,6 +90,8 @@ def test_bad_episodes_are_refused_with_the_fix(tmp_path):
     (tmp_path / "x" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a wm dataset"):
         DatasetWriter(tmp_path / "x", overwrite=True, **BOUNDS)
+    with pytest.raises(ValueError, match="among pose_dims"):
+        DatasetWriter(tmp_path / "z", pose_dims=[0], angle_dims=[1], **BOUNDS)
     with pytest.raises(ValueError, match="low < high"):
         DatasetWriter(tmp_path / "y", **{**BOUNDS, "action_low": [1, 1]})
 

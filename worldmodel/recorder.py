@@ -14,6 +14,9 @@ commands it sent. `DatasetWriter` turns those into the same crash-safe dataset `
                           action=episode.commands,    # (T - 1, A): the command sent after frame t
                           state=episode.joints)       # optional (T, S): only scores latents (probe_r2)
 
+`pose_dims` / `angle_dims` say which state coordinates a frame shows and which are angles, for the
+training's state probe (default: every coordinate as it is).
+
 - Crash safety: every `add_episode` is staged atomically at once; `close()` (or every
   `shard_every` episodes) packs staged episodes into a shard. A killed process loses at most the
   episode being added; `DatasetWriter(..., resume=True)` packs what was staged and appends after it.
@@ -43,6 +46,7 @@ class DatasetWriter:
     def __init__(self, out: str | Path, *, action_low: Sequence[float], action_high: Sequence[float],
                  control_hz: float, image_size: int, name: str = "recorded",
                  state_names: Sequence[str] | None = None, proprio_names: Sequence[str] | None = None,
+                 pose_dims: Sequence[int] | None = None, angle_dims: Sequence[int] = (),
                  shard_every: int = 100, resume: bool = False, overwrite: bool = False):
         self.out = Path(out)
         self.low = np.asarray(action_low, np.float32).reshape(-1)
@@ -64,6 +68,11 @@ class DatasetWriter:
                      "action_dim": int(self.low.size), "frameskip": 1, "episodes": 0, **fixed,
                      "state_names": list(state_names) if state_names else None,
                      "proprio_names": list(proprio_names) if proprio_names else None, "key": key}
+        if pose_dims is not None:       # what the training's state probe reads (worldmodel.clips.pose_features)
+            if not set(angle_dims) <= set(pose_dims):
+                raise ValueError(f"angle_dims {list(angle_dims)} must be among pose_dims {list(pose_dims)}")
+            self.meta["env_info"] = {"pose_dims": [int(d) for d in pose_dims],
+                                     "angle_dims": [int(d) for d in angle_dims]}
         self._attrs = {"format": D.FORMAT, "key": key}
         self._open(resume, overwrite)
         self._staged: list[Path] = []

@@ -89,7 +89,7 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
     a.set_ylabel("effective rank")
     b = a.twinx()
     for key, label, color in (("std_mean", "per-dim std (mean)", "C3"), ("std_min", "per-dim std (min)", "C4"),
-                              ("probe_r2", "probe_r2 (state read off latents)", "C5")):
+                              ("probe_r2", "probe_r2 (pose read off latents)", "C5")):
         xs, ys = _series(rows, key)
         if xs:
             b.plot(xs, ys, "-", color=color, lw=1, label=label)

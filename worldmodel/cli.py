@@ -3,6 +3,8 @@
 Each command lives in its own module exposing `CONFIG` (the dataclass schema), `CONFIG_NAME`
 (the YAML in configs/) and `run(cfg)`; this file only dispatches. `wm inspect PATH`,
 `wm preview PATH` and `wm plot PATH` take a positional path (shorthand for `path=PATH`).
+Modules named by $WM_PLUGINS or `worldmodel.plugins` entry points are imported first
+(worldmodel/plugins.py).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wm: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    from worldmodel import plugins
     from worldmodel.config import ConfigError, compose, describe, load
 
     if any(a in ("-h", "--help") for a in args):
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if name in ("inspect", "preview", "plot") and args and "=" not in args[0]:
         args = [f"path={args[0]}", *args[1:]]
     try:
+        plugins.load()                  # your envs / policies / planners ($WM_PLUGINS, entry points)
         cfg = load(module.CONFIG, module.CONFIG_NAME, args)
         result = module.run(cfg)
     except ConfigError as e:

@@ -240,7 +240,9 @@ def _context() -> Any:
     Calling it early overlaps that import with the main process's own start-up work."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["worldmodel.collect", "envs"])
+    from worldmodel import plugins
+
+    ctx.set_forkserver_preload(["worldmodel.collect", "envs", *plugins.names()])   # + your envs
     from multiprocessing import forkserver
 
     forkserver.ensure_running()

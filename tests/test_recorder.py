@@ -86,6 +86,9 @@ def test_bad_episodes_are_refused_with_the_fix(tmp_path):
         DatasetWriter(tmp_path / "d", **BOUNDS)
     with pytest.raises(ValueError, match="control_hz differ"):
         DatasetWriter(tmp_path / "d", resume=True, **{**BOUNDS, "control_hz": 20.0})
+    DatasetWriter(tmp_path / "e", **BOUNDS)                 # opened, killed before any episode ...
+    with DatasetWriter(tmp_path / "e", resume=True, **BOUNDS) as w:     # ... resumes from nothing
+        assert w.add_episode(**e) == 0
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a wm dataset"):

@@ -97,10 +97,10 @@ class DatasetWriter:
                     raise ValueError(f"{self.out} was recorded with other settings ({', '.join(diff)} differ); "
                                      "resume with the same ones or write to another path")
                 D.recover(self.out, range(2**62), self._attrs)
-                have = D.load_dataset(self.out, columns=())          # reads no rows
-                self.meta = {**old, "episodes": have.num_episodes}
-                if have.num_episodes:
-                    self.meta["columns"] = sorted(have.available)
+                self.meta = {**old, "episodes": 0}
+                if D.committed_indices(self.out):
+                    have = D.load_dataset(self.out, columns=())      # reads no rows
+                    self.meta.update(episodes=have.num_episodes, columns=sorted(have.available))
         self.out.mkdir(parents=True, exist_ok=True)
         self._next = max(D.committed_indices(self.out), default=-1) + 1
         D.write_json_atomic(self.out / D.META, self.meta)

@@ -81,6 +81,8 @@ def test_bad_episodes_are_refused_with_the_fix(tmp_path):
         with pytest.raises(ValueError, match="same optional state"):
             w.add_episode(e["pixels"], e["action"])
         w.add_episode(e["pixels"], np.concatenate([e["action"], e["action"][:1]]), e["state"])  # T actions
+        with pytest.raises(ValueError, match="3 dims here, 2 in earlier"):
+            w.add_episode(e["pixels"], e["action"], np.c_[e["state"], e["state"][:, :1]])
     assert D.load_dataset(tmp_path / "d", columns=()).num_episodes == 2
     with pytest.raises(FileExistsError, match="resume=True"):
         DatasetWriter(tmp_path / "d", **BOUNDS)

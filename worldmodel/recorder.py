@@ -76,6 +76,7 @@ class DatasetWriter:
         self._attrs = {"format": D.FORMAT, "key": key}
         self._open(resume, overwrite)
         self._staged: list[Path] = []
+        self._dims: dict[str, int] = {}         # state / proprio width, fixed by the first episode
         self._closed = False
 
     def _open(self, resume: bool, overwrite: bool) -> None:
@@ -137,6 +138,8 @@ class DatasetWriter:
             x = np.asarray(x, dtype)
             if x.ndim != 2 or len(x) != T or not np.all(np.isfinite(x)):
                 raise ValueError(f"{col} must be finite (T = {T}, D), got {x.shape}")
+            if self._dims.setdefault(col, x.shape[1]) != x.shape[1]:
+                raise ValueError(f"{col} has {x.shape[1]} dims here, {self._dims[col]} in earlier episodes")
             episode[col] = x
         cols = sorted(k for k in episode if k in D.ROW_COLUMNS)
         if self.meta.setdefault("columns", cols) != cols:

@@ -160,7 +160,8 @@ class MPCController:
         want = self._goal_shape if self.batch is None else (self.batch, *self._goal_shape)
         if obs.shape != want:
             raise ValueError(f"{where}: expected observation shape {want} (the goal's layout"
-                             f"{', with the batch axis' if self.batch else ''}), got {obs.shape}")
+                             f"{', with the batch axis' if self.batch else ''}), got {obs.shape}; fit "
+                             "camera frames with worldmodel.video.fit_frame(frame, image_size)")
         if obs.dtype != self._goal_dtype:
             raise TypeError(f"{where}: expected dtype {self._goal_dtype} like the goal, got "
                             f"{obs.dtype}; convert observations and goal the same way")

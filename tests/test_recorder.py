@@ -68,7 +68,7 @@ def test_bad_episodes_are_refused_with_the_fix(tmp_path):
     with DatasetWriter(tmp_path / "d", **BOUNDS) as w:
         bad = [
             ({**e, "pixels": e["pixels"].astype(np.float32)}, "uint8"),
-            ({**e, "pixels": e["pixels"][:, :8]}, "resize frames"),
+            ({**e, "pixels": e["pixels"][:, :8]}, "fit_frame"),
             ({**e, "action": e["action"][:-2]}, r"T - 1 = 11"),
             ({**e, "action": e["action"] * 3}, "outside the bounds"),
             ({**e, "action": np.where(np.arange(11)[:, None] == 4, np.nan, e["action"])}, "NaN"),
@@ -127,3 +127,17 @@ os.kill(os.getpid(), signal.SIGKILL)
     for i in (0, 4, 5):
         np.testing.assert_array_equal(ds.episode(i)["pixels"], eps[i]["pixels"])
     assert not (out / D.STAGING).exists()
+
+
+def test_fit_frame_crops_the_centre_square_and_averages():
+    from worldmodel.video import fit_frame
+
+    cam = np.zeros((48, 64, 3), np.uint8)
+    cam[:, 8:56] = 200                               # the centre 48 x 48 square is bright, the sides dark
+    cam[:24, 8:32] = 0                               # its top-left quarter dark again
+    out = fit_frame(cam, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert (out[:8, :8] == 0).all() and (out[8:, 8:] == 200).all()     # the crop dropped the sides
+    assert fit_frame(cam[:, :, 0], 16).shape == (16, 16, 3)            # grey frames too
+    with pytest.raises(ValueError, match="uint8"):
+        fit_frame(cam.astype(np.float32), 16)

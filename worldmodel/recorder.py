@@ -20,6 +20,8 @@ training's state probe (default: every coordinate as it is).
 - Crash safety: every `add_episode` is staged atomically at once; `close()` (or every
   `shard_every` episodes) packs staged episodes into a shard. A killed process loses at most the
   episode being added; `DatasetWriter(..., resume=True)` packs what was staged and appends after it.
+- Camera frames of another size: `worldmodel.video.fit_frame(frame, image_size)` (centre square,
+  area-averaged), the same call at control time.
 - Refused, with the fix named: frames that are not (T, image_size, image_size, 3) uint8, actions
   with the wrong length or dimension, NaN/Inf values, actions outside the bounds (a dataset should
   only hold commands the system accepts), an existing dataset without `resume=True`, a resume with
@@ -116,7 +118,7 @@ class DatasetWriter:
         pixels = np.asarray(pixels)
         n = self.image_size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (n, n, 3) or len(pixels) < 2:
-            raise ValueError(f"pixels must be (T >= 2, {n}, {n}, 3) uint8 (resize frames to image_size={n}), "
+            raise ValueError(f"pixels must be (T >= 2, {n}, {n}, 3) uint8 (fit camera frames with worldmodel.video.fit_frame(frame, {n})), "
                              f"got {pixels.shape} {pixels.dtype}")
         T = len(pixels)
         action = np.asarray(action, np.float32)

@@ -1,7 +1,9 @@
-"""Videos people would rather watch than read: labelled frames, side-by-side panels, MP4 or GIF.
+"""Frames and videos: camera frames fitted to the model, labelled panels, MP4 or GIF.
 
-`write_video(path, frames, fps)` writes an MP4 through imageio-ffmpeg and falls back to a GIF (same
-stem) when ffmpeg is unavailable; it returns the path actually written. Frames are (H, W, 3) uint8.
+`fit_frame(frame, size)` turns a camera frame of any shape into the (size, size, 3) uint8 image a
+model takes. `write_video(path, frames, fps)` writes an MP4 through imageio-ffmpeg and falls back
+to a GIF (same stem) when ffmpeg is unavailable; it returns the path actually written. Frames are
+(H, W, 3) uint8.
 """
 from __future__ import annotations
 
@@ -11,6 +13,23 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+
+def fit_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """A camera frame (H, W, 3) uint8 (or (H, W) grey) -> (size, size, 3) uint8: the centre square
+    crop, resized with area averaging. Use the same call on goal images and observations (and on
+    the frames you record for training) so that all three see the scene the same way."""
+    from PIL import Image
+
+    f = np.asarray(frame)
+    if f.ndim == 2:
+        f = np.repeat(f[:, :, None], 3, axis=2)
+    if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+        raise ValueError(f"fit_frame takes an (H, W, 3) or (H, W) uint8 frame, got {f.shape} {f.dtype}")
+    h, w = f.shape[:2]
+    s = min(h, w)
+    crop = np.ascontiguousarray(f[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s])
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BOX))
 
 
 def upscale(img: np.ndarray, size: int) -> np.ndarray:

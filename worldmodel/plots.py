@@ -188,6 +188,7 @@ def plot_eval(results: dict[str, Any], path: str | os.PathLike) -> Path:
     a.set_xlim(0, budget)
     a.set_xlabel("env steps to success")
     a.set_ylabel("episodes")
+    a.yaxis.get_major_locator().set_params(integer=True)        # counts of episodes: whole numbers
     lat = results.get("latency_ms", {}).get("p50")
     a.set_title("steps to success" + (f" (plan p50 {lat / 1e3:.2f} s)" if lat else ""))
 

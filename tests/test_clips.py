@@ -113,6 +113,8 @@ def test_pose_features_drop_velocities_and_unwrap_angles():
     want = np.array([[0.5, -0.2, np.sin(0.3), np.cos(0.3)], [0.1, 0.0, 0.0, -1.0]])
     np.testing.assert_allclose(pose_features(state, meta), want, atol=1e-12)
     assert pose_features(state, {"format": "external-hdf5"}) is state         # no record: as is
+    with pytest.raises(ValueError, match="outside the 4 state columns"):
+        pose_features(state, {"env_info": {"pose_dims": [0, 4]}})
 
 
 def test_nan_in_episode_middle_excludes_clips(tmp_path):

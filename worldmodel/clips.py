@@ -118,6 +118,9 @@ def pose_features(state: np.ndarray, meta: dict[str, Any] | None) -> np.ndarray:
     pose = info.get("pose_dims")
     if pose is None:
         return state
+    if any(not 0 <= d < state.shape[1] for d in pose):
+        raise ValueError(f"meta.json env_info.pose_dims {pose} index outside the {state.shape[1]} state "
+                         "columns; fix or remove them")
     angles = set(info.get("angle_dims") or ())
     cols: list[np.ndarray] = []
     for d in pose:
@@ -138,10 +141,10 @@ class ClipDataset:
         self.action = np.ascontiguousarray(ds.action, dtype=np.float32)     # (N, A)
         action = self.action
         try:                                                                # scoring only (probe)
-            self.state: np.ndarray | None = pose_features(np.asarray(ds.state, dtype=np.float64),
-                                                          getattr(ds, "meta", None))  # (N, F)
+            state = np.asarray(ds.state, dtype=np.float64)                  # (N, S)
         except (ValueError, AttributeError):                                # not loaded / not in the data
-            self.state = None
+            state = None
+        self.state = None if state is None else pose_features(state, getattr(ds, "meta", None))  # (N, F)
         self.ep_len = np.asarray(ds.ep_len, dtype=np.int64)
         self.ep_offset = np.asarray(ds.ep_offset, dtype=np.int64)
         self.episodes = (np.arange(len(self.ep_len)) if episodes is None

@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    import envs
     from worldmodel.checkpoint import load_checkpoint
     from worldmodel.clips import ClipDataset, ClipSpec, split_episodes
     from worldmodel.dataset import load_dataset
+    from worldmodel.evaluate import make_env
     from worldmodel.model import WorldModel
     from worldmodel.validation import evaluate
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("the dataset names no env: there is no pose record to read")
     spec = ClipSpec(model.cfg.history, cfg["data"]["n_preds"], model.cfg.frameskip)
     _, val_eps = split_episodes(ds.ep_len, spec, cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
-    env = envs.make(ds.meta["env"], image_size=model.cfg.image_size, **(ds.meta.get("env_kwargs") or {}))
+    env = make_env(ds.meta["env"], ds.meta, model.cfg.image_size)
     info = env.env_info().to_json()             # today's record (older datasets were written without it)
     env.close()
     out = {"bench": "state_probe", "checkpoint": a.checkpoint, "env": ds.meta["env"],

@@ -228,11 +228,23 @@ class StateGoalEnv(MujocoGoalEnv):
         self.success_dims = np.asarray(dims)
         self.success_threshold = float(success_threshold)
 
-    def _success_info(self) -> tuple[str, dict[str, Any]]:
-        """The success criterion in words, and as EnvInfo.extra entries."""
-        return (f"L2 distance over state dims {self.success_dims.tolist()} < {self.success_threshold}",
-                {"nq": int(self.model.nq), "nv": int(self.model.nv),
-                 "success_dims": self.success_dims.tolist(), "success_threshold": self.success_threshold})
+    def _state_env_info(self, action_low: np.ndarray, action_high: np.ndarray, control_hz: float,
+                        extra: dict[str, Any]) -> EnvInfo:
+        """The EnvInfo of an adapter: its bounds, rate and `extra`, plus what every adapter shares
+        (qpos/qvel names, the success criterion, qpos as the pose with hinge joints as angles)."""
+        names = qpos_qvel_names(self.model)
+        return EnvInfo(
+            action_low=np.asarray(action_low, np.float32),
+            action_high=np.asarray(action_high, np.float32),
+            control_hz=float(control_hz),
+            state_names=names,
+            proprio_names=names,
+            success=f"L2 distance over state dims {self.success_dims.tolist()} < {self.success_threshold}",
+            extra={**extra, "nq": int(self.model.nq), "nv": int(self.model.nv),
+                   "success_dims": self.success_dims.tolist(), "success_threshold": self.success_threshold},
+            pose_dims=tuple(range(self.model.nq)),
+            angle_dims=hinge_qpos_dims(self.model),
+        )
 
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, StateGoalEnv, hinge_qpos_dims, qpos_qvel_names
+from envs.base import EnvInfo, StateGoalEnv
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -67,19 +67,10 @@ class DMCSuite(StateGoalEnv):
 
     def env_info(self) -> EnvInfo:
         spec = self._dmc.action_spec()
-        names = qpos_qvel_names(self.model)
-        success, extra = self._success_info()
-        return EnvInfo(
-            action_low=np.broadcast_to(spec.minimum, spec.shape).astype(np.float32),
-            action_high=np.broadcast_to(spec.maximum, spec.shape).astype(np.float32),
-            control_hz=float(1.0 / self._dmc.control_timestep()),
-            state_names=names,
-            proprio_names=names,
-            success=success,
-            extra={"source": f"dm_control.suite {self.domain}-{self.task_name}", **extra},
-            pose_dims=tuple(range(self.model.nq)),
-            angle_dims=hinge_qpos_dims(self.model),
-        )
+        return self._state_env_info(np.broadcast_to(spec.minimum, spec.shape),
+                                    np.broadcast_to(spec.maximum, spec.shape),
+                                    1.0 / self._dmc.control_timestep(),
+                                    {"source": f"dm_control.suite {self.domain}-{self.task_name}"})
 
     # ---- simulation hooks --------------------------------------------------------------------
     def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, StateGoalEnv, hinge_qpos_dims, qpos_qvel_names
+from envs.base import EnvInfo, StateGoalEnv
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -76,19 +76,7 @@ class GymMujoco(StateGoalEnv):
 
     def env_info(self) -> EnvInfo:
         space = self.env.action_space
-        names = qpos_qvel_names(self.model)
-        success, extra = self._success_info()
-        return EnvInfo(
-            action_low=np.asarray(space.low, np.float32),
-            action_high=np.asarray(space.high, np.float32),
-            control_hz=float(1.0 / self.env.dt),
-            state_names=names,
-            proprio_names=names,
-            success=success,
-            extra={"gym_id": self.gym_id, **extra},
-            pose_dims=tuple(range(self.model.nq)),
-            angle_dims=hinge_qpos_dims(self.model),
-        )
+        return self._state_env_info(space.low, space.high, 1.0 / self.env.dt, {"gym_id": self.gym_id})
 
     # ---- simulation hooks --------------------------------------------------------------------
     def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:

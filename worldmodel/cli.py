@@ -18,6 +18,7 @@ COMMANDS = {
     "preview": ("worldmodel.preview", "write an MP4/GIF of a few dataset episodes"),
     "train": ("worldmodel.train", "train a JEPA world model with SIGReg"),
     "eval": ("worldmodel.evaluate", "zero-shot goal-reaching evaluation (LeWM protocol)"),
+    "check": ("worldmodel.check", "simulator-free planning checks on recorded held-out episodes"),
     "plot": ("worldmodel.plots", "draw a training run's curves or an evaluation's summary as PNG"),
     "demo": ("worldmodel.demo", "collect -> train -> eval on TwoRoom, end to end"),
 }

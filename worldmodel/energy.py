@@ -55,6 +55,10 @@ class GoalEnergy:
             raise ValueError(f"goal pixels must be (B, H, W, 3), got {tuple(goal.shape)}")
         self.z_goal = self.model.encode(goal)              # (B, D)
 
+    def set_goal_latent(self, z_goal: Tensor) -> None:
+        """Like set_goal but from already-encoded goal latents z_goal (B, D)."""
+        self.z_goal = z_goal
+
     @torch.no_grad()
     def set_observation(self, obs_pixels: Tensor, past_actions: Tensor | None = None) -> None:
         """Observation history (B, h, H, W, 3) and the h-1 action chunks between those frames

@@ -220,6 +220,7 @@ def _percentile(xs: list[float], q: float) -> float | None:
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     from planners import make_planner
+    from worldmodel.distributed import resolve_device
     from planners.mpc import MPCController
     from worldmodel.collect import episode_seed
     from worldmodel.energy import GoalEnergy
@@ -230,8 +231,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         if not cfg.overwrite:
             raise FileExistsError(f"output {out} already exists; pass overwrite=true or another out=")
         shutil.rmtree(out)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device, 0)
 
     # Everything that can be refused is checked before any rollout.
     model, meta, env_name = load_trained(cfg.checkpoint, device, cfg.env)

@@ -95,8 +95,9 @@ def load_episodes(cfg: CheckConfig, train_cfg: dict, history: int, frameskip: in
     if not path:
         raise ValueError(f"{cfg.checkpoint} records no training data path; pass data=PATH")
     if not Path(path).exists():
-        raise FileNotFoundError(f"dataset {path} (from the checkpoint's training config) does not exist "
-                                "here; pass data=PATH")
+        raise FileNotFoundError(f"dataset {path} does not exist here; pass data=PATH (of another path than "
+                                "the training data's, every episode is used: give episodes the model did not "
+                                "train on)")
     held_out = train_path is not None and Path(path).resolve() == Path(train_path).resolve()
     if not held_out:
         return load_dataset(path, columns=("pixels", "action")), f"every episode of {path}"
@@ -106,6 +107,7 @@ def load_episodes(cfg: CheckConfig, train_cfg: dict, history: int, frameskip: in
     if len(val) == 0:
         raise ValueError(f"the run held out no episodes of {path} (data.val_fraction=0): pass data=PATH "
                          "of episodes the model was not trained on")
+    # (data.episodes = n trains on the first n episodes: positions in them are positions in the whole)
     ds = load_dataset(path, columns=("pixels", "action"), episodes=val.tolist())
     return ds, f"the {len(val)} held-out episodes of {path} (data.val_fraction split)"
 

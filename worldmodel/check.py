@@ -28,6 +28,10 @@ check.png draws tasks as start | goal | where the recorded actions land | where 
 the model has no decoder, so each prediction is shown as the recorded frame nearest to it in
 latent space. results.json holds every figure and the per-task rows. Scoring uses recorded frames
 only; no state, reward or simulator is read.
+
+Measured next to `wm eval` (README, "Simulator-free check"): models the check finds blind to actions
+(AUC ~0.5) did not plan above random; passing it shows how finely the model resolves motion (the
+landing steps), which can still be coarser than a task's success tolerance (Push-T's block).
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ class CheckConfig:
     planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
     batch: int = 50                    # tasks planned together
     seed: int = 0                      # task windows and decoys (the planner has planner.seed)
-    plan: bool = True                  # also run the planner on every task (false: the model checks alone, fast)
+    plan: bool = True                  # also run the planner on every task (false: the model alone, fast)
     grid: int = 8                      # tasks drawn in check.png
     device: str = "auto"
     out: str = "runs/check"
@@ -142,10 +146,12 @@ def make_windows(ds: Any, n: int, history: int, frameskip: int, offset: int, see
 
 @torch.no_grad()
 def encode_rows(model: Any, pixels: np.ndarray, rows: np.ndarray, device: torch.device,
-                batch: int = 256) -> torch.Tensor:
+                progress: bool = False, batch: int = 256) -> torch.Tensor:
     """Latents (len(rows), D) of dataset frames `rows`."""
+    from tqdm import tqdm
+
     out = [model.encode(torch.from_numpy(pixels[rows[i:i + batch]]).to(device))   # (b, D)
-           for i in range(0, len(rows), batch)]
+           for i in tqdm(range(0, len(rows), batch), desc="encode frames", unit="batch", disable=not progress)]
     return torch.cat(out)
 
 
@@ -225,7 +231,7 @@ def run(cfg: CheckConfig) -> dict[str, Any]:
     rec = torch.from_numpy(chunks(starts, H)).to(device)                              # (n, H, fs*A)
 
     uniq = np.unique(np.concatenate([hist_rows.ravel(), win_rows.ravel()]))
-    z_all = encode_rows(model, ds.pixels, uniq, device)                               # (U, D)
+    z_all = encode_rows(model, ds.pixels, uniq, device, cfg.progress)                 # (U, D)
 
     def z_of(rows: np.ndarray) -> torch.Tensor:                                       # (*rows.shape, D)
         return z_all[torch.from_numpy(np.searchsorted(uniq, rows)).to(device)]
@@ -304,7 +310,8 @@ def run(cfg: CheckConfig) -> dict[str, Any]:
             f"chunks; recorded actions rank AUC {rk['auc']:.2f} against {K} other tasks' and "
             f"{'/'.join(f'{x:.2f}' for x in rk['auc_noisy'])} against noisy copies (std "
             f"{'/'.join(f'{x:g}' for x in cfg.noise)} x the half-range; chance 0.5); they land "
-            f"{ls['recorded']['median_abs']:.0f} steps from the goal frame (median; no change: {cfg.goal_offset})")
+            f"{ls['recorded']['median_abs']:.0f} steps from the goal frame (median; no change: "
+            f"{cfg.goal_offset})")
     if planner:
         line += (f", the {planner_name} plan {ls['plan']['median_abs']:.0f}; plan energy "
                  f"{summary['plan']['energy_vs_recorded_median']:.2f} x the recorded actions'")
@@ -334,7 +341,8 @@ def summarise(cfg: CheckConfig, r: dict[str, np.ndarray], land: dict[str, np.nda
                     "noise": list(cfg.noise),
                     "chance_auc": 0.5, "chance_top1": round(1 / (K + 1), 4),
                     "note": "goal energy of the recorded actions vs other tasks' recorded actions (auc, "
-                            "top1) and vs K noisy copies of themselves per noise std (auc_noisy), all from the same start"},
+                            "top1) and vs K noisy copies of themselves per noise std (auc_noisy), all from the "
+                            "same start"},
         "landing_steps": {"recorded": landing(land["land_rec"]),
                           "plan": landing(land["land_plan"]) if planner_name else None,
                           "note": "env steps from the goal frame to the episode frame nearest the predicted "

@@ -219,7 +219,7 @@ def _percentile(xs: list[float], q: float) -> float | None:
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    from planners import make_planner
+    from planners import planner_from_config
     from worldmodel.distributed import resolve_device
     from planners.mpc import MPCController
     from worldmodel.collect import episode_seed
@@ -238,9 +238,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
     mcfg = model.cfg
-    planner_cfg = dict(cfg.planner or {"name": "cem"})
-    planner_name = planner_cfg.pop("name")
-    planner = make_planner(planner_name, **planner_cfg)
+    planner_cfg = cfg.planner or {"name": "cem"}
+    planner_name = planner_cfg["name"]
+    planner = planner_from_config(planner_cfg)
     B = min(cfg.batch, cfg.episodes)
     env_list = [make_env(env_name, meta, mcfg.image_size) for _ in range(B)]
     low, high = env_list[0].action_space.low, env_list[0].action_space.high

@@ -158,6 +158,15 @@ class MujocoGoalEnv(GoalEnv):
     `ctrl_scale` (ctrl = action * ctrl_scale)."""
 
     ctrl_scale: float = 1.0
+    _n_sub: int = 1
+
+    def physics_controls(self, actions: np.ndarray) -> np.ndarray:
+        """What `_step_sim` writes to MuJoCo's ctrl, per physics step: (..., T, A) clipped env
+        actions -> (..., T * n_sub, nu). envs.sim_rollout replays candidate action sequences with
+        it (and checks the replay against `step`); an env whose step maps actions otherwise
+        overrides this."""
+        a = np.asarray(actions, dtype=np.float64) * self.ctrl_scale
+        return np.repeat(a, self._n_sub, axis=-2)
 
     def _step_sim(self, action: np.ndarray) -> None:
         self.data.ctrl[:] = action.astype(np.float64) * self.ctrl_scale

@@ -68,6 +68,7 @@ class GymMujoco(StateGoalEnv):
                              "needs gymnasium.envs.mujoco envs")
         self.model: mujoco.MjModel = self.env.model
         self.data: mujoco.MjData = self.env.data
+        self._n_sub = int(self.env.frame_skip)     # physics steps per env.step (for sim_rollout)
         self._set_success(success_dims, success_threshold)
         super().__init__(image_size=image_size, render_mode=render_mode)
         self.env.reset(seed=0)

@@ -1,0 +1,224 @@
+"""Oracle ceilings: what the planner achieves on `wm eval`'s own tasks when prediction is perfect.
+
+A world model's success rate mixes three things: whether the protocol's tasks can be solved by
+this planner at all (horizon, budget, CEM's search), whether the model's goal energy points the
+right way, and whether its predictor foresees what actions do. This script swaps the learned
+parts for the simulator, one at a time, on exactly the tasks `wm eval` scored:
+
+  state   simulator dynamics (envs.sim_rollout) + the env's own success measure of the predicted
+          final state (`goal_error`): the ceiling of planner + protocol. No model involved.
+  latent  simulator dynamics + the model's energy on what the simulator would show: the encoder's
+          squared latent distance between the rendered final state and the goal image. Below
+          `state`: the encoder's energy is misleading; near `state` and far above `wm eval`: the
+          predictor is what fails.
+
+Everything else is `wm eval`'s: the same held-out tasks (eval seed, policy, episode length, goal
+offset), budget, horizon and receding horizon, the same MPCController (chunking, warm start) and
+planner settings (`--samples` / `--iterations` shrink them for a quick look; the JSON says so).
+The planner still only sees an energy; the oracle's energy reads simulator state.
+
+    python benchmarks/oracle_ceiling.py --eval runs/pusht/eval/results.json           # state + latent
+    python benchmarks/oracle_ceiling.py --env pusht --costs state --episodes 20       # no model
+
+stdout: one JSON line (bench "oracle_ceiling"); --json also writes it to a file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+class SimEnergy:
+    """planners.mpc.GoalEnergyLike on the simulator. Observations and goals are env states (B, S);
+    a candidate's cost is `cost(final states (N, S), goal states (N, S)) -> (N,)` of the state the
+    simulator reaches at the end of its action chunks."""
+
+    def __init__(self, sim, frameskip: int, cost: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+        self.sim, self.frameskip, self.cost = sim, frameskip, cost
+        self.goal: np.ndarray | None = None
+        self.current: np.ndarray | None = None
+
+    def set_goal(self, goal_states: np.ndarray) -> None:
+        self.goal = np.asarray(goal_states, dtype=np.float64)                 # (B, S)
+
+    def set_observation(self, obs_history: np.ndarray, past_actions: np.ndarray) -> None:
+        self.current = np.asarray(obs_history, dtype=np.float64)[:, -1]       # (B, S)
+
+    def __call__(self, actions: torch.Tensor) -> torch.Tensor:
+        B, Sm, H, C = actions.shape                                           # (B, Sm, H, fs*A)
+        A = C // self.frameskip
+        # host sync: the candidates leave the device for the simulator
+        a = actions.detach().double().cpu().numpy().reshape(B * Sm, H * self.frameskip, A)
+        final = self.sim(np.repeat(self.current, Sm, axis=0), a)[:, -1]      # (B*Sm, S)
+        costs = self.cost(final, np.repeat(self.goal, Sm, axis=0))            # (B*Sm,)
+        return torch.as_tensor(costs, dtype=actions.dtype, device=actions.device).view(B, Sm)
+
+
+def state_cost(env) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The env's success measure (goal_error: < 1 is success) of each final state."""
+    return lambda final, goal: np.array([env.goal_error(f, g) for f, g in zip(final, goal)])
+
+
+def latent_cost(model, render_env, chunk: int = 2048) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The model's energy on the simulator's frames: ||enc(render(final)) - enc(render(goal))||^2."""
+    device = next(model.parameters()).device
+    goal_cache: dict[bytes, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode(states: np.ndarray) -> torch.Tensor:
+        out = []
+        for i in range(0, len(states), chunk):
+            frames = np.stack([render_env.goal_image(s) for s in states[i:i + chunk]])  # (n, H, W, 3)
+            out.append(model.encode(torch.as_tensor(frames, device=device)))         # (n, D)
+        return torch.cat(out)
+
+    def cost(final: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        keys = [g.tobytes() for g in goal]
+        for k, g in zip(keys, goal):
+            if k not in goal_cache:
+                goal_cache[k] = encode(g[None])[0]                              # (D,)
+        z_goal = torch.stack([goal_cache[k] for k in keys])                     # (N, D)
+        return (encode(final) - z_goal).square().sum(-1).cpu().numpy()          # (N,)
+    return cost
+
+
+def protocol(a) -> dict:
+    """The eval's protocol and planner settings: from its results.json, or the eval defaults."""
+    from worldmodel.evaluate import CONFIG
+
+    if a.eval:
+        ev = json.loads(Path(a.eval).read_text())
+        cfg, proto = ev["config"], ev["protocol"]
+        return {"checkpoint": a.checkpoint or cfg["checkpoint"], "env": ev["env"],
+                "planner": cfg.get("planner") or {"name": "cem"}, "budget": proto["budget"],
+                "goal_offset": proto["goal_offset"], "eval_seed": proto["eval_seed"],
+                "policy": proto["policy"], "episode_len": proto["episode_len"],
+                "horizon": cfg["horizon"], "receding_horizon": cfg["receding_horizon"],
+                "episodes": min(a.episodes or ev["episodes"], ev["episodes"]),
+                "per_episode": ev["per_episode"], "eval_success": ev["successes"]}
+    import dataclasses
+    import yaml
+
+    d = {f.name: f.default for f in dataclasses.fields(CONFIG)}
+    env_yaml = ROOT / "configs" / "env" / f"{a.env}.yaml"
+    env_cfg = yaml.safe_load(env_yaml.read_text()) if env_yaml.exists() else {}
+    planner = yaml.safe_load((ROOT / "configs" / "planner" / "cem.yaml").read_text())
+    return {"checkpoint": a.checkpoint, "env": a.env, "planner": planner,
+            "budget": d["budget"], "goal_offset": d["goal_offset"], "eval_seed": d["eval_seed"],
+            "policy": env_cfg.get("policy", "noise"), "episode_len": int(env_cfg.get("episode_len", 100)),
+            "horizon": d["horizon"], "receding_horizon": d["receding_horizon"],
+            "episodes": a.episodes or 50, "per_episode": None, "eval_success": None}
+
+
+def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int) -> list[dict]:
+    """`wm eval`'s episode loop with an MPCController whose observations are simulator states."""
+    from planners.mpc import MPCController
+    from worldmodel.evaluate import goal_images, run_tasks
+
+    B = len(tasks)
+    low, high = env_list[0].action_space.low, env_list[0].action_space.high
+    ctrl = MPCController(planner, energy, (low, high), horizon=p["horizon"],
+                         receding_horizon=p["receding_horizon"], frameskip=frameskip, history=1,
+                         batch=B, dtype=torch.float64)
+    ctrl.reset(np.stack([t.goal_state for t in tasks]), seed=tasks[0].seed)
+    states = lambda: np.stack([e.get_state() for e in env_list[:B]])          # (B, S)
+    return run_tasks(env_list, tasks, goal_images(env_list, tasks), lambda obs: ctrl.act(states()),
+                     p["budget"], record=False)
+
+
+def summarise(results: list[dict], eval_per_episode: list[dict] | None, wall_s: float) -> dict:
+    from worldmodel.evaluate import wilson
+
+    n, k = len(results), sum(r["success"] for r in results)
+    out = {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n),
+           "closest_error_median": round(float(np.median([r["closest_error"] for r in results])), 3),
+           "wall_s": round(wall_s, 1),
+           "per_episode_success": [int(r["success"]) for r in results]}
+    if eval_per_episode:
+        model = [e["success"] for e in eval_per_episode[:n]]
+        ours = [r["success"] for r in results]
+        out["vs_model"] = {"both": sum(a and b for a, b in zip(ours, model)),
+                           "oracle_only": sum(a and not b for a, b in zip(ours, model)),
+                           "model_only": sum(b and not a for a, b in zip(ours, model)),
+                           "neither": sum(not a and not b for a, b in zip(ours, model))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--eval", help="a `wm eval` results.json: its tasks, protocol, planner, model")
+    src.add_argument("--env", help="no eval: this env with the eval defaults (state cost only)")
+    p.add_argument("--checkpoint", default=None, help="the model for --costs latent (default: the eval's)")
+    p.add_argument("--costs", nargs="+", default=None, choices=["state", "latent"],
+                   help="default: state and, with a model, latent")
+    p.add_argument("--episodes", type=int, default=None, help="the first N tasks (default: all)")
+    p.add_argument("--samples", type=int, default=None, help="override the planner's samples")
+    p.add_argument("--iterations", type=int, default=None, help="override the planner's iterations")
+    p.add_argument("--frameskip", type=int, default=5, help="without a model: env steps per chunk")
+    p.add_argument("--threads", type=int, default=None, help="MuJoCo rollout threads (default: all cores)")
+    p.add_argument("--json", default=None, help="also write the JSON line here")
+    a = p.parse_args(argv)
+
+    from envs.sim_rollout import SimRollout
+    from planners import planner_from_config
+    from worldmodel.collect import episode_seed
+    from worldmodel.evaluate import make_env, make_tasks
+
+    pr = protocol(a)
+    costs = a.costs or (["state", "latent"] if pr["checkpoint"] else ["state"])
+    model, meta, frameskip = None, {}, a.frameskip
+    if pr["checkpoint"]:
+        from worldmodel.model import load_trained
+        model, meta, _ = load_trained(pr["checkpoint"], "cpu", pr["env"])
+        frameskip = model.cfg.frameskip
+    elif "latent" in costs:
+        raise SystemExit("--costs latent needs a model: pass --eval or --checkpoint")
+    image_size = model.cfg.image_size if model is not None else 64
+    overrides = {k: v for k, v in (("samples", a.samples), ("iterations", a.iterations)) if v}
+    planner_cfg = dict(pr["planner"], **overrides)
+    if planner_cfg.get("name") == "cem" and "samples" in overrides:
+        planner_cfg["elites"] = min(int(planner_cfg.get("elites", 30)), max(2, planner_cfg["samples"] // 10))
+    B = pr["episodes"]
+    env_list = [make_env(pr["env"], meta, image_size) for _ in range(B)]
+    train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
+        if "seed" in meta else set()
+    tasks = make_tasks(env_list[0], pr["policy"], pr["eval_seed"], B, pr["episode_len"],
+                       pr["goal_offset"], train_seeds)
+    sim_env = make_env(pr["env"], meta, image_size)
+    sim = SimRollout(sim_env, nthread=a.threads)
+    row = {"bench": "oracle_ceiling", "env": pr["env"], "checkpoint": pr["checkpoint"],
+           "eval_results": a.eval, "tasks": B,
+           "model_eval": (None if pr["per_episode"] is None else
+                          {"successes": sum(e["success"] for e in pr["per_episode"][:B]), "episodes": B}),
+           "protocol": {k: pr[k] for k in ("budget", "goal_offset", "eval_seed", "policy", "episode_len",
+                                           "horizon", "receding_horizon")} | {"frameskip": frameskip},
+           "planner": planner_cfg, "planner_reduced": bool(overrides),
+           "sim_replay_max_deviation": sim.max_deviation, "threads": len(sim._datas)}
+    for name in costs:
+        cost = state_cost(sim_env) if name == "state" else latent_cost(model.eval(), sim_env)
+        planner = planner_from_config(planner_cfg)
+        t0 = time.perf_counter()
+        res = run_oracle(env_list, tasks, SimEnergy(sim, frameskip, cost), planner, pr, frameskip)
+        row[name] = summarise(res, pr["per_episode"], time.perf_counter() - t0)
+        print(f"{name}: {row[name]['successes']}/{B}", file=sys.stderr)
+    line = json.dumps(row)
+    print(line)
+    if a.json:
+        Path(a.json).write_text(line + "\n")
+    return row
+
+
+if __name__ == "__main__":
+    main()

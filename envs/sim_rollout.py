@@ -12,7 +12,11 @@ and the protocol achieve when prediction is perfect.
 
 The replay must equal `env.step`, or an oracle built on it would be an oracle of something else:
 the constructor steps the env and the rollout side by side on random actions and refuses an env
-whose replay differs (an env whose step does more than write ctrl and step physics).
+whose replay differs (an env whose step does more than write ctrl and step physics). "Equal" is to
+the constraint solver's tolerance: MuJoCo warm-starts its solver from the previous step's
+accelerations, which an env state (qpos, qvel) does not carry, so a replay from a state can differ
+from the env's own continuation where contacts are active (~1e-8 in Push-T, ~1e-6 in the
+walker's fast impacts); the check's measure is |difference| / (1 + |value|) < 1e-5.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ class SimRollout:
     """Replays (N, T, A) env actions from (N, S) env states on `nthread` MuJoCo threads."""
 
     def __init__(self, env: MujocoGoalEnv, nthread: int | None = None, verify_steps: int = 20,
-                 tol: float = 1e-9):
+                 tol: float = 1e-5):
         if not isinstance(env, MujocoGoalEnv):
             raise TypeError(f"SimRollout needs a MuJoCo env (envs.base.MujocoGoalEnv), got "
                             f"{type(env).__name__}")
@@ -76,8 +80,9 @@ class SimRollout:
         return every[..., 1:1 + self.nq + self.nv].copy()                   # (N, T, nq + nv)
 
     def verify(self, steps: int, seed: int = 0) -> float:
-        """Largest |state difference| between this replay and `env.step` over `steps` random
-        actions from the env's current state; leaves the env's state as it found it."""
+        """Largest state difference |replay - step| / (1 + |step|) between this replay and
+        `env.step` over `steps` random actions from the env's current state; leaves the env's
+        state as it found it."""
         env = self.env
         saved = env.get_state()
         rng = np.random.default_rng(seed)
@@ -88,4 +93,5 @@ class SimRollout:
             ref.append(env.get_state())
         env.set_state(saved)
         got = self(saved[None], acts[None])[0]                              # (T, S)
-        return float(np.abs(got - np.asarray(ref)).max())
+        ref = np.asarray(ref)
+        return float((np.abs(got - ref) / (1 + np.abs(ref))).max())

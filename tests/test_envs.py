@@ -144,6 +144,38 @@ def test_actions_are_clipped_and_nan_refused(env):
         env.step(np.full(low.shape, np.nan))
 
 
+def test_sim_rollout_replays_step_exactly(env):
+    """The batched simulator replay (envs.sim_rollout, the oracles' dynamics) is env.step itself
+    (to the contact solver's tolerance): from two different states, out-of-bounds actions clipped
+    as step clips them."""
+    from envs.sim_rollout import SimRollout
+
+    sim = SimRollout(env, nthread=2)            # refuses an env whose replay differs from step
+    starts, refs, acts = [], [], []
+    for seed in (5, 6):
+        env.reset(seed=seed)
+        a = 1.5 * _actions(env, 6, seed)        # half of them outside the bounds
+        starts.append(env.get_state())
+        refs.append([env.step(x)[4]["state"] for x in a])
+        acts.append(a)
+    got = sim(np.stack(starts), np.stack(acts))                       # (2, 6, S)
+    assert got.shape == (2, 6, starts[0].shape[0])
+    refs = np.asarray(refs)
+    assert (np.abs(got - refs) / (1 + np.abs(refs))).max() < 1e-5   # the solver's warm start: ~1e-8
+
+
+def test_sim_rollout_refuses_a_replay_that_is_not_step(made, monkeypatch):
+    from envs.sim_rollout import SimRollout
+
+    env = made.setdefault("pusht", envs.make("pusht", image_size=64))
+    env.reset(seed=0)
+    monkeypatch.setattr(env, "physics_controls", lambda a: 0.5 * np.repeat(np.asarray(a), 10, axis=-2))
+    with pytest.raises(ValueError, match="physics_controls"):
+        SimRollout(env)
+    with pytest.raises(TypeError, match="MuJoCo env"):
+        SimRollout(object())
+
+
 def test_unknown_env_lists_choices():
     with pytest.raises(ValueError) as err:
         envs.make("no-such-env")

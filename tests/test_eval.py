@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import envs
 from worldmodel.cli import main
 from worldmodel.evaluate import make_env, make_tasks, wilson
 
@@ -192,3 +193,53 @@ def test_state_probe_script_scores_both_readings(demo_run, capsys):
     assert res["env"] == "tworoom" and res["pose_dims"] == [0, 1] and res["angle_dims"] == []
     assert all(r == r and r <= 1 for r in (res["probe_r2_raw_state"], res["probe_r2_pose_features"]))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "state_probe"
+
+
+def _bench(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_oracle_energy_scores_the_recorded_actions_zero():
+    """The simulator oracle's energy: a held-out episode's own 25 recorded actions reach its goal
+    state exactly (state cost 0), standing still does not; the chunk layout is the controller's."""
+    import torch
+    from envs.sim_rollout import SimRollout
+    from worldmodel.collect import rollout
+
+    oracle = _bench("oracle_ceiling")
+    env = envs.make("tworoom", image_size=32)
+    ep = rollout(env, "expert", 12345, 0, 40)
+    start, goal = ep["state"][0], ep["state"][25]
+    assert env.goal_error(start, goal) > 1                                # a real task
+    energy = oracle.SimEnergy(SimRollout(env, nthread=1), 5, oracle.state_cost(env))
+    energy.set_goal(goal[None])
+    energy.set_observation(start[None, None], np.zeros((1, 0, 10), np.float32))
+    recorded = torch.as_tensor(ep["action"][:25], dtype=torch.float64).reshape(1, 1, 5, 10)
+    costs = energy(torch.cat([recorded, torch.zeros_like(recorded)], 1))  # (1, 2)
+    assert costs.shape == (1, 2)
+    assert costs[0, 0].item() < 1e-6 and costs[0, 1].item() > 1
+    env.close()
+
+
+@pytest.mark.slow
+def test_oracle_ceiling_plans_wm_evals_tasks(demo_run, capsys):
+    res = _bench("oracle_ceiling").main(["--eval", str(demo_run / "eval" / "results.json"),
+                                         "--samples", "16", "--iterations", "2"])
+    ev = json.loads((demo_run / "eval" / "results.json").read_text())
+    assert res["env"] == "tworoom" and res["tasks"] == 3 and res["planner_reduced"]
+    assert res["planner"]["samples"] == 16 and res["planner"]["elites"] == 2
+    assert res["protocol"]["eval_seed"] == ev["protocol"]["eval_seed"] and res["protocol"]["frameskip"] == 5
+    assert res["sim_replay_max_deviation"] == 0.0
+    assert res["model_eval"] == {"successes": ev["successes"], "episodes": 3}
+    for cost in ("state", "latent"):
+        r = res[cost]
+        assert len(r["per_episode_success"]) == 3 and r["successes"] == sum(r["per_episode_success"])
+        assert sum(r["vs_model"].values()) == 3
+        assert r["vs_model"]["both"] + r["vs_model"]["oracle_only"] == r["successes"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "oracle_ceiling"

@@ -121,8 +121,10 @@ def protocol(a) -> dict:
             "episodes": a.episodes or 50, "per_episode": None, "eval_success": None}
 
 
-def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int) -> list[dict]:
+def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int, desc: str) -> list[dict]:
     """`wm eval`'s episode loop with an MPCController whose observations are simulator states."""
+    from tqdm import tqdm
+
     from planners.mpc import MPCController
     from worldmodel.evaluate import goal_images, run_tasks
 
@@ -132,9 +134,15 @@ def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int) -> lis
                          receding_horizon=p["receding_horizon"], frameskip=frameskip, history=1,
                          batch=B, dtype=torch.float64)
     ctrl.reset(np.stack([t.goal_state for t in tasks]), seed=tasks[0].seed)
-    states = lambda: np.stack([e.get_state() for e in env_list[:B]])          # (B, S)
-    return run_tasks(env_list, tasks, goal_images(env_list, tasks), lambda obs: ctrl.act(states()),
-                     p["budget"], record=False)
+    bar = tqdm(total=p["budget"], desc=f"{desc} oracle, {B} episodes in lockstep", unit="step")
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        bar.update()
+        return ctrl.act(np.stack([e.get_state() for e in env_list[:B]]))   # (B, S) states in
+    try:
+        return run_tasks(env_list, tasks, goal_images(env_list, tasks), act, p["budget"], record=False)
+    finally:
+        bar.close()
 
 
 def summarise(results: list[dict], eval_per_episode: list[dict] | None, wall_s: float) -> dict:
@@ -196,6 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
         if "seed" in meta else set()
     tasks = make_tasks(env_list[0], pr["policy"], pr["eval_seed"], B, pr["episode_len"],
                        pr["goal_offset"], train_seeds)
+    if pr["per_episode"]:       # the pairing below is only meaningful on the very same tasks
+        for t, e in zip(tasks, pr["per_episode"]):
+            if (t.seed, t.start_step) != (e["seed"], e["start_step"]) or \
+                    abs(env_list[0].goal_error(t.start_state, t.goal_state) - e["start_error"]) > 1e-3:
+                raise SystemExit(f"task {t.index} differs from the eval's (seed {t.seed} step "
+                                 f"{t.start_step} vs {e['seed']} {e['start_step']}): was the eval run "
+                                 "with another env, policy or code version?")
     sim_env = make_env(pr["env"], meta, image_size)
     sim = SimRollout(sim_env, nthread=a.threads)
     row = {"bench": "oracle_ceiling", "env": pr["env"], "checkpoint": pr["checkpoint"],
@@ -210,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         cost = state_cost(sim_env) if name == "state" else latent_cost(model.eval(), sim_env)
         planner = planner_from_config(planner_cfg)
         t0 = time.perf_counter()
-        res = run_oracle(env_list, tasks, SimEnergy(sim, frameskip, cost), planner, pr, frameskip)
+        res = run_oracle(env_list, tasks, SimEnergy(sim, frameskip, cost), planner, pr, frameskip, name)
         row[name] = summarise(res, pr["per_episode"], time.perf_counter() - t0)
         print(f"{name}: {row[name]['successes']}/{B}", file=sys.stderr)
     line = json.dumps(row)

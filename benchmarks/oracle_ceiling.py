@@ -14,7 +14,8 @@ parts for the simulator, one at a time, on exactly the tasks `wm eval` scored:
 
 Everything else is `wm eval`'s: the same held-out tasks (eval seed, policy, episode length, goal
 offset), budget, horizon and receding horizon, the same MPCController (chunking, warm start) and
-planner settings (`--samples` / `--iterations` shrink them for a quick look; the JSON says so).
+planner settings (`--samples` / `--iterations` change them, to look quickly or to ask whether more
+search would solve what failed; the JSON says so).
 The planner still only sees an energy; the oracle's energy reads simulator state.
 
     python benchmarks/oracle_ceiling.py --eval runs/pusht/eval/results.json           # state + latent
@@ -154,7 +155,7 @@ def summarise(results: list[dict], eval_per_episode: list[dict] | None, wall_s: 
            "wall_s": round(wall_s, 1),
            "per_episode_success": [int(r["success"]) for r in results]}
     if eval_per_episode:
-        model = [e["success"] for e in eval_per_episode[:n]]
+        model = [e["success"] for e in eval_per_episode]
         ours = [r["success"] for r in results]
         out["vs_model"] = {"both": sum(a and b for a, b in zip(ours, model)),
                            "oracle_only": sum(a and not b for a, b in zip(ours, model)),
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--costs", nargs="+", default=None, choices=["state", "latent"],
                    help="default: state and, with a model, latent")
     p.add_argument("--episodes", type=int, default=None, help="the first N tasks (default: all)")
+    p.add_argument("--tasks", type=int, nargs="+", default=None,
+                   help="only these task indices (e.g. the ones an earlier oracle run failed)")
     p.add_argument("--samples", type=int, default=None, help="override the planner's samples")
     p.add_argument("--iterations", type=int, default=None, help="override the planner's iterations")
     p.add_argument("--frameskip", type=int, default=5, help="without a model: env steps per chunk")
@@ -198,13 +201,18 @@ def main(argv: list[str] | None = None) -> dict:
     planner_cfg = dict(pr["planner"], **overrides)
     if planner_cfg.get("name") == "cem" and "samples" in overrides:
         planner_cfg["elites"] = min(int(planner_cfg.get("elites", 30)), max(2, planner_cfg["samples"] // 10))
-    B = pr["episodes"]
+    pick = a.tasks or list(range(pr["episodes"]))
+    if min(pick) < 0 or (pr["per_episode"] and max(pick) >= len(pr["per_episode"])):
+        raise SystemExit(f"--tasks must index the eval's {len(pr['per_episode'] or [])} tasks, got {pick}")
+    B = len(pick)
     env_list = [make_env(pr["env"], meta, image_size) for _ in range(B)]
     train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
         if "seed" in meta else set()
-    tasks = make_tasks(env_list[0], pr["policy"], pr["eval_seed"], B, pr["episode_len"],
+    tasks = make_tasks(env_list[0], pr["policy"], pr["eval_seed"], max(pick) + 1, pr["episode_len"],
                        pr["goal_offset"], train_seeds)
+    tasks = [tasks[i] for i in pick]
     if pr["per_episode"]:       # the pairing below is only meaningful on the very same tasks
+        pr["per_episode"] = [pr["per_episode"][i] for i in pick]
         for t, e in zip(tasks, pr["per_episode"]):
             if (t.seed, t.start_step) != (e["seed"], e["start_step"]) or \
                     abs(env_list[0].goal_error(t.start_state, t.goal_state) - e["start_error"]) > 1e-3:
@@ -214,12 +222,12 @@ def main(argv: list[str] | None = None) -> dict:
     sim_env = make_env(pr["env"], meta, image_size)
     sim = SimRollout(sim_env, nthread=a.threads)
     row = {"bench": "oracle_ceiling", "env": pr["env"], "checkpoint": pr["checkpoint"],
-           "eval_results": a.eval, "tasks": B,
+           "eval_results": a.eval, "tasks": B, "task_indices": pick if a.tasks else None,
            "model_eval": (None if pr["per_episode"] is None else
-                          {"successes": sum(e["success"] for e in pr["per_episode"][:B]), "episodes": B}),
+                          {"successes": sum(e["success"] for e in pr["per_episode"]), "episodes": B}),
            "protocol": {k: pr[k] for k in ("budget", "goal_offset", "eval_seed", "policy", "episode_len",
                                            "horizon", "receding_horizon")} | {"frameskip": frameskip},
-           "planner": planner_cfg, "planner_reduced": bool(overrides),
+           "planner": planner_cfg, "planner_overridden": bool(overrides),
            "sim_replay_max_deviation": sim.max_deviation, "threads": len(sim._datas)}
     for name in costs:
         cost = state_cost(sim_env) if name == "state" else latent_cost(model.eval(), sim_env)

@@ -232,7 +232,7 @@ def test_oracle_ceiling_plans_wm_evals_tasks(demo_run, capsys):
     res = _bench("oracle_ceiling").main(["--eval", str(demo_run / "eval" / "results.json"),
                                          "--samples", "16", "--iterations", "2"])
     ev = json.loads((demo_run / "eval" / "results.json").read_text())
-    assert res["env"] == "tworoom" and res["tasks"] == 3 and res["planner_reduced"]
+    assert res["env"] == "tworoom" and res["tasks"] == 3 and res["planner_overridden"]
     assert res["planner"]["samples"] == 16 and res["planner"]["elites"] == 2
     assert res["protocol"]["eval_seed"] == ev["protocol"]["eval_seed"] and res["protocol"]["frameskip"] == 5
     assert res["sim_replay_max_deviation"] == 0.0

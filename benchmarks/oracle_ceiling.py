@@ -107,7 +107,7 @@ def protocol(a) -> dict:
                 "policy": proto["policy"], "episode_len": proto["episode_len"],
                 "horizon": cfg["horizon"], "receding_horizon": cfg["receding_horizon"],
                 "episodes": min(a.episodes or ev["episodes"], ev["episodes"]),
-                "per_episode": ev["per_episode"], "eval_success": ev["successes"]}
+                "per_episode": ev["per_episode"]}
     import dataclasses
     import yaml
 
@@ -119,7 +119,7 @@ def protocol(a) -> dict:
             "budget": d["budget"], "goal_offset": d["goal_offset"], "eval_seed": d["eval_seed"],
             "policy": env_cfg.get("policy", "noise"), "episode_len": int(env_cfg.get("episode_len", 100)),
             "horizon": d["horizon"], "receding_horizon": d["receding_horizon"],
-            "episodes": a.episodes or 50, "per_episode": None, "eval_success": None}
+            "episodes": a.episodes or 50, "per_episode": None}
 
 
 def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int, desc: str) -> list[dict]:
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--iterations", type=int, default=None, help="override the planner's iterations")
     p.add_argument("--frameskip", type=int, default=5, help="without a model: env steps per chunk")
     p.add_argument("--threads", type=int, default=None, help="MuJoCo rollout threads (default: all cores)")
+    p.add_argument("--device", default="auto", help="where the model encodes (latent cost)")
     p.add_argument("--json", default=None, help="also write the JSON line here")
     a = p.parse_args(argv)
 
@@ -191,8 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     costs = a.costs or (["state", "latent"] if pr["checkpoint"] else ["state"])
     model, meta, frameskip = None, {}, a.frameskip
     if pr["checkpoint"]:
+        from worldmodel.distributed import resolve_device
         from worldmodel.model import load_trained
-        model, meta, _ = load_trained(pr["checkpoint"], "cpu", pr["env"])
+        model, meta, _ = load_trained(pr["checkpoint"], resolve_device(a.device, 0), pr["env"])
         frameskip = model.cfg.frameskip
     elif "latent" in costs:
         raise SystemExit("--costs latent needs a model: pass --eval or --checkpoint")
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
            "protocol": {k: pr[k] for k in ("budget", "goal_offset", "eval_seed", "policy", "episode_len",
                                            "horizon", "receding_horizon")} | {"frameskip": frameskip},
            "planner": planner_cfg, "planner_overridden": bool(overrides),
-           "sim_replay_max_deviation": sim.max_deviation, "threads": len(sim._datas)}
+           "sim_replay_max_deviation": sim.max_deviation, "threads": sim.nthread}
     for name in costs:
         cost = state_cost(sim_env) if name == "state" else latent_cost(model.eval(), sim_env)
         planner = planner_from_config(planner_cfg)

@@ -43,8 +43,8 @@ class SimRollout:
         self.nq, self.nv = int(env.model.nq), int(env.model.nv)
         self.n_sub = env.physics_controls(np.zeros((1, env.action_space.shape[0]))).shape[0]
         self._low, self._high = env.action_space.low, env.action_space.high
-        n = nthread or os.cpu_count() or 1
-        self._datas = [mujoco.MjData(self.model) for _ in range(n)]
+        self.nthread = int(nthread or os.cpu_count() or 1)
+        self._datas = [mujoco.MjData(self.model) for _ in range(self.nthread)]
         self._scratch = mujoco.MjData(self.model)
         self.max_deviation = self.verify(verify_steps)
         if not self.max_deviation <= tol:

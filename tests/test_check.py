@@ -133,14 +133,9 @@ def test_check_on_another_recording_and_refusals(trained, tmp_path, capsys):
     assert "the model takes (16, 16, 3)" in capsys.readouterr().err
 
 
-def test_check_vs_eval_script_lines_up_both(trained, tmp_path, capsys):
+def test_check_vs_eval_script_lines_up_both(trained, tmp_path, capsys, load_bench):
     """benchmarks/check_vs_eval.py: the check's figures beside the simulator's success, one JSON line."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "check_vs_eval.py"
-    spec = importlib.util.spec_from_file_location("check_vs_eval", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("check_vs_eval")
     ckpt = trained / "run" / "best.pt"
     ev = tmp_path / "results.json"       # what `wm eval` writes, cut to the fields the script reads
     ev.write_text(json.dumps({"checkpoint": str(ckpt), "env": "square", "successes": 7, "episodes": 50,

@@ -162,13 +162,8 @@ def test_paired_test_against_random_on_the_same_tasks():
 
 
 @pytest.mark.slow
-def test_latent_geometry_script_reports_distances(demo_run, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latent_geometry.py"
-    spec = importlib.util.spec_from_file_location("latent_geometry", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_latent_geometry_script_reports_distances(demo_run, capsys, load_bench):
+    mod = load_bench("latent_geometry")
     res = mod.main(["--checkpoint", str(demo_run / "train" / "best.pt"), "--points", "12",
                     "--scales", "0.01", "0.5"])
     assert res["env"] == "tworoom" and res["points"] == 12
@@ -182,37 +177,22 @@ def test_latent_geometry_script_reports_distances(demo_run, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "latent_geometry"
 
 
-def test_state_probe_script_scores_both_readings(demo_run, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "state_probe.py"
-    spec = importlib.util.spec_from_file_location("state_probe", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_state_probe_script_scores_both_readings(demo_run, capsys, load_bench):
+    mod = load_bench("state_probe")
     res = mod.main(["--checkpoint", str(demo_run / "train" / "best.pt")])
     assert res["env"] == "tworoom" and res["pose_dims"] == [0, 1] and res["angle_dims"] == []
     assert all(r == r and r <= 1 for r in (res["probe_r2_raw_state"], res["probe_r2_pose_features"]))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "state_probe"
 
 
-def _bench(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_oracle_energy_scores_the_recorded_actions_zero():
+def test_oracle_energy_scores_the_recorded_actions_zero(load_bench):
     """The simulator oracle's energy: a held-out episode's own 25 recorded actions reach its goal
     state exactly (state cost 0), standing still does not; the chunk layout is the controller's."""
     import torch
     from envs.sim_rollout import SimRollout
     from worldmodel.collect import rollout
 
-    oracle = _bench("oracle_ceiling")
+    oracle = load_bench("oracle_ceiling")
     env = envs.make("tworoom", image_size=32)
     ep = rollout(env, "expert", 12345, 0, 40)
     start, goal = ep["state"][0], ep["state"][25]
@@ -228,8 +208,8 @@ def test_oracle_energy_scores_the_recorded_actions_zero():
 
 
 @pytest.mark.slow
-def test_oracle_ceiling_plans_wm_evals_tasks(demo_run, capsys):
-    res = _bench("oracle_ceiling").main(["--eval", str(demo_run / "eval" / "results.json"),
+def test_oracle_ceiling_plans_wm_evals_tasks(demo_run, capsys, load_bench):
+    res = load_bench("oracle_ceiling").main(["--eval", str(demo_run / "eval" / "results.json"),
                                          "--samples", "16", "--iterations", "2"])
     ev = json.loads((demo_run / "eval" / "results.json").read_text())
     assert res["env"] == "tworoom" and res["tasks"] == 3 and res["planner_overridden"]

@@ -76,11 +76,15 @@ def latent_cost(model, render_env, chunk: int = 2048) -> Callable[[np.ndarray, n
     device = next(model.parameters()).device
     goal_cache: dict[bytes, torch.Tensor] = {}
 
+    def render(state: np.ndarray) -> np.ndarray:
+        render_env.set_state(state)       # an env of its own: nothing else reads its state
+        return render_env.render()
+
     @torch.no_grad()
     def encode(states: np.ndarray) -> torch.Tensor:
         out = []
         for i in range(0, len(states), chunk):
-            frames = np.stack([render_env.goal_image(s) for s in states[i:i + chunk]])  # (n, H, W, 3)
+            frames = np.stack([render(s) for s in states[i:i + chunk]])            # (n, H, W, 3)
             out.append(model.encode(torch.as_tensor(frames, device=device)))         # (n, D)
         return torch.cat(out)
 
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
            "planner": planner_cfg, "planner_overridden": bool(overrides),
            "sim_replay_max_deviation": sim.max_deviation, "threads": sim.nthread}
     for name in costs:
-        cost = state_cost(sim_env) if name == "state" else latent_cost(model.eval(), sim_env)
+        cost = state_cost(sim_env) if name == "state" else \
+            latent_cost(model.eval(), make_env(pr["env"], meta, image_size))
         planner = planner_from_config(planner_cfg)
         t0 = time.perf_counter()
         res = run_oracle(env_list, tasks, SimEnergy(sim, frameskip, cost), planner, pr, frameskip, name)

@@ -66,9 +66,13 @@ class SimEnergy:
         return torch.as_tensor(costs, dtype=actions.dtype, device=actions.device).view(B, Sm)
 
 
-def state_cost(env) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The env's success measure (goal_error: < 1 is success) of each final state."""
-    return lambda final, goal: np.array([env.goal_error(f, g) for f, g in zip(final, goal)])
+def state_cost(env, shape: str = "max") -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The env's success measure of each final state: `max` = goal_error itself (< 1 is success);
+    `sumsq` = the sum of its squared errors (goal_errors), a smooth distance shaped like the
+    latent energy, which still rewards the errors that are not the largest."""
+    if shape == "max":
+        return lambda final, goal: np.array([env.goal_error(f, g) for f, g in zip(final, goal)])
+    return lambda final, goal: np.array([np.square(env.goal_errors(f, g)).sum() for f, g in zip(final, goal)])
 
 
 def latent_cost(model, render_env, chunk: int = 2048) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -179,6 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--episodes", type=int, default=None, help="the first N tasks (default: all)")
     p.add_argument("--tasks", type=int, nargs="+", default=None,
                    help="only these task indices (e.g. the ones an earlier oracle run failed)")
+    p.add_argument("--state-cost", default="max", choices=["max", "sumsq"],
+                   help="state oracle energy: the success measure (max of the errors over their "
+                        "tolerances) or the sum of their squares")
+    p.add_argument("--planner", default=None, choices=["cem", "icem", "mppi"],
+                   help="replace the eval's planner: configs/planner/<name>.yaml at the eval's CEM "
+                        "compute (--budget-sequences, as benchmarks/planner_table.py)")
+    p.add_argument("--budget-sequences", type=int, default=9000, help="with --planner: sequences per plan")
     p.add_argument("--samples", type=int, default=None, help="override the planner's samples")
     p.add_argument("--iterations", type=int, default=None, help="override the planner's iterations")
     p.add_argument("--frameskip", type=int, default=5, help="without a model: env steps per chunk")
@@ -204,7 +215,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--costs latent needs a model: pass --eval or --checkpoint")
     image_size = model.cfg.image_size if model is not None else 64
     overrides = {k: v for k, v in (("samples", a.samples), ("iterations", a.iterations)) if v}
-    planner_cfg = dict(pr["planner"], **overrides)
+    planner_cfg = dict(pr["planner"])
+    if a.planner:
+        import yaml
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from planner_table import equal_compute
+        equal, _ = equal_compute(a.planner, a.budget_sequences)
+        planner_cfg = yaml.safe_load((ROOT / "configs" / "planner" / f"{a.planner}.yaml").read_text()) | equal
+        overrides = equal | overrides
+    planner_cfg |= overrides
     if planner_cfg.get("name") == "cem" and "samples" in overrides:
         planner_cfg["elites"] = min(int(planner_cfg.get("elites", 30)), max(2, planner_cfg["samples"] // 10))
     pick = a.tasks or list(range(pr["episodes"]))
@@ -233,10 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
                           {"successes": sum(e["success"] for e in pr["per_episode"]), "episodes": B}),
            "protocol": {k: pr[k] for k in ("budget", "goal_offset", "eval_seed", "policy", "episode_len",
                                            "horizon", "receding_horizon")} | {"frameskip": frameskip},
-           "planner": planner_cfg, "planner_overridden": bool(overrides),
+           "planner": planner_cfg, "planner_overridden": bool(overrides), "state_cost": a.state_cost,
            "sim_replay_max_deviation": sim.max_deviation, "threads": sim.nthread}
     for name in costs:
-        cost = state_cost(sim_env) if name == "state" else \
+        cost = state_cost(sim_env, a.state_cost) if name == "state" else \
             latent_cost(model.eval(), make_env(pr["env"], meta, image_size))
         planner = planner_from_config(planner_cfg)
         t0 = time.perf_counter()

@@ -103,6 +103,11 @@ class GoalEnv(gym.Env, ABC):
         """The env's success criterion as a number: the largest of its errors (position, angle, ...)
         each divided by its tolerance. 0 at the goal; below 1 is success."""
 
+    def goal_errors(self, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+        """Each of the criterion's errors divided by its tolerance, (K,); `goal_error` is their max.
+        Default: the one error `goal_error` gives (override where the criterion has several)."""
+        return np.array([self.goal_error(state, goal_state)])
+
     def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
         """Whether `state` satisfies the goal `goal_state` (the env's own criterion)."""
         return self.goal_error(state, goal_state) < 1.0
@@ -197,6 +202,11 @@ class MujocoGoalEnv(GoalEnv):
     def close(self) -> None:
         self._renderer.close()
         super().close()
+
+
+def wrap_angle(a: np.ndarray | float) -> np.ndarray:
+    """Map angles to [-pi, pi)."""
+    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
 def qpos_qvel_names(model: mujoco.MjModel) -> tuple[str, ...]:

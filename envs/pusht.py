@@ -24,7 +24,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, MujocoGoalEnv
+from envs.base import EnvInfo, MujocoGoalEnv, wrap_angle
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -88,11 +88,6 @@ _XML = f"""
 """
 
 
-def wrap_angle(a: np.ndarray | float) -> np.ndarray:
-    """Map angles to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
-
-
 @register_env("pusht", "wm/PushT-v0")
 class PushT(MujocoGoalEnv):
     """Planar pusher and T block; goal = a full state; success = LeWM's pose criterion."""
@@ -140,12 +135,16 @@ class PushT(MujocoGoalEnv):
         s = self.get_state()
         return np.r_[s[0:2], s[5:7]].astype(np.float32)
 
-    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
+    def goal_errors(self, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+        """(agent position, block position, block angle) errors over their tolerances, (3,)."""
         s, g = np.asarray(state), np.asarray(goal_state)
         agent = np.linalg.norm(s[0:2] - g[0:2]) / POS_TOL
         block = np.linalg.norm(s[2:4] - g[2:4]) / POS_TOL
         angle = abs(float(wrap_angle(s[4] - g[4]))) / ANGLE_TOL
-        return float(max(agent, block, angle))
+        return np.array([agent, block, angle])
+
+    def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
+        return float(self.goal_errors(state, goal_state).max())
 
     def episode_metrics(self, states: np.ndarray) -> dict[str, float]:
         """block_moved: 1.0 if the block left its initial pose by > 5 cm or > 10 degrees."""

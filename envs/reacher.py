@@ -17,17 +17,12 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, MujocoGoalEnv
+from envs.base import EnvInfo, MujocoGoalEnv, wrap_angle
 from envs.registry import register_env
 from envs.render import FastRenderer
 
 JOINT_TOL = 0.05      # rad
 CAMERA_HEIGHT = 0.6   # the suite's "fixed" camera, lowered from 0.75 m so the arm fills the frame
-
-
-def wrap_angle(a: np.ndarray | float) -> np.ndarray:
-    """Map angles to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
 @register_env("reacher", "wm/Reacher-v0")
@@ -79,9 +74,12 @@ class Reacher(MujocoGoalEnv):
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
+    def goal_errors(self, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+        """(shoulder, elbow) angle errors over the tolerance, (2,)."""
+        return np.abs(wrap_angle(np.asarray(state)[:2] - np.asarray(goal_state)[:2])) / JOINT_TOL
+
     def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
-        err = wrap_angle(np.asarray(state)[:2] - np.asarray(goal_state)[:2])
-        return float(np.abs(err).max() / JOINT_TOL)
+        return float(self.goal_errors(state, goal_state).max())
 
     def episode_metrics(self, states: np.ndarray) -> dict[str, float]:
         """shoulder_range: radians swept by the shoulder (unwrapped) over the episode (T, 4)."""

@@ -127,6 +127,9 @@ def test_success_at_goal_not_far_away(env):
     near = goal.copy()
     near[0] += 1e-4        # well inside every tolerance
     assert env.is_success(near, goal) and 0.0 < env.goal_error(near, goal) < 1.0
+    for s in (goal, far, near):   # the criterion's errors, one by one: goal_error is the largest
+        errs = env.goal_errors(s, goal)
+        assert errs.ndim == 1 and (errs >= 0).all() and errs.max() == pytest.approx(env.goal_error(s, goal))
 
 
 def test_actions_are_clipped_and_nan_refused(env):

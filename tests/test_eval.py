@@ -223,3 +223,9 @@ def test_oracle_ceiling_plans_wm_evals_tasks(demo_run, capsys, load_bench):
         assert sum(r["vs_model"].values()) == 3
         assert r["vs_model"]["both"] + r["vs_model"]["oracle_only"] == r["successes"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "oracle_ceiling"
+    # another planner at the eval's compute, on the smooth state cost
+    res = load_bench("oracle_ceiling").main(["--eval", str(demo_run / "eval" / "results.json"), "--costs",
+                                         "state", "--state-cost", "sumsq", "--planner", "mppi",
+                                         "--budget-sequences", "60"])
+    assert res["planner"]["name"] == "mppi" and res["planner"]["samples"] * res["planner"]["iterations"] == 60
+    assert res["state_cost"] == "sumsq" and "latent" not in res and len(res["state"]["per_episode_success"]) == 3

@@ -185,6 +185,19 @@ class Problem:
             return None
         return self.to_unit(self._check(init_elites, (self.B, -1, self.H, self.A), "init_elites"))
 
+    def candidates(self, mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor,
+                   warm: torch.Tensor | None, keep_mean: bool) -> torch.Tensor:
+        """Unit candidates (B, S, H, A) = mean + std * noise inside the box; `warm` (B, K, H, A)
+        replaces the last K (pass it in the first iteration only); with keep_mean candidate 0 is the
+        mean itself, so the warm start is always scored."""
+        u = (mean[:, None] + std[:, None] * noise).clamp_(-1.0, 1.0)       # (B, S, H, A)
+        if warm is not None:
+            k = min(warm.shape[1], u.shape[1] - 1)
+            u[:, u.shape[1] - k:] = warm[:, :k]                             # (B, k, H, A)
+        if keep_mean:
+            u[:, 0] = mean
+        return u
+
     def evaluate(self, energy: Energy, u: torch.Tensor) -> torch.Tensor:
         """Costs (B, S) of unit candidates u (B, S, H, A); NaN counts as +inf (never selected)."""
         costs = energy(self.to_raw(u))                                      # (B, S)

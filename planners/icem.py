@@ -90,12 +90,7 @@ class ICEM(Planner):
         for it in range(1, self.iterations + 1):
             S = self.population(it - 1)
             noise = colored_noise((B, S), H, A, self.beta, gen, p.device, p.dtype)  # (B, S, H, A)
-            u = (mean[:, None] + std[:, None] * noise).clamp_(-1.0, 1.0)   # (B, S, H, A)
-            if it == 1 and warm is not None:
-                k = min(warm.shape[1], S - 1)
-                u[:, S - k:] = warm[:, :k]
-            if self.keep_mean:
-                u[:, 0] = mean
+            u = p.candidates(mean, std, noise, warm if it == 1 else None, self.keep_mean)  # (B, S, H, A)
             costs = p.evaluate(energy, u)                                   # (B, S)
             best.update(costs, u, self.record_history)
             if kept_u is not None:                   # previous elites compete again, costs reused

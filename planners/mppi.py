@@ -52,12 +52,7 @@ class MPPI(Planner):
         it = 0
         for it in range(1, self.iterations + 1):
             noise = torch.randn(B, S, H, A, generator=gen, device=p.device, dtype=p.dtype)
-            u = (mean[:, None] + std[:, None] * noise).clamp_(-1.0, 1.0)   # (B, S, H, A)
-            if it == 1 and warm is not None:
-                k = min(warm.shape[1], S - 1)
-                u[:, S - k:] = warm[:, :k]
-            if self.keep_mean:
-                u[:, 0] = mean
+            u = p.candidates(mean, std, noise, warm if it == 1 else None, self.keep_mean)  # (B, S, H, A)
             costs = p.evaluate(energy, u)                                   # (B, S)
             best.update(costs, u, self.record_history)
             c_el, idx = costs.topk(self.elites, dim=1, largest=False)       # (B, E) ascending

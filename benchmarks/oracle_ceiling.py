@@ -15,10 +15,13 @@ parts for the simulator, one at a time, on exactly the tasks `wm eval` scored:
 Everything else is `wm eval`'s: the same held-out tasks (eval seed, policy, episode length, goal
 offset), budget, horizon and receding horizon, the same MPCController (chunking, warm start) and
 planner settings (`--samples` / `--iterations` change them, to look quickly or to ask whether more
-search would solve what failed; the JSON says so).
-The planner still only sees an energy; the oracle's energy reads simulator state.
+search would solve what failed; the JSON says so; `--planner icem|mppi` swaps the planner at the
+eval's compute, as benchmarks/planner_table.py counts it). `--state-cost sumsq` scores the state
+oracle by the sum of the criterion's squared errors instead of their max: a smooth distance, as
+the latent energy is. The planner still only sees an energy; the oracle's energy reads simulator state.
 
     python benchmarks/oracle_ceiling.py --eval runs/pusht/eval/results.json           # state + latent
+    python benchmarks/oracle_ceiling.py --eval ... --costs state --planner icem --state-cost sumsq
     python benchmarks/oracle_ceiling.py --env pusht --costs state --episodes 20       # no model
 
 stdout: one JSON line (bench "oracle_ceiling"); --json also writes it to a file.

@@ -105,6 +105,12 @@ def latent_cost(model, render_env, chunk: int = 2048) -> Callable[[np.ndarray, n
     return cost
 
 
+def planner_file(name: str) -> dict:
+    """configs/planner/<name>.yaml: the planner group `wm eval planner=<name>` selects."""
+    import yaml
+    return yaml.safe_load((ROOT / "configs" / "planner" / f"{name}.yaml").read_text())
+
+
 def protocol(a) -> dict:
     """The eval's protocol and planner settings: from its results.json, or the eval defaults."""
     from worldmodel.evaluate import CONFIG
@@ -125,8 +131,7 @@ def protocol(a) -> dict:
     d = {f.name: f.default for f in dataclasses.fields(CONFIG)}
     env_yaml = ROOT / "configs" / "env" / f"{a.env}.yaml"
     env_cfg = yaml.safe_load(env_yaml.read_text()) if env_yaml.exists() else {}
-    planner = yaml.safe_load((ROOT / "configs" / "planner" / "cem.yaml").read_text())
-    return {"checkpoint": a.checkpoint, "env": a.env, "planner": planner,
+    return {"checkpoint": a.checkpoint, "env": a.env, "planner": planner_file("cem"),
             "budget": d["budget"], "goal_offset": d["goal_offset"], "eval_seed": d["eval_seed"],
             "policy": env_cfg.get("policy", "noise"), "episode_len": int(env_cfg.get("episode_len", 100)),
             "horizon": d["horizon"], "receding_horizon": d["receding_horizon"],
@@ -219,13 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
     image_size = model.cfg.image_size if model is not None else 64
     overrides = {k: v for k, v in (("samples", a.samples), ("iterations", a.iterations)) if v}
     planner_cfg = dict(pr["planner"])
-    if a.planner:
-        import yaml
+    if a.planner:             # another planner at the eval's compute, counted as planner_table.py does
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from planner_table import equal_compute
-        equal, _ = equal_compute(a.planner, a.budget_sequences)
-        planner_cfg = yaml.safe_load((ROOT / "configs" / "planner" / f"{a.planner}.yaml").read_text()) | equal
-        overrides = equal | overrides
+        planner_cfg = planner_file(a.planner)
+        overrides = equal_compute(a.planner, a.budget_sequences)[0] | overrides
     planner_cfg |= overrides
     if planner_cfg.get("name") == "cem" and "samples" in overrides:
         planner_cfg["elites"] = min(int(planner_cfg.get("elites", 30)), max(2, planner_cfg["samples"] // 10))

@@ -142,6 +142,21 @@ def test_cached_rollout_equals_naive_loop(h):
     torch.testing.assert_close(single, fast[:, 1], rtol=1e-6, atol=1e-6)
 
 
+def test_open_loop_loss_is_the_rollout_error_and_trains_encoder_and_predictor():
+    model = small_model()
+    px, acts = pixels(2, 6, 32), torch.randn(2, 5, 6)             # history 3 + 3 predicted frames
+    out = model.loss(px, acts, open_loop=True)
+    z = out["z"]
+    ref = naive_rollout(model, z[:, :3], acts[:, :2], acts[:, None, 2:])[:, 0]  # (B, 3, D)
+    torch.testing.assert_close(out["open_loop"], torch.nn.functional.mse_loss(ref, z[:, 3:]))
+    assert out["open_loop"] > 0 and "open_loop" not in model.loss(px, acts)
+    out["open_loop"].backward()
+    for part in (model.encoder, model.predictor, model.action_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    with pytest.raises(ValueError, match="n_preds >= 2"):           # 1 predicted frame: nothing to roll out
+        model.loss(px[:, :4], acts[:, :3], open_loop=True)
+
+
 def test_action_stats_normalise_inside_the_model():
     model = small_model()
     mean, std = torch.randn(6), torch.rand(6) + 0.5

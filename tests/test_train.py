@@ -1,6 +1,7 @@
 """`wm train`: exact resume, kill -9 recovery, NaN stop, data/model fit checks, DDP on 2 CPU ranks."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -102,6 +103,19 @@ def test_resume_is_bit_exact(data, tmp_path):
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 20
 
 
+def test_open_loop_weight_trains_on_rollouts_and_is_refused_without_predicted_frames(data, tmp_path):
+    with pytest.raises(ValueError, match="data.n_preds >= 2"):
+        make_cfg(data, tmp_path / "bad", open_loop_weight=1.0)                # n_preds 1: refused
+    assert not (tmp_path / "bad").exists()
+    res = run(make_cfg(data, tmp_path / "ol", open_loop_weight=1.0, data=dict(n_preds=3)))
+    assert res["open_loop"] > 0 and res["loss"] > res["pred"]                 # the term is in the loss
+    assert 0 < res["val_open_loop"] < math.inf and 0 < res["val_open_loop_ratio"] < math.inf
+    rows = [r for r in read_metrics(tmp_path / "ol") if r["loss"]]
+    assert all(float(r["open_loop"]) > 0 for r in rows)
+    with pytest.raises(ValueError, match="open_loop_weight"):                 # fixed across a resume
+        run(make_cfg(data, tmp_path / "ol", resume=True, steps=20, open_loop_weight=0.5, data=dict(n_preds=3)))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
     import worldmodel.train as T
 
@@ -109,9 +123,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
     forward = T._ClipLoss.forward
 
     def poisoned(self, pixels, actions):
-        pred, z = forward(self, pixels, actions)
+        pred, ol, z = forward(self, pixels, actions)
         calls["n"] += 1
-        return (pred * float("nan") if calls["n"] > 10 else pred), z
+        return (pred * float("nan") if calls["n"] > 10 else pred), ol, z
 
     monkeypatch.setattr(T._ClipLoss, "forward", poisoned)
     with pytest.raises(DivergedError, match="NaN/Inf.*last good checkpoint"):

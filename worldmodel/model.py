@@ -1,6 +1,7 @@
 """The JEPA world model: ViT encoder + action encoder + AdaLN-zero predictor.
 
-Trained end-to-end from pixels with a teacher-forced next-latent MSE (`loss`) plus SIGReg on the
+Trained end-to-end from pixels with a teacher-forced next-latent MSE (`loss`; optionally plus the
+error of an open-loop rollout over the clip, as the planner uses the predictor) plus SIGReg on the
 latents (worldmodel/sigreg.py, applied by the trainer). Planning uses `rollout` (or GoalEnergy in
 worldmodel/energy.py), which keeps a KV cache so each step costs one token per candidate.
 """
@@ -117,19 +118,31 @@ class WorldModel(nn.Module):
             raise ValueError(f"z {tuple(z.shape)} and actions {tuple(actions.shape)} need equal (B, T)")
         return self.predictor(z, self.embed_actions(actions))
 
-    def loss(self, pixels: Tensor, actions: Tensor) -> dict[str, Tensor]:
+    def loss(self, pixels: Tensor, actions: Tensor, open_loop: bool = False) -> dict[str, Tensor]:
         """Teacher-forced prediction loss on clips: pixels (B, T, H, W, 3), actions (B, T-1, chunk).
-        Returns {"pred": scalar MSE, "z": latents (B, T, D) for SIGReg, "z_hat": (B, T-1, D)}."""
+        Returns {"pred": scalar MSE, "z": latents (B, T, D) for SIGReg, "z_hat": (B, T-1, D)}.
+
+        open_loop=True adds "open_loop": the MSE of the predictor run on its own predictions, as the
+        planner runs it (`rollout`), from the clip's first `history` frames over its other
+        T - history chunks (>= 2 of them, else it equals the last teacher-forced step)."""
         if pixels.dim() != 5 or actions.dim() != 3 or actions.shape[1] != pixels.shape[1] - 1:
             raise ValueError(f"loss needs pixels (B, T, H, W, 3) and actions (B, T-1, chunk); got "
                              f"{tuple(pixels.shape)} and {tuple(actions.shape)}")
         z = self.encode(pixels)                            # (B, T, D)
         z_hat = self.predict(z[:, :-1], actions)           # (B, T-1, D)
-        return {"pred": F.mse_loss(z_hat, z[:, 1:]), "z": z, "z_hat": z_hat}
+        out = {"pred": F.mse_loss(z_hat, z[:, 1:]), "z": z, "z_hat": z_hat}
+        if open_loop:
+            h = self.cfg.history
+            if pixels.shape[1] - h < 2:
+                raise ValueError(f"open_loop needs clips of history {h} + at least 2 predicted frames, got "
+                                 f"{pixels.shape[1]} frames (set data.n_preds >= 2)")
+            z_ol = self.rollout(z[:, :h], actions[:, :h - 1] if h > 1 else None, actions[:, h - 1:])  # (B, T-h, D)
+            out["open_loop"] = F.mse_loss(z_ol, z[:, h:])
+        return out
 
-    def forward(self, pixels: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        """= loss(pixels, actions), so DistributedDataParallel(model)(pixels, actions) works."""
-        return self.loss(pixels, actions)
+    def forward(self, pixels: Tensor, actions: Tensor, open_loop: bool = False) -> dict[str, Tensor]:
+        """= loss(...), so DistributedDataParallel(model)(pixels, actions) works."""
+        return self.loss(pixels, actions, open_loop)
 
     # ---------------------------------------------------------------- rollout
     def prefill(self, z_hist: Tensor, a_hist: Tensor | None) -> list[list[KV]]:

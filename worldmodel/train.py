@@ -3,7 +3,8 @@
     wm train data=runs/tworoom model=tiny steps=3000 out=runs/wm_tiny
     torchrun --nproc_per_node=2 -m worldmodel.cli train data=... model=lewm     # same command, DDP
 
-loss = teacher-forced next-latent MSE + sigreg_weight * SIGReg(z) over the GLOBAL batch; AdamW with
+loss = teacher-forced next-latent MSE [+ open_loop_weight * open-loop rollout MSE over the clip's
+n_preds chunks] + sigreg_weight * SIGReg(z) over the GLOBAL batch; AdamW with
 linear warmup + cosine decay, grad clip, bf16 autocast on CUDA. Every `eval_every` steps the
 held-out episodes give the prediction loss next to the "predict no change" baseline
 (mse(z_t, z_{t+1}) with the same encoder) and collapse diagnostics (SIGReg, per-dim std, effective
@@ -69,6 +70,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0        # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     sigreg_weight: float = 0.09
+    open_loop_weight: float = 0.0    # + this x the MSE of the predictor rolled out on its own outputs
+                                     # over the clip's n_preds chunks, as planning runs it (n_preds >= 2)
     sigreg_directions: int = 1024
     sigreg_knots: int = 17
     seed: int = 0
@@ -95,6 +98,12 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.lr <= 0 or self.grad_clip <= 0 or self.sigreg_weight < 0:
             raise ValueError("lr and grad_clip must be > 0 and sigreg_weight >= 0")
+        if self.open_loop_weight < 0:
+            raise ValueError(f"open_loop_weight must be >= 0, got {self.open_loop_weight}")
+        if self.open_loop_weight > 0 and self.data.n_preds < 2:
+            raise ValueError(f"open_loop_weight={self.open_loop_weight} needs clips with at least 2 predicted "
+                             f"frames to roll out over; set data.n_preds >= 2 (e.g. 5, the planning "
+                             f"horizon), got data.n_preds={self.data.n_preds}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.compile_mode not in COMPILE_MODES:
@@ -114,15 +123,19 @@ class DivergedError(ValueError):
 
 
 class _ClipLoss(nn.Module):
-    """forward = WorldModel.loss, so DDP (which hooks forward) wraps the whole training computation."""
+    """forward = WorldModel.loss, so DDP (which hooks forward) wraps the whole training computation.
+    Returns (teacher-forced MSE, open-loop MSE or 0 when `open_loop` is off, latents)."""
 
-    def __init__(self, model: WorldModel):
+    def __init__(self, model: WorldModel, open_loop: bool = False):
         super().__init__()
         self.model = model
+        self.open_loop = open_loop
 
-    def forward(self, pixels: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.loss(pixels, actions)
-        return out["pred"], out["z"]                                   # scalar, (B, T, D)
+    def forward(self, pixels: torch.Tensor, actions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model.loss(pixels, actions, self.open_loop)
+        ol = out["open_loop"] if self.open_loop else torch.zeros_like(out["pred"])
+        return out["pred"], ol, out["z"]                               # scalar, scalar, (B, T, D)
 
 
 COLLAPSED_STD = 1e-3   # held-out per-dim std (mean) below this: the encoder ignores its input
@@ -218,7 +231,7 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
 # checkpoint, so a changed value here would be silently ignored (steps, stop_at, logging, device and
 # compile settings may change).
 RESUME_FIXED = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "sigreg_weight",
-                "sigreg_directions", "sigreg_knots", "batch_size", "seed", "precision")
+                "open_loop_weight", "sigreg_directions", "sigreg_knots", "batch_size", "seed", "precision")
 RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
 
 
@@ -257,7 +270,7 @@ def compile_loss(loss_mod: nn.Module, mode: str) -> nn.Module:
 def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimizer, sched: Any,
                pixels: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig, step: int,
                amp: Any) -> torch.Tensor:
-    """One optimisation step on a clip batch; returns (loss, pred, sigreg, grad_norm) on device.
+    """One optimisation step on a clip batch; returns (loss, pred, sigreg, grad_norm, open_loop) on device.
 
     `loss_mod` is `_ClipLoss(model)`, possibly wrapped by DDP / torch.compile. No host sync.
     """
@@ -270,16 +283,17 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES:
         torch.compiler.cudagraph_mark_step_begin()   # a new step: the last replay's outputs are free
     with amp:
-        pred, z = loss_mod(pixels, actions)                            # scalar, (b, T, D)
+        pred, ol, z = loss_mod(pixels, actions)                        # scalar, scalar, (b, T, D)
     # SIGReg outside autocast: its projections must stay fp32; global batch under DDP.
     reg = sigreg(z, cfg.sigreg_directions, cfg.sigreg_knots, generator=g)
-    loss = pred.float() + cfg.sigreg_weight * reg
+    loss = pred.float() + cfg.open_loop_weight * ol.float() + cfg.sigreg_weight * reg
     opt.zero_grad(set_to_none=True)
     loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     sched.step()
-    return torch.stack([loss.detach(), pred.detach().float(), reg.detach(), gnorm.float()])  # (4,)
+    return torch.stack([loss.detach(), pred.detach().float(), reg.detach(), gnorm.float(),
+                        ol.detach().float()])                          # (5,)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -349,7 +363,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
             print(f"{resume_from} is already at step {step} >= steps={cfg.steps}; nothing to train")
     if rank == 0:
         save_resolved(cfg, out)
-    loss_mod: nn.Module = _ClipLoss(model)
+    loss_mod: nn.Module = _ClipLoss(model, open_loop=cfg.open_loop_weight > 0)
     if world > 1:
         loss_mod = nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None)
@@ -405,14 +419,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
             do_eval = val is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
             do_ckpt = step % cfg.ckpt_every == 0 or step == end
             if step % cfg.log_every == 0 or do_eval or do_ckpt:
-                stats = torch.stack(window)                            # (n, 4)
+                stats = torch.stack(window)                            # (n, 5)
                 agg = torch.cat([stats.nan_to_num(0.0).mean(0), (~torch.isfinite(stats)).any(1).sum()[None]])
                 if world > 1:
                     dist.all_reduce(agg)
-                    agg[:4] /= world
+                    agg[:5] /= world
                 vals = agg.tolist()                                    # host sync: once per log window
                 window.clear()
-                if vals[4] > 0:
+                if vals[5] > 0:
                     raise DivergedError(
                         f"loss became NaN/Inf before step {step}; stopped. The last good checkpoint "
                         f"is {out / 'last.pt'} (step {saved_at if saved_at >= 0 else 'none'}). Lower lr "
@@ -421,6 +435,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                 last_train = {"loss": vals[0], "pred": vals[1], "sigreg": vals[2], "grad_norm": vals[3],
                               "lr": sched.get_last_lr()[0],
                               "samples_per_s": n_window * cfg.batch_size / max(dt, 1e-9)}
+                if cfg.open_loop_weight > 0:
+                    last_train["open_loop"] = vals[4]
                 t_window, n_window = time.perf_counter(), 0
                 logger.log(step, last_train)
                 bar.set_postfix(loss=f"{vals[0]:.4f}", pred=f"{vals[1]:.4f}",
@@ -433,6 +449,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                               f"{last_eval['val_nochange']:.4f}, ratio {last_eval['val_ratio']:.3f}) "
                               f"eff_rank {last_eval['eff_rank']:.1f} std_min {last_eval['std_min']:.3f}"
                               + (f" probe_r2 {last_eval['probe_r2']:.2f}" if "probe_r2" in last_eval else "")
+                              + (f" open_loop {last_eval['val_open_loop']:.4f} (ratio "
+                                 f"{last_eval['val_open_loop_ratio']:.3f})" if "val_open_loop" in last_eval else "")
                               + collapse_note(last_eval))
                 if last_eval["val_pred"] < best:
                     best = last_eval["val_pred"]

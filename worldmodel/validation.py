@@ -3,6 +3,9 @@
 The prediction loss alone cannot tell learning from collapse (a constant encoder predicts itself
 perfectly), so it is always reported next to:
   - the "predict no change" baseline mse(z_t, z_{t+1}) with the same encoder: a useful model beats it;
+  - with clips of n_preds >= 2, the open-loop error (`val_open_loop`: the predictor rolled out on its
+    own outputs over the n_preds chunks, as the planner runs it) and its ratio to holding the last
+    observed latent over the same chunks (`val_open_loop_ratio`);
   - the SIGReg statistic of the held-out latents (small when they look isotropic Gaussian);
   - per-dimension std (mean, min) and the effective rank of the embedding matrix
     (exp of the entropy of its normalised singular values; 1 = collapsed to a line, D = isotropic);
@@ -33,8 +36,9 @@ from worldmodel.clips import ClipDataset
 @torch.no_grad()
 def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, device: torch.device,
              amp: Any, sigreg_directions: int = 1024, sigreg_knots: int = 17) -> dict[str, float]:
-    """val_pred, val_nochange, val_ratio, val_sigreg, std_mean, std_min, eff_rank on up to
-    `max_clips` clips spread evenly over `val` (the same clips every time)."""
+    """val_pred, val_nochange, val_ratio, val_sigreg, std_mean, std_min, eff_rank (and
+    val_open_loop, val_open_loop_ratio when n_preds >= 2) on up to `max_clips` clips spread evenly
+    over `val` (the same clips every time)."""
     from worldmodel.sigreg import sigreg
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -44,17 +48,23 @@ def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, devi
     mine = torch.from_numpy(idx[rank * per:(rank + 1) * per] if m >= world else idx[:1])
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)         # pred, nochange, count
+    h, open_loop = model.cfg.history, val.spec.n_preds >= 2
+    sums = torch.zeros(6, device=device, dtype=torch.float64)  # pred, nochange, count, open loop: err, hold, count
     zs = []
     for chunk in mine.split(max(1, batch_size)):
         pixels, actions = val.get_batch(chunk)
         pixels, actions = pixels.to(device), actions.to(device)        # (b, T, H, W, 3), (b, T-1, c)
         with amp:
-            out = model.loss(pixels, actions)
+            out = model.loss(pixels, actions, open_loop)
         z, z_hat = out["z"].float(), out["z_hat"].float()               # (b, T, D), (b, T-1, D)
         sums[0] += F.mse_loss(z_hat, z[:, 1:], reduction="sum")
         sums[1] += F.mse_loss(z[:, :-1], z[:, 1:], reduction="sum")
         sums[2] += z[:, 1:].numel()
+        if open_loop:
+            n = z[:, h:].numel()
+            sums[3] += out["open_loop"].double() * n                   # a mean over the b clips
+            sums[4] += F.mse_loss(z[:, h - 1:h].expand_as(z[:, h:]), z[:, h:], reduction="sum")
+            sums[5] += n
         zs.append(z)
     z = torch.cat(zs)                                                  # (m/world, T, D)
     g = torch.Generator(device=device).manual_seed(12345)              # same directions every eval
@@ -66,9 +76,12 @@ def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, devi
         z = torch.cat(gathered)                                        # (m, T, D)
     if was_training:
         model.train()
-    pred, nochange, count = sums.tolist()                              # host sync (eval only)
+    pred, nochange, count, ol, hold, ol_count = sums.tolist()          # host sync (eval only)
     res = {"val_pred": pred / count, "val_nochange": nochange / count, "val_sigreg": float(reg)}
     res["val_ratio"] = res["val_pred"] / max(res["val_nochange"], 1e-12)
+    if open_loop:
+        res["val_open_loop"] = ol / ol_count
+        res["val_open_loop_ratio"] = ol / max(hold, 1e-12)
     res.update(embedding_diagnostics(z))
     states = val.frame_states(idx[:per * world]) if m >= world else None   # (m, T, S) | None
     if states is not None:                   # rows line up with the gathered z: rank slices in order

@@ -66,7 +66,8 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
     title = "/".join(Path(run_dir).resolve().parts[-2:])
 
     a = ax[0, 0]
-    for key, label in (("pred", "prediction (train)"), ("sigreg", "SIGReg statistic"), ("loss", "total loss")):
+    for key, label in (("pred", "prediction (train)"), ("open_loop", "open-loop rollout (train)"),
+                       ("sigreg", "SIGReg statistic"), ("loss", "total loss")):
         xs, ys = _series(rows, key)
         if xs:
             a.plot(xs, ys, label=label, lw=1)
@@ -75,7 +76,8 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
 
     a = ax[0, 1]
     for key, label, style in (("val_pred", "held-out prediction", "-o"),
-                              ("val_nochange", 'baseline: "predict no change"', "--")):
+                              ("val_nochange", 'baseline: "predict no change"', "--"),
+                              ("val_open_loop", "held-out open-loop rollout (n_preds chunks)", "-s")):
         xs, ys = _series(rows, key)
         if xs:
             a.plot(xs, ys, style, label=label, lw=1.2, ms=3)

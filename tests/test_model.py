@@ -153,6 +153,10 @@ def test_open_loop_loss_is_the_rollout_error_and_trains_encoder_and_predictor():
     out["open_loop"].backward()
     for part in (model.encoder, model.predictor, model.action_encoder):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    model.zero_grad()
+    model.loss(px, acts, open_loop=True, open_loop_detach=True)["open_loop"].backward()
+    assert all(p.grad is None for p in model.encoder.parameters())  # detached: the predictor's term only
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.predictor.parameters())
     with pytest.raises(ValueError, match="n_preds >= 2"):           # 1 predicted frame: nothing to roll out
         model.loss(px[:, :4], acts[:, :3], open_loop=True)
 

@@ -118,13 +118,16 @@ class WorldModel(nn.Module):
             raise ValueError(f"z {tuple(z.shape)} and actions {tuple(actions.shape)} need equal (B, T)")
         return self.predictor(z, self.embed_actions(actions))
 
-    def loss(self, pixels: Tensor, actions: Tensor, open_loop: bool = False) -> dict[str, Tensor]:
+    def loss(self, pixels: Tensor, actions: Tensor, open_loop: bool = False,
+             open_loop_detach: bool = False) -> dict[str, Tensor]:
         """Teacher-forced prediction loss on clips: pixels (B, T, H, W, 3), actions (B, T-1, chunk).
         Returns {"pred": scalar MSE, "z": latents (B, T, D) for SIGReg, "z_hat": (B, T-1, D)}.
 
         open_loop=True adds "open_loop": the MSE of the predictor run on its own predictions, as the
         planner runs it (`rollout`), from the clip's first `history` frames over its other
-        T - history chunks (>= 2 of them, else it equals the last teacher-forced step)."""
+        T - history chunks (>= 2 of them, else it equals the last teacher-forced step). With
+        open_loop_detach its latents (context and targets) are detached: it trains the predictor and
+        action encoder only, and leaves the encoder to the teacher-forced loss and SIGReg."""
         if pixels.dim() != 5 or actions.dim() != 3 or actions.shape[1] != pixels.shape[1] - 1:
             raise ValueError(f"loss needs pixels (B, T, H, W, 3) and actions (B, T-1, chunk); got "
                              f"{tuple(pixels.shape)} and {tuple(actions.shape)}")
@@ -136,13 +139,15 @@ class WorldModel(nn.Module):
             if pixels.shape[1] - h < 2:
                 raise ValueError(f"open_loop needs clips of history {h} + at least 2 predicted frames, got "
                                  f"{pixels.shape[1]} frames (set data.n_preds >= 2)")
-            z_ol = self.rollout(z[:, :h], actions[:, :h - 1] if h > 1 else None, actions[:, h - 1:])  # (B, T-h, D)
-            out["open_loop"] = F.mse_loss(z_ol, z[:, h:])
+            zc = z.detach() if open_loop_detach else z
+            z_ol = self.rollout(zc[:, :h], actions[:, :h - 1] if h > 1 else None, actions[:, h - 1:])  # (B, T-h, D)
+            out["open_loop"] = F.mse_loss(z_ol, zc[:, h:])
         return out
 
-    def forward(self, pixels: Tensor, actions: Tensor, open_loop: bool = False) -> dict[str, Tensor]:
+    def forward(self, pixels: Tensor, actions: Tensor, open_loop: bool = False,
+                open_loop_detach: bool = False) -> dict[str, Tensor]:
         """= loss(...), so DistributedDataParallel(model)(pixels, actions) works."""
-        return self.loss(pixels, actions, open_loop)
+        return self.loss(pixels, actions, open_loop, open_loop_detach)
 
     # ---------------------------------------------------------------- rollout
     def prefill(self, z_hist: Tensor, a_hist: Tensor | None) -> list[list[KV]]:

@@ -72,6 +72,8 @@ class TrainConfig:
     sigreg_weight: float = 0.09
     open_loop_weight: float = 0.0    # + this x the MSE of the predictor rolled out on its own outputs
                                      # over the clip's n_preds chunks, as planning runs it (n_preds >= 2)
+    open_loop_detach: bool = False   # that term trains the predictor only (latents detached): the
+                                     # encoder is not pulled towards easily predicted latents
     sigreg_directions: int = 1024
     sigreg_knots: int = 17
     seed: int = 0
@@ -126,14 +128,14 @@ class _ClipLoss(nn.Module):
     """forward = WorldModel.loss, so DDP (which hooks forward) wraps the whole training computation.
     Returns (teacher-forced MSE, open-loop MSE or 0 when `open_loop` is off, latents)."""
 
-    def __init__(self, model: WorldModel, open_loop: bool = False):
+    def __init__(self, model: WorldModel, open_loop: bool = False, open_loop_detach: bool = False):
         super().__init__()
         self.model = model
-        self.open_loop = open_loop
+        self.open_loop, self.open_loop_detach = open_loop, open_loop_detach
 
     def forward(self, pixels: torch.Tensor, actions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model.loss(pixels, actions, self.open_loop)
+        out = self.model.loss(pixels, actions, self.open_loop, self.open_loop_detach)
         ol = out["open_loop"] if self.open_loop else torch.zeros_like(out["pred"])
         return out["pred"], ol, out["z"]                               # scalar, scalar, (B, T, D)
 
@@ -231,7 +233,7 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
 # checkpoint, so a changed value here would be silently ignored (steps, stop_at, logging, device and
 # compile settings may change).
 RESUME_FIXED = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "sigreg_weight",
-                "open_loop_weight", "sigreg_directions", "sigreg_knots", "batch_size", "seed", "precision")
+                "open_loop_weight", "open_loop_detach", "sigreg_directions", "sigreg_knots", "batch_size", "seed", "precision")
 RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
 
 
@@ -363,7 +365,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
             print(f"{resume_from} is already at step {step} >= steps={cfg.steps}; nothing to train")
     if rank == 0:
         save_resolved(cfg, out)
-    loss_mod: nn.Module = _ClipLoss(model, open_loop=cfg.open_loop_weight > 0)
+    loss_mod: nn.Module = _ClipLoss(model, cfg.open_loop_weight > 0, cfg.open_loop_detach)
     if world > 1:
         loss_mod = nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None)

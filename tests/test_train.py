@@ -17,7 +17,8 @@ from test_clips import write_dataset
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.config import from_dict
 from worldmodel.logger import read_metrics
-from worldmodel.train import DivergedError, TrainConfig, run
+from worldmodel.model import ModelConfig
+from worldmodel.train import DivergedError, TrainConfig, check_resume, run
 
 REPO = Path(__file__).resolve().parent.parent
 # A model small enough for ~10 ms steps on 2 CPU cores (16 px frames, 4 patches, 1+1 blocks).
@@ -114,6 +115,12 @@ def test_open_loop_weight_trains_on_rollouts_and_is_refused_without_predicted_fr
     assert all(float(r["open_loop"]) > 0 for r in rows)
     with pytest.raises(ValueError, match="open_loop_weight"):                 # fixed across a resume
         run(make_cfg(data, tmp_path / "ol", resume=True, steps=20, open_loop_weight=0.5, data=dict(n_preds=3)))
+    # A checkpoint written before these settings existed resumes with their defaults.
+    ck = load_checkpoint(tmp_path / "ol" / "last.pt")
+    for k in ("open_loop_weight", "open_loop_detach"):
+        del ck["extra"]["config"][k]
+    check_resume(ck, ModelConfig(**ck["model_config"]), make_cfg(data, tmp_path / "ol", data=dict(n_preds=3)),
+                 tmp_path / "ol" / "last.pt")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):

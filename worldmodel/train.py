@@ -233,7 +233,8 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
 # checkpoint, so a changed value here would be silently ignored (steps, stop_at, logging, device and
 # compile settings may change).
 RESUME_FIXED = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "sigreg_weight",
-                "open_loop_weight", "open_loop_detach", "sigreg_directions", "sigreg_knots", "batch_size", "seed", "precision")
+                "open_loop_weight", "open_loop_detach", "sigreg_directions", "sigreg_knots", "batch_size",
+                "seed", "precision")
 RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
 
 
@@ -246,7 +247,9 @@ def check_resume(ckpt: dict, model_cfg: ModelConfig, cfg: TrainConfig, path: Pat
         raise ValueError(f"resume=true but the model differs from {path} "
                          f"(checkpoint vs now: {diff}); use the run's model overrides or a new out=")
     saved, now = ckpt["extra"]["config"], to_dict(cfg)
-    pairs = [(k, saved.get(k), now[k]) for k in RESUME_FIXED] + \
+    # A setting added after the checkpoint was written had its default then.
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in RESUME_FIXED}
+    pairs = [(k, saved.get(k, default[k]), now[k]) for k in RESUME_FIXED] + \
             [(f"data.{k}", saved.get("data", {}).get(k), now["data"][k]) for k in RESUME_FIXED_DATA]
     diff = {k: (old, new) for k, old, new in pairs if old != new}
     if diff:

@@ -53,7 +53,7 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
     from worldmodel.config import load
     from worldmodel.distributed import resolve_device
     from worldmodel.model import WorldModel
-    from worldmodel.train import TrainConfig, _ClipLoss, autocast_for, build_optimizer, compile_loss
+    from worldmodel.train import TrainConfig, autocast_for, build_optimizer, clip_loss, compile_loss
 
     ov = [f"model={a.preset}", f"device={a.device}", f"precision={a.precision}",
           f"compile={str(a.compile).lower()}", f"compile_mode={a.compile_mode}", *a.override]
@@ -80,7 +80,7 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
     torch.manual_seed(0)
     model = WorldModel(cfg.model).to(device).train()
     opt, sched = build_optimizer(model, cfg)
-    loss_mod = _ClipLoss(model)
+    loss_mod = clip_loss(model, cfg)
     if cfg.compile:
         loss_mod = compile_loss(loss_mod, cfg.compile_mode)
     return cfg, device, model, opt, sched, loss_mod, autocast_for(cfg, device), batch

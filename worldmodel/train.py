@@ -140,6 +140,11 @@ class _ClipLoss(nn.Module):
         return out["pred"], ol, out["z"]                               # scalar, scalar, (B, T, D)
 
 
+def clip_loss(model: WorldModel, cfg: TrainConfig) -> _ClipLoss:
+    """The training computation `cfg` asks for (used by `wm train` and benchmarks/train_speed.py)."""
+    return _ClipLoss(model, cfg.open_loop_weight > 0, cfg.open_loop_detach)
+
+
 COLLAPSED_STD = 1e-3   # held-out per-dim std (mean) below this: the encoder ignores its input
 SHRUNK_STD = 0.1       # below this SIGReg is not holding the latents near unit scale (healthy runs: ~0.9-1)
 
@@ -277,7 +282,7 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
                amp: Any) -> torch.Tensor:
     """One optimisation step on a clip batch; returns (loss, pred, sigreg, grad_norm, open_loop) on device.
 
-    `loss_mod` is `_ClipLoss(model)`, possibly wrapped by DDP / torch.compile. No host sync.
+    `loss_mod` is `clip_loss(model, cfg)`, possibly wrapped by DDP / torch.compile. No host sync.
     """
     from worldmodel.sigreg import sigreg
 
@@ -368,7 +373,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
             print(f"{resume_from} is already at step {step} >= steps={cfg.steps}; nothing to train")
     if rank == 0:
         save_resolved(cfg, out)
-    loss_mod: nn.Module = _ClipLoss(model, cfg.open_loop_weight > 0, cfg.open_loop_detach)
+    loss_mod: nn.Module = clip_loss(model, cfg)
     if world > 1:
         loss_mod = nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None)

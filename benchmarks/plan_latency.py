@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from planners import Bounds, make_planner
 from worldmodel.energy import GoalEnergy
 from worldmodel.model import ModelConfig, WorldModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipes as R  # noqa: E402
 
 
 def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
@@ -128,7 +134,8 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
            "batch": args.batch, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
            "median_ms": round(statistics.median(ms), 2),
            "p95_ms": round(ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))], 2),
-           "runs": len(ms), "final_cost": round(float(res.cost.float().mean()), 4)}
+           "runs": len(ms), "final_cost": round(float(res.cost.float().mean()), 4),
+           "date": datetime.date.today().isoformat(), "git": R.git_commit(), "machine": R.machine(str(device))}
     if args.profile and not args.cuda_graph:
         log: list[float] = []
         wrapped = timed_energy(energy_fn, device, log)

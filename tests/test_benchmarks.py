@@ -13,11 +13,15 @@ TINY = ["--preset", "tiny", "--batch", "4", "--device", "cpu", "--threads", "1",
         "model.pred_depth=1"]
 
 
-def _json_line(script: str, *args: str) -> dict:
+def _json_lines(script: str, *args: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=300, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in out.stdout.strip().splitlines()]
+
+
+def _json_line(script: str, *args: str) -> dict:
+    return _json_lines(script, *args)[-1]
 
 
 def test_train_speed_and_profile_report_per_step_figures():
@@ -28,6 +32,17 @@ def test_train_speed_and_profile_report_per_step_figures():
     assert prof["figure"] == "train_step_profile" and prof["ms_per_step"] > 0
     assert abs(prof["samples_per_s"] - 4000 / prof["ms_per_step"]) < 1
     assert prof["dtype_casts_per_step"] > 0                          # counted from the profiler
+
+
+def test_plan_latency_reports_the_solve_and_its_provenance():
+    lines = _json_lines("plan_latency.py", "--planner", "cem,icem", "--samples", "8", "--iterations", "2",
+                        "--elites", "2", "--runs", "1", "--warmup", "0", "--threads", "1", "--profile")
+    assert [line["planner"] for line in lines] == ["cem", "icem"]
+    for line in lines:
+        assert line["bench"] == "plan_latency" and line["samples"] == 8 and line["iterations"] == 2
+        assert line["median_ms"] > 0 and line["runs"] == 1 and line["profile_energy_calls"] == 2
+        assert line["profile_energy_ms"] <= line["profile_total_ms"]
+        assert line["machine"]["device"] == "cpu" and "commit" in line["git"] and line["date"]
 
 
 def test_git_commit_outside_git_uses_wm_git_commit(monkeypatch, tmp_path):

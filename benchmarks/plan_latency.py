@@ -12,6 +12,8 @@ With --profile also the split between the energy (predictor) and the planner's o
 
   PYTHONPATH=. python benchmarks/plan_latency.py                       # CPU, float32
   PYTHONPATH=. python benchmarks/plan_latency.py --device cuda --dtype float32,bfloat16 --cuda-graph
+CPU option: int8 = the predictor's Linear layers dynamically quantized (torch.ao quantize_dynamic),
+with "final_cost_fp32" the float32 energy of the plan it returns.
 CUDA options: bfloat16 = autocast around the energy (the planner itself stays float32);
 --cuda-graph captures the whole solve as one CUDA graph and replays it; --compile wraps the
 energy in torch.compile (compile once per shape: keep the history length fixed).
@@ -78,7 +80,13 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
     bounds = Bounds.make([-1.0] * cfg.chunk_dim, [1.0] * cfg.chunk_dim, device=device)
     autocast = dtype_name == "bfloat16"
     if autocast and device.type != "cuda":
-        raise SystemExit("bfloat16 autocast is the CUDA path; on this CPU use float32")
+        raise SystemExit("bfloat16 autocast is the CUDA path; on this CPU use float32 or int8")
+    fp32_predictor = energy.model.predictor
+    if dtype_name == "int8":
+        if device.type != "cpu":
+            raise SystemExit("int8 (dynamically quantized predictor linears) is the CPU path; on CUDA use bfloat16")
+        energy.model.predictor = torch.ao.quantization.quantize_dynamic(
+            fp32_predictor, {torch.nn.Linear}, dtype=torch.qint8)
 
     fn = energy
     if args.compile:
@@ -146,13 +154,17 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
                    profile_energy_ms=round(1e3 * sum(log), 2),
                    profile_planner_overhead_ms=round(1e3 * (total - sum(log)), 2),
                    profile_energy_calls=len(log))
+    if dtype_name == "int8":        # what the quantized plan costs under the float32 predictor
+        energy.model.predictor = fp32_predictor
+        with torch.no_grad():
+            out["final_cost_fp32"] = round(float(energy(res.actions[:, None]).float().mean()), 4)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", help="comma list: float32,bfloat16")
+    ap.add_argument("--dtype", default="float32", help="comma list: float32,bfloat16 (CUDA),int8 (CPU)")
     ap.add_argument("--planner", default="cem", help="comma list: cem,icem,mppi,gradient")
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--iterations", type=int, default=30)

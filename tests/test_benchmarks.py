@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--preset", "tiny", "--batch", "4", "--device", "cpu", "--threads", "1", "model.enc_depth=1",
@@ -43,6 +46,26 @@ def test_plan_latency_reports_the_solve_and_its_provenance():
         assert line["median_ms"] > 0 and line["runs"] == 1 and line["profile_energy_calls"] == 2
         assert line["profile_energy_ms"] <= line["profile_total_ms"]
         assert line["machine"]["device"] == "cpu" and "commit" in line["git"] and line["date"]
+
+
+def test_plan_latency_roofline_counts_the_solve_flops():
+    two, four = (_json_line("plan_latency.py", "--samples", "8", "--iterations", str(n), "--elites", "2",
+                            "--runs", "1", "--warmup", "0", "--threads", "1", "--roofline",
+                            "--roofline-size", "128") for n in (2, 4))
+    assert two["solve_gflop"] > 0 and two["peak_matmul_gflops"] > 0
+    assert abs(four["solve_gflop"] / two["solve_gflop"] - 2) < 0.05   # one energy call per iteration
+    assert abs(two["floor_ms_at_peak"] - 1e3 * two["solve_gflop"] / two["peak_matmul_gflops"]) < 0.2
+
+
+def test_gpu_suite_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work(tmp_path):
+    suite = [shutil.which("bash"), str(REPO / "benchmarks" / "gpu_suite.sh"), "run", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHON": sys.executable}
+    bad = subprocess.run([*suite, "tests", "plna"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert bad.returncode == 2 and "unknown stage 'plna'" in bad.stderr
+    if not torch.cuda.is_available():
+        cpu = subprocess.run([*suite, "plan"], capture_output=True, text=True, cwd=REPO, env=env)
+        assert cpu.returncode == 2 and "no CUDA device" in cpu.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_git_commit_outside_git_uses_wm_git_commit(monkeypatch, tmp_path):

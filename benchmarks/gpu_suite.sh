@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The GPU figures of the README on one CUDA machine, each stage with its own time limit, into one
+# folder (<stage>.jsonl: the JSON lines it printed; <stage>.log; result files; summary.tsv: stage,
+# exit status, seconds); a failed or timed-out stage is recorded and the next one runs.
+#
+#   bash benchmarks/gpu_suite.sh run OUT [STAGE ...]   # on the GPU machine (torch with CUDA in place)
+#   bash benchmarks/gpu_suite.sh wheels                # here: the toolkit's other wheels -> .whl/
+#   bash benchmarks/gpu_suite.sh install               # there, offline: .whl/ -> /tmp/site
+#
+# Stages (default: tests plan train pusht reacher, in that order):
+#   tests    pytest -m gpu: the CUDA-only tests (every planner on CUDA; a whole compiled `wm train`
+#            with CUDA graphs against eager)
+#   plan     plan_latency.py on cuda: CEM 300 x 30 fp32/bf16 eager and in one CUDA graph with the
+#            FLOP roofline; iCEM 300 x 5 in a CUDA graph                                 (~2 min)
+#   train    train_profile.py, lewm preset at 224 px and at 64 px / patch 8, batch 128: eager,
+#            compile, compile + CUDA graphs (reduce-overhead)                            (~4 min)
+#   pusht    reproduce.py --env pusht --scale full with $SUITE_STEPS steps (default 20000) and the
+#   reacher  whole training under CUDA graphs (compile=true compile_mode=reduce-overhead), then
+#            planner_table.py with iCEM at CEM's compute on the same 50 tasks  (~12-15 min each)
+#   oracle   oracle_ceiling.py (state and latent oracles) on each eval the pusht/reacher stages wrote
+#
+# Knobs (environment): SUITE_STEPS (training steps of pusht/reacher), SUITE_SEED (training seed, 0),
+# SUITE_LIMIT_<STAGE> (seconds; defaults below), PYTHON (the interpreter with torch; python3). `wm`
+# need not be installed (the scripts run the stages in-process), but the toolkit's dependencies must
+# import.
+#
+# An offline GPU machine whose image has torch but not mujoco, gymnasium, hydra or dm_control: run
+# `wheels` here (Python 3.12, x86-64; dm_control without its locomotion and dog assets, ~34 MB in
+# all; no imageio-ffmpeg, so videos fall back to GIF), carry .whl/ over, and there run
+# `bash benchmarks/gpu_suite.sh install && export PYTHONPATH=/tmp/site:$PWD` before `run`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PY=${PYTHON:-python3}       # the interpreter that holds torch
+
+WHEELS=(mujoco==3.17.0 gymnasium==1.4.0 farama-notifications==0.0.6 hydra-core==1.3.8 omegaconf==2.3.1
+        dm-control==1.0.50 dm-env==1.6 dm-tree==0.1.10 pyopengl==3.1.10 glfw==2.11.0)
+PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64
+           manylinux2014_x86_64 manylinux1_x86_64)
+
+wheels() {   # wheels for an offline Python ${PYVER:-3.12} x86-64 machine, into .whl/
+    local py=${PYVER:-3.12} plat=() p
+    for p in "${PLATFORMS[@]}"; do plat+=(--platform "$p"); done
+    rm -rf .whl && mkdir -p .whl/tmp
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+        "${plat[@]}" -d .whl "${WHEELS[@]}" || return 1
+    python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3 || return 1   # sdist only
+    # dm_control: only what the suite (Reacher, the generic adapter) imports; its wheel is 56 MB
+    local whl; whl=$(ls .whl/dm_control-*.whl)
+    python3 - "$whl" <<'EOF' || return 1
+import sys, zipfile
+src = sys.argv[1]
+drop = ("dm_control/locomotion/", "dm_control/suite/dog_assets/", "dm_control/mujoco/testing/",
+        "dm_control/blender/", "dm_control/mjcf/test_assets/", "dm_control/third_party/kinova/")
+tmp = src + ".slim"
+with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+    for item in zin.infolist():
+        if not item.filename.startswith(drop) and not item.filename.endswith(".png"):
+            zout.writestr(item, zin.read(item.filename))
+import os; os.replace(tmp, src)
+EOF
+    rmdir .whl/tmp
+    du -sh .whl && ls .whl
+}
+
+install() {  # there: every wheel in .whl/ into /tmp/site (no index, no dependency resolution)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && echo "export PYTHONPATH=/tmp/site:$PWD"
+}
+
+stage() {    # stage NAME LIMIT_S COMMAND...: run with a time limit, log, record rc and seconds
+    local name=$1 limit=$2; shift 2
+    local var="SUITE_LIMIT_${name^^}"; limit=${!var:-$limit}
+    local t0=$SECONDS
+    echo "== $name (limit ${limit}s): $*" | tee -a "$OUT/suite.log"
+    timeout --kill-after=30 "$limit" "$@" >"$OUT/$name.jsonl" 2>"$OUT/$name.log"
+    local rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >>"$OUT/summary.tsv"
+    echo "== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$OUT/suite.log"
+}
+
+run_env() {  # run_env ENV: the full recipe with the whole training under CUDA graphs, then iCEM
+    local env=$1 steps=${SUITE_STEPS:-20000} seed=${SUITE_SEED:-0}
+    "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 \
+        --quiet --out "$OUT/runs/$env" --json "$OUT/${env}_full_steps${steps}.json" \
+        --train-extra compile=true compile_mode=reduce-overhead || return $?
+    "$PY" benchmarks/planner_table.py --checkpoint "$OUT/runs/$env/seed$seed/train/best.pt" \
+        --planners icem --device cuda --videos 0 --quiet --out "$OUT/runs/$env/planners" \
+        --json "$OUT/planner_table_${env}_full_steps${steps}.json"
+}
+
+oracles() {  # state and latent oracles on each eval the env stages wrote
+    local ev env rc=0
+    for ev in "$OUT"/runs/*/seed*/eval/results.json; do
+        [ -e "$ev" ] || continue
+        env=${ev#"$OUT"/runs/}; env=${env%%/*}
+        "$PY" benchmarks/oracle_ceiling.py --eval "$ev" --device cuda --json "$OUT/oracle_ceiling_${env}_full.json" \
+            || rc=$?
+    done
+    return $rc
+}
+
+run() {
+    OUT=${1:?usage: gpu_suite.sh run OUT [STAGE ...]}; shift
+    local stages=("$@") s; [ ${#stages[@]} -gt 0 ] || stages=(tests plan train pusht reacher)
+    for s in "${stages[@]}"; do          # refuse a misspelt stage before any work
+        case $s in tests|plan|train|pusht|reacher|tworoom|oracle) ;;
+            *) echo "unknown stage '$s': choose from tests plan train pusht reacher tworoom oracle" >&2; return 2 ;;
+        esac
+    done
+    "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null || {
+        echo "torch sees no CUDA device here: this suite measures a GPU (install torch's CUDA build)" >&2
+        return 2; }
+    mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+    export OUT MUJOCO_GL=egl PYTHONUNBUFFERED=1
+    "$PY" - >"$OUT/machine.json" <<'EOF'
+import datetime, json, sys
+sys.path.insert(0, "benchmarks")
+import recipes
+print(json.dumps({"date": datetime.date.today().isoformat(), "git": recipes.git_commit(),
+                  "machine": recipes.machine("cuda")}))
+EOF
+    for s in "${stages[@]}"; do
+        case $s in
+            tests) stage tests 600 bash -c '"$PY" -m pytest -q -m gpu -p no:cacheprovider >&2' ;;
+            plan) stage plan 300 bash -c 'rc=0   # every setting runs; the stage fails if one did
+                for opt in "--dtype float32,bfloat16 --roofline" "--dtype float32,bfloat16 --cuda-graph --roofline" \
+                           "--planner icem --samples 300 --iterations 5 --cuda-graph"; do
+                    "$PY" benchmarks/plan_latency.py --device cuda $opt || rc=$?
+                done; exit $rc' ;;
+            train) stage train 600 bash -c 'rc=0
+                for px in "" "model.patch_size=8 model.image_size=64"; do
+                    for opt in "" "--compile" "--compile --compile-mode reduce-overhead"; do
+                        "$PY" benchmarks/train_profile.py --preset lewm --batch 128 --device cuda $opt $px || rc=$?
+                    done
+                done; exit $rc' ;;
+            pusht|reacher|tworoom) stage "$s" 1800 bash -c 'run_env "$1"' _ "$s" ;;
+            oracle) stage oracle 1800 bash -c oracles ;;
+        esac
+    done
+    echo "done: $OUT/summary.tsv" | tee -a "$OUT/suite.log"
+}
+
+export -f run_env oracles
+case ${1:-} in
+    wheels) wheels ;;
+    install) install ;;
+    run) shift; run "$@" ;;
+    *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
+esac

@@ -11,7 +11,8 @@
 #   tests    pytest -m gpu: the CUDA-only tests (every planner on CUDA; a whole compiled `wm train`
 #            with CUDA graphs against eager)
 #   plan     plan_latency.py on cuda: CEM 300 x 30 fp32/bf16 eager and in one CUDA graph with the
-#            FLOP roofline; iCEM 300 x 5 in a CUDA graph                                 (~2 min)
+#            FLOP roofline; iCEM 300 x 5 in a CUDA graph; CEM with torch.compile inside the graph
+#            (compiling takes minutes)                                                   (~5-10 min)
 #   train    train_profile.py, lewm preset at 224 px and at 64 px / patch 8, batch 128: eager,
 #            compile, compile + CUDA graphs (reduce-overhead)                            (~4 min)
 #   pusht    reproduce.py --env pusht --scale full with $SUITE_STEPS steps (default 20000) and the
@@ -122,9 +123,10 @@ EOF
     for s in "${stages[@]}"; do
         case $s in
             tests) stage tests 600 bash -c '"$PY" -m pytest -q -m gpu -p no:cacheprovider >&2' ;;
-            plan) stage plan 300 bash -c 'rc=0   # every setting runs; the stage fails if one did
+            plan) stage plan 900 bash -c 'rc=0   # every setting runs; the stage fails if one did
                 for opt in "--dtype float32,bfloat16 --roofline" "--dtype float32,bfloat16 --cuda-graph --roofline" \
-                           "--planner icem --samples 300 --iterations 5 --cuda-graph"; do
+                           "--planner icem --samples 300 --iterations 5 --cuda-graph" \
+                           "--dtype float32,bfloat16 --cuda-graph --compile"; do
                     "$PY" benchmarks/plan_latency.py --device cuda $opt || rc=$?
                 done; exit $rc' ;;
             train) stage train 600 bash -c 'rc=0

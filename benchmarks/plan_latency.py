@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from planners import Bounds, make_planner
+from planners.graph import GraphedPlanner
 from worldmodel.energy import GoalEnergy
 from worldmodel.model import ModelConfig, WorldModel
 
@@ -127,21 +128,11 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
     if args.cuda_graph:
         if device.type != "cuda":
             raise SystemExit("--cuda-graph needs --device cuda")
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):                      # warm up allocator and kernels
-            for _ in range(2):
-                solve()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        if hasattr(graph, "register_generator_state"):     # the planner's own generator
-            graph.register_generator_state(planner.generator(device))
-        with torch.cuda.graph(graph):
-            static = solve()
+        graphed = GraphedPlanner(planner)                  # what MPCController(cuda_graph=True) runs
 
         def run():
-            graph.replay()
-            return static
+            return graphed.solve(energy_fn, bounds, args.horizon, batch=args.batch)
+        run()                                              # warm up and capture, untimed
 
     for _ in range(args.warmup):
         run()

@@ -26,6 +26,12 @@ periods is thus hidden; the price is that each plan starts from an observation k
 yields receding_horizon * frameskip - k env actions (k = 0: plan only when the queue is empty,
 in the worker thread; the first plan of an episode is always waited for).
 Do not call `plan()` yourself while async planning is in flight.
+
+CUDA graph (`cuda_graph=True`, CUDA only): every solve is one captured graph replayed
+(planners.graph.GraphedPlanner), one graph per history length; the energy must keep its inputs
+in place (GoalEnergy(model, static=True)). Capture happens at the first plan of each history
+length: call `warmup()` first. A time budget can no longer stop iterations early; a plan that
+takes longer than it is still counted as a deadline miss.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import numpy as np
 import torch
 
 from planners.base import Bounds, Planner, PlanResult
+from planners.graph import GraphedPlanner
 
 
 class GoalEnergyLike(Protocol):
@@ -61,12 +68,19 @@ class MPCController:
                  receding_horizon: int = 5, action_dim: int | None = None, frameskip: int = 1,
                  history: int = 1, batch: int | None = None, time_budget_s: float | None = None,
                  async_lead: int | None = None, warm_start: bool = True,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 cuda_graph: bool = False) -> None:
         if not callable(getattr(planner, "solve", None)):
             raise TypeError("planner must offer solve(...); build one with planners.make_planner")
         for m in ("set_goal", "set_observation", "__call__"):
             if not callable(getattr(energy_fn, m, None)):
                 raise TypeError(f"energy_fn lacks {m}(); it must follow planners.mpc.GoalEnergyLike")
+        if cuda_graph:
+            if torch.device(device).type != "cuda":
+                raise ValueError(f"cuda_graph=True needs device='cuda', got device={device!r}")
+            if getattr(energy_fn, "static", False) is not True:
+                raise TypeError("cuda_graph=True needs an energy that keeps its inputs in place: "
+                                "GoalEnergy(model, static=True)")
         low, high = (bounds.low, bounds.high) if isinstance(bounds, Bounds) else bounds
         self.env_bounds = Bounds.make(low, high, device=device, dtype=dtype)   # (A,)
         A = self.env_bounds.low.shape[0]
@@ -81,6 +95,7 @@ class MPCController:
             raise ValueError(f"async_lead must be in [0, receding_horizon*frameskip={n_exec}), "
                              f"got {async_lead}")
         self.planner, self.energy = planner, energy_fn
+        self._graphed = GraphedPlanner(planner) if cuda_graph else None
         self.A, self.horizon, self.receding, self.frameskip = A, horizon, receding_horizon, frameskip
         self.history, self.batch, self.time_budget_s = history, batch, time_budget_s
         self.async_lead, self.warm_start = async_lead, warm_start
@@ -123,7 +138,7 @@ class MPCController:
         self._goal, self._goal_shape, self._goal_dtype = goal, goal.shape[1:], goal.dtype
         self._clear()
         if seed is not None:
-            self.planner.reseed(seed)
+            (self._graphed or self.planner).reseed(seed)
         self.energy.set_goal(goal)
 
     def close(self) -> None:
@@ -195,11 +210,12 @@ class MPCController:
         """Plan from a history snapshot taken at env step t0 (runs in the worker in async mode)."""
         t = time.perf_counter()               # latency = encoding the history + the solve
         self.energy.set_observation(obs_hist, past)
-        res = self.planner.solve(
-            self.energy, self.chunk_bounds, self.horizon, batch=obs_hist.shape[0],
-            init_mean=self._shift(self._mean, t0 - self._mean_t),
-            init_elites=self._shift(self._elites, t0 - self._mean_t),
-            deadline_s=self.time_budget_s)
+        kw = dict(batch=obs_hist.shape[0], init_mean=self._shift(self._mean, t0 - self._mean_t),
+                  init_elites=self._shift(self._elites, t0 - self._mean_t), deadline_s=self.time_budget_s)
+        if self._graphed is not None:     # one graph per history length T
+            res = self._graphed.solve(self.energy, self.chunk_bounds, self.horizon, key=obs_hist.shape[1], **kw)
+        else:
+            res = self.planner.solve(self.energy, self.chunk_bounds, self.horizon, **kw)
         res.latency_s = time.perf_counter() - t
         return res
 
@@ -273,7 +289,9 @@ class MPCController:
     # ------------------------------------------------------------------ tooling
     def warmup(self, n: int = 2) -> None:
         """Run `n` throw-away plans on a full-length fake history made of the goal (compiles
-        kernels, fills allocator caches, captures graphs); keeps statistics and warm start clean."""
+        kernels, fills allocator caches); keeps statistics and warm start clean. With cuda_graph,
+        `n` plans per history length 1..history instead, the first cold and the others warm-started,
+        which captures every graph an episode needs."""
         if self._goal_shape is None:
             raise RuntimeError("warmup(): call reset(goal_image) first")
         self._drain()
@@ -281,10 +299,19 @@ class MPCController:
         hist = np.repeat(self._goal[:, None], self.history, axis=1)  # (B, history, *obs_shape)
         past = np.broadcast_to(self.chunk_bounds.center.cpu().numpy().astype(np.float32),
                                (B, self.history - 1, self.frameskip * self.A)).copy()
-        mean, elites, mean_t = self._mean, self._elites, self._mean_t
-        for _ in range(n):
-            self._solve(hist, past, self._mean_t)
-        self._mean, self._elites, self._mean_t = mean, elites, mean_t
+        saved = self._mean, self._elites, self._mean_t
+        try:
+            if self._graphed is None:
+                for _ in range(n):
+                    self._solve(hist, past, self._mean_t)
+            else:
+                for T in range(1, self.history + 1):
+                    self._mean = self._elites = None
+                    for _ in range(n):
+                        res = self._solve(hist[:, self.history - T:], past[:, self.history - T:], 0)
+                        self._mean, self._elites, self._mean_t = res.mean, res.elites, 0
+        finally:
+            self._mean, self._elites, self._mean_t = saved
 
     @property
     def latencies_s(self) -> list[float]:

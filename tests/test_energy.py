@@ -90,3 +90,28 @@ def test_energy_call_is_capturable_without_graph_breaks():
     compiled = torch.compile(energy.__call__, fullgraph=True, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(actions), energy(actions), rtol=1e-6, atol=1e-6)
+
+
+def test_static_energy_keeps_its_inputs_in_place_per_shape():
+    """static=True (what a captured CUDA graph needs): new goals and observations are copied into
+    the same tensors, one set per history length, and the costs equal a fresh energy's."""
+    model = small_model()
+    energy = make_energy(model, static=True)
+    actions = torch.randn(2, 5, 4, model.cfg.chunk_dim)
+    ptrs = lambda e: [e.z_goal.data_ptr(), e.z_last.data_ptr(),  # noqa: E731
+                      *[t.data_ptr() for layer in e.cache for kv in layer for t in kv]]
+    first = ptrs(energy)
+    obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, model.cfg.chunk_dim), pixels(2, 1, 32, seed=6)[:, 0]
+    energy.set_goal(goal)
+    energy.set_observation(obs, past)
+    assert ptrs(energy) == first                                  # same addresses, new values
+    torch.testing.assert_close(energy(actions), GoalEnergy(model, obs, past, goal)(actions))
+    energy.set_observation(obs[:, -1:], None)                     # a one-frame history: no KV cache,
+    assert ptrs(energy) == first[:2]                              # the goal and last latent in place
+    torch.testing.assert_close(energy(actions), GoalEnergy(model, obs[:, -1:], None, goal)(actions))
+    energy.set_observation(obs, past)                             # back to three frames: the first set
+    assert ptrs(energy) == first
+    plain = make_energy(model)
+    z = plain.z_goal
+    plain.set_goal(goal)
+    assert plain.z_goal is not z                                  # the default replaces, as before

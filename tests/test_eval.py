@@ -135,7 +135,9 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
     assert main(["eval", f"checkpoint={ckpt}", f"eval_seed={seed}", "episodes=1",
                  f"out={tmp_path / 'z'}", "progress=false"]) == 2
     assert "was used for training" in capsys.readouterr().err             # refused by make_tasks
-    assert not (tmp_path / "z").exists() and not (tmp_path / "y").exists()   # refusals leave no out
+    assert main(["eval", f"checkpoint={ckpt}", "cuda_graph=true", "device=cpu", f"out={tmp_path / 'g'}"]) == 2
+    assert "cuda_graph=true needs a CUDA device" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "zyg")                 # refusals leave no out
 
 
 def test_demo_refuses_existing_output(tmp_path, capsys):

@@ -270,3 +270,64 @@ def test_controller_with_real_goal_energy_on_images():
                          horizon=2, receding_horizon=1, frameskip=2, history=3)
     grad.reset(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     assert grad.act(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).shape == (2,)
+
+
+def _image_model(history: int = 3):
+    wm = pytest.importorskip("worldmodel.model")
+    torch.manual_seed(0)
+    cfg = wm.ModelConfig(image_size=16, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2,
+                         enc_mlp=64, latent_dim=16, proj_hidden=32, pred_depth=1, pred_heads=2,
+                         pred_head_dim=8, pred_mlp=32, action_hidden=32, action_dim=2,
+                         frameskip=2, history=history)
+    return wm.WorldModel(cfg).eval()
+
+
+def test_cuda_graph_mode_is_refused_without_cuda_or_a_static_energy():
+    from planners.graph import GraphedPlanner
+    from planners import Bounds
+    from worldmodel.energy import GoalEnergy
+
+    model = _image_model()
+    with pytest.raises(ValueError, match="needs device='cuda'"):
+        MPCController(make_planner("cem"), GoalEnergy(model, static=True), (LOW, HIGH), cuda_graph=True)
+    with pytest.raises(TypeError, match="static=True"):
+        MPCController(make_planner("cem"), GoalEnergy(model), (LOW, HIGH), cuda_graph=True, device="cuda")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        GraphedPlanner(make_planner("cem")).solve(lambda a: a.sum((-1, -2)), Bounds.make(LOW, HIGH), 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_controller_replays_one_graph_per_history_length():
+    """cuda_graph=True: warmup captures cold and warm graphs for each history length; an episode
+    then only replays them, with fresh samples each plan, and its actions stay in bounds; a new
+    goal and history reach the graph (its plan's cost is what an eager energy gives its actions)."""
+    from worldmodel.energy import GoalEnergy
+
+    model = _image_model().cuda()
+    energy = GoalEnergy(model, static=True)
+    plan = make_planner("cem", samples=64, iterations=4, elites=8)
+    ctrl = MPCController(plan, energy, (LOW, HIGH), horizon=3, receding_horizon=1, frameskip=2,
+                         history=3, device="cuda", cuda_graph=True, time_budget_s=5.0)
+    rng = np.random.default_rng(0)
+    ctrl.reset(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    ctrl.warmup(2)
+    captured = len(ctrl._graphed._graphs)
+    assert captured == 6                                  # history lengths 1, 2, 3 x cold / warm
+    for _ in range(9):
+        a = ctrl.act(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        assert a.shape == (2,) and (a >= LOW).all() and (a <= HIGH).all()
+    assert len(ctrl._graphed._graphs) == captured         # no capture inside the episode
+    assert ctrl.stats()["plans"] == 5 and ctrl.stats()["deadline_misses"] == 0
+    obs = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    costs = [float(ctrl.plan(obs).cost) for _ in range(3)]
+    assert len(set(costs)) > 1                            # fresh samples at every replay
+    # a new goal and a one-frame history reach the captured graph: its cost is the eager energy's
+    goal = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    ctrl.reset(goal)
+    res = ctrl.plan(obs)
+    check = GoalEnergy(model)
+    check.set_goal(goal[None])
+    check.set_observation(obs[None, None], np.zeros((1, 0, 4), np.float32))
+    torch.testing.assert_close(check(res.actions[:, None]), res.cost[:, None], rtol=1e-4, atol=1e-5)
+    assert len(ctrl._graphed._graphs) == captured

@@ -27,11 +27,15 @@ class GoalEnergy:
 
     No host syncs in __call__. Gradients flow to the actions when they require grad (for gradient
     planners); otherwise the call runs without autograd.
+
+    static=True keeps the goal latent and the history's latent + KV cache at fixed addresses, one
+    set of buffers per shape, and copies new values into them: a CUDA graph captured over __call__
+    (planners.graph.GraphedPlanner) then sees every new goal and observation.
     """
 
     def __init__(self, model: WorldModel, obs_pixels: Tensor | None = None,
                  past_actions: Tensor | None = None, goal_pixels: Tensor | None = None,
-                 step_weights: Tensor | None = None):
+                 step_weights: Tensor | None = None, static: bool = False):
         if model.training:
             raise ValueError("GoalEnergy needs the model in eval mode (BatchNorm and dropout would make "
                              "costs depend on the batch): call model.eval() first")
@@ -42,6 +46,8 @@ class GoalEnergy:
         self.z_goal: Tensor | None = None
         self.z_last: Tensor | None = None
         self.cache: list = []
+        self.static = static
+        self._buffers: dict[tuple, Tensor] = {}
         if goal_pixels is not None:
             self.set_goal(goal_pixels)
         if obs_pixels is not None:
@@ -53,11 +59,24 @@ class GoalEnergy:
         goal = _tensor(goal_pixels, self.device)
         if goal.dim() != 4:
             raise ValueError(f"goal pixels must be (B, H, W, 3), got {tuple(goal.shape)}")
-        self.z_goal = self.model.encode(goal)              # (B, D)
+        self.set_goal_latent(self.model.encode(goal))     # (B, D)
 
+    @torch.no_grad()
     def set_goal_latent(self, z_goal: Tensor) -> None:
         """Like set_goal but from already-encoded goal latents z_goal (B, D)."""
-        self.z_goal = z_goal
+        self.z_goal = self._keep(("goal",), z_goal)
+
+    def _keep(self, name: tuple, x: Tensor) -> Tensor:
+        """x itself, or with static=True its values copied into this name's and shape's buffer."""
+        if not self.static:
+            return x
+        key = (*name, tuple(x.shape), x.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = x.detach().clone()
+        else:
+            buf.copy_(x)
+        return buf
 
     @torch.no_grad()
     def set_observation(self, obs_pixels: Tensor, past_actions: Tensor | None = None) -> None:
@@ -74,8 +93,11 @@ class GoalEnergy:
     @torch.no_grad()
     def set_latent_history(self, z_hist: Tensor, past_actions: Tensor | None = None) -> None:
         """Like set_observation but from already-encoded latents z_hist (B, h, D)."""
-        self.cache = self.model.prefill(z_hist, past_actions)  # per layer: (B, 1, H, hd) pairs
-        self.z_last = z_hist[:, -1:]                       # (B, 1, D)
+        cache = self.model.prefill(z_hist, past_actions)  # per layer: (B, 1, H, hd) pairs
+        n = len(cache[0]) if cache else 0
+        self.cache = [[tuple(self._keep(("kv", i, j, n, m), t) for m, t in enumerate(kv))
+                       for j, kv in enumerate(layer)] for i, layer in enumerate(cache)]
+        self.z_last = self._keep(("last",), z_hist[:, -1:])  # (B, 1, D)
 
     def latents(self, actions: Tensor) -> Tensor:
         """Candidate chunks (B, S, Hz, chunk) -> predicted latents (B, S, Hz, D)."""

@@ -49,6 +49,7 @@ class EvalConfig:
     episode_len: int | None = None     # held-out episodes' length; null: the training data's
     batch: int = 50                    # episodes planned together
     time_budget_s: float | None = None # per-plan deadline (anytime planning); null: none
+    cuda_graph: bool = False           # replay each solve as one captured CUDA graph (CUDA only)
     random_floor: bool = True          # also run uniform random actions on the same tasks
     videos: int = 50                   # episodes that get a video (observation | goal)
     device: str = "auto"
@@ -232,6 +233,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             raise FileExistsError(f"output {out} already exists; pass overwrite=true or another out=")
         shutil.rmtree(out)
     device = resolve_device(cfg.device, 0)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
+                         "drop cuda_graph=true on the CPU")
 
     # Everything that can be refused is checked before any rollout.
     model, meta, env_name = load_trained(cfg.checkpoint, device, cfg.env)
@@ -253,7 +257,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                        train_seeds)
     out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
     save_resolved(cfg, out)
-    energy = GoalEnergy(model)
+    energy = GoalEnergy(model, static=cfg.cuda_graph)
     results: list[dict[str, Any]] = []
     floor: list[dict[str, Any]] = []
     latencies: list[float] = []
@@ -267,10 +271,12 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         ctrl = MPCController(planner, energy, (low, high), horizon=cfg.horizon,
                              receding_horizon=cfg.receding_horizon, frameskip=mcfg.frameskip,
                              history=mcfg.history, batch=len(batch), time_budget_s=cfg.time_budget_s,
-                             device=device)
+                             device=device, cuda_graph=cfg.cuda_graph)
         record = b0 < cfg.videos
         goals = goal_images(env_list, batch)                               # (b, H, W, 3)
         ctrl.reset(goals, seed=batch[0].seed)
+        if cfg.cuda_graph:
+            ctrl.warmup(2)          # capture every graph outside the timed plans
         res = run_tasks(env_list, batch, goals, ctrl.act, cfg.budget, record)
         latencies += ctrl.latencies_s
         misses += int(ctrl.stats()["deadline_misses"])

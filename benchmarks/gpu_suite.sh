@@ -17,7 +17,8 @@
 #            compile, compile + CUDA graphs (reduce-overhead)                            (~4 min)
 #   pusht    reproduce.py --env pusht --scale full with $SUITE_STEPS steps (default 20000) and the
 #   reacher  whole training under CUDA graphs (compile=true compile_mode=reduce-overhead), then
-#            planner_table.py with iCEM at CEM's compute on the same 50 tasks  (~12-15 min each)
+#            planner_table.py with iCEM at CEM's compute on the same 50 tasks, and `wm eval
+#            cuda_graph=true` (the controller's graphed CEM) on them               (~12-15 min each)
 #   oracle   oracle_ceiling.py (state and latent oracles) on each eval the pusht/reacher stages wrote
 #
 # Knobs (environment): SUITE_STEPS (training steps of pusht/reacher), SUITE_SEED (training seed, 0),
@@ -84,9 +85,14 @@ run_env() {  # run_env ENV: the full recipe with the whole training under CUDA g
     "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 \
         --quiet --out "$OUT/runs/$env" --json "$OUT/${env}_full_steps${steps}.json" \
         --train-extra compile=true compile_mode=reduce-overhead || return $?
-    "$PY" benchmarks/planner_table.py --checkpoint "$OUT/runs/$env/seed$seed/train/best.pt" \
-        --planners icem --device cuda --videos 0 --quiet --out "$OUT/runs/$env/planners" \
-        --json "$OUT/planner_table_${env}_full_steps${steps}.json"
+    local ckpt="$OUT/runs/$env/seed$seed/train/best.pt" rc=0
+    "$PY" benchmarks/planner_table.py --checkpoint "$ckpt" --planners icem --device cuda --videos 0 --quiet \
+        --out "$OUT/runs/$env/planners" --json "$OUT/planner_table_${env}_full_steps${steps}.json" || rc=$?
+    # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM): success and plan latency
+    "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true videos=0 random_floor=false progress=false \
+        device=cuda out="$OUT/runs/$env/eval_cuda_graph" overwrite=true || rc=$?
+    cp "$OUT/runs/$env/eval_cuda_graph/results.json" "$OUT/${env}_eval_cuda_graph.json" 2>/dev/null
+    return $rc
 }
 
 oracles() {  # state and latent oracles on each eval the env stages wrote

@@ -17,6 +17,10 @@ Equivalence (per plan and per episode; `--budget-sequences` B, default 9000 = Le
             S = B / (3 I - 2) (9000 -> 60 restarts, 8880 equivalents).
 Each planner's actual count is reported as `sequences_per_plan`. Every run uses the same tasks
 (eval_seed), the same checkpoint and the LeWM protocol; the random floor runs once (first planner).
+Each row keeps its per-task `outcomes` ("1" = solved, in task order). `--reference results.json`
+(an earlier `wm eval` of the same checkpoint on the same tasks, e.g. the recipe's CEM 300 x 30)
+adds its outcomes and, per row, the exact McNemar test against it (`vs_reference`); an eval whose
+protocol or tasks differ is refused.
 
 stdout: one JSON line per planner; the whole table goes to --json (atomic write).
 """
@@ -31,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
 from worldmodel.dataset import write_json_atomic  # noqa: E402
+from worldmodel.evaluate import paired_vs_random  # noqa: E402
 
 ITERATIONS = {"cem": 30, "mppi": 6, "icem": 10, "gradient": 50}
 ELITES = {"cem": 30, "mppi": 64, "icem": 20}
@@ -63,6 +68,31 @@ def equal_compute(planner: str, budget: int) -> tuple[dict[str, Any], int]:
     return {"samples": s, "iterations": it, "elites": min(ELITES[planner], s)}, s * it
 
 
+def outcomes(ev: dict[str, Any]) -> str:
+    """Per-task success of a `wm eval` result as a string of 0/1 in task order."""
+    return "".join("1" if e["success"] else "0" for e in sorted(ev["per_episode"], key=lambda e: e["index"]))
+
+
+def tasks(ev: dict[str, Any]) -> list[tuple]:
+    """The tasks an eval planned: (index, seed, start step) each."""
+    return sorted((e["index"], e["seed"], e["start_step"]) for e in ev["per_episode"])
+
+
+def load_reference(path: str, episodes: int) -> dict[str, Any]:
+    """A `wm eval` results.json to compare every row with, checked before any planning."""
+    import json
+
+    try:
+        ref = json.loads(Path(path).read_text())
+        ok = len(ref["per_episode"]) == episodes and {"planner", "successes", "config"} <= ref.keys()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"planner_table: --reference {path} is not a readable `wm eval` results.json ({e})")
+    if not ok:
+        raise SystemExit(f"planner_table: --reference {path} has {len(ref.get('per_episode', []))} episodes, "
+                         f"this table plans {episodes}: give an eval of the same tasks (or --episodes)")
+    return ref
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="best.pt written by `wm train`")
@@ -77,6 +107,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default; 1 on a busy box)")
     p.add_argument("--out", default="runs/planner_table")
     p.add_argument("--json", default=None, help="default benchmarks/results/planner_table_<env>.json")
+    p.add_argument("--reference", default=None,
+                   help="a `wm eval` results.json of this checkpoint on the same tasks: paired test per row")
     p.add_argument("--dry-run", action="store_true", help="print the wm commands, run nothing")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -100,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not Path(a.checkpoint).is_file():
         raise SystemExit(f"planner_table: no checkpoint at {a.checkpoint}; train one with "
                          "`python benchmarks/reproduce.py` or `wm train`")
+    ref = load_reference(a.reference, a.episodes) if a.reference else None
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
@@ -116,10 +149,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "episodes": ev["episodes"], "latency_ms_p50": ev["latency_ms"]["p50"],
                "latency_ms_p95": ev["latency_ms"]["p95"], "plan_batch": ev["latency_ms"]["batch"],
                "eval_s": round(time.perf_counter() - t, 2), "device": ev["device"],
-               "gpu": head["machine"]["gpu"], "command": R.command("eval", args)}
+               "gpu": head["machine"]["gpu"], "command": R.command("eval", args),
+               "outcomes": outcomes(ev)}
+        if ref is not None:
+            if tasks(ev) != tasks(ref):
+                raise SystemExit(f"planner_table: {a.reference} planned other tasks than this eval "
+                                 "(seeds or start steps differ); give an eval of the same protocol")
+            test = paired_vs_random([c == "1" for c in row["outcomes"]], [c == "1" for c in outcomes(ref)])
+            row["vs_reference"] = {"row_only": test["planner_only"], "reference_only": test["random_only"],
+                                   "p_value": test["p_value"]}
         R.line(row)
         rows.append(row)
     env = rows[0]["env"]
+    if ref is not None:
+        head["reference"] = {"results": a.reference, "planner": ref["planner"],
+                             "settings": ref["config"]["planner"], "successes": ref["successes"],
+                             "outcomes": outcomes(ref)}
     record = {**head, "env": env, "random_floor": floor, "rows": rows,
               "equivalence": "cem S*30; mppi S*6; icem sum of decaying populations over 10 iterations; "
                              "gradient S*(3*50-2) (backward ~ 2 forwards)"}

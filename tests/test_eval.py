@@ -231,3 +231,22 @@ def test_oracle_ceiling_plans_wm_evals_tasks(demo_run, capsys, load_bench):
                                          "--budget-sequences", "60"])
     assert res["planner"]["name"] == "mppi" and res["planner"]["samples"] * res["planner"]["iterations"] == 60
     assert res["state_cost"] == "sumsq" and "latent" not in res and len(res["state"]["per_episode_success"]) == 3
+
+
+def test_planner_table_pairs_every_row_with_a_reference_eval(demo_run, tmp_path, load_bench):
+    pt = load_bench("planner_table")
+    ckpt, ref = str(demo_run / "train" / "best.pt"), str(demo_run / "eval" / "results.json")
+    common = ["--checkpoint", ckpt, "--planners", "mppi", "--budget-sequences", "60", "--quiet",
+              "--threads", "1", "--out", str(tmp_path / "pt"), "--json", str(tmp_path / "pt.json")]
+    with pytest.raises(SystemExit, match="has 3 episodes, this table plans 2"):
+        pt.main([*common, "--episodes", "2", "--reference", ref])   # refused before any planning
+    assert not (tmp_path / "pt").exists()
+    rec = pt.main([*common, "--episodes", "3", "--reference", ref])
+    row, mine = rec["rows"][0], rec["rows"][0]["outcomes"]
+    theirs = json.loads(Path(ref).read_text())
+    assert rec["reference"]["outcomes"] == "".join("1" if e["success"] else "0" for e in theirs["per_episode"])
+    assert len(mine) == 3 and mine.count("1") == row["successes"]
+    pairs = list(zip(mine, rec["reference"]["outcomes"]))
+    assert row["vs_reference"]["row_only"] == pairs.count(("1", "0"))
+    assert row["vs_reference"]["reference_only"] == pairs.count(("0", "1"))
+    assert json.loads((tmp_path / "pt.json").read_text())["rows"][0]["vs_reference"] == row["vs_reference"]

@@ -144,3 +144,17 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
             assert isinstance(r[k], float), k
         assert r["step"] == 2
     assert json.loads(sa_json.read_text())["verified"] is False
+
+
+def test_icem_cpu_preset_is_the_measured_1500_sequence_setting():
+    """configs/planner/icem_cpu.yaml is exactly what planner_table ran at 1,500 sequences (icem.yaml
+    with equal_compute's samples, iterations and elites), the setting the README recommends."""
+    import yaml
+
+    from planners import ICEM, planner_from_config
+
+    cfg_dir = ROOT / "configs" / "planner"
+    preset = yaml.safe_load((cfg_dir / "icem_cpu.yaml").read_text())
+    overrides, sequences = planner_table.equal_compute("icem", 1500)
+    assert preset == {**yaml.safe_load((cfg_dir / "icem.yaml").read_text()), **overrides}
+    assert sequences <= 1500 and isinstance(planner_from_config(preset), ICEM)

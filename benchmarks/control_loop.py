@@ -1,0 +1,136 @@
+"""Real-time goal reaching: `wm eval`'s tasks, one robot at a time, through the robot-stack path.
+
+Each task (the same held-out starts and goals as `wm eval`, same eval_seed) is run by
+`ControlLoop(MPCController(...), env, hz)` at a fixed rate in wall-clock time: one env (no batch),
+the planner in a background thread (`async_lead`), the loop sleeping between ticks and counting
+overruns. The run stops when the env's success test holds (the protocol's "at any step") or after
+the step budget. Against `--reference` (the checkpoint's offline `wm eval` results.json, planned
+with no clock) each row gets the exact McNemar test on the tasks both ran.
+
+    python benchmarks/control_loop.py --checkpoint runs/demo/train/best.pt --planner icem_cpu \
+        --hz 10 --async-lead 5 --episodes 20 --reference runs/demo/eval/results.json
+
+stdout: one JSON line per run (success, per-task outcomes, loop rate and overruns, planning
+latency, async stalls, deadline misses); --json also writes it (appends a line).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipes as R  # noqa: E402
+
+PLANNER_CONFIGS = R.ROOT / "configs" / "planner"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="best.pt written by `wm train`")
+    p.add_argument("--planner", default="icem_cpu", help="a configs/planner/<name>.yaml preset")
+    p.add_argument("--hz", type=float, default=None, help="control rate (default: the env's own)")
+    p.add_argument("--async-lead", type=int, default=5,
+                   help="plan the next chunk when this many actions are left (-1: plan synchronously)")
+    p.add_argument("--time-budget", type=float, default=None, help="per-plan deadline in seconds")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--budget", type=int, default=50, help="env steps per task")
+    p.add_argument("--goal-offset", type=int, default=25)
+    p.add_argument("--eval-seed", type=int, default=1_000_003)
+    p.add_argument("--horizon", type=int, default=5)
+    p.add_argument("--receding-horizon", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--reference", default=None, help="the checkpoint's `wm eval` results.json (same tasks)")
+    p.add_argument("--json", default=None, help="also append the JSON line to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse(argv)
+    import torch
+
+    from planners import planner_from_config
+    from planners.loop import ControlLoop
+    from planners.mpc import MPCController
+    from worldmodel.collect import episode_seed
+    from worldmodel.energy import GoalEnergy
+    from worldmodel.evaluate import make_env, make_tasks, paired_vs_random
+    from worldmodel.model import load_trained
+
+    preset = PLANNER_CONFIGS / f"{a.planner}.yaml"
+    if not preset.is_file():
+        raise SystemExit(f"control_loop: no planner preset {preset}; choose one of "
+                         f"{sorted(p.stem for p in PLANNER_CONFIGS.glob('*.yaml'))}")
+    ref = json.loads(Path(a.reference).read_text()) if a.reference else None
+    if ref is not None and (len(ref["per_episode"]) < a.episodes or ref["protocol"]["eval_seed"] != a.eval_seed
+                            or ref["protocol"]["budget"] != a.budget
+                            or ref["protocol"]["goal_offset"] != a.goal_offset):
+        raise SystemExit(f"control_loop: {a.reference} ran another protocol or fewer than {a.episodes} "
+                         "tasks; give the checkpoint's eval with the same eval_seed, budget and goal_offset")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, meta, env_name = load_trained(a.checkpoint, "cpu")
+    env = make_env(env_name, meta, model.cfg.image_size)
+    hz = a.hz or float(env.env_info().control_hz)
+    train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
+        if "seed" in meta else set()
+    tasks = make_tasks(env, meta.get("policy") or "noise", a.eval_seed, a.episodes,
+                       int(meta.get("episode_len") or 100), a.goal_offset, train_seeds)
+    planner = planner_from_config(yaml.safe_load(preset.read_text()))
+    ctrl = MPCController(planner, GoalEnergy(model), (env.action_space.low, env.action_space.high),
+                         horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
+                         history=model.cfg.history, time_budget_s=a.time_budget,
+                         async_lead=None if a.async_lead < 0 else a.async_lead)
+    loop = ControlLoop(ctrl, env, hz=hz)
+    ctrl.reset(env.goal_image(tasks[0].goal_state))
+    ctrl.warmup(1)                                    # allocation and the first plan outside the clock
+    rows, lat, t_start = [], [], time.perf_counter()
+    try:
+        for t in tasks:
+            obs, _ = env.reset(seed=t.seed, options={"state": t.start_state})
+            rep = loop.run(env.goal_image(t.goal_state), a.budget, obs=obs,
+                           stop_when=lambda o, info, g=t.goal_state: env.is_success(info["state"], g))
+            st = ctrl.stats()
+            lat += ctrl.latencies_s
+            rows.append({"index": t.index, "success": rep.terminated, "steps": rep.steps,
+                         "overruns": rep.overruns, "hz_achieved": round(rep.hz_achieved, 2),
+                         "step_ms_p95": round(rep.step_ms_p95, 1), "plans": st["plans"],
+                         "async_stalls": st["async_stalls"], "deadline_misses": st["deadline_misses"]})
+    finally:
+        ctrl.close()
+    outcomes = "".join("1" if r["success"] else "0" for r in rows)
+    steps = sum(r["steps"] for r in rows)
+    out = {"bench": "control_loop", "checkpoint": a.checkpoint, "env": env_name, "planner": a.planner,
+           "planner_settings": {k: v for k, v in vars(planner).items() if not k.startswith("_")},
+           "hz": hz, "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
+           "episodes": len(rows), "successes": outcomes.count("1"), "outcomes": outcomes,
+           "steps": steps, "overruns": sum(r["overruns"] for r in rows),
+           "hz_achieved_median": float(np.median([r["hz_achieved"] for r in rows])),
+           "plan_ms_p50": round(float(np.percentile(lat, 50)) * 1e3, 1) if lat else None,
+           "plan_ms_p95": round(float(np.percentile(lat, 95)) * 1e3, 1) if lat else None,
+           "async_stalls": sum(r["async_stalls"] for r in rows),
+           "deadline_misses": sum(r["deadline_misses"] for r in rows),
+           "wall_s": round(time.perf_counter() - t_start, 1), "per_episode": rows,
+           "torch_threads": torch.get_num_threads(), "git": R.git_commit(), "machine": R.machine("cpu"),
+           "date": time.strftime("%Y-%m-%d")}
+    if ref is not None:
+        theirs = [e["success"] for e in sorted(ref["per_episode"], key=lambda e: e["index"])][:len(rows)]
+        test = paired_vs_random([r["success"] for r in rows], theirs)
+        out["reference"] = {"results": a.reference, "planner": ref["planner"], "successes": sum(theirs),
+                            "loop_only": test["planner_only"], "reference_only": test["random_only"],
+                            "p_value": test["p_value"]}
+    line = json.dumps(out)
+    print(line, flush=True)
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(line + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -19,12 +19,13 @@ init_mean / init_elites.
 
 Async mode (`async_lead=k`): when only k actions are left in the queue, planning of the next
 chunk starts in a background thread from the latest observation (time t0) while the queued
-actions keep executing. When the queue runs dry the new plan is adopted; its first k env actions
-(they were meant for steps t0 .. t0+k-1, which the old plan already covered) are dropped. If the
-plan is not ready yet, `act` waits for it and counts a stall. Planning latency up to k control
-periods is thus hidden; the price is that each plan starts from an observation k steps old and
-yields receding_horizon * frameskip - k env actions (k = 0: plan only when the queue is empty,
-in the worker thread; the first plan of an episode is always waited for).
+actions keep executing. Those k actions are committed: every candidate the planner scores starts
+with them (the energy sees them in place of the candidate's first k env actions), so the plan
+optimises what follows them from where they will leave the robot. When the queue runs dry the new
+plan is adopted minus its first k env actions (the committed ones). If the plan is not ready yet,
+`act` waits for it and counts a stall. Planning latency up to k control periods is thus hidden;
+each plan yields receding_horizon * frameskip - k env actions (k = 0: plan only when the queue is
+empty, in the worker thread; the first plan of an episode is always waited for).
 Do not call `plan()` yourself while async planning is in flight.
 
 CUDA graph (`cuda_graph=True`, CUDA only): every solve is one captured graph replayed
@@ -59,6 +60,36 @@ class GoalEnergyLike(Protocol):
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
         """actions (B, S, H, frameskip*A) raw, on the controller's device -> costs (B, S)."""
+
+
+class CommittedPrefix:
+    """The energy of candidates whose first k env actions are replaced by committed ones (async
+    mode: actions already queued for the robot while the next plan is made). One buffer per shape,
+    overwritten in place, so a captured CUDA graph sees each new prefix."""
+
+    def __init__(self, energy: GoalEnergyLike, frameskip: int, device, dtype) -> None:
+        self.energy, self.fs, self.device, self.dtype = energy, frameskip, device, dtype
+        self.static = getattr(energy, "static", False)
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self.prefix: torch.Tensor | None = None
+
+    def set(self, committed: np.ndarray) -> None:
+        """committed (B, k, A) env actions, raw."""
+        x = torch.as_tensor(committed, dtype=self.dtype, device=self.device)
+        buf = self._buffers.get(tuple(x.shape))
+        if buf is None:
+            buf = self._buffers[tuple(x.shape)] = x.clone()
+        else:
+            buf.copy_(x)
+        self.prefix = buf
+
+    def __call__(self, actions: torch.Tensor) -> torch.Tensor:
+        B, S, H, C = actions.shape                                     # C = frameskip * A
+        k, A = self.prefix.shape[1], C // self.fs
+        steps = actions.reshape(B, S, H * self.fs, A)                   # (B, S, H*fs, A)
+        fixed = self.prefix[:, None].to(actions.dtype).expand(B, S, k, A)
+        steps = torch.cat([fixed, steps[:, :, k:]], dim=2)              # (B, S, H*fs, A)
+        return self.energy(steps.reshape(B, S, H, C))
 
 
 class MPCController:
@@ -96,6 +127,7 @@ class MPCController:
                              f"got {async_lead}")
         self.planner, self.energy = planner, energy_fn
         self._graphed = GraphedPlanner(planner) if cuda_graph else None
+        self._prefix = CommittedPrefix(energy_fn, frameskip, device, dtype)
         self.A, self.horizon, self.receding, self.frameskip = A, horizon, receding_horizon, frameskip
         self.history, self.batch, self.time_budget_s = history, batch, time_budget_s
         self.async_lead, self.warm_start = async_lead, warm_start
@@ -206,16 +238,22 @@ class MPCController:
         flat = torch.cat([flat[..., steps:, :], pad], dim=-2)
         return flat.reshape(x.shape)
 
-    def _solve(self, obs_hist: np.ndarray, past: np.ndarray, t0: int) -> PlanResult:
-        """Plan from a history snapshot taken at env step t0 (runs in the worker in async mode)."""
+    def _solve(self, obs_hist: np.ndarray, past: np.ndarray, t0: int,
+               committed: np.ndarray | None = None) -> PlanResult:
+        """Plan from a history snapshot taken at env step t0 (runs in the worker in async mode);
+        committed (B, k, A): env actions already queued for steps t0 .. t0+k-1."""
         t = time.perf_counter()               # latency = encoding the history + the solve
         self.energy.set_observation(obs_hist, past)
+        energy, k = self.energy, 0 if committed is None else committed.shape[1]
+        if k:
+            self._prefix.set(committed)
+            energy = self._prefix
         kw = dict(batch=obs_hist.shape[0], init_mean=self._shift(self._mean, t0 - self._mean_t),
                   init_elites=self._shift(self._elites, t0 - self._mean_t), deadline_s=self.time_budget_s)
-        if self._graphed is not None:     # one graph per history length T
-            res = self._graphed.solve(self.energy, self.chunk_bounds, self.horizon, key=obs_hist.shape[1], **kw)
+        if self._graphed is not None:     # one graph per history length T and committed length k
+            res = self._graphed.solve(energy, self.chunk_bounds, self.horizon, key=(obs_hist.shape[1], k), **kw)
         else:
-            res = self.planner.solve(self.energy, self.chunk_bounds, self.horizon, **kw)
+            res = self.planner.solve(energy, self.chunk_bounds, self.horizon, **kw)
         res.latency_s = time.perf_counter() - t
         return res
 
@@ -268,7 +306,8 @@ class MPCController:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc-plan")
             self._future_t0 = self._t
-            self._future = self._pool.submit(self._solve, *self._snapshot(), self._t)
+            committed = np.stack(self._queue, axis=1) if self._queue else None   # (B, k, A)
+            self._future = self._pool.submit(self._solve, *self._snapshot(), self._t, committed)
         if not self._queue:
             fut, t0 = self._future, self._future_t0
             stalled = not fut.done() and bool(self._lat)  # waiting for the first plan is no stall

@@ -250,3 +250,22 @@ def test_planner_table_pairs_every_row_with_a_reference_eval(demo_run, tmp_path,
     assert row["vs_reference"]["row_only"] == pairs.count(("1", "0"))
     assert row["vs_reference"]["reference_only"] == pairs.count(("0", "1"))
     assert json.loads((tmp_path / "pt.json").read_text())["rows"][0]["vs_reference"] == row["vs_reference"]
+
+
+def test_control_loop_benchmark_runs_evals_tasks_through_the_robot_loop(demo_run, tmp_path, load_bench):
+    cl = load_bench("control_loop")
+    ckpt, ref = str(demo_run / "train" / "best.pt"), str(demo_run / "eval" / "results.json")
+    common = ["--checkpoint", ckpt, "--threads", "1", "--json", str(tmp_path / "cl.jsonl")]
+    with pytest.raises(SystemExit, match="no planner preset"):
+        cl.main([*common, "--planner", "nope"])
+    with pytest.raises(SystemExit, match="fewer than 9 tasks"):
+        cl.main([*common, "--episodes", "9", "--reference", ref])
+    out = cl.main([*common, "--planner", "icem_cpu", "--episodes", "2", "--hz", "100", "--async-lead", "2",
+                   "--reference", ref])
+    assert out["episodes"] == 2 and out["successes"] == out["outcomes"].count("1") and out["hz"] == 100
+    for r in out["per_episode"]:
+        assert 1 <= r["steps"] <= 50 and r["plans"] >= 1
+        assert r["success"] or r["steps"] == 50         # a run ends on success or at the budget
+    theirs = json.loads(Path(ref).read_text())["per_episode"][:2]
+    assert out["reference"]["successes"] == sum(e["success"] for e in theirs)
+    assert json.loads((tmp_path / "cl.jsonl").read_text().splitlines()[-1])["outcomes"] == out["outcomes"]

@@ -164,6 +164,31 @@ def test_async_mode_same_kind_of_actions_and_reaches_goal():
     assert s["plans"] == 1 + int(np.ceil((48 - 4) / 3))
 
 
+def test_async_plans_start_every_candidate_with_the_committed_actions():
+    """With async_lead=k the next plan is made while k queued actions still execute: the energy
+    must score every candidate as if those k actions come first (the robot will do them)."""
+    firsts = []
+
+    class Recording(LinearWorld):
+        def __call__(self, actions):                                       # (B, S, H, fs*2)
+            firsts.append(actions[0, :, 0, :2].clone())                    # (S, 2): first env action
+            return super().__call__(actions)
+
+    plan = make_planner("cem", samples=64, iterations=6, elites=8, seed=0)
+    with MPCController(plan, Recording(2, 3), (LOW, HIGH), horizon=3, receding_horizon=2, frameskip=2,
+                       history=3, async_lead=1) as ctrl:
+        final, acts = drive(ctrl, [-0.7, 0.4], steps=20)
+    cold, warm = firsts[:6], firsts[6:]                   # the first plan (6 iterations) is not async
+    assert all(len(torch.unique(f, dim=0)) > 1 for f in cold)
+    assert len(warm) == 6 * 6                             # 6 async plans in 20 steps (4, then 3 each)
+    executed = torch.as_tensor(acts)
+    for f in warm:
+        assert (f == f[0]).all()                          # one committed action shared by all
+        assert (executed == f[0]).all(1).any()            # ... and it is one the robot executed
+    committed = [f[0] for f in warm[::6]]                 # in order: the action at step 3, 6, 9, ...
+    torch.testing.assert_close(torch.stack(committed), executed[3:3 + 3 * len(committed):3])
+
+
 def test_async_stalls_and_deadline_misses_are_counted():
     ctrl = controller(fs=1, history=1, async_lead=0, delay=0.01, time_budget_s=0.03)
     drive(ctrl, [0.5, 0.5], steps=6)

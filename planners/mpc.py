@@ -329,8 +329,9 @@ class MPCController:
     def warmup(self, n: int = 2) -> None:
         """Run `n` throw-away plans on a full-length fake history made of the goal (compiles
         kernels, fills allocator caches); keeps statistics and warm start clean. With cuda_graph,
-        `n` plans per history length 1..history instead, the first cold and the others warm-started,
-        which captures every graph an episode needs."""
+        `n` plans per history length 1..history instead, the first cold and the others warm-started
+        (and, in async mode, after `async_lead` committed actions), which captures every graph an
+        episode needs."""
         if self._goal_shape is None:
             raise RuntimeError("warmup(): call reset(goal_image) first")
         self._drain()
@@ -343,11 +344,14 @@ class MPCController:
             if self._graphed is None:
                 for _ in range(n):
                     self._solve(hist, past, self._mean_t)
-            else:
+            else:   # the graphs an episode replays: cold at its start, then warm (and committed, async)
+                k = self.async_lead or 0
+                committed = np.broadcast_to(self._low + (self._high - self._low) / 2, (B, k, self.A))
                 for T in range(1, self.history + 1):
                     self._mean = self._elites = None
-                    for _ in range(n):
-                        res = self._solve(hist[:, self.history - T:], past[:, self.history - T:], 0)
+                    for i in range(n):
+                        res = self._solve(hist[:, self.history - T:], past[:, self.history - T:], 0,
+                                          committed if i and k else None)
                         self._mean, self._elites, self._mean_t = res.mean, res.elites, 0
         finally:
             self._mean, self._elites, self._mean_t = saved

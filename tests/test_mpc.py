@@ -356,3 +356,23 @@ def test_cuda_graph_controller_replays_one_graph_per_history_length():
     check.set_observation(obs[None, None], np.zeros((1, 0, 4), np.float32))
     torch.testing.assert_close(check(res.actions[:, None]), res.cost[:, None], rtol=1e-4, atol=1e-5)
     assert len(ctrl._graphed._graphs) == captured
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_controller_in_async_mode_captures_nothing_inside_the_episode():
+    from worldmodel.energy import GoalEnergy
+
+    model = _image_model().cuda()
+    plan = make_planner("cem", samples=64, iterations=4, elites=8)
+    rng = np.random.default_rng(1)
+    with MPCController(plan, GoalEnergy(model, static=True), (LOW, HIGH), horizon=3, receding_horizon=1,
+                       frameskip=2, history=3, device="cuda", cuda_graph=True, async_lead=1) as ctrl:
+        ctrl.reset(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        ctrl.warmup(2)
+        captured = len(ctrl._graphed._graphs)             # per history length: cold, warm + committed
+        for _ in range(12):
+            a = ctrl.act(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+            assert a.shape == (2,) and (a >= LOW).all() and (a <= HIGH).all()
+        assert len(ctrl._graphed._graphs) == captured == 6
+        assert ctrl.stats()["plans"] >= 10

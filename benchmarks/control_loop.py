@@ -44,6 +44,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-seed", type=int, default=1_000_003)
     p.add_argument("--horizon", type=int, default=5)
     p.add_argument("--receding-horizon", type=int, default=5)
+    p.add_argument("--seed", type=int, default=None, help="planner seed (default: the preset's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--reference", default=None, help="the checkpoint's `wm eval` results.json (same tasks)")
     p.add_argument("--json", default=None, help="also append the JSON line to this file")
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "seed" in meta else set()
     tasks = make_tasks(env, meta.get("policy") or "noise", a.eval_seed, a.episodes,
                        int(meta.get("episode_len") or 100), a.goal_offset, train_seeds)
-    planner = planner_from_config(yaml.safe_load(preset.read_text()))
+    planner = planner_from_config(yaml.safe_load(preset.read_text()),
+                                  **({} if a.seed is None else {"seed": a.seed}))
     ctrl = MPCController(planner, GoalEnergy(model), (env.action_space.low, env.action_space.high),
                          horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
                          history=model.cfg.history, time_budget_s=a.time_budget,

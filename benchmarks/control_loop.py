@@ -26,8 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
-
-PLANNER_CONFIGS = R.ROOT / "configs" / "planner"
+from worldmodel.config import CONFIG_DIR, group_options  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,15 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
     from planners import planner_from_config
     from planners.loop import ControlLoop
     from planners.mpc import MPCController
-    from worldmodel.collect import episode_seed
     from worldmodel.energy import GoalEnergy
-    from worldmodel.evaluate import make_env, make_tasks, paired_vs_random
+    from worldmodel.evaluate import make_env, make_tasks, paired_vs_random, training_seeds
     from worldmodel.model import load_trained
 
-    preset = PLANNER_CONFIGS / f"{a.planner}.yaml"
-    if not preset.is_file():
-        raise SystemExit(f"control_loop: no planner preset {preset}; choose one of "
-                         f"{sorted(p.stem for p in PLANNER_CONFIGS.glob('*.yaml'))}")
+    if a.planner not in group_options("planner"):
+        raise SystemExit(f"control_loop: no planner preset configs/planner/{a.planner}.yaml; choose one of "
+                         f"{group_options('planner')}")
+    preset = CONFIG_DIR / "planner" / f"{a.planner}.yaml"
     ref = json.loads(Path(a.reference).read_text()) if a.reference else None
     if ref is not None and (len(ref["per_episode"]) < a.episodes or ref["protocol"]["eval_seed"] != a.eval_seed
                             or ref["protocol"]["budget"] != a.budget
@@ -78,10 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, meta, env_name = load_trained(a.checkpoint, "cpu")
     env = make_env(env_name, meta, model.cfg.image_size)
     hz = a.hz or float(env.env_info().control_hz)
-    train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
-        if "seed" in meta else set()
     tasks = make_tasks(env, meta.get("policy") or "noise", a.eval_seed, a.episodes,
-                       int(meta.get("episode_len") or 100), a.goal_offset, train_seeds)
+                       int(meta.get("episode_len") or 100), a.goal_offset, training_seeds(meta))
     planner = planner_from_config(yaml.safe_load(preset.read_text()),
                                   **({} if a.seed is None else {"seed": a.seed}))
     ctrl = MPCController(planner, GoalEnergy(model), (env.action_space.low, env.action_space.high),
@@ -105,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "async_stalls": st["async_stalls"], "deadline_misses": st["deadline_misses"]})
     finally:
         ctrl.close()
-    outcomes = "".join("1" if r["success"] else "0" for r in rows)
+    outcomes = R.outcomes(rows)
     steps = sum(r["steps"] for r in rows)
     out = {"bench": "control_loop", "checkpoint": a.checkpoint, "env": env_name, "planner": a.planner,
            "planner_settings": {k: v for k, v in vars(planner).items() if not k.startswith("_")},
@@ -121,9 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
            "torch_threads": torch.get_num_threads(), "git": R.git_commit(), "machine": R.machine("cpu"),
            "date": time.strftime("%Y-%m-%d")}
     if ref is not None:
-        theirs = [e["success"] for e in sorted(ref["per_episode"], key=lambda e: e["index"])][:len(rows)]
-        test = paired_vs_random([r["success"] for r in rows], theirs)
-        out["reference"] = {"results": a.reference, "planner": ref["planner"], "successes": sum(theirs),
+        theirs = R.outcomes(ref["per_episode"])[:len(rows)]
+        test = paired_vs_random([c == "1" for c in outcomes], [c == "1" for c in theirs])
+        out["reference"] = {"results": a.reference, "planner": ref["planner"], "successes": theirs.count("1"),
                             "loop_only": test["planner_only"], "reference_only": test["random_only"],
                             "p_value": test["p_value"]}
     line = json.dumps(out)

@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from envs.sim_rollout import SimRollout
     from planners import planner_from_config
-    from worldmodel.collect import episode_seed
-    from worldmodel.evaluate import make_env, make_tasks
+    from worldmodel.evaluate import make_env, make_tasks, training_seeds
 
     pr = protocol(a)
     costs = a.costs or (["state", "latent"] if pr["checkpoint"] else ["state"])
@@ -237,10 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--tasks must index the eval's {len(pr['per_episode'] or [])} tasks, got {pick}")
     B = len(pick)
     env_list = [make_env(pr["env"], meta, image_size) for _ in range(B)]
-    train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
-        if "seed" in meta else set()
     tasks = make_tasks(env_list[0], pr["policy"], pr["eval_seed"], max(pick) + 1, pr["episode_len"],
-                       pr["goal_offset"], train_seeds)
+                       pr["goal_offset"], training_seeds(meta))
     tasks = [tasks[i] for i in pick]
     if pr["per_episode"]:       # the pairing below is only meaningful on the very same tasks
         pr["per_episode"] = [pr["per_episode"][i] for i in pick]

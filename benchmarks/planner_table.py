@@ -68,11 +68,6 @@ def equal_compute(planner: str, budget: int) -> tuple[dict[str, Any], int]:
     return {"samples": s, "iterations": it, "elites": min(ELITES[planner], s)}, s * it
 
 
-def outcomes(ev: dict[str, Any]) -> str:
-    """Per-task success of a `wm eval` result as a string of 0/1 in task order."""
-    return "".join("1" if e["success"] else "0" for e in sorted(ev["per_episode"], key=lambda e: e["index"]))
-
-
 def tasks(ev: dict[str, Any]) -> list[tuple]:
     """The tasks an eval planned: (index, seed, start step) each."""
     return sorted((e["index"], e["seed"], e["start_step"]) for e in ev["per_episode"])
@@ -150,12 +145,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "latency_ms_p95": ev["latency_ms"]["p95"], "plan_batch": ev["latency_ms"]["batch"],
                "eval_s": round(time.perf_counter() - t, 2), "device": ev["device"],
                "gpu": head["machine"]["gpu"], "command": R.command("eval", args),
-               "outcomes": outcomes(ev)}
+               "outcomes": R.outcomes(ev["per_episode"])}
         if ref is not None:
             if tasks(ev) != tasks(ref):
                 raise SystemExit(f"planner_table: {a.reference} planned other tasks than this eval "
                                  "(seeds or start steps differ); give an eval of the same protocol")
-            test = paired_vs_random([c == "1" for c in row["outcomes"]], [c == "1" for c in outcomes(ref)])
+            test = paired_vs_random([c == "1" for c in row["outcomes"]],
+                                    [c == "1" for c in R.outcomes(ref["per_episode"])])
             row["vs_reference"] = {"row_only": test["planner_only"], "reference_only": test["random_only"],
                                    "p_value": test["p_value"]}
         R.line(row)
@@ -164,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if ref is not None:
         head["reference"] = {"results": a.reference, "planner": ref["planner"],
                              "settings": ref["config"]["planner"], "successes": ref["successes"],
-                             "outcomes": outcomes(ref)}
+                             "outcomes": R.outcomes(ref["per_episode"])}
     record = {**head, "env": env, "random_floor": floor, "rows": rows,
               "equivalence": "cem S*30; mppi S*6; icem sum of decaying populations over 10 iterations; "
                              "gradient S*(3*50-2) (backward ~ 2 forwards)"}

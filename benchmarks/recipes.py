@@ -192,6 +192,12 @@ def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool
                         videos=r.videos, device=r.device, progress=progress)
 
 
+def outcomes(episodes: list[dict[str, Any]]) -> str:
+    """Per-task success as a string of 0/1 in task order, from `wm eval`'s per_episode entries
+    (or any dicts with "index" and "success")."""
+    return "".join("1" if e["success"] else "0" for e in sorted(episodes, key=lambda e: e["index"]))
+
+
 def command(name: str, args: list[str]) -> str:
     """The `wm ...` line a user can paste to run the same stage."""
     return shlex.join(["wm", name, *args])

@@ -30,6 +30,23 @@ import torch
 from planners.base import Bounds, Energy, Planner, PlanResult
 
 
+class StaticBuffers:
+    """Tensors at fixed addresses for a captured graph to read: one buffer per (name, shape, dtype),
+    created on first use; later values are copied into it."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def keep(self, name: tuple, x: torch.Tensor) -> torch.Tensor:
+        key = (*name, tuple(x.shape), x.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = x.detach().clone()
+        else:
+            buf.copy_(x)
+        return buf
+
+
 @dataclass
 class _Captured:
     graph: "torch.cuda.CUDAGraph"

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from planners.base import Bounds, Planner, PlanResult
-from planners.graph import GraphedPlanner
+from planners.graph import GraphedPlanner, StaticBuffers
 
 
 class GoalEnergyLike(Protocol):
@@ -70,18 +70,13 @@ class CommittedPrefix:
     def __init__(self, energy: GoalEnergyLike, frameskip: int, device, dtype) -> None:
         self.energy, self.fs, self.device, self.dtype = energy, frameskip, device, dtype
         self.static = getattr(energy, "static", False)
-        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._buffers = StaticBuffers()
         self.prefix: torch.Tensor | None = None
 
     def set(self, committed: np.ndarray) -> None:
         """committed (B, k, A) env actions, raw."""
         x = torch.as_tensor(committed, dtype=self.dtype, device=self.device)
-        buf = self._buffers.get(tuple(x.shape))
-        if buf is None:
-            buf = self._buffers[tuple(x.shape)] = x.clone()
-        else:
-            buf.copy_(x)
-        self.prefix = buf
+        self.prefix = self._buffers.keep(("prefix",), x)
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
         B, S, H, C = actions.shape                                     # C = frameskip * A
@@ -346,7 +341,7 @@ class MPCController:
                     self._solve(hist, past, self._mean_t)
             else:   # the graphs an episode replays: cold at its start, then warm (and committed, async)
                 k = self.async_lead or 0
-                committed = np.broadcast_to(self._low + (self._high - self._low) / 2, (B, k, self.A))
+                committed = np.broadcast_to(self.env_bounds.center.cpu().numpy(), (B, k, self.A))
                 for T in range(1, self.history + 1):
                     self._mean = self._elites = None
                     for i in range(n):

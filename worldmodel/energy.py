@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from planners.graph import StaticBuffers
 from worldmodel.model import WorldModel
 
 
@@ -47,7 +48,7 @@ class GoalEnergy:
         self.z_last: Tensor | None = None
         self.cache: list = []
         self.static = static
-        self._buffers: dict[tuple, Tensor] = {}
+        self._buffers = StaticBuffers()
         if goal_pixels is not None:
             self.set_goal(goal_pixels)
         if obs_pixels is not None:
@@ -68,15 +69,7 @@ class GoalEnergy:
 
     def _keep(self, name: tuple, x: Tensor) -> Tensor:
         """x itself, or with static=True its values copied into this name's and shape's buffer."""
-        if not self.static:
-            return x
-        key = (*name, tuple(x.shape), x.dtype)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = x.detach().clone()
-        else:
-            buf.copy_(x)
-        return buf
+        return self._buffers.keep(name, x) if self.static else x
 
     @torch.no_grad()
     def set_observation(self, obs_pixels: Tensor, past_actions: Tensor | None = None) -> None:

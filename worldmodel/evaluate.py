@@ -95,6 +95,15 @@ class Task:
     goal_state: np.ndarray    # (S,)
 
 
+def training_seeds(meta: dict[str, Any]) -> set[int]:
+    """The episode seeds a dataset was collected with (from its meta.json): never a held-out task."""
+    from worldmodel.collect import episode_seed
+
+    if "seed" not in meta:
+        return set()
+    return {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))}
+
+
 def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int, goal_offset: int,
                forbidden_seeds: set[int]) -> list[Task]:
     """Roll out one held-out episode per task and pick (start, start + goal_offset) from it."""
@@ -223,7 +232,6 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from planners import planner_from_config
     from worldmodel.distributed import resolve_device
     from planners.mpc import MPCController
-    from worldmodel.collect import episode_seed
     from worldmodel.energy import GoalEnergy
     from worldmodel.model import load_trained
 
@@ -250,11 +258,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     low, high = env_list[0].action_space.low, env_list[0].action_space.high
     if len(low) != mcfg.action_dim:
         raise ValueError(f"env {env_name} has {len(low)} action dims; the model was trained on {mcfg.action_dim}")
-    train_seeds = {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))} \
-        if "seed" in meta else set()
     t0 = time.perf_counter()
     tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
-                       train_seeds)
+                       training_seeds(meta))
     out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
     save_resolved(cfg, out)
     energy = GoalEnergy(model, static=cfg.cuda_graph)

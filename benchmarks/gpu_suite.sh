@@ -14,7 +14,9 @@
 #            FLOP roofline; iCEM 300 x 5 in a CUDA graph; CEM with torch.compile inside the graph
 #            (compiling takes minutes)                                                   (~5-10 min)
 #   train    train_profile.py, lewm preset at 224 px and at 64 px / patch 8, batch 128: eager,
-#            compile, compile + CUDA graphs (reduce-overhead)                            (~4 min)
+#            compile, compile + CUDA graphs (reduce-overhead); then train_speed.py at 224 px under
+#            CUDA graphs with --roofline (the step's FLOP and op floors: is 6,000 samples/s possible?)
+#                                                                                        (~5 min)
 #   pusht    reproduce.py --env pusht --scale full with $SUITE_STEPS steps (default 20000) and the
 #   reacher  whole training under CUDA graphs (compile=true compile_mode=reduce-overhead), then
 #            planner_table.py with iCEM at CEM's compute on the same 50 tasks, and `wm eval
@@ -140,7 +142,10 @@ EOF
                     for opt in "" "--compile" "--compile --compile-mode reduce-overhead"; do
                         "$PY" benchmarks/train_profile.py --preset lewm --batch 128 --device cuda $opt $px || rc=$?
                     done
-                done; exit $rc' ;;
+                done
+                "$PY" benchmarks/train_speed.py --preset lewm --batch 128 --device cuda --compile \
+                    --compile-mode reduce-overhead --roofline || rc=$?
+                exit $rc' ;;
             pusht|reacher|tworoom) stage "$s" 1800 bash -c 'run_env "$1"' _ "$s" ;;
             oracle) stage oracle 1800 bash -c oracles ;;
         esac

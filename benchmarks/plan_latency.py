@@ -9,10 +9,9 @@ Prints one JSON line per (planner, dtype) config:
   {"bench": "plan_latency", "device", "dtype", "planner", "samples", "iterations", "horizon",
    "median_ms", "p95_ms", "runs", ...}
 With --profile also the split between the energy (predictor) and the planner's own work. With
---roofline also the solve's FLOP count (torch's FlopCounterMode over one solve), the FLOP rate it
-reached, this device's matmul rate in the same dtype measured beside it (2048^3 on the CPU, 8192^3
-on CUDA: a large GEMM, about the best rate the device gives) and the solve time at that rate, a
-floor: the solve is matmuls, and its small ones run below a large GEMM's rate.
+--roofline also benchmarks/roofline.py's two floors for one (eager) solve: its FLOP count over this
+device's rate on a large square matmul in the same dtype (2048^3 on the CPU, 8192^3 on CUDA), and
+the "op floor", the solve's own matmul / attention calls each replayed alone and summed.
 
   PYTHONPATH=. python benchmarks/plan_latency.py                       # CPU, float32
   PYTHONPATH=. python benchmarks/plan_latency.py --device cuda --dtype float32,bfloat16 --cuda-graph
@@ -42,6 +41,7 @@ from worldmodel.model import ModelConfig, WorldModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
+from roofline import roofline  # noqa: E402
 
 
 def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
@@ -74,22 +74,6 @@ def timed_energy(energy, device: torch.device, log: list[float]):
         log.append(time.perf_counter() - t)
         return out
     return call
-
-
-def peak_matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 10) -> float:
-    """Median rate of an n x n x n matmul in `dtype` on this device (GFLOP/s)."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    rates = []
-    for i in range(runs + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 2:                                      # the first two warm up
-            rates.append(2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
 
 
 def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> dict:
@@ -166,17 +150,13 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
                    profile_planner_overhead_ms=round(1e3 * (total - sum(log)), 2),
                    profile_energy_calls=len(log))
     if args.roofline and dtype_name != "int8":     # the counter does not see quantized kernels
-        from torch.utils.flop_counter import FlopCounterMode
-        counter = FlopCounterMode(display=False)
-        with counter:
-            solve()
-        gflop = counter.get_total_flops() / 1e9
-        n = args.roofline_size or (8192 if device.type == "cuda" else 2048)
-        peak = peak_matmul_gflops(device, getattr(torch, dtype_name), n=n)
-        out.update(solve_gflop=round(gflop, 3),
-                   achieved_gflops=round(gflop / (out["median_ms"] / 1e3), 1),
-                   peak_matmul_gflops=round(peak, 1),
-                   floor_ms_at_peak=round(1e3 * gflop / peak, 1))
+        def eager_solve():                         # the same solve, uncompiled and ungraphed: watched
+            ctx = torch.autocast("cuda", torch.bfloat16) if autocast else contextlib.nullcontext()
+            with ctx:
+                return planner.solve(energy, bounds, args.horizon, batch=args.batch)
+        r = roofline(eager_solve, device, getattr(torch, dtype_name), args.roofline_size,
+                     seconds=out["median_ms"] / 1e3)
+        out.update(solve_gflop=r.pop("gflop"), **r)
     if dtype_name == "int8":        # what the quantized plan costs under the float32 predictor
         energy.model.predictor = fp32_predictor
         with torch.no_grad():

@@ -8,12 +8,20 @@ at each timing window. Prints one JSON line: the median over windows.
     PYTHONPATH=. python benchmarks/train_speed.py --preset tiny                  # CPU, fp32
     PYTHONPATH=. python benchmarks/train_speed.py --preset lewm --batch 128      # CUDA: bf16 autocast
     ... --compile [--compile-mode reduce-overhead]   (as `wm train compile=true compile_mode=...`)
+    ... --roofline   also benchmarks/roofline.py's floors for one eager step of the same math: its
+                     FLOPs at this device's large-matmul rate, and its own matmul / attention calls
+                     replayed alone ("op_floor_ms"), each with the samples/s it would allow
+    ... --datasheet 989.4,3.35 --device cpu --precision bf16
+                     no timing: the roofline of one step's heavy calls at a device's published peak
+                     (TFLOP/s) and memory bandwidth (TB/s), recorded here without computing anything
+                     (FakeTensorMode): an estimate for a GPU this machine does not have
 REFERENCE.md: LeWM's library does 1,488 samples/s (86 ms/step) at batch 128, bf16, on one H100.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import statistics
 import time
@@ -26,6 +34,12 @@ import torch
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Date, commit and machine, as every result line carries them."""
+    from benchmarks import recipes as R
+    return {"date": datetime.date.today().isoformat(), "git": R.git_commit(), "machine": R.machine(str(device))}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,10 +105,26 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--steps-per-window", type=int, default=5)
+    p.add_argument("--roofline", action="store_true", help="also the step's FLOP and op floors")
+    p.add_argument("--roofline-size", type=int, default=0,
+                   help="side of the square matmul timed for the peak rate (0: 2048 CPU, 8192 CUDA)")
+    p.add_argument("--datasheet", default=None, metavar="TFLOPS,TBS",
+                   help="no timing: the step's heavy-call roofline at these published rates")
     a = p.parse_args()
     from worldmodel.train import train_step
 
     cfg, device, model, opt, sched, loss_mod, amp, batch = setup(a)
+    if a.datasheet:
+        from benchmarks.roofline import datasheet
+        from worldmodel.train import clip_loss
+        tflops, tbs = (float(x) for x in a.datasheet.split(","))
+        eager = clip_loss(model, cfg)
+        r = datasheet(lambda: train_step(eager, model, opt, sched, *batch(), cfg, 0, amp), tflops, tbs)
+        print(json.dumps({"figure": "train_step_datasheet_roofline", "preset": a.preset, "batch": cfg.batch_size,
+                          "image_size": cfg.model.image_size, "precision": cfg.precision, **r,
+                          "samples_per_s_at_roofline": round(1e3 * cfg.batch_size / r["roofline_ms"], 1),
+                          "overrides": a.override, **provenance(device)}))
+        return
     step = 0
     t0 = time.perf_counter()
     for _ in range(a.warmup):
@@ -112,18 +142,29 @@ def main() -> None:
         rates.append(a.steps_per_window * cfg.batch_size / (time.perf_counter() - t0))
     loss = float(out[0])                                      # host sync after timing
     sps = statistics.median(rates)
-    print(json.dumps({
+    bf16 = not isinstance(amp, type(None)) and hasattr(amp, "fast_dtype")
+    res = {
         "figure": "train_samples_per_s", "preset": a.preset, "value": round(sps, 1),
         "ms_per_step": round(1000 * cfg.batch_size / sps, 2), "batch": cfg.batch_size,
         "clip_frames": cfg.model.history + cfg.data.n_preds, "image_size": cfg.model.image_size,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "amp": "bf16" if not isinstance(amp, type(None)) and hasattr(amp, "fast_dtype") else "fp32",
+        "amp": "bf16" if bf16 else "fp32",
         "compile": a.compile, "compile_mode": cfg.compile_mode if a.compile else None,
         "threads": torch.get_num_threads(), "warmup_s": round(warm_s, 2),
         "data": a.data or "random", "windows": [round(r, 1) for r in rates], "final_loss": round(loss, 5),
-        "overrides": a.override}))
-
+        "overrides": a.override, **provenance(device)}
+    if a.roofline:
+        from benchmarks.roofline import roofline
+        from worldmodel.train import clip_loss
+        eager = clip_loss(model, cfg)                         # the same math, uncompiled: watched
+        r = roofline(lambda: train_step(eager, model, opt, sched, *batch(), cfg, step, amp), device,
+                     torch.bfloat16 if bf16 else torch.float32, a.roofline_size, seconds=res["ms_per_step"] / 1e3)
+        r["step_gflop"] = r.pop("gflop")
+        r["samples_per_s_at_peak_floor"] = round(1e3 * cfg.batch_size / r["floor_ms_at_peak"], 1)
+        r["samples_per_s_at_op_floor"] = round(1e3 * cfg.batch_size / r["op_floor_ms"], 1)
+        res.update(r)
+    print(json.dumps(res))
 
 if __name__ == "__main__":
     main()

@@ -31,6 +31,15 @@ def test_train_speed_and_profile_report_per_step_figures():
     speed = _json_line("train_speed.py", *TINY, "--warmup", "1", "--windows", "2", "--steps-per-window", "1")
     assert speed["figure"] == "train_samples_per_s" and speed["value"] > 0 and len(speed["windows"]) == 2
     assert speed["batch"] == 4 and speed["compile"] is False and speed["compile_mode"] is None
+    assert "commit" in speed["git"] and speed["machine"]["device"] == "cpu" and speed["date"]
+    roof = _json_line("train_speed.py", *TINY, "--warmup", "1", "--windows", "1", "--steps-per-window", "1",
+                      "--roofline", "--roofline-size", "128")
+    assert roof["step_gflop"] > 0 and abs(sum(roof["gflop_by_op"].values()) - roof["step_gflop"]) < 0.01
+    assert "aten.convolution_backward" in roof["gflop_by_op"]          # the backward pass is counted
+    assert roof["samples_per_s_at_op_floor"] == round(4000 / roof["op_floor_ms"], 1)
+    sheet = _json_line("train_speed.py", *TINY, "--datasheet", "1000,3")
+    assert sheet["figure"] == "train_step_datasheet_roofline" and sheet["heavy_calls"] == roof["heavy_calls"]
+    assert sheet["heavy_gflop"] == roof["step_gflop"]                 # the same calls, recorded without compute
     prof = _json_line("train_profile.py", *TINY, "--warmup", "1", "--steps", "2", "--profile-steps", "1")
     assert prof["figure"] == "train_step_profile" and prof["ms_per_step"] > 0
     assert abs(prof["samples_per_s"] - 4000 / prof["ms_per_step"]) < 1
@@ -55,6 +64,44 @@ def test_plan_latency_roofline_counts_the_solve_flops():
     assert two["solve_gflop"] > 0 and two["peak_matmul_gflops"] > 0
     assert abs(four["solve_gflop"] / two["solve_gflop"] - 2) < 0.05   # one energy call per iteration
     assert abs(two["floor_ms_at_peak"] - 1e3 * two["solve_gflop"] / two["peak_matmul_gflops"]) < 0.2
+    assert four["heavy_calls"] > two["heavy_calls"] > 0 and two["op_floor_ms"] > 0
+
+
+def test_roofline_counts_and_records_every_heavy_call_with_its_shapes():
+    sys.path.insert(0, str(REPO))
+    from benchmarks.roofline import HeavyOps, at_rates, count_flops, datasheet, op_floor
+
+    lin, x = torch.nn.Linear(32, 16), torch.randn(8, 32)
+    q = torch.randn(2, 4, 10, 8, requires_grad=True)                  # (B, heads, T, hd)
+
+    def step():
+        y = lin(x).sum() + torch.nn.functional.scaled_dot_product_attention(q, q, q).sum()
+        y.backward()
+
+    flops, per_op = count_flops(step)
+    mm = 2 * 8 * 32 * 16                                               # one 8x32 @ 32x16 matmul
+    att = 2 * (2 * 4) * 10 * 10 * 8                                    # one (T x T x hd) product per head
+    assert per_op["aten.addmm"] == mm and per_op["aten.mm"] == mm      # forward; the weight's gradient
+    assert sum(v for k, v in per_op.items() if "attention" in k) == 2 * att + 5 * att  # fwd 2, bwd 5
+    assert flops == 2 * mm + 7 * att
+    rec = HeavyOps()
+    with rec:
+        step()
+        step()
+    assert sum(rec.calls.values()) == 8 and len(rec.calls) == 4       # 4 distinct calls, each twice
+    cost = {str(key[0]): c for key, c in rec.cost.items()}
+    assert cost["aten.addmm.default"] == (mm, 4 * (16 + 8 * 32 + 32 * 16 + 8 * 16))  # bias, x, W read; y written
+    assert sum(c[0] for c in cost.values()) == flops                  # per-call formulas = the counter's
+    roof = at_rates(rec, peak_gflops=1.0, bandwidth_gbs=1e9)
+    assert abs(roof["roofline_ms"] - 2e3 * flops / 1e9) < 1e-2 and roof["memory_bound_calls"] == 0
+    assert roof["heavy_calls"] == 8 and roof["distinct_heavy_calls"] == 4
+    fake = datasheet(step, peak_tflops=1e-3, bandwidth_tbs=1e6)       # recorded without computing
+    assert fake["roofline_ms"] == round(1e3 * flops / 1e9, 2) and fake["heavy_calls"] == 4
+    floor = op_floor(rec, torch.device("cpu"))
+    rows = {r["op"]: r for r in floor["op_floor_top"]}
+    assert rows["aten.addmm.default"]["shapes"] == "16, 8x32, 32x16" and rows["aten.addmm.default"]["calls"] == 2
+    assert abs(floor["op_floor_ms"] - sum(r["ms"] for r in rows.values())) < 0.01
+    assert all(r["ms_per_call"] > 0 for r in rows.values())
 
 
 def test_gpu_suite_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work(tmp_path):

@@ -1,0 +1,242 @@
+"""Rooflines: how fast a workload could run on this device, from its own FLOPs and its own heavy ops.
+
+Two floors, both measured on the device at hand, for a workload given as a function of no arguments
+(one training step, one planning solve), run once eagerly while being watched:
+
+- floor at peak: its FLOP count (torch's FlopCounterMode; attention included, CPU flash attention
+  too) over this device's rate on one large square matmul in the same dtype, about the best rate
+  the device gives. Small or skinny matmuls run well below it, so this floor is loose.
+- op floor: every matmul, convolution and attention call the workload makes, recorded with its exact
+  shapes, strides, dtype and arguments (a TorchDispatchMode, so under autocast the bf16 calls), then
+  each distinct call replayed alone on random inputs of the same layout, back to back, and timed;
+  the sum over all calls. Everything else (norms, activations, the optimiser, launch gaps) counts as
+  free and each heavy op runs at the rate the device's own library gives it alone: a program that
+  keeps these ops cannot be faster than this, short of fusing them into each other.
+- beside it, the textbook roofline of the same calls: each call's FLOPs at the large-matmul rate or
+  its bytes (inputs read once, outputs written once) at this device's copy bandwidth, whichever is
+  slower, summed ("roofline_ms"), and the bytes alone ("memory_floor_ms").
+
+    from benchmarks.roofline import roofline
+    out = roofline(lambda: train_step(...), device, torch.bfloat16)   # dict of the figures
+"""
+from __future__ import annotations
+
+import collections
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
+                                      sdpa_backward_flop_count, sdpa_flop_count)
+
+aten = torch.ops.aten
+
+# CPU flash attention has no formula in torch's counter: the same count as the CUDA kernels.
+if aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                                out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+HEAVY = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten.convolution_backward,
+         aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_flash_attention_backward,
+         aten._scaled_dot_product_efficient_attention,
+         aten._scaled_dot_product_efficient_attention_backward,
+         aten._scaled_dot_product_cudnn_attention, aten._scaled_dot_product_cudnn_attention_backward,
+         aten._scaled_dot_product_flash_attention_for_cpu,
+         aten._scaled_dot_product_flash_attention_for_cpu_backward,
+         aten._flash_attention_forward, aten._flash_attention_backward,
+         aten._efficient_attention_forward, aten._efficient_attention_backward}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 10) -> float:
+    """Median rate of an n x n x n matmul in `dtype` on this device (GFLOP/s)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    rates = []
+    for i in range(runs + 2):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        if i >= 2:                                      # the first two warm up
+            rates.append(2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
+def copy_bandwidth_gbs(device: torch.device, mb: int = 0, runs: int = 10) -> float:
+    """Median rate of one large tensor copy, bytes read + written (GB/s): 64 MB on the CPU, 1 GB on CUDA."""
+    n = (mb or (1024 if device.type == "cuda" else 64)) * 2 ** 20 // 4
+    a, b = torch.randn(n, device=device), torch.empty(n, device=device)
+    rates = []
+    for i in range(runs + 2):
+        sync(device)
+        t = time.perf_counter()
+        b.copy_(a)
+        sync(device)
+        if i >= 2:
+            rates.append(2 * 4 * n / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
+    """Run fn once; (total FLOPs, FLOPs per aten op)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    per_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return float(counter.get_total_flops()), per_op
+
+
+class TensorSpec(tuple):
+    """(shape, stride, storage_offset, dtype, device) of a recorded argument: enough to rebuild one."""
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "TensorSpec":
+        return cls((tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, str(t.device)))
+
+    def extent(self) -> int:
+        """Elements of storage the tensor spans from its offset (an expanded input is read once)."""
+        shape, stride = self[0], self[1]
+        return 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+
+    def make(self) -> torch.Tensor:
+        shape, stride, offset, dtype, device = self
+        base = torch.empty(max(offset + self.extent(), 1), dtype=dtype, device=device)
+        if dtype.is_floating_point:
+            base.normal_()
+        else:
+            base.zero_()                                # masks, philox seeds / offsets
+        return base.as_strided(shape, stride, offset)
+
+
+class HeavyOps(TorchDispatchMode):
+    """Records every heavy call (HEAVY) as (op, flattened argument specs) -> number of calls, with
+    each distinct call's argument tree and its cost per call (FLOPs, bytes read + written)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: collections.Counter = collections.Counter()
+        self.specs: dict[Any, Any] = {}
+        self.cost: dict[Any, tuple[float, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.overloadpacket in HEAVY:
+            leaves, tree = pytree.tree_flatten((args, kwargs))
+            frozen = tuple(TensorSpec.of(x) if isinstance(x, torch.Tensor) else x for x in leaves)
+            key = (func, frozen, repr(tree))
+            if key not in self.specs:
+                formula = flop_registry.get(func.overloadpacket)
+                flops = formula(*args, **kwargs, out_val=out) if formula else 0
+                read = sum(x.extent() * x[3].itemsize for x in frozen if isinstance(x, TensorSpec))
+                written = sum(t.numel() * t.element_size() for t in pytree.tree_leaves(out)
+                              if isinstance(t, torch.Tensor))
+                self.specs[key], self.cost[key] = tree, (float(flops), read + written)
+            self.calls[key] += 1
+        return out
+
+
+def time_call(func, args, kwargs, device: torch.device, min_s: float = 0.02, repeats: int = 3) -> float:
+    """Seconds per call of func(*args, **kwargs) run back to back (median of `repeats` timed loops)."""
+    for _ in range(2):
+        func(*args, **kwargs)
+    sync(device)
+    t = time.perf_counter()
+    func(*args, **kwargs)
+    sync(device)
+    n = int(min(200, max(3, min_s / max(time.perf_counter() - t, 1e-7))))
+    per = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(n):
+            func(*args, **kwargs)
+        sync(device)                                    # host sync: end of the timed loop
+        per.append((time.perf_counter() - t) / n)
+    return statistics.median(per)
+
+
+def at_rates(rec: HeavyOps, peak_gflops: float, bandwidth_gbs: float) -> dict[str, Any]:
+    """The textbook roofline of the recorded calls: each at its FLOPs / peak_gflops or its bytes /
+    bandwidth_gbs, whichever is slower, summed; and the bytes alone."""
+    roof_s = gflop = gb = 0.0
+    memory_bound = 0
+    for key, calls in rec.calls.items():
+        flops, nbytes = rec.cost[key]
+        compute_s, memory_s = flops / 1e9 / peak_gflops, nbytes / 1e9 / bandwidth_gbs
+        roof_s += calls * max(compute_s, memory_s)
+        memory_bound += calls * (memory_s > compute_s)
+        gflop, gb = gflop + calls * flops / 1e9, gb + calls * nbytes / 1e9
+    return {"roofline_ms": round(1e3 * roof_s, 2), "memory_floor_ms": round(1e3 * gb / bandwidth_gbs, 2),
+            "heavy_gflop": round(gflop, 3), "heavy_gb": round(gb, 3), "heavy_calls": sum(rec.calls.values()),
+            "memory_bound_calls": memory_bound, "distinct_heavy_calls": len(rec.calls)}
+
+
+def op_floor(rec: HeavyOps, device: torch.device, top: int = 8) -> dict[str, Any]:
+    """Replay each distinct recorded call alone: total milliseconds and the `top` heaviest calls."""
+    rows = []
+    for key, calls in rec.calls.items():
+        func, frozen, _ = key
+        leaves = [x.make() if isinstance(x, TensorSpec) else x for x in frozen]
+        args, kwargs = pytree.tree_unflatten(leaves, rec.specs[key])
+        with torch.no_grad():
+            s = time_call(func, args, kwargs, device)
+        shapes = ", ".join("x".join(map(str, x[0])) for x in frozen if isinstance(x, TensorSpec))
+        dtypes = sorted({str(x[3]).removeprefix("torch.") for x in frozen if isinstance(x, TensorSpec)})
+        flops, nbytes = rec.cost[key]
+        rows.append({"op": str(func), "shapes": shapes, "dtype": "/".join(dtypes), "calls": calls,
+                     "ms_per_call": round(1e3 * s, 4), "ms": 1e3 * s * calls,
+                     "gflop_per_call": round(flops / 1e9, 4), "mb_per_call": round(nbytes / 1e6, 2)})
+    rows.sort(key=lambda r: -r["ms"])
+    for r in rows:
+        r["ms"] = round(r["ms"], 3)
+    return {"op_floor_ms": round(sum(r["ms"] for r in rows), 2), "op_floor_top": rows[:top]}
+
+
+def datasheet(fn: Callable[[], Any], peak_tflops: float, bandwidth_tbs: float) -> dict[str, Any]:
+    """The roofline of fn's heavy calls at a device's published rates, from any machine: fn runs under
+    FakeTensorMode (shapes and dtypes propagate, nothing is computed), so a full-size GPU step can be
+    recorded on a laptop CPU. An estimate, not a measurement: name the rates' source with it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    rec = HeavyOps()
+    with FakeTensorMode(allow_non_fake_inputs=True), rec:
+        fn()
+    return {"datasheet_peak_tflops": peak_tflops, "datasheet_bandwidth_tbs": bandwidth_tbs,
+            **at_rates(rec, 1e3 * peak_tflops, 1e3 * bandwidth_tbs)}
+
+
+def roofline(fn: Callable[[], Any], device: torch.device, dtype: torch.dtype, peak_size: int = 0,
+             seconds: float | None = None) -> dict[str, Any]:
+    """Both floors for fn (run twice, eagerly: once counted, once recorded). With `seconds`, the
+    measured time of one fn, also the FLOP rate it reached."""
+    flops, per_op = count_flops(fn)
+    rec = HeavyOps()
+    with rec:
+        fn()
+    sync(device)
+    n = peak_size or (8192 if device.type == "cuda" else 2048)
+    peak, bw = peak_matmul_gflops(device, dtype, n=n), copy_bandwidth_gbs(device)
+    gflop = flops / 1e9
+    out: dict[str, Any] = {"gflop": round(gflop, 3),
+                           "gflop_by_op": {k: round(v / 1e9, 3) for k, v in per_op.items()},
+                           "peak_matmul_gflops": round(peak, 1), "peak_matmul_size": n,
+                           "copy_bandwidth_gbs": round(bw, 1), "floor_ms_at_peak": round(1e3 * gflop / peak, 2)}
+    if seconds:
+        out["achieved_gflops"] = round(gflop / seconds, 1)
+    out.update(at_rates(rec, peak, bw))
+    out.update(op_floor(rec, device))
+    return out

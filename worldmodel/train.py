@@ -307,8 +307,11 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW + LambdaLR(linear warmup, cosine decay) per `cfg`."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """AdamW + LambdaLR(linear warmup, cosine decay) per `cfg`. The fused AdamW kernel (one pass over
+    all parameters) on CPU and CUDA: the same update up to rounding, in a fraction of the per-tensor
+    loop's time on the CPU. Build it after the model is on its device."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps, cfg.min_lr_ratio))
     return opt, sched

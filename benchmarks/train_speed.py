@@ -166,5 +166,6 @@ def main() -> None:
         res.update(r)
     print(json.dumps(res))
 
+
 if __name__ == "__main__":
     main()

@@ -102,6 +102,7 @@ def test_roofline_counts_and_records_every_heavy_call_with_its_shapes():
     assert rows["aten.addmm.default"]["shapes"] == "16, 8x32, 32x16" and rows["aten.addmm.default"]["calls"] == 2
     assert abs(floor["op_floor_ms"] - sum(r["ms"] for r in rows.values())) < 0.01
     assert all(r["ms_per_call"] > 0 for r in rows.values())
+    assert floor["replay_failed"] == []
 
 
 def test_gpu_suite_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work(tmp_path):

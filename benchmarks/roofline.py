@@ -1,7 +1,7 @@
 """Rooflines: how fast a workload could run on this device, from its own FLOPs and its own heavy ops.
 
-Two floors, both measured on the device at hand, for a workload given as a function of no arguments
-(one training step, one planning solve), run once eagerly while being watched:
+Floors for a workload given as a function of no arguments (one training step, one planning solve),
+run eagerly while being watched, with the rates measured on the device at hand:
 
 - floor at peak: its FLOP count (torch's FlopCounterMode; attention included, CPU flash attention
   too) over this device's rate on one large square matmul in the same dtype, about the best rate
@@ -12,7 +12,7 @@ Two floors, both measured on the device at hand, for a workload given as a funct
   the sum over all calls. Everything else (norms, activations, the optimiser, launch gaps) counts as
   free and each heavy op runs at the rate the device's own library gives it alone: a program that
   keeps these ops cannot be faster than this, short of fusing them into each other.
-- beside it, the textbook roofline of the same calls: each call's FLOPs at the large-matmul rate or
+- the textbook roofline of the same calls: each call's FLOPs at the large-matmul rate or
   its bytes (inputs read once, outputs written once) at this device's copy bandwidth, whichever is
   slower, summed ("roofline_ms"), and the bytes alone ("memory_floor_ms").
 

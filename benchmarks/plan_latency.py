@@ -41,7 +41,7 @@ from worldmodel.model import ModelConfig, WorldModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
-from roofline import roofline  # noqa: E402
+from roofline import roofline, sync  # noqa: E402
 
 
 def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
@@ -65,12 +65,10 @@ def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
 def timed_energy(energy, device: torch.device, log: list[float]):
     """Wrap the energy to accumulate its wall time (synchronising on CUDA: profiling only)."""
     def call(actions: torch.Tensor) -> torch.Tensor:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t = time.perf_counter()
         out = energy(actions)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         log.append(time.perf_counter() - t)
         return out
     return call
@@ -98,11 +96,13 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
         fn = torch.compile(energy.__call__, mode="max-autotune-no-cudagraphs"
                            if args.cuda_graph else "default", dynamic=False)
 
-    def energy_fn(actions):
+    def bf16_ctx():
         # no autocast weight-cast cache: cached casts made during graph capture would be freed
-        ctx = (torch.autocast("cuda", torch.bfloat16, cache_enabled=not args.cuda_graph)
-               if autocast else contextlib.nullcontext())
-        with ctx:
+        return (torch.autocast("cuda", torch.bfloat16, cache_enabled=not args.cuda_graph)
+                if autocast else contextlib.nullcontext())
+
+    def energy_fn(actions):
+        with bf16_ctx():
             return fn(actions)
 
     def solve():
@@ -122,12 +122,10 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
         run()
     times = []
     for _ in range(args.runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t = time.perf_counter()
         res = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - t)
     ms = sorted(1e3 * t for t in times)
     out = {"bench": "plan_latency", "device": torch.cuda.get_device_name(device)
@@ -151,8 +149,7 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
                    profile_energy_calls=len(log))
     if args.roofline and dtype_name != "int8":     # the counter does not see quantized kernels
         def eager_solve():                         # the same solve, uncompiled and ungraphed: watched
-            ctx = torch.autocast("cuda", torch.bfloat16) if autocast else contextlib.nullcontext()
-            with ctx:
+            with bf16_ctx():
                 return planner.solve(energy, bounds, args.horizon, batch=args.batch)
         r = roofline(eager_solve, device, getattr(torch, dtype_name), args.roofline_size,
                      seconds=out["median_ms"] / 1e3)

@@ -3,10 +3,10 @@
 Floors for a workload given as a function of no arguments (one training step, one planning solve),
 run eagerly while being watched, with the rates measured on the device at hand:
 
-- floor at peak: its FLOP count (torch's FlopCounterMode; attention included, CPU flash attention
-  too) over this device's rate on one large square matmul in the same dtype, about the best rate
+- floor at peak: its FLOP count (torch's FLOP formulas, as FlopCounterMode applies them; attention
+  included, CPU flash attention too) over this device's rate on one large square matmul in the same dtype, about the best rate
   the device gives. Small or skinny matmuls run well below it, so this floor is loose.
-- op floor: every matmul, convolution and attention call the workload makes, recorded with its exact
+- op floor: every call those formulas count (matmuls, convolutions, attention), recorded with its exact
   shapes, strides, dtype and arguments (a TorchDispatchMode, so under autocast the bf16 calls), then
   each distinct call replayed alone on random inputs of the same layout, back to back, and timed;
   the sum over all calls. Everything else (norms, activations, the optimiser, launch gaps) counts as
@@ -29,8 +29,8 @@ from typing import Any, Callable
 import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
-                                      sdpa_backward_flop_count, sdpa_flop_count)
+from torch.utils.flop_counter import (flop_registry, register_flop_formula, sdpa_backward_flop_count,
+                                      sdpa_flop_count)
 
 aten = torch.ops.aten
 
@@ -45,58 +45,35 @@ if aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:
                                 out_shape=None, **kwargs) -> int:
         return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
-HEAVY = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten.convolution_backward,
-         aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_flash_attention_backward,
-         aten._scaled_dot_product_efficient_attention,
-         aten._scaled_dot_product_efficient_attention_backward,
-         aten._scaled_dot_product_cudnn_attention, aten._scaled_dot_product_cudnn_attention_backward,
-         aten._scaled_dot_product_flash_attention_for_cpu,
-         aten._scaled_dot_product_flash_attention_for_cpu_backward,
-         aten._flash_attention_forward, aten._flash_attention_backward,
-         aten._efficient_attention_forward, aten._efficient_attention_backward}
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def peak_matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 10) -> float:
-    """Median rate of an n x n x n matmul in `dtype` on this device (GFLOP/s)."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+def median_rate(device: torch.device, op: Callable[[], Any], work: float, runs: int = 10) -> float:
+    """Median of work / seconds over `runs` timed calls of op(), after two warm-up calls."""
     rates = []
     for i in range(runs + 2):
         sync(device)
         t = time.perf_counter()
-        a @ b
+        op()
         sync(device)
-        if i >= 2:                                      # the first two warm up
-            rates.append(2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        if i >= 2:
+            rates.append(work / (time.perf_counter() - t))
     return statistics.median(rates)
+
+
+def peak_matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, runs: int = 10) -> float:
+    """Median rate of an n x n x n matmul in `dtype` on this device (GFLOP/s)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return median_rate(device, lambda: a @ b, 2 * n ** 3 / 1e9, runs)
 
 
 def copy_bandwidth_gbs(device: torch.device, mb: int = 0, runs: int = 10) -> float:
     """Median rate of one large tensor copy, bytes read + written (GB/s): 64 MB on the CPU, 1 GB on CUDA."""
     n = (mb or (1024 if device.type == "cuda" else 64)) * 2 ** 20 // 4
     a, b = torch.randn(n, device=device), torch.empty(n, device=device)
-    rates = []
-    for i in range(runs + 2):
-        sync(device)
-        t = time.perf_counter()
-        b.copy_(a)
-        sync(device)
-        if i >= 2:
-            rates.append(2 * 4 * n / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
-
-
-def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
-    """Run fn once; (total FLOPs, FLOPs per aten op)."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    per_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return float(counter.get_total_flops()), per_op
+    return median_rate(device, lambda: b.copy_(a), 2 * 4 * n / 1e9, runs)
 
 
 class TensorSpec(tuple):
@@ -122,8 +99,9 @@ class TensorSpec(tuple):
 
 
 class HeavyOps(TorchDispatchMode):
-    """Records every heavy call (HEAVY) as (op, flattened argument specs) -> number of calls, with
-    each distinct call's argument tree and its cost per call (FLOPs, bytes read + written)."""
+    """Records every heavy call (an op with a FLOP formula) as (op, flattened argument specs) ->
+    number of calls, with each distinct call's argument tree and its cost per call (FLOPs, bytes
+    read + written)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -134,19 +112,34 @@ class HeavyOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func.overloadpacket in HEAVY:
+        formula = flop_registry.get(func.overloadpacket)
+        if formula is not None:
             leaves, tree = pytree.tree_flatten((args, kwargs))
             frozen = tuple(TensorSpec.of(x) if isinstance(x, torch.Tensor) else x for x in leaves)
             key = (func, frozen, repr(tree))
             if key not in self.specs:
-                formula = flop_registry.get(func.overloadpacket)
-                flops = formula(*args, **kwargs, out_val=out) if formula else 0
+                flops = formula(*args, **kwargs, out_val=out)
                 read = sum(x.extent() * x[3].itemsize for x in frozen if isinstance(x, TensorSpec))
                 written = sum(t.numel() * t.element_size() for t in pytree.tree_leaves(out)
                               if isinstance(t, torch.Tensor))
                 self.specs[key], self.cost[key] = tree, (float(flops), read + written)
             self.calls[key] += 1
         return out
+
+    def flops(self) -> tuple[float, dict[str, float]]:
+        """(total FLOPs, FLOPs per aten op) of the recorded calls."""
+        per_op: dict[str, float] = collections.defaultdict(float)
+        for key, calls in self.calls.items():
+            per_op[str(key[0].overloadpacket)] += calls * self.cost[key][0]
+        return sum(per_op.values()), dict(per_op)
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
+    """Run fn once; (total FLOPs, FLOPs per aten op)."""
+    rec = HeavyOps()
+    with rec:
+        fn()
+    return rec.flops()
 
 
 def time_call(func, args, kwargs, device: torch.device, min_s: float = 0.02, repeats: int = 3) -> float:
@@ -227,13 +220,13 @@ def datasheet(fn: Callable[[], Any], peak_tflops: float, bandwidth_tbs: float) -
 
 def roofline(fn: Callable[[], Any], device: torch.device, dtype: torch.dtype, peak_size: int = 0,
              seconds: float | None = None) -> dict[str, Any]:
-    """Both floors for fn (run twice, eagerly: once counted, once recorded). With `seconds`, the
-    measured time of one fn, also the FLOP rate it reached."""
-    flops, per_op = count_flops(fn)
+    """The floors for fn (run once, eagerly, recorded). With `seconds`, the measured time of one fn,
+    also the FLOP rate it reached."""
     rec = HeavyOps()
     with rec:
         fn()
     sync(device)
+    flops, per_op = rec.flops()
     n = peak_size or (8192 if device.type == "cuda" else 2048)
     peak, bw = peak_matmul_gflops(device, dtype, n=n), copy_bandwidth_gbs(device)
     gflop = flops / 1e9

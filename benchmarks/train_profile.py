@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.train_speed import parser, setup, sync  # noqa: E402
+from benchmarks.roofline import sync  # noqa: E402
+from benchmarks.train_speed import parser, setup  # noqa: E402
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 

@@ -24,16 +24,16 @@ import dataclasses
 import datetime
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.roofline import datasheet, roofline, sync  # noqa: E402
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
@@ -111,21 +111,23 @@ def main() -> None:
     p.add_argument("--datasheet", default=None, metavar="TFLOPS,TBS",
                    help="no timing: the step's heavy-call roofline at these published rates")
     a = p.parse_args()
-    from worldmodel.train import train_step
+    from worldmodel.train import clip_loss, train_step
 
     cfg, device, model, opt, sched, loss_mod, amp, batch = setup(a)
+    eager = clip_loss(model, cfg)                  # the same math, uncompiled: what the floors watch
+    step = 0
+
+    def eager_step() -> None:
+        train_step(eager, model, opt, sched, *batch(), cfg, step, amp)
+
     if a.datasheet:
-        from benchmarks.roofline import datasheet
-        from worldmodel.train import clip_loss
         tflops, tbs = (float(x) for x in a.datasheet.split(","))
-        eager = clip_loss(model, cfg)
-        r = datasheet(lambda: train_step(eager, model, opt, sched, *batch(), cfg, 0, amp), tflops, tbs)
+        r = datasheet(eager_step, tflops, tbs)
         print(json.dumps({"figure": "train_step_datasheet_roofline", "preset": a.preset, "batch": cfg.batch_size,
                           "image_size": cfg.model.image_size, "precision": cfg.precision, **r,
                           "samples_per_s_at_roofline": round(1e3 * cfg.batch_size / r["roofline_ms"], 1),
                           "overrides": a.override, **provenance(device)}))
         return
-    step = 0
     t0 = time.perf_counter()
     for _ in range(a.warmup):
         out = train_step(loss_mod, model, opt, sched, *batch(), cfg, step, amp)
@@ -142,7 +144,7 @@ def main() -> None:
         rates.append(a.steps_per_window * cfg.batch_size / (time.perf_counter() - t0))
     loss = float(out[0])                                      # host sync after timing
     sps = statistics.median(rates)
-    bf16 = not isinstance(amp, type(None)) and hasattr(amp, "fast_dtype")
+    bf16 = isinstance(amp, torch.autocast)
     res = {
         "figure": "train_samples_per_s", "preset": a.preset, "value": round(sps, 1),
         "ms_per_step": round(1000 * cfg.batch_size / sps, 2), "batch": cfg.batch_size,
@@ -155,11 +157,8 @@ def main() -> None:
         "data": a.data or "random", "windows": [round(r, 1) for r in rates], "final_loss": round(loss, 5),
         "overrides": a.override, **provenance(device)}
     if a.roofline:
-        from benchmarks.roofline import roofline
-        from worldmodel.train import clip_loss
-        eager = clip_loss(model, cfg)                         # the same math, uncompiled: watched
-        r = roofline(lambda: train_step(eager, model, opt, sched, *batch(), cfg, step, amp), device,
-                     torch.bfloat16 if bf16 else torch.float32, a.roofline_size, seconds=res["ms_per_step"] / 1e3)
+        r = roofline(eager_step, device, torch.bfloat16 if bf16 else torch.float32, a.roofline_size,
+                     seconds=res["ms_per_step"] / 1e3)
         r["step_gflop"] = r.pop("gflop")
         r["samples_per_s_at_peak_floor"] = round(1e3 * cfg.batch_size / r["floor_ms_at_peak"], 1)
         r["samples_per_s_at_op_floor"] = round(1e3 * cfg.batch_size / r["op_floor_ms"], 1)

@@ -69,7 +69,6 @@ class CommittedPrefix:
 
     def __init__(self, energy: GoalEnergyLike, frameskip: int, device, dtype) -> None:
         self.energy, self.fs, self.device, self.dtype = energy, frameskip, device, dtype
-        self.static = getattr(energy, "static", False)
         self._buffers = StaticBuffers()
         self.prefix: torch.Tensor | None = None
 

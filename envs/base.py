@@ -231,11 +231,25 @@ def hinge_qpos_dims(model: mujoco.MjModel) -> tuple[int, ...]:
                  if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE)
 
 
+def quat_qpos_starts(model: mujoco.MjModel) -> tuple[int, ...]:
+    """qpos index of each 4-coordinate orientation quaternion (a free joint's after its position,
+    a ball joint's whole qpos)."""
+    out = []
+    for j in range(model.njnt):
+        if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE:
+            out.append(int(model.jnt_qposadr[j]) + 3)
+        elif model.jnt_type[j] == mujoco.mjtJoint.mjJNT_BALL:
+            out.append(int(model.jnt_qposadr[j]))
+    return tuple(out)
+
+
 class StateGoalEnv(MujocoGoalEnv):
     """A MujocoGoalEnv for a simulator with no goal notion of its own (the generic adapters):
     a goal is any state, success is the Euclidean distance over the state coordinates
-    `success_dims` (default: every qpos coordinate) below `success_threshold`. Proprioception is
-    the whole state."""
+    `success_dims` (default: every qpos coordinate) below `success_threshold`, measured between
+    poses, not their coordinates: hinge angles modulo 2 pi (an unlimited hinge, e.g. a pendulum or
+    Reacher-v5's shoulder, may wind several turns) and quaternions up to sign (q and -q are one
+    rotation). Proprioception is the whole state."""
 
     def _set_success(self, success_dims: Sequence[int] | None, success_threshold: float) -> None:
         nq, nv = int(self.model.nq), int(self.model.nv)
@@ -246,6 +260,8 @@ class StateGoalEnv(MujocoGoalEnv):
             raise ValueError(f"success_threshold must be > 0, got {success_threshold!r}")
         self.success_dims = np.asarray(dims)
         self.success_threshold = float(success_threshold)
+        self._hinge_dims = np.asarray(hinge_qpos_dims(self.model), dtype=np.int64)
+        self._quat_starts = quat_qpos_starts(self.model)
 
     def _state_env_info(self, action_low: np.ndarray, action_high: np.ndarray, control_hz: float,
                         extra: dict[str, Any]) -> EnvInfo:
@@ -258,7 +274,8 @@ class StateGoalEnv(MujocoGoalEnv):
             control_hz=float(control_hz),
             state_names=names,
             proprio_names=names,
-            success=f"L2 distance over state dims {self.success_dims.tolist()} < {self.success_threshold}",
+            success=(f"L2 distance over state dims {self.success_dims.tolist()} < {self.success_threshold} "
+                     "(hinge angles modulo 2 pi, quaternions up to sign)"),
             extra={**extra, "nq": int(self.model.nq), "nv": int(self.model.nv),
                    "success_dims": self.success_dims.tolist(), "success_threshold": self.success_threshold},
             pose_dims=tuple(range(self.model.nq)),
@@ -268,6 +285,19 @@ class StateGoalEnv(MujocoGoalEnv):
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
+    def nearest_goal(self, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+        """`goal_state` rewritten as the coordinates of the same pose nearest `state`: each hinge
+        angle moved by whole turns, each quaternion's sign flipped where that brings it closer."""
+        s = np.asarray(state, dtype=np.float64)
+        g = np.array(goal_state, dtype=np.float64)
+        h = self._hinge_dims
+        g[h] = s[h] - wrap_angle(s[h] - g[h])
+        for a in self._quat_starts:
+            if np.dot(s[a:a + 4], g[a:a + 4]) < 0:
+                g[a:a + 4] *= -1.0
+        return g
+
     def goal_error(self, state: np.ndarray, goal_state: np.ndarray) -> float:
-        d = np.asarray(state)[self.success_dims] - np.asarray(goal_state)[self.success_dims]
+        dims = self.success_dims
+        d = np.asarray(state, dtype=np.float64)[dims] - self.nearest_goal(state, goal_state)[dims]
         return float(np.linalg.norm(d) / self.success_threshold)

@@ -17,7 +17,8 @@ actions to controls as the suite does, and one env step is the suite's control s
 - Rendering: the model's camera 0 (the suite's default view) through the shared fast renderer,
   or `camera` (a camera name or id; -1 = MuJoCo's free camera).
 - Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
-  indices `success_dims` (default: every qpos coordinate) below `success_threshold` (default 0.1).
+  indices `success_dims` (default: every qpos coordinate) below `success_threshold` (default 0.1),
+  hinge angles compared modulo 2 pi and quaternions up to sign (StateGoalEnv).
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@
   camera (its `default_camera_config`; a `trackbodyid` there becomes a tracking camera), or a
   model camera given by `camera` (name or id).
 - Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
-  indices `success_dims` (default: all qpos dims) below `success_threshold` (default 0.1).
+  indices `success_dims` (default: all qpos dims) below `success_threshold` (default 0.1), hinge
+  angles compared modulo 2 pi and quaternions up to sign (StateGoalEnv).
 """
 from __future__ import annotations
 

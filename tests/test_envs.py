@@ -13,6 +13,7 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import envs  # noqa: E402
+from envs.base import StateGoalEnv, hinge_qpos_dims, quat_qpos_starts  # noqa: E402
 from envs.registry import ENVS  # noqa: E402
 
 # (name, kwargs): every registered env; the generic adapters on two cheap gymnasium MuJoCo envs
@@ -130,6 +131,31 @@ def test_success_at_goal_not_far_away(env):
     for s in (goal, far, near):   # the criterion's errors, one by one: goal_error is the largest
         errs = env.goal_errors(s, goal)
         assert errs.ndim == 1 and (errs >= 0).all() and errs.max() == pytest.approx(env.goal_error(s, goal))
+
+
+GENERIC = [i for i, (name, _) in enumerate(SPECS) if name in ("gym", "dmc")]
+
+
+@pytest.mark.parametrize("spec", [SPECS[i] for i in GENERIC] + [("gym", {"gym_id": "Ant-v5"})],
+                         ids=[IDS[i] for i in GENERIC] + ["Ant-v5"])  # Ant: a free joint's quaternion
+def test_generic_adapters_score_poses_not_coordinates(spec):
+    """A hinge angle whole turns away, or a quaternion of the other sign, is the same pose: success
+    at distance 0. Half a turn on a hinge is not."""
+    env = envs.make(spec[0], image_size=64, **spec[1])
+    assert isinstance(env, StateGoalEnv)
+    env.reset(seed=3)
+    goal = env.get_state()
+    same = goal.copy()
+    hinges = list(hinge_qpos_dims(env.model))
+    same[hinges] += 2 * np.pi * np.arange(-2, len(hinges) - 2)      # -2, -1, 0, 1, ... turns
+    for a in quat_qpos_starts(env.model):
+        same[a:a + 4] *= -1.0
+    assert env.goal_error(same, goal) < 1e-9 and env.goal_error(goal, same) < 1e-9
+    assert env.is_success(same, goal)
+    half = goal.copy()
+    half[hinges[0]] += np.pi
+    assert env.goal_error(half, goal) == pytest.approx(np.pi / env.success_threshold)
+    env.close()
 
 
 def test_actions_are_clipped_and_nan_refused(env):

@@ -15,14 +15,17 @@ actions to controls as the suite does, and one env step is the suite's control s
 - State (nq + nv,) = (qpos, qvel). Whatever a task randomises outside them (e.g. the position of
   reacher's target geom) is not part of the state: it stays as the last reset left it.
 - Rendering: the model's camera 0 (the suite's default view) through the shared fast renderer,
-  or `camera` (a camera name or id; -1 = MuJoCo's free camera).
+  or `camera` (a camera name or id; -1 = MuJoCo's free camera). The renderer stands in for the
+  physics' own rendering contexts, so a task that edits render data at reset (quadruped-escape's
+  random terrain) uploads it to the frames we draw, and dm_control opens no GL context of its own.
 - Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
   indices `success_dims` (default: every qpos coordinate) below `success_threshold` (default 0.1),
   hinge angles compared modulo 2 pi and quaternions up to sign (StateGoalEnv).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import mujoco
 import numpy as np
@@ -64,6 +67,7 @@ class DMCSuite(StateGoalEnv):
         if isinstance(camera, int) and camera >= self.model.ncam:
             camera = -1                 # a model without cameras: MuJoCo's free camera
         self._renderer = FastRenderer(self.model, image_size, camera=camera)
+        self._lend_renderer()
         self._dmc.reset()
 
     def env_info(self) -> EnvInfo:
@@ -76,6 +80,7 @@ class DMCSuite(StateGoalEnv):
     # ---- simulation hooks --------------------------------------------------------------------
     def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
         self._task_random.seed(int(rng.integers(2**31 - 1)))
+        self._lend_renderer()
         self._dmc.reset()           # the task's initialize_episode inside physics.reset_context()
 
     def _step_sim(self, action: np.ndarray) -> None:
@@ -84,3 +89,55 @@ class DMCSuite(StateGoalEnv):
         self.physics.step(self._n_sub)
         self._dmc.task.after_step(self.physics)
         mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
+
+    # ---- rendering contexts ------------------------------------------------------------------
+    def _lend_renderer(self) -> None:
+        """Install our renderer as `physics.contexts` (what a task uploads render data to).
+
+        Left to itself, dm_control opens its own GL context on first use of `physics.contexts`:
+        the upload then misses our frames (quadruped-escape drew the terrain of no episode), and
+        freeing that context ends with `eglReleaseThread()`, after which every other renderer of
+        the thread draws garbage on Mesa (see envs/render.py)."""
+        from dm_control.mujoco.engine import Contexts
+
+        if not isinstance(getattr(self.physics._contexts, "gl", None), _LentGL):
+            self.physics._contexts = Contexts(gl=_LentGL(self._renderer), mujoco=_LentMjr(self._renderer))
+
+    def close(self) -> None:
+        self.physics._contexts = None       # lent: not dm_control's to free
+        super().close()
+
+
+class _LentGL:
+    """`physics.contexts.gl` for a task: makes our renderer's GL context current. `free` does
+    nothing: the renderer owns the context and frees it in `close()`."""
+
+    def __init__(self, renderer: FastRenderer):
+        self._renderer = renderer
+
+    @contextlib.contextmanager
+    def make_current(self) -> Iterator["_LentGL"]:
+        with self._renderer.current():
+            yield self
+
+    @staticmethod
+    def call(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    def free(self) -> None:
+        pass
+
+
+class _LentMjr:
+    """`physics.contexts.mujoco` for a task: `.ptr` is our renderer's MjrContext."""
+
+    def __init__(self, renderer: FastRenderer):
+        self._renderer = renderer
+
+    @property
+    def ptr(self) -> mujoco.MjrContext:
+        with self._renderer.current() as ctx:
+            return ctx
+
+    def free(self) -> None:
+        pass

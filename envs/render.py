@@ -13,8 +13,10 @@ also draw their floor as a thin box, not a plane (llvmpipe draws a plane as a gr
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import weakref
+from typing import Iterator
 
 import mujoco
 import numpy as np
@@ -116,6 +118,17 @@ class FastRenderer:
             raise RuntimeError("FastRenderer.render called after close(); create a new env")
         self._renderer.update_scene(data, camera=self.camera, scene_option=self._option)
         return self._renderer.render()
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[mujoco.MjrContext]:
+        """This renderer's GL context made current, and its MjrContext: for uploading model data
+        changed since the renderer was made (`mujoco.mjr_uploadHField` after a heightfield edit)."""
+        if self._renderer is None:
+            raise RuntimeError("FastRenderer.current called after close(); create a new env")
+        gl = self._renderer._gl_context
+        if gl is not None:
+            gl.make_current()
+        yield self._renderer._mjr_context
 
     def close(self) -> None:
         """Free the GL context now instead of at interpreter teardown."""

@@ -1,6 +1,7 @@
 """Contract tests for every registered env: shapes, seeding, state round trip, goals, clipping."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import envs  # noqa: E402
 from envs.base import StateGoalEnv, hinge_qpos_dims, quat_qpos_starts  # noqa: E402
 from envs.registry import ENVS  # noqa: E402
+from envs.render import FastRenderer  # noqa: E402
 
 # (name, kwargs): every registered env; the generic adapters on two cheap gymnasium MuJoCo envs
 # and two dm_control suite tasks (one with a free-floating body: 3 qpos for a planar root).
@@ -292,3 +294,24 @@ def test_interpreter_exit_is_quiet_with_envs_of_two_render_stacks():
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr
     assert "Error" not in r.stderr and "Exception" not in r.stderr, r.stderr
+
+
+def test_dm_control_task_uploads_into_our_renderer_and_opens_no_gl_context_of_its_own():
+    """quadruped-escape rewrites its terrain heightfield at every reset and uploads it to
+    `physics.contexts`. Frames must show the terrain the physics uses (equal to a renderer made
+    after the reset), and that upload must not open a second GL context: freeing one releases the
+    thread's EGL state, after which every other renderer in the thread draws garbage on Mesa."""
+    other = envs.make("dm_control/cartpole-swingup", image_size=64)
+    other.reset(seed=0)
+    before = other.render()
+    env = envs.make("dm_control/quadruped-escape", image_size=64)
+    for seed in (1, 2):
+        env.reset(seed=seed)
+        fresh = FastRenderer(env.model, 64, camera=0)
+        np.testing.assert_array_equal(env.render(), fresh.render(env.data))
+        fresh.close()
+    env.close()
+    del env, fresh
+    gc.collect()                      # dm_control frees what its physics opened
+    np.testing.assert_array_equal(other.render(), before)
+    other.close()

@@ -157,7 +157,9 @@ class GoalEnv(gym.Env, ABC):
 
 
 class MujocoGoalEnv(GoalEnv):
-    """A GoalEnv over one MuJoCo `MjModel`/`MjData`: state = (qpos, qvel), renders through
+    """A GoalEnv over one MuJoCo `MjModel`/`MjData`: state = (qpos, qvel, act) (act: actuator
+    activations, empty in most models; without them a muscle or filtered actuator's state would
+    be lost on `set_state`, e.g. dm_control's dog and quadruped), renders through
     `self._renderer` (an envs.render.FastRenderer). Subclasses set `model`, `data`, `_renderer`
     and, for the default velocity control, `_n_sub` (physics steps per control step) and
     `ctrl_scale` (ctrl = action * ctrl_scale)."""
@@ -182,16 +184,17 @@ class MujocoGoalEnv(GoalEnv):
         return self._renderer.render(self.data)
 
     def get_state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+        return np.concatenate([self.data.qpos, self.data.qvel, self.data.act]).astype(np.float64)
 
     def set_state(self, state: np.ndarray) -> None:
-        nq, nv = self.model.nq, self.model.nv
+        nq, nv, size = self.model.nq, self.model.nv, state_size(self.model)
         state = np.asarray(state, dtype=np.float64).reshape(-1)
-        if state.shape != (nq + nv,):
+        if state.shape != (size,):
             names = ", ".join(self.env_info().state_names)
-            raise ValueError(f"{type(self).__name__} state must have {nq + nv} entries ({names}), "
+            raise ValueError(f"{type(self).__name__} state must have {size} entries ({names}), "
                              f"got {state.shape}")
-        self._write_state(state[:nq], state[nq:])
+        self.data.act[:] = state[nq + nv:]
+        self._write_state(state[:nq], state[nq:nq + nv])
 
     def _write_state(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
         self.data.qpos[:] = qpos
@@ -209,9 +212,15 @@ def wrap_angle(a: np.ndarray | float) -> np.ndarray:
     return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
-def qpos_qvel_names(model: mujoco.MjModel) -> tuple[str, ...]:
-    """Names of the (qpos, qvel) state coordinates from the model's joints: 'qpos:<joint>' or
-    'qpos:<joint>[k]' for multi-coordinate joints (free, ball), then the same for 'qvel:'."""
+def state_size(model: mujoco.MjModel) -> int:
+    """Entries of a MujocoGoalEnv state: nq + nv + na."""
+    return int(model.nq + model.nv + model.na)
+
+
+def state_names(model: mujoco.MjModel) -> tuple[str, ...]:
+    """Names of the (qpos, qvel, act) state coordinates from the model's joints and actuators:
+    'qpos:<joint>' or 'qpos:<joint>[k]' for multi-coordinate joints (free, ball), the same for
+    'qvel:', then 'act:<actuator>' for each actuator with an activation."""
     def names(prefix: str, n: int, adr: np.ndarray) -> list[str]:
         out = [f"{prefix}{i}" for i in range(n)]
         starts = sorted(int(a) for a in adr)
@@ -222,7 +231,16 @@ def qpos_qvel_names(model: mujoco.MjModel) -> tuple[str, ...]:
             for k in range(start, end):
                 out[k] = f"{prefix}{jn}" + (f"[{k - start}]" if end - start > 1 else "")
         return out
-    return tuple(names("qpos:", model.nq, model.jnt_qposadr) + names("qvel:", model.nv, model.jnt_dofadr))
+    act = [f"act{i}" for i in range(model.na)]
+    for u in range(model.nu):
+        start, n = int(model.actuator_actadr[u]), int(model.actuator_actnum[u])
+        un = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, u) or f"actuator{u}"
+        if start < 0:
+            continue                    # no activation: a plain force/position actuator
+        for k in range(start, start + n):
+            act[k] = f"act:{un}" + (f"[{k - start}]" if n > 1 else "")
+    return tuple(names("qpos:", model.nq, model.jnt_qposadr) + names("qvel:", model.nv, model.jnt_dofadr)
+                 + act)
 
 
 def hinge_qpos_dims(model: mujoco.MjModel) -> tuple[int, ...]:
@@ -252,10 +270,10 @@ class StateGoalEnv(MujocoGoalEnv):
     rotation). Proprioception is the whole state."""
 
     def _set_success(self, success_dims: Sequence[int] | None, success_threshold: float) -> None:
-        nq, nv = int(self.model.nq), int(self.model.nv)
+        nq, size = int(self.model.nq), state_size(self.model)
         dims = list(range(nq)) if success_dims is None else [int(d) for d in success_dims]
-        if not dims or min(dims) < 0 or max(dims) >= nq + nv:
-            raise ValueError(f"success_dims must index the state (0..{nq + nv - 1}), got {dims}")
+        if not dims or min(dims) < 0 or max(dims) >= size:
+            raise ValueError(f"success_dims must index the state (0..{size - 1}), got {dims}")
         if not success_threshold > 0:
             raise ValueError(f"success_threshold must be > 0, got {success_threshold!r}")
         self.success_dims = np.asarray(dims)
@@ -266,8 +284,8 @@ class StateGoalEnv(MujocoGoalEnv):
     def _state_env_info(self, action_low: np.ndarray, action_high: np.ndarray, control_hz: float,
                         extra: dict[str, Any]) -> EnvInfo:
         """The EnvInfo of an adapter: its bounds, rate and `extra`, plus what every adapter shares
-        (qpos/qvel names, the success criterion, qpos as the pose with hinge joints as angles)."""
-        names = qpos_qvel_names(self.model)
+        (state names, the success criterion, qpos as the pose with hinge joints as angles)."""
+        names = state_names(self.model)
         return EnvInfo(
             action_low=np.asarray(action_low, np.float32),
             action_high=np.asarray(action_high, np.float32),
@@ -276,7 +294,7 @@ class StateGoalEnv(MujocoGoalEnv):
             proprio_names=names,
             success=(f"L2 distance over state dims {self.success_dims.tolist()} < {self.success_threshold} "
                      "(hinge angles modulo 2 pi, quaternions up to sign)"),
-            extra={**extra, "nq": int(self.model.nq), "nv": int(self.model.nv),
+            extra={**extra, "nq": int(self.model.nq), "nv": int(self.model.nv), "na": int(self.model.na),
                    "success_dims": self.success_dims.tolist(), "success_threshold": self.success_threshold},
             pose_dims=tuple(range(self.model.nq)),
             angle_dims=hinge_qpos_dims(self.model),

@@ -12,7 +12,8 @@ actions to controls as the suite does, and one env step is the suite's control s
 - Actions: the task's `action_spec()` bounds, clipped.
 - Resets: the task's own `initialize_episode`, its randomness seeded from `reset(seed=...)`.
 - The suite's reward, termination and time limit are ignored: episodes never end early.
-- State (nq + nv,) = (qpos, qvel). Whatever a task randomises outside them (e.g. the position of
+- State (nq + nv + na,) = (qpos, qvel, act) (act: actuator activations, e.g. dog's and quadruped's
+  filtered actuators; empty in most tasks). Whatever a task randomises outside them (e.g. the position of
   reacher's target geom) is not part of the state: it stays as the last reset left it.
 - Rendering: the model's camera 0 (the suite's default view) through the shared fast renderer,
   or `camera` (a camera name or id; -1 = MuJoCo's free camera). The renderer stands in for the
@@ -37,7 +38,7 @@ from envs.render import FastRenderer
 
 @register_env("dmc", "wm/DMC-v0")
 class DMCSuite(StateGoalEnv):
-    """Wraps a dm_control suite task: pixels from its model, state = (qpos, qvel)."""
+    """Wraps a dm_control suite task: pixels from its model, state = (qpos, qvel, act)."""
 
     def __init__(
         self,

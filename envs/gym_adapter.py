@@ -3,8 +3,8 @@
     env = envs.make("Hopper-v5")                          # resolved to "gym" with gym_id
     env = envs.make("gym", gym_id="Reacher-v5", success_dims=[0, 1], success_threshold=0.05)
 
-- State (nq + nv,) = concat(qpos, qvel) read from the wrapped env's MuJoCo data; `set_state` goes
-  through the env's own `set_state` (which calls mj_forward).
+- State (nq + nv + na,) = concat(qpos, qvel, act) read from the wrapped env's MuJoCo data;
+  `set_state` goes through the env's own `set_state` (which calls mj_forward).
 - Actions: the wrapped env's action space, clipped; one env step = the env's own frame skip
   (`control_hz` = 1 / env.dt). Its reward and termination are ignored: episodes never end early.
 - Rendering: the shared fast renderer on the env's model at `image_size`, with the env's default
@@ -47,7 +47,7 @@ def _default_camera(env: Any, model: mujoco.MjModel, data: mujoco.MjData) -> muj
 
 @register_env("gym", "wm/Gym-v0")
 class GymMujoco(StateGoalEnv):
-    """Wraps a gymnasium MuJoCo env: pixels from its model, state = (qpos, qvel)."""
+    """Wraps a gymnasium MuJoCo env: pixels from its model, state = (qpos, qvel, act)."""
 
     def __init__(
         self,

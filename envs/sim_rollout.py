@@ -14,7 +14,7 @@ The replay must equal `env.step`, or an oracle built on it would be an oracle of
 the constructor steps the env and the rollout side by side on random actions and refuses an env
 whose replay differs (an env whose step does more than write ctrl and step physics). "Equal" is to
 the constraint solver's tolerance: MuJoCo warm-starts its solver from the previous step's
-accelerations, which an env state (qpos, qvel) does not carry, so a replay from a state can differ
+accelerations, which an env state (qpos, qvel, act) does not carry, so a replay from a state can differ
 from the env's own continuation where contacts are active (~1e-8 in Push-T, ~1e-6 in the
 walker's fast impacts); the check's measure is |difference| / (1 + |value|) < 1e-5.
 """
@@ -26,7 +26,7 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
-from envs.base import MujocoGoalEnv
+from envs.base import MujocoGoalEnv, state_size
 
 _SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS     # time, qpos, qvel, act, plugin state
 
@@ -40,7 +40,7 @@ class SimRollout:
             raise TypeError(f"SimRollout needs a MuJoCo env (envs.base.MujocoGoalEnv), got "
                             f"{type(env).__name__}")
         self.env, self.model = env, env.model
-        self.nq, self.nv = int(env.model.nq), int(env.model.nv)
+        self.size = state_size(env.model)      # qpos, qvel, act: the physics state after time
         self.n_sub = env.physics_controls(np.zeros((1, env.action_space.shape[0]))).shape[0]
         self._low, self._high = env.action_space.low, env.action_space.high
         self.nthread = int(nthread or os.cpu_count() or 1)
@@ -54,22 +54,22 @@ class SimRollout:
                              "physics_controls() to say what it writes")
 
     def _full_states(self, states: np.ndarray) -> np.ndarray:
-        """(N, nq + nv) env states -> (N, nfull) MuJoCo physics states (time, act from the env)."""
+        """(N, nq + nv + na) env states -> (N, nfull) MuJoCo physics states (time from the env)."""
         d = self._scratch
         mujoco.mj_copyData(d, self.model, self.env.data)
         full = np.zeros(mujoco.mj_stateSize(self.model, _SPEC))
         mujoco.mj_getState(self.model, d, full, _SPEC)
         out = np.repeat(full[None], len(states), axis=0)                   # (N, nfull)
-        out[:, 1:1 + self.nq + self.nv] = states                           # after the time entry
+        out[:, 1:1 + self.size] = states                                   # after the time entry
         return out
 
     def __call__(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Start states (N, nq + nv) and env actions (N, T, A) (clipped to the bounds here, as
-        `step` does) -> the state after each env step (N, T, nq + nv)."""
+        """Start states (N, S) and env actions (N, T, A) (clipped to the bounds here, as `step`
+        does) -> the state after each env step (N, T, S); S = nq + nv + na."""
         states = np.asarray(states, dtype=np.float64)
         actions = np.asarray(actions, dtype=np.float64)
-        if states.ndim != 2 or states.shape[1] != self.nq + self.nv:
-            raise ValueError(f"states must be (N, {self.nq + self.nv}), got {states.shape}")
+        if states.ndim != 2 or states.shape[1] != self.size:
+            raise ValueError(f"states must be (N, {self.size}), got {states.shape}")
         if actions.ndim != 3 or actions.shape[0] != states.shape[0] or \
                 actions.shape[2] != self._low.shape[0]:
             raise ValueError(f"actions must be (N={states.shape[0]}, T, {self._low.shape[0]}), "
@@ -77,7 +77,7 @@ class SimRollout:
         ctrl = self.env.physics_controls(np.clip(actions, self._low, self._high))  # (N, T*n_sub, nu)
         full, _ = mj_rollout.rollout(self.model, self._datas, self._full_states(states), ctrl)
         every = full[:, self.n_sub - 1::self.n_sub]                         # (N, T, nfull)
-        return every[..., 1:1 + self.nq + self.nv].copy()                   # (N, T, nq + nv)
+        return every[..., 1:1 + self.size].copy()                           # (N, T, S)
 
     def verify(self, steps: int, seed: int = 0) -> float:
         """Largest state difference |replay - step| / (1 + |step|) between this replay and

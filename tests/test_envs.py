@@ -19,7 +19,8 @@ from envs.registry import ENVS  # noqa: E402
 from envs.render import FastRenderer  # noqa: E402
 
 # (name, kwargs): every registered env; the generic adapters on two cheap gymnasium MuJoCo envs
-# and two dm_control suite tasks (one with a free-floating body: 3 qpos for a planar root).
+# and three dm_control suite tasks (walker: a planar root of 3 qpos; quadruped: a free joint and
+# filtered actuators, whose activations are part of the state).
 SPECS = [
     ("tworoom", {}),
     ("pusht", {}),
@@ -28,6 +29,7 @@ SPECS = [
     ("gym", {"gym_id": "Reacher-v5"}),
     ("dmc", {"domain": "cartpole", "task": "swingup"}),
     ("dmc", {"domain": "walker", "task": "walk"}),
+    ("dmc", {"domain": "quadruped", "task": "walk"}),
 ]
 IDS = [kw.get("gym_id") or (f"{kw['domain']}-{kw['task']}" if "domain" in kw else name)
        for name, kw in SPECS]

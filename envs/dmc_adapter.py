@@ -15,8 +15,9 @@ actions to controls as the suite does, and one env step is the suite's control s
 - State (nq + nv + na,) = (qpos, qvel, act) (act: actuator activations, e.g. dog's and quadruped's
   filtered actuators; empty in most tasks). Whatever a task randomises outside them (e.g. the position of
   reacher's target geom) is not part of the state: it stays as the last reset left it.
-- Rendering: the model's camera 0 (the suite's default view) through the shared fast renderer,
-  or `camera` (a camera name or id; -1 = MuJoCo's free camera). The renderer stands in for the
+- Rendering: the model's camera 0 (the suite's default view; quadruped's camera 2, which follows
+  the body, as pixel-based work on the suite uses it: camera 0 shows it a few pixels wide) through
+  the shared fast renderer, or `camera` (a camera name or id; -1 = MuJoCo's free camera). The renderer stands in for the
   physics' own rendering contexts, so a task that edits render data at reset (quadruped-escape's
   random terrain) uploads it to the frames we draw, and dm_control opens no GL context of its own.
 - Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
@@ -36,6 +37,10 @@ from envs.registry import register_env
 from envs.render import FastRenderer
 
 
+# Domains whose camera 0 shows too little at 64 px: the camera pixel-based work on the suite uses.
+DEFAULT_CAMERA = {"quadruped": 2}
+
+
 @register_env("dmc", "wm/DMC-v0")
 class DMCSuite(StateGoalEnv):
     """Wraps a dm_control suite task: pixels from its model, state = (qpos, qvel, act)."""
@@ -48,7 +53,7 @@ class DMCSuite(StateGoalEnv):
         render_mode: str = "rgb_array",
         success_dims: Sequence[int] | None = None,
         success_threshold: float = 0.1,
-        camera: str | int = 0,
+        camera: str | int | None = None,
     ):
         from dm_control import suite   # lazy: importing the suite costs ~2 s
 
@@ -65,6 +70,8 @@ class DMCSuite(StateGoalEnv):
         self._n_sub = max(1, round(self._dmc.control_timestep() / float(self.model.opt.timestep)))
         self._set_success(success_dims, success_threshold)
         super().__init__(image_size=image_size, render_mode=render_mode)
+        if camera is None:
+            camera = DEFAULT_CAMERA.get(domain, 0)
         if isinstance(camera, int) and camera >= self.model.ncam:
             camera = -1                 # a model without cameras: MuJoCo's free camera
         self._renderer = FastRenderer(self.model, image_size, camera=camera)

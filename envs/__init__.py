@@ -7,7 +7,7 @@
 Importing this package registers every env and policy. It imports neither `worldmodel` nor
 `planners`.
 """
-from envs.base import EnvInfo, GoalEnv
+from envs.base import EnvInfo, GoalEnv, SimulationDiverged
 from envs.registry import list_envs, make, register_env, resolve
 
 # Importing the env modules registers them (order = listing order in errors).
@@ -15,6 +15,6 @@ from envs import tworoom, pusht, reacher, gym_adapter, dmc_adapter  # noqa: E402
 from envs.policies import Policy, list_policies, make_policy, register_policy  # noqa: E402
 
 __all__ = [
-    "EnvInfo", "GoalEnv", "make", "list_envs", "register_env", "resolve",
+    "EnvInfo", "GoalEnv", "SimulationDiverged", "make", "list_envs", "register_env", "resolve",
     "make_policy", "list_policies", "register_policy", "Policy",
 ]

@@ -126,7 +126,11 @@ class GoalEnv(gym.Env, ABC):
     def step(self, action):
         action = self.clip_action(action)
         self._step_sim(action)
+        self._check_sim()
         return self.render(), 0.0, False, False, self._info()
+
+    def _check_sim(self) -> None:
+        """Raise SimulationDiverged if the last step left the simulator without a valid state."""
 
     def clip_action(self, action) -> np.ndarray:
         a = np.asarray(action, dtype=np.float32).reshape(self.action_space.shape)
@@ -156,6 +160,27 @@ class GoalEnv(gym.Env, ABC):
         return {"state": self.get_state(), "proprio": self.get_proprio()}
 
 
+class SimulationDiverged(RuntimeError):
+    """A step blew the physics up (MuJoCo's bad qacc / qpos / qvel warnings: MuJoCo then resets
+    the state to the model's initial pose, a jump no dataset or episode should contain). The
+    state before that step is the episode's last valid one."""
+
+
+def step_dm_physics(physics: Any, nstep: int, name: str) -> None:
+    """`physics.step(nstep)` of a dm_control Physics, whose own divergence check (PhysicsError)
+    is raised as SimulationDiverged like every other env's."""
+    from dm_control.rl.control import PhysicsError
+
+    try:
+        physics.step(nstep)
+    except PhysicsError as e:
+        raise SimulationDiverged(f"{name}: the physics diverged in this step ({e})") from e
+
+
+_DIVERGENCE = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQPOS,
+               mujoco.mjtWarning.mjWARN_BADQVEL)
+
+
 class MujocoGoalEnv(GoalEnv):
     """A GoalEnv over one MuJoCo `MjModel`/`MjData`: state = (qpos, qvel, act) (act: actuator
     activations, empty in most models; without them a muscle or filtered actuator's state would
@@ -179,6 +204,17 @@ class MujocoGoalEnv(GoalEnv):
         self.data.ctrl[:] = action.astype(np.float64) * self.ctrl_scale
         mujoco.mj_step(self.model, self.data, nstep=self._n_sub)
         mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
+
+    def step(self, action):
+        for w in _DIVERGENCE:                      # counted from this step on
+            self.data.warning[w].number = 0
+        return super().step(action)
+
+    def _check_sim(self) -> None:
+        bad = [mujoco.mjtWarning(w).name for w in _DIVERGENCE if self.data.warning[w].number]
+        if bad:
+            raise SimulationDiverged(f"{type(self).__name__}: the physics diverged in this step "
+                                     f"({', '.join(bad)}); MuJoCo reset the state")
 
     def _render(self) -> np.ndarray:
         return self._renderer.render(self.data)

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, StateGoalEnv
+from envs.base import EnvInfo, StateGoalEnv, step_dm_physics
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -94,7 +94,7 @@ class DMCSuite(StateGoalEnv):
     def _step_sim(self, action: np.ndarray) -> None:
         # The body of the suite's Environment.step without its reward, termination and time limit.
         self._dmc.task.before_step(action.astype(np.float64), self.physics)
-        self.physics.step(self._n_sub)
+        step_dm_physics(self.physics, self._n_sub, f"{self.domain}-{self.task_name}")
         self._dmc.task.after_step(self.physics)
         mujoco.mj_forward(self.model, self.data)   # positions for rendering match qpos exactly
 

@@ -17,7 +17,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, MujocoGoalEnv, wrap_angle
+from envs.base import EnvInfo, MujocoGoalEnv, step_dm_physics, wrap_angle
 from envs.registry import register_env
 from envs.render import FastRenderer
 
@@ -69,7 +69,7 @@ class Reacher(MujocoGoalEnv):
 
     def _step_sim(self, action: np.ndarray) -> None:
         self.physics.set_control(action.astype(np.float64))
-        self.physics.step()
+        step_dm_physics(self.physics, 1, "reacher")
 
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)

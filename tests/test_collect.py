@@ -97,6 +97,20 @@ def test_collect_through_the_generic_adapters(tmp_path, env, env_id, state_dim, 
     assert np.abs(np.diff(ds.state[:10], axis=0)).sum() > 0          # the system moved
 
 
+def test_episodes_whose_physics_diverges_end_at_their_last_valid_step(tmp_path, capsys):
+    """dm_control's LQR under the noise policy blows up within tens of steps (actions up to 1e10):
+    each episode is kept up to its last valid state, and the collection says how many ended so."""
+    out = tmp_path / "lqr"
+    assert main(["collect", "env=dm_control/lqr-lqr_6_2", "episodes=2", "episode_len=200",
+                 "image_size=16", f"out={out}"]) == 0
+    assert "2 of 2 episodes ended early: the physics diverged" in capsys.readouterr().err
+    ds = D.load_dataset(out, columns=COLS)
+    assert (ds.ep_len < 200).all() and (ds.ep_len >= 2).all()
+    assert np.isfinite(ds.state).all()
+    for start, n in zip(ds.ep_offset, ds.ep_len):              # an action on every row but the last
+        assert np.isfinite(ds.action[start:start + n - 1]).all() and np.isnan(ds.action[start + n - 1]).all()
+
+
 @pytest.mark.parametrize("args, needle", [
     (["env=nosuchenv"], "tworoom"),                                    # lists the envs
     (["episodes"], "key=value"),                                       # malformed override

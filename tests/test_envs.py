@@ -178,6 +178,19 @@ def test_actions_are_clipped_and_nan_refused(env):
         env.step(np.full(low.shape, np.nan))
 
 
+def test_a_step_that_blows_up_the_physics_raises(env):
+    """MuJoCo resets a diverged simulation to the model's initial pose; step must say so
+    (SimulationDiverged) rather than return that jump as the next state."""
+    env.reset(seed=0)
+    bad = env.get_state()
+    bad[0] = 1e12                      # beyond MuJoCo's mjMAXVAL: a bad qpos at the next step
+    env.set_state(bad)
+    with pytest.raises(envs.SimulationDiverged, match="diverged"):
+        env.step(np.zeros(env.action_space.shape, np.float32))
+    env.reset(seed=0)
+    env.step(np.zeros(env.action_space.shape, np.float32))        # counted per step: fine again
+
+
 def test_sim_rollout_replays_step_exactly(env):
     """The batched simulator replay (envs.sim_rollout, the oracles' dynamics) is env.step itself
     (to the contact solver's tolerance): from two different states, out-of-bounds actions clipped

@@ -65,6 +65,24 @@ def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):
     env.close()
 
 
+def test_an_episode_whose_physics_diverges_ends_there():
+    """run_tasks goes on with the other episodes; the diverged one keeps what it had reached."""
+    from worldmodel.evaluate import Task, run_tasks
+
+    env_list = [envs.make("tworoom", image_size=16) for _ in range(2)]
+    env_list[0].reset(seed=0)
+    start = env_list[0].get_state()
+    bad = start.copy()
+    bad[0] = 1e12                      # beyond MuJoCo's mjMAXVAL: the first step diverges
+    tasks = [Task(0, 0, 0, bad, start), Task(1, 1, 0, start, start + 0.5)]
+    still = np.zeros((2, 2), np.float32)
+    res = run_tasks(env_list, tasks, np.zeros((2, 16, 16, 3), np.uint8), lambda o: still, 5, False)
+    assert res[0]["diverged_at"] == 1 and res[1]["diverged_at"] is None
+    assert not res[0]["success"] and res[0]["final_error"] == res[0]["start_error"]
+    for e in env_list:
+        e.close()
+
+
 def test_eval_env_is_built_with_the_datas_env_kwargs():
     """A dataset collected with `env.kwargs` (a suite task, a success tolerance) is evaluated in
     that same env; an env named by `env=` instead gets its defaults."""

@@ -114,7 +114,8 @@ def shard_range(episodes: int, shard: int, num_shards: int) -> range:
 
 def rollout(env: Any, policy_name: str, seed: int, index: int, length: int) -> dict[str, Any]:
     """One episode of up to `length` rows. Row t: observation/state at step t and the (clipped)
-    action applied at t; the last row's action is NaN. Ends early if the env terminates."""
+    action applied at t; the last row's action is NaN. Ends early if the env terminates, or at the
+    last valid row if a step makes the physics diverge (`"diverged"`: True)."""
     import envs
 
     s = episode_seed(seed, index)
@@ -127,20 +128,24 @@ def rollout(env: Any, policy_name: str, seed: int, index: int, length: int) -> d
     action = np.full((length, A), np.nan, np.float32)                 # (L, A)
     state = np.empty((length, st.shape[0]), np.float64)               # (L, S)
     proprio = np.empty((length, pr.shape[0]), np.float32)             # (L, P)
-    n = length
+    n, diverged = length, False
     for t in range(length):
         pixels[t], state[t], proprio[t] = obs, info["state"], info["proprio"]
         if t == length - 1:
             break
         a = env.clip_action(policy.act(obs, info))
+        try:
+            obs, _, terminated, truncated, info = env.step(a)
+        except envs.SimulationDiverged:
+            n, diverged = t + 1, True           # row t stays, with no action: nothing followed it
+            break
         action[t] = a
-        obs, _, terminated, truncated, info = env.step(a)
         if terminated or truncated:
             pixels[t + 1], state[t + 1], proprio[t + 1] = obs, info["state"], info["proprio"]
             n = t + 2
             break
     return {"pixels": pixels[:n], "action": action[:n], "state": state[:n], "proprio": proprio[:n],
-            "ep_index": index, "ep_seed": s}
+            "ep_index": index, "ep_seed": s, "diverged": diverged}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,8 +166,9 @@ def _collect_block(job: dict[str, Any], report: Callable[[tuple], None]) -> None
                 if job.get("parent") and not _alive(job["parent"]):
                     os._exit(1)                                 # orphaned: the collection was killed
                 ep = rollout(env, job["policy"], job["seed"], i, job["episode_len"])
+                diverged = ep.pop("diverged")
                 staged.append(D.stage_episode(job["out"], ep))
-                report(("ep", len(ep["action"])))
+                report(("ep", len(ep["action"]), diverged))
         finally:
             env.close()
         shard = D.pack_shard(job["out"], staged, job["attrs"])
@@ -408,12 +414,13 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
     t0 = time.perf_counter()
     bar = tqdm(total=len(remaining) * cfg.episode_len, unit="frame", unit_scale=True, smoothing=0.1,
                desc=f"collect {name}", disable=not cfg.progress or not remaining, file=sys.stderr)
-    stats = {"frames": 0, "episodes": 0, "shards": []}
+    stats = {"frames": 0, "episodes": 0, "diverged": 0, "shards": []}
 
     def on_msg(msg: tuple) -> None:
         if msg[0] == "ep":
             stats["frames"] += msg[1]
             stats["episodes"] += 1
+            stats["diverged"] += int(msg[2])
             bar.update(msg[1])
             bar.set_postfix(episodes=f"{stats['episodes']}/{len(remaining)}", refresh=False)
         elif msg[0] == "done" and msg[1] != "None":
@@ -435,10 +442,14 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
     summary = {"out": str(out), "episodes": total, "new_episodes": stats["episodes"],
                "recovered_episodes": recovered, "frames": stats["frames"], "seconds": round(seconds, 3),
                "frames_per_s": round(stats["frames"] / seconds, 1) if stats["frames"] else 0.0,
-               "workers": n_workers, "shards": stats["shards"]}
+               "workers": n_workers, "shards": stats["shards"], "diverged_episodes": stats["diverged"]}
     if cfg.progress:
         print(f"collected {stats['episodes']} episodes ({stats['frames']} frames) in {seconds:.1f} s "
               f"({summary['frames_per_s']} frames/s); {total}/{len(block)} episodes in {out}", file=sys.stderr)
+    if stats["diverged"]:
+        print(f"note: {stats['diverged']} of {stats['episodes']} episodes ended early: the physics diverged "
+              f"under policy={cfg.policy} (each kept up to its last valid step). Many is a sign of actions "
+              "too violent for this system: another policy= or a shorter episode_len=", file=sys.stderr)
     return summary
 
 

@@ -148,18 +148,27 @@ def goal_images(env_list: list, tasks: list[Task]) -> np.ndarray:
 
 def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callable[[np.ndarray], np.ndarray],
               budget: int, record: bool) -> list[dict[str, Any]]:
-    """Run len(tasks) <= len(env_list) episodes in lockstep with a batched policy `act`."""
+    """Run len(tasks) <= len(env_list) episodes in lockstep with a batched policy `act`. An episode
+    whose physics diverges ends there (`diverged_at`: that step), with what it reached so far."""
+    from envs import SimulationDiverged
+
     B = len(tasks)
     obs = np.stack([env_list[i].reset(seed=t.seed, options={"state": t.start_state})[0]
                     for i, t in enumerate(tasks)])                         # (B, H, W, 3)
-    first = [None] * B
+    first, diverged = [None] * B, [None] * B
     start = [env_list[i].goal_error(t.start_state, t.goal_state) for i, t in enumerate(tasks)]
     closest, last = list(start), list(start)
     frames: list[list[np.ndarray]] = [[o] for o in obs] if record else [[] for _ in range(B)]
     for step in range(1, budget + 1):
         actions = act(obs)                                                 # (B, A)
         for i, env in enumerate(env_list[:B]):
-            o, _, _, _, info = env.step(actions[i])
+            if diverged[i] is not None:
+                continue
+            try:
+                o, _, _, _, info = env.step(actions[i])
+            except SimulationDiverged:
+                diverged[i] = step
+                continue
             obs[i] = o
             last[i] = env.goal_error(info["state"], tasks[i].goal_state)
             closest[i] = min(closest[i], last[i])
@@ -168,8 +177,8 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
             if record:
                 frames[i].append(o)
     return [{"success": f is not None, "steps_to_success": f, "frames": frames[i], "goal": goals[i],
-             "start_error": start[i], "closest_error": closest[i], "final_error": last[i]}
-            for i, f in enumerate(first)]
+             "start_error": start[i], "closest_error": closest[i], "final_error": last[i],
+             "diverged_at": diverged[i]} for i, f in enumerate(first)]
 
 
 def goal_error_summary(results: list[dict[str, Any]], floor: list[dict[str, Any]]) -> dict[str, Any]:
@@ -321,11 +330,15 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                        "max": max(latencies) * 1e3 if latencies else None, "plans": len(latencies),
                        "batch": B, "note": "one plan = one batched solve for all episodes of a batch"},
         "deadline_misses": misses, "device": str(device),
+        "diverged": {"planner": sum(r["diverged_at"] is not None for r in results),
+                     "random": sum(r["diverged_at"] is not None for r in floor),
+                     "note": "episodes whose physics diverged; each ended there, with what it had reached"},
         "protocol": {"budget": cfg.budget, "goal_offset": cfg.goal_offset, "eval_seed": cfg.eval_seed,
                      "policy": policy, "episode_len": episode_len},
         "wall_s": time.perf_counter() - t0,
         "per_episode": [{"index": t.index, "seed": t.seed, "start_step": t.start_step,
                          "success": r["success"], "steps_to_success": r["steps_to_success"],
+                         "diverged_at": r["diverged_at"],
                          **{k: round(r[k], 4) for k in ("start_error", "closest_error", "final_error")},
                          "random_success": (floor[i]["success"] if floor else None),
                          "random_closest_error": (round(floor[i]["closest_error"], 4) if floor else None)}
@@ -344,5 +357,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if ge["closest_failures"] is not None:
         line += (f"; failures came within {ge['closest_failures']:.1f}x the tolerance (median; start "
                  f"{ge['start']:.1f}x" + (f", random {ge['random_closest']:.1f}x" if floor else "") + ")")
+    dv = summary["diverged"]
+    if dv["planner"] or dv["random"]:
+        line += f"; the physics diverged in {dv['planner']} planner and {dv['random']} random episodes"
     print(line + f"; results in {out / 'results.json'}, picture in {out / EVAL_SUMMARY}")
     return summary

@@ -120,7 +120,8 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
         ep = rollout(env, policy, eval_seed, i, episode_len)
         n = len(ep["state"])
         if n <= goal_offset:
-            raise ValueError(f"held-out episode {i} ended after {n} rows, shorter than goal_offset")
+            why = " (its physics diverged under the data policy)" if ep.get("diverged") else ""
+            raise ValueError(f"held-out episode {i} ended after {n} rows{why}, shorter than goal_offset")
         rng = np.random.default_rng([seed, 7])
         # A window whose start already meets the goal (the data policy idled) is no task: any
         # policy "solves" it. Redraw the start among the windows that are not solved at step 0.

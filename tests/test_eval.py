@@ -83,6 +83,22 @@ def test_an_episode_whose_physics_diverges_ends_there():
         e.close()
 
 
+def test_goal_images_show_the_tasks_own_episode():
+    """dm_control's reacher-easy draws its target marker at each reset, outside the state: a goal
+    image must show the marker of the task's episode, not of whatever ran in that env before."""
+    from worldmodel.evaluate import goal_images
+
+    env = envs.make("dm_control/reacher-easy", image_size=32)
+    tasks = make_tasks(env, "noise", eval_seed=7, episodes=2, episode_len=40, goal_offset=25,
+                       forbidden_seeds=set())
+    for t in tasks:
+        env.reset(seed=12345)                                    # another episode's marker
+        got = goal_images([env], [t])[0]
+        env.reset(seed=t.seed, options={"state": t.goal_state})
+        np.testing.assert_array_equal(got, env.render())
+    env.close()
+
+
 def test_eval_env_is_built_with_the_datas_env_kwargs():
     """A dataset collected with `env.kwargs` (a suite task, a success tolerance) is evaluated in
     that same env; an env named by `env=` instead gets its defaults."""

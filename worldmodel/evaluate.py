@@ -143,7 +143,11 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
 
 
 def goal_images(env_list: list, tasks: list[Task]) -> np.ndarray:
-    """(B, H, W, 3) goal images of a batch of tasks, rendered by the observation camera."""
+    """(B, H, W, 3) goal images of a batch of tasks, rendered by the observation camera, each in
+    its own episode: the env is reset to the task first (left at its start state), since what a
+    reset draws outside the state (a target marker, a terrain) is in the picture too."""
+    for i, t in enumerate(tasks):
+        env_list[i].reset(seed=t.seed, options={"state": t.start_state})
     return np.stack([env_list[i].goal_image(t.goal_state) for i, t in enumerate(tasks)])
 
 

@@ -79,7 +79,9 @@ def state_cost(env, shape: str = "max") -> Callable[[np.ndarray, np.ndarray], np
 
 
 def latent_cost(model, render_env, chunk: int = 2048) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The model's energy on the simulator's frames: ||enc(render(final)) - enc(render(goal))||^2."""
+    """The model's energy on the simulator's frames: ||enc(render(final)) - enc(render(goal))||^2.
+    One render env draws every task's frames: an env whose reset places scenery outside the state
+    (a dm_control target marker) shows its own episode's there, so use the state oracle for those."""
     device = next(model.parameters()).device
     goal_cache: dict[bytes, torch.Tensor] = {}
 

@@ -12,14 +12,16 @@ actions to controls as the suite does, and one env step is the suite's control s
 - Actions: the task's `action_spec()` bounds, clipped.
 - Resets: the task's own `initialize_episode`, its randomness seeded from `reset(seed=...)`.
 - The suite's reward, termination and time limit are ignored: episodes never end early.
-- State (nq + nv + na,) = (qpos, qvel, act) (act: actuator activations, e.g. dog's and quadruped's
-  filtered actuators; empty in most tasks). Whatever a task randomises outside them (e.g. the position of
-  reacher's target geom) is not part of the state: it stays as the last reset left it.
+- State (nq + nv + na,) = (qpos, qvel, act) (act: actuator activations, e.g. dog's and
+  quadruped's filtered actuators; empty in most tasks). Whatever a task randomises outside them
+  (e.g. the position of reacher's target geom) is not part of the state: it stays as the last
+  reset left it, so a goal is rendered after resetting to its episode (worldmodel.evaluate).
 - Rendering: the model's camera 0 (the suite's default view; quadruped's camera 2, which follows
   the body, as pixel-based work on the suite uses it: camera 0 shows it a few pixels wide) through
-  the shared fast renderer, or `camera` (a camera name or id; -1 = MuJoCo's free camera). The renderer stands in for the
-  physics' own rendering contexts, so a task that edits render data at reset (quadruped-escape's
-  random terrain) uploads it to the frames we draw, and dm_control opens no GL context of its own.
+  the shared fast renderer, or `camera` (a camera name or id; -1 = MuJoCo's free camera). The
+  renderer stands in for the physics' own rendering contexts, so a task that edits render data at
+  reset (quadruped-escape's random terrain) uploads it to the frames we draw, and dm_control opens
+  no GL context of its own.
 - Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
   indices `success_dims` (default: every qpos coordinate) below `success_threshold` (default 0.1),
   hinge angles compared modulo 2 pi and quaternions up to sign (StateGoalEnv).

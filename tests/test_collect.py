@@ -97,6 +97,12 @@ def test_collect_through_the_generic_adapters(tmp_path, env, env_id, state_dim, 
     assert np.abs(np.diff(ds.state[:10], axis=0)).sum() > 0          # the system moved
 
 
+def test_expert_without_a_scripted_expert_says_it_collects_noise(tmp_path, capsys):
+    assert main(["collect", "env=InvertedPendulum-v5", "policy=expert", "episodes=1", "episode_len=5",
+                 "image_size=16", "progress=false", f"out={tmp_path / 'd'}"]) == 0
+    assert "no scripted expert; policy=expert collects correlated noise" in capsys.readouterr().err
+
+
 def test_episodes_whose_physics_diverges_end_at_their_last_valid_step(tmp_path, capsys):
     """dm_control's LQR under the noise policy blows up within tens of steps (actions up to 1e10):
     each episode is kept up to its last valid state, and the collection says how many ended so."""

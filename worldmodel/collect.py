@@ -315,10 +315,15 @@ def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
     except TypeError as e:
         raise ValueError(f"env {cfg.env.name!r} rejected env.kwargs {cfg.env.kwargs}: {e}") from None
     try:
-        envs.make_policy(cfg.policy, env, np.random.default_rng(0))
+        policy = envs.make_policy(cfg.policy, env, np.random.default_rng(0))
         info = env.env_info()
     finally:
         env.close()
+    from envs.policies import ExpertPolicy, NoisePolicy
+
+    if isinstance(policy, ExpertPolicy) and isinstance(policy.inner, NoisePolicy):
+        print(f"note: {cfg.env.name} has no scripted expert; policy=expert collects correlated noise",
+              file=sys.stderr)
     if named:           # the name itself says which env (`Hopper-v5`, `dm_control/walker-walk`)
         return cfg.env.name, cfg.env.name, info
     return short, next(i for i, s in IDS.items() if s == short), info

@@ -41,7 +41,7 @@ class EnvConfig:
     name: str = "tworoom"         # tworoom | pusht | reacher | a gymnasium MuJoCo id | dm_control/<domain>-<task>
     episode_len: int = 100        # default rows per episode for this env
     policy: str = "expert"        # default data policy for this env
-    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor kwargs, e.g. success_threshold
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor kwargs: +env.kwargs.success_threshold=0.2
 
 
 @dataclass

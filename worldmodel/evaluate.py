@@ -134,7 +134,7 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
                              f"{goal_offset} steps to make a task: its widest start-to-goal gap is "
                              f"{widest:.2f} x the success tolerance (a task needs > 1). Use a larger "
                              "goal_offset=, another policy=, or a tighter success tolerance in the "
-                             "data's env.kwargs (the generic adapters' success_threshold)")
+                             "data's env.kwargs (the generic adapters': collect with +env.kwargs.success_threshold=...)")
         s = int(rng.integers(0, n - goal_offset))
         while s not in open_starts:
             s = int(rng.integers(0, n - goal_offset))

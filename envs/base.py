@@ -297,6 +297,11 @@ def quat_qpos_starts(model: mujoco.MjModel) -> tuple[int, ...]:
     return tuple(out)
 
 
+# An adapter refuses action bounds beyond this without an explicit action_limit (dm_control's LQR
+# declares +-1e10: sampling inside such bounds is meaningless).
+MAX_ACTION_BOUND = 1e6
+
+
 class StateGoalEnv(MujocoGoalEnv):
     """A MujocoGoalEnv for a simulator with no goal notion of its own (the generic adapters):
     a goal is any state, success is the Euclidean distance over the state coordinates
@@ -317,14 +322,29 @@ class StateGoalEnv(MujocoGoalEnv):
         self._hinge_dims = np.asarray(hinge_qpos_dims(self.model), dtype=np.int64)
         self._quat_starts = quat_qpos_starts(self.model)
 
+    def _set_action_limit(self, action_limit: float | None) -> None:
+        if action_limit is not None and not action_limit > 0:
+            raise ValueError(f"action_limit must be > 0, got {action_limit!r}")
+        self.action_limit = None if action_limit is None else float(action_limit)
+
     def _state_env_info(self, action_low: np.ndarray, action_high: np.ndarray, control_hz: float,
                         extra: dict[str, Any]) -> EnvInfo:
-        """The EnvInfo of an adapter: its bounds, rate and `extra`, plus what every adapter shares
-        (state names, the success criterion, qpos as the pose with hinge joints as angles)."""
+        """The EnvInfo of an adapter: its bounds (narrowed to +-action_limit when one is given),
+        rate and `extra`, plus what every adapter shares (state names, the success criterion, qpos
+        as the pose with hinge joints as angles)."""
+        low, high = np.asarray(action_low, np.float64), np.asarray(action_high, np.float64)
+        if self.action_limit is not None:
+            low, high = np.maximum(low, -self.action_limit), np.minimum(high, self.action_limit)
+        elif max(np.abs(low).max(), np.abs(high).max()) > MAX_ACTION_BOUND:
+            who = ", ".join(str(v) for v in extra.values()) or type(self).__name__
+            raise ValueError(f"{who}: action bounds reach {max(np.abs(low).max(), np.abs(high).max()):g}, "
+                             "effectively unbounded, and every data policy and planner samples inside "
+                             "them. Bound them with action_limit=<L> (command line: "
+                             "+env.kwargs.action_limit=1)")
         names = state_names(self.model)
         return EnvInfo(
-            action_low=np.asarray(action_low, np.float32),
-            action_high=np.asarray(action_high, np.float32),
+            action_low=low.astype(np.float32),
+            action_high=high.astype(np.float32),
             control_hz=float(control_hz),
             state_names=names,
             proprio_names=names,

@@ -9,7 +9,8 @@ be left out). The env is the suite's own: its model, physics and task, so `task.
 actions to controls as the suite does, and one env step is the suite's control step
 (`control_timestep()`, e.g. 100 Hz for cartpole, 40 Hz for walker).
 
-- Actions: the task's `action_spec()` bounds, clipped.
+- Actions: the task's `action_spec()` bounds, clipped; narrowed to +-`action_limit` if given. Bounds
+  beyond +-1e6 (LQR's +-1e10) are refused without one: nothing can sample inside them.
 - Resets: the task's own `initialize_episode`, its randomness seeded from `reset(seed=...)`.
 - The suite's reward, termination and time limit are ignored: episodes never end early.
 - State (nq + nv + na,) = (qpos, qvel, act) (act: actuator activations, e.g. dog's and
@@ -55,6 +56,7 @@ class DMCSuite(StateGoalEnv):
         render_mode: str = "rgb_array",
         success_dims: Sequence[int] | None = None,
         success_threshold: float = 0.1,
+        action_limit: float | None = None,
         camera: str | int | None = None,
     ):
         from dm_control import suite   # lazy: importing the suite costs ~2 s
@@ -71,6 +73,7 @@ class DMCSuite(StateGoalEnv):
         self.data: mujoco.MjData = self.physics.data.ptr
         self._n_sub = max(1, round(self._dmc.control_timestep() / float(self.model.opt.timestep)))
         self._set_success(success_dims, success_threshold)
+        self._set_action_limit(action_limit)
         super().__init__(image_size=image_size, render_mode=render_mode)
         if camera is None:
             camera = DEFAULT_CAMERA.get(domain, 0)

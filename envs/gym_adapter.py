@@ -5,7 +5,8 @@
 
 - State (nq + nv + na,) = concat(qpos, qvel, act) read from the wrapped env's MuJoCo data;
   `set_state` goes through the env's own `set_state` (which calls mj_forward).
-- Actions: the wrapped env's action space, clipped; one env step = the env's own frame skip
+- Actions: the wrapped env's action space (narrowed to +-`action_limit` if given; bounds beyond
+  +-1e6 are refused without one), clipped; one env step = the env's own frame skip
   (`control_hz` = 1 / env.dt). Its reward and termination are ignored: episodes never end early.
 - Rendering: the shared fast renderer on the env's model at `image_size`, with the env's default
   camera (its `default_camera_config`; a `trackbodyid` there becomes a tracking camera), or a
@@ -56,6 +57,7 @@ class GymMujoco(StateGoalEnv):
         render_mode: str = "rgb_array",
         success_dims: Sequence[int] | None = None,
         success_threshold: float = 0.1,
+        action_limit: float | None = None,
         camera: str | int | None = None,
         **gym_kwargs: Any,
     ):
@@ -71,6 +73,7 @@ class GymMujoco(StateGoalEnv):
         self.data: mujoco.MjData = self.env.data
         self._n_sub = int(self.env.frame_skip)     # physics steps per env.step (for sim_rollout)
         self._set_success(success_dims, success_threshold)
+        self._set_action_limit(action_limit)
         super().__init__(image_size=image_size, render_mode=render_mode)
         self.env.reset(seed=0)
         cam = _default_camera(self.env, self.model, self.data) if camera is None else camera

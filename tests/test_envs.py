@@ -333,6 +333,24 @@ def test_dm_control_task_uploads_into_our_renderer_and_opens_no_gl_context_of_it
     other.close()
 
 
+def test_effectively_unbounded_actions_are_refused_unless_limited():
+    """dm_control's LQR declares +-1e10: the adapter asks for action_limit and then applies it."""
+    with pytest.raises(ValueError, match=r"action bounds reach 1e\+10.*action_limit"):
+        envs.make("dm_control/lqr-lqr_2_1")
+    env = envs.make("dm_control/lqr-lqr_2_1", image_size=16, action_limit=2.0)
+    np.testing.assert_array_equal(env.action_space.high, [2.0])
+    env.reset(seed=0)
+    before = env.get_state()
+    env.step(np.array([1e9], np.float32))                 # clipped to 2
+    env.set_state(before)
+    _, _, _, _, info = env.step(np.array([2.0], np.float32))
+    after_limit = info["state"]
+    env.set_state(before)
+    _, _, _, _, info = env.step(np.array([1e9], np.float32))
+    np.testing.assert_array_equal(info["state"], after_limit)
+    env.close()
+
+
 def _every_adapter_task() -> list[str]:
     from dm_control import suite
     gym_ids = sorted(i for i, spec in gym.registry.items()
@@ -348,7 +366,7 @@ def test_every_suite_task_and_gymnasium_mujoco_env_keeps_the_contract(name):
     replay equal to `step` (SimRollout checks itself on construction)."""
     from envs.sim_rollout import SimRollout
 
-    env = envs.make(name, image_size=32)
+    env = envs.make(name, image_size=32, **({"action_limit": 1.0} if "lqr" in name else {}))
     env.reset(seed=1)
     for a in _actions(env, 4, 0):
         obs, _, _, _, info = env.step(a)

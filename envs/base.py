@@ -335,9 +335,9 @@ class StateGoalEnv(MujocoGoalEnv):
         low, high = np.asarray(action_low, np.float64), np.asarray(action_high, np.float64)
         if self.action_limit is not None:
             low, high = np.maximum(low, -self.action_limit), np.minimum(high, self.action_limit)
-        elif max(np.abs(low).max(), np.abs(high).max()) > MAX_ACTION_BOUND:
+        elif (reach := max(np.abs(low).max(), np.abs(high).max())) > MAX_ACTION_BOUND:
             who = ", ".join(str(v) for v in extra.values()) or type(self).__name__
-            raise ValueError(f"{who}: action bounds reach {max(np.abs(low).max(), np.abs(high).max()):g}, "
+            raise ValueError(f"{who}: action bounds reach {reach:g}, "
                              "effectively unbounded, and every data policy and planner samples inside "
                              "them. Bound them with action_limit=<L> (command line: "
                              "+env.kwargs.action_limit=1)")

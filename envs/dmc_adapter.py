@@ -93,7 +93,7 @@ class DMCSuite(StateGoalEnv):
     # ---- simulation hooks --------------------------------------------------------------------
     def _reset_sim(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
         self._task_random.seed(int(rng.integers(2**31 - 1)))
-        self._lend_renderer()
+        self._lend_renderer()       # again: a physics reload (Physics._reload_from_data) drops it
         self._dmc.reset()           # the task's initialize_episode inside physics.reset_context()
 
     def _step_sim(self, action: np.ndarray) -> None:

@@ -358,7 +358,6 @@ def _every_adapter_task() -> list[str]:
     return [f"dm_control/{d}-{t}" for d, t in suite.ALL_TASKS] + gym_ids
 
 
-
 @pytest.mark.parametrize("name", _every_adapter_task())
 def test_every_suite_task_and_gymnasium_mujoco_env_keeps_the_contract(name):
     """Every task the generic adapters promise (51 dm_control suite tasks, gymnasium's MuJoCo

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from planners.loop import ControlLoop
     from planners.mpc import MPCController
     from worldmodel.energy import GoalEnergy
-    from worldmodel.evaluate import make_env, make_tasks, paired_vs_random, training_seeds
+    from worldmodel.evaluate import make_env, make_tasks, mcnemar, training_seeds
     from worldmodel.model import load_trained
 
     if a.planner not in group_options("planner"):
@@ -118,10 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
            "date": time.strftime("%Y-%m-%d")}
     if ref is not None:
         theirs = R.outcomes(ref["per_episode"])[:len(rows)]
-        test = paired_vs_random([c == "1" for c in outcomes], [c == "1" for c in theirs])
+        loop_only, ref_only, p = mcnemar([c == "1" for c in outcomes], [c == "1" for c in theirs])
         out["reference"] = {"results": a.reference, "planner": ref["planner"], "successes": theirs.count("1"),
-                            "loop_only": test["planner_only"], "reference_only": test["random_only"],
-                            "p_value": test["p_value"]}
+                            "loop_only": loop_only, "reference_only": ref_only, "p_value": p}
     line = json.dumps(out)
     print(line, flush=True)
     if a.json:

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
 from worldmodel.dataset import write_json_atomic  # noqa: E402
-from worldmodel.evaluate import paired_vs_random  # noqa: E402
+from worldmodel.evaluate import mcnemar  # noqa: E402
 
 ITERATIONS = {"cem": 30, "mppi": 6, "icem": 10, "gradient": 50}
 ELITES = {"cem": 30, "mppi": 64, "icem": 20}
@@ -150,10 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             if tasks(ev) != tasks(ref):
                 raise SystemExit(f"planner_table: {a.reference} planned other tasks than this eval "
                                  "(seeds or start steps differ); give an eval of the same protocol")
-            test = paired_vs_random([c == "1" for c in row["outcomes"]],
-                                    [c == "1" for c in R.outcomes(ref["per_episode"])])
-            row["vs_reference"] = {"row_only": test["planner_only"], "reference_only": test["random_only"],
-                                   "p_value": test["p_value"]}
+            row_only, ref_only, p = mcnemar([c == "1" for c in row["outcomes"]],
+                                            [c == "1" for c in R.outcomes(ref["per_episode"])])
+            row["vs_reference"] = {"row_only": row_only, "reference_only": ref_only, "p_value": p}
         R.line(row)
         rows.append(row)
     env = rows[0]["env"]

@@ -156,6 +156,12 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
                  "episodes=2", "videos=0", "random_floor=false", f"out={out}", "progress=false"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["planner"] == "icem" and res["random_floor"] is None and res["videos"] == []
+    assert res["protocol"]["env_kwargs"] == {}
+    # The same eval_seed poses the same tasks whatever the count: wm compare pairs the two evals on them.
+    capsys.readouterr()
+    assert main(["compare", str(demo_run / "eval"), str(out), "names=[cem,icem]"]) == 0
+    assert "tworoom: 2 shared tasks (the runs hold 3, 2); paired tests against the first run, cem" in \
+        capsys.readouterr().out
     # Existing output, missing checkpoint, bad planner: refused with the fix named.
     assert main(["eval", f"checkpoint={ckpt}", f"out={out}", "episodes=1"]) == 2
     assert "overwrite=true" in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 Each command lives in its own module exposing `CONFIG` (the dataclass schema), `CONFIG_NAME`
 (the YAML in configs/) and `run(cfg)`; this file only dispatches. `wm inspect PATH`,
-`wm preview PATH` and `wm plot PATH` take a positional path (shorthand for `path=PATH`).
-Modules named by $WM_PLUGINS or `worldmodel.plugins` entry points are imported first
+`wm preview PATH` and `wm plot PATH` take a positional path (shorthand for `path=PATH`), and
+`wm compare A B ...` the evaluations to compare (`runs=[A,B]`). Modules named by $WM_PLUGINS or `worldmodel.plugins` entry points are imported first
 (worldmodel/plugins.py).
 """
 from __future__ import annotations
@@ -20,12 +20,18 @@ COMMANDS = {
     "eval": ("worldmodel.evaluate", "zero-shot goal-reaching evaluation (LeWM protocol)"),
     "check": ("worldmodel.check", "simulator-free planning checks on recorded held-out episodes"),
     "plot": ("worldmodel.plots", "draw a training run's curves or an evaluation's summary as PNG"),
+    "compare": ("worldmodel.compare", "evaluations of the same tasks side by side, with paired tests"),
     "demo": ("worldmodel.demo", "collect -> train -> eval on TwoRoom, end to end"),
 }
 
 USAGE = "usage: wm <command> [key=value ...]   (wm <command> --help for its keys)\n\ncommands:\n" + "\n".join(
     f"  {name:<8} {doc}" for name, (_, doc) in COMMANDS.items()
 )
+
+
+def _quoted(text: str) -> str:
+    """A path as a quoted string of a Hydra override list (commas, brackets and spaces survive)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if name in ("inspect", "preview", "plot") and args and "=" not in args[0]:
         args = [f"path={args[0]}", *args[1:]]
+    if name == "compare" and any("=" not in a for a in args):
+        runs = [a for a in args if "=" not in a]
+        args = ["runs=[" + ",".join(_quoted(r) for r in runs) + "]", *(a for a in args if "=" in a)]
     try:
         plugins.load()                  # your envs / policies / planners ($WM_PLUGINS, entry points)
         cfg = load(module.CONFIG, module.CONFIG_NAME, args)

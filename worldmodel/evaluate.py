@@ -213,19 +213,27 @@ def _video(path: Path, frames: list[np.ndarray], goal: np.ndarray, success_step:
     return str(write_video(path, out, fps=fps))
 
 
-def paired_vs_random(planner: list[bool], random: list[bool]) -> dict[str, Any]:
-    """Exact McNemar test of planner vs random on the same tasks.
+def mcnemar(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
+    """Exact McNemar test of two outcome lists on the same tasks: (tasks only `a` solved, tasks only
+    `b` solved, two-sided p).
 
-    Only discordant tasks carry information: `planner_only` (planner succeeds, random fails) and
-    `random_only`. Under "no better than random" each discordant task is a fair coin, so the
-    two-sided p-value is the binomial tail of min(planner_only, random_only) of their sum. Pairing
-    is sharper than comparing the two Wilson intervals, which may touch while p is small.
+    Only discordant tasks carry information. Under "a and b are equally good" each discordant task
+    is a fair coin, so p is twice the binomial tail of the smaller count of their sum. Pairing is
+    sharper than comparing two Wilson intervals, which may touch while p is small.
     """
-    b = sum(p and not r for p, r in zip(planner, random))
-    c = sum(r and not p for p, r in zip(planner, random))
-    n = b + c
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n if n else 1.0
-    return {"planner_only": b, "random_only": c, "p_value": min(1.0, 2 * tail)}
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes of different lengths ({len(a)} vs {len(b)})")
+    a_only = sum(x and not y for x, y in zip(a, b))
+    b_only = sum(y and not x for x, y in zip(a, b))
+    n = a_only + b_only
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2 ** n if n else 1.0
+    return a_only, b_only, min(1.0, 2 * tail)
+
+
+def paired_vs_random(planner: list[bool], random: list[bool]) -> dict[str, Any]:
+    """`mcnemar` of the planner against the random floor, as results.json records it."""
+    b, c, p = mcnemar(planner, random)
+    return {"planner_only": b, "random_only": c, "p_value": p}
 
 
 def make_env(env_name: str, meta: dict[str, Any], image_size: int):
@@ -234,8 +242,12 @@ def make_env(env_name: str, meta: dict[str, Any], image_size: int):
     names instead gets its own defaults."""
     import envs
 
-    kwargs = (meta.get("env_kwargs") or {}) if env_name == meta.get("env") else {}
-    return envs.make(env_name, image_size=image_size, **kwargs)
+    return envs.make(env_name, image_size=image_size, **env_kwargs(env_name, meta))
+
+
+def env_kwargs(env_name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The constructor kwargs `make_env` passes (besides image_size)."""
+    return dict(meta.get("env_kwargs") or {}) if env_name == meta.get("env") else {}
 
 
 def _percentile(xs: list[float], q: float) -> float | None:
@@ -339,7 +351,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                      "random": sum(r["diverged_at"] is not None for r in floor),
                      "note": "episodes whose physics diverged; each ended there, with what it had reached"},
         "protocol": {"budget": cfg.budget, "goal_offset": cfg.goal_offset, "eval_seed": cfg.eval_seed,
-                     "policy": policy, "episode_len": episode_len},
+                     "policy": policy, "episode_len": episode_len, "env_kwargs": env_kwargs(env_name, meta)},
         "wall_s": time.perf_counter() - t0,
         "per_episode": [{"index": t.index, "seed": t.seed, "start_step": t.start_step,
                          "success": r["success"], "steps_to_success": r["steps_to_success"],

@@ -5,7 +5,8 @@ prediction loss against the "predict no change" baseline, collapse diagnostics, 
 speed); `wm train` refreshes it at every `last.pt` save, so a killed run still has its picture.
 `plot_eval(results, path)` draws an evaluation's results.json into `summary.png` (success against
 the random floor with Wilson intervals, how close every episode came to its goal, steps to
-success); `wm eval` writes it next to results.json. `wm plot PATH` redraws either from the files.
+success); `wm eval` writes it next to results.json. `plot_compare(cmp, path)` draws `wm compare`'s
+runs side by side. `wm plot PATH` redraws a training run or an evaluation from its files.
 
 matplotlib runs on its non-interactive Agg backend, so this works on headless machines.
 """
@@ -198,6 +199,53 @@ def plot_eval(results: dict[str, Any], path: str | os.PathLike) -> Path:
         a.grid(alpha=0.3)
     fig.suptitle(f"{results['env']}: {results['planner']} from {Path(results['checkpoint']).name}"
                  f" ({results['episodes']} episodes)")
+    fig.tight_layout()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def plot_compare(cmp: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Draw a `wm compare` result (what compare.json holds) into `path`: success on the shared tasks
+    with Wilson intervals and the paired p against the first run; every task's closest approach."""
+    plt = _pyplot()
+    rows, floor = cmp["runs"], cmp.get("random_floor")
+    fig, ax = plt.subplots(1, 2, figsize=(14, 4.6), gridspec_kw={"width_ratios": [1, 2]})
+
+    a = ax[0]
+    bars = rows + ([{"name": "random", **floor}] if floor else [])
+    rates = [100 * r["success_rate"] for r in bars]
+    err = [[max(0.0, v - 100 * r["ci95"][0]) for v, r in zip(rates, bars)],
+           [max(0.0, 100 * r["ci95"][1] - v) for v, r in zip(rates, bars)]]
+    a.bar(range(len(bars)), rates, yerr=err, capsize=6,
+          color=[f"C{i}" for i in range(len(rows))] + (["C7"] if floor else []))
+    a.set_xticks(range(len(bars)), [r["name"] for r in bars], rotation=15, ha="right", fontsize=8)
+    for i, r in enumerate(bars):
+        vs = r.get("vs_first")
+        tag = f"{r['successes']}/{cmp['tasks']}" + (f"\np = {vs['p_value']:.2g}" if vs else "")
+        a.text(i, 100 * r["ci95"][1] + 2, tag, ha="center", fontsize=8)
+    a.set_ylim(0, 115)
+    a.set_ylabel("success rate (%), 95% Wilson CI")
+    a.set_title(f"{cmp['tasks']} shared tasks (p: paired test vs {rows[0]['name']})", fontsize=9)
+
+    a = ax[1]
+    first = rows[0]["closest_error"]
+    order = sorted(range(len(first)), key=lambda i: (first[i] is None, first[i] or 0.0))
+    for j, r in enumerate(rows):
+        ys = [r["closest_error"][i] for i in order]
+        xs = [x for x, y in enumerate(ys) if y is not None]
+        a.scatter(xs, [y for y in ys if y is not None], s=16 if j == 0 else 12, color=f"C{j}",
+                  marker="o" if j == 0 else "x", label=f"{r['name']} ({r['successes']} solved)")
+    a.axhline(1.0, color="k", lw=1.5, ls="--", label="success threshold")
+    a.set_yscale("log")
+    a.set_xlabel(f"task (sorted by {rows[0]['name']}'s closest approach)")
+    a.set_ylabel("closest goal error (x tolerance)")
+    a.set_title("how close each run came on every task (below the line = success)", fontsize=9)
+    a.legend(fontsize=7, loc="upper left")
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{cmp['env']}: {len(rows)} evaluations compared")
     fig.tight_layout()
     try:
         return _save(fig, Path(path))

@@ -1,0 +1,110 @@
+"""`wm compare`: evaluations of the same tasks side by side, paired tests, refusals."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worldmodel.cli import main
+from worldmodel.compare import compare, default_names, task_keys
+from worldmodel.evaluate import mcnemar
+
+
+def results(outcomes: str, seeds=None, protocol=None, env="tworoom", random=None):
+    """A `wm eval` results.json as the command writes it, per-episode fields only where compare reads them."""
+    seeds = seeds or [100 + i for i in range(len(outcomes))]
+    eps = [{"index": i, "seed": s, "start_step": 7, "success": c == "1", "steps_to_success": 12 if c == "1" else None,
+            "closest_error": 0.5 if c == "1" else 2.0 + i, "diverged_at": None,
+            "random_success": None if random is None else random[i] == "1"}
+           for i, (c, s) in enumerate(zip(outcomes, seeds))]
+    return {"env": env, "planner": "cem", "checkpoint": "runs/x/best.pt", "per_episode": eps,
+            "protocol": protocol or {"budget": 50, "goal_offset": 25, "policy": "expert", "episode_len": 100},
+            "latency_ms": {"p50": 1500.0}}
+
+
+def write(path, res):
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(res))
+    return path
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar([True] * 10 + [False] * 5, [False] * 15) == (10, 0, pytest.approx(2 / 1024))
+    a_only, b_only, p = mcnemar([True] * 11 + [False] * 6, [False] * 11 + [True] * 6)
+    assert (a_only, b_only) == (11, 6)
+    assert p == pytest.approx(2 * sum(__import__("math").comb(17, i) for i in range(7)) / 2 ** 17)  # 0.332
+    assert mcnemar([True, False], [True, False]) == (0, 0, 1.0)                      # nothing discordant
+    with pytest.raises(ValueError, match="different lengths"):
+        mcnemar([True], [True, False])
+
+
+def test_compare_pairs_every_run_with_the_first_on_shared_tasks():
+    a = results("1100000000", random="1000000000")
+    b = results("1111111111")
+    c = results("0110", seeds=[100, 101, 102, 999])             # 3 of its 4 tasks are a's
+    cmp = compare([a, b, c], ["a", "b", "c"])
+    assert cmp["tasks"] == 3 and cmp["tasks_per_run"] == [10, 10, 4]
+    ra, rb, rc = cmp["runs"]
+    assert (ra["outcomes"], rb["outcomes"], rc["outcomes"]) == ("110", "111", "011")
+    assert "vs_first" not in ra
+    assert rb["vs_first"] == {"only_this": 1, "only_first": 0, "p_value": 1.0}
+    assert (rc["vs_first"]["only_this"], rc["vs_first"]["only_first"]) == (1, 1)
+    assert ra["closest_failures"] == 4.0 and ra["steps_to_success"] == 12 and ra["plan_ms_p50"] == 1500.0
+    assert cmp["random_floor"]["outcomes"] == "100" and cmp["random_floor"]["successes"] == 1
+    # 10 tasks that only b solved: the paired test sees it where two 10-task Wilson intervals overlap.
+    cmp = compare([results("0" * 10), results("1" * 10)], ["a", "b"])
+    assert cmp["runs"][1]["vs_first"]["p_value"] == pytest.approx(2 / 1024)
+    assert cmp["random_floor"] is None
+
+
+def test_an_episode_drawn_twice_stays_two_tasks():
+    assert task_keys(results("01", seeds=[5, 5])["per_episode"]) == [(5, 7, 0), (5, 7, 1)]
+    cmp = compare([results("01", seeds=[5, 5]), results("11", seeds=[5, 5])], ["a", "b"])
+    assert cmp["tasks"] == 2 and cmp["runs"][1]["vs_first"]["only_this"] == 1
+
+
+def test_compare_refuses_other_tasks_before_printing_anything():
+    base = results("10")
+    with pytest.raises(ValueError, match="posed different tasks.*goal_offset 25 vs 10"):
+        compare([base, results("10", protocol={**base["protocol"], "goal_offset": 10})], ["a", "b"])
+    with pytest.raises(ValueError, match="env 'tworoom' vs 'pusht'"):
+        compare([base, results("10", env="pusht")], ["a", "b"])
+    with pytest.raises(ValueError, match="env_kwargs"):
+        compare([results("1", protocol={"env_kwargs": {"camera": 0}}),
+                 results("1", protocol={"env_kwargs": {"camera": 1}})], ["a", "b"])
+    with pytest.raises(ValueError, match="share no task.*same eval_seed="):
+        compare([base, results("10", seeds=[7, 8])], ["a", "b"])
+    # An older results.json without the protocol fields is compared on its tasks alone.
+    assert compare([base, {**results("01"), "protocol": {}}], ["a", "b"])["tasks"] == 2
+
+
+def test_default_names_keep_what_tells_runs_apart(tmp_path):
+    paths = [tmp_path / "repro" / r / "seed0" / "eval" / "results.json" for r in ("reacher_cpu", "reacher_cpu_ol")]
+    assert default_names(paths) == ["reacher_cpu", "reacher_cpu_ol"]
+    assert default_names([tmp_path / "a" / "results.json", tmp_path / "a" / "b" / "results.json"]) == ["a", "a/b"]
+    assert default_names([tmp_path / "x" / "results.json"] * 2) == ["0:x", "1:x"]
+
+
+def test_wm_compare_cli_prints_writes_and_refuses(tmp_path, capsys):
+    a = write(tmp_path / "runs, one" / "cem", results("1100000000", random="1000000000"))  # comma, space
+    b = write(tmp_path / "runs, one" / "icem", results("1111110000"))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b / "results.json"), f"out={out}"]) == 0
+    text = capsys.readouterr().out
+    assert "10 shared tasks; paired tests against the first run, cem" in text
+    assert "icem" in text and "+4 / -0, p = 0.12" in text and "random" in text
+    saved = json.loads((out / "compare.json").read_text())
+    assert [r["name"] for r in saved["runs"]] == ["cem", "icem"] and saved["files"][0] == str(a / "results.json")
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["compare", str(a), str(b), "names=[A,B]"]) == 0
+    assert "against the first run, A" in capsys.readouterr().out
+    # One run, labels that don't fit, a missing or foreign file: refused with what to pass instead.
+    assert main(["compare", str(a)]) == 2
+    assert "two or more evaluations" in capsys.readouterr().err
+    assert main(["compare", str(a), str(b), "names=[A]"]) == 2
+    assert "one per run" in capsys.readouterr().err
+    assert main(["compare", str(a), str(tmp_path / "nope")]) == 2
+    assert "pass a `wm eval` out= directory" in capsys.readouterr().err
+    (tmp_path / "foreign.json").write_text(json.dumps({"per_episode": [{"index": 0}]}))
+    assert main(["compare", str(a), str(tmp_path / "foreign.json")]) == 2
+    assert "not a `wm eval` results.json" in capsys.readouterr().err

@@ -1,0 +1,194 @@
+"""`wm compare A B ...`: evaluations of the same tasks side by side, with paired tests.
+
+    wm compare runs/a/eval runs/b/eval                     # the first is the baseline
+    wm compare runs/*/eval names=[cem,icem,mppi] out=runs/cmp   # + compare.json, compare.png
+
+Two checkpoints, planners or recipes evaluated by `wm eval` on the same tasks (same held-out
+episodes, start steps, goal offset and budget) differ only where one solved a task the other did
+not. The exact McNemar test counts those discordant tasks; it is sharper than comparing two Wilson
+intervals, which overlap at much smaller p. Tasks are matched by (held-out episode seed, start
+step), so evaluations of different lengths are compared on the tasks they share. Evaluations that
+posed different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
+before anything is printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldmodel.evaluate import mcnemar, wilson
+
+COMPARE_JSON, COMPARE_PNG = "compare.json", "compare.png"
+# Protocol fields that change what a task is; a results.json lacking one (an older file) is not checked on it.
+SAME_TASKS = ("budget", "goal_offset", "policy", "episode_len", "env_kwargs")
+
+
+@dataclass
+class CompareConfig:
+    """wm compare: several `wm eval` results on the same tasks, with paired tests against the first."""
+
+    runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs or results.json; the first is the baseline
+    names: list[str] | None = None  # a label per run; default: the part of its path the others lack
+    out: str | None = None          # a directory for compare.json and compare.png; null: print only
+
+    def __post_init__(self) -> None:
+        from worldmodel.config import ConfigError
+
+        if len(self.runs) < 2:
+            raise ConfigError("compare needs two or more evaluations: wm compare runs/a/eval runs/b/eval")
+        if self.names is not None and len(self.names) != len(self.runs):
+            raise ConfigError(f"names has {len(self.names)} labels for {len(self.runs)} runs; give one per run")
+
+
+CONFIG, CONFIG_NAME = CompareConfig, "compare"
+
+
+def load_results(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """A `wm eval` results.json (or the directory holding it), checked to hold per-episode outcomes."""
+    p = Path(path)
+    f = p / "results.json" if p.is_dir() else p
+    if not f.is_file():
+        raise FileNotFoundError(f"{path}: no results.json there; pass a `wm eval` out= directory")
+    try:
+        res = json.loads(f.read_text())
+        eps = res["per_episode"]
+        for e in eps:
+            int(e["seed"]), int(e["start_step"]), bool(e["success"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{f} is not a `wm eval` results.json with per-episode outcomes ({type(e).__name__}: "
+                         f"{e}); re-run `wm eval` to write one") from None
+    return f, res
+
+
+def task_keys(per_episode: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """(held-out episode seed, start step, repeat) per episode: the same task in any evaluation
+    of the same protocol; `repeat` tells apart an episode drawn twice."""
+    seen: dict[tuple[int, int], int] = {}
+    keys = []
+    for e in sorted(per_episode, key=lambda e: e.get("index", 0)):
+        k = (int(e["seed"]), int(e["start_step"]))
+        seen[k] = seen.get(k, -1) + 1
+        keys.append((*k, seen[k]))
+    return keys
+
+
+def default_names(paths: list[Path]) -> list[str]:
+    """Each run's directory path without the parts every run shares at its start and end."""
+    parts = [p.parent.resolve().parts for p in paths]
+    lo = 0
+    while all(len(q) > lo + 1 for q in parts) and len({q[lo] for q in parts}) == 1:
+        lo += 1
+    hi = 0
+    while all(len(q) - hi > lo for q in parts) and len({q[len(q) - 1 - hi] for q in parts}) == 1:
+        hi += 1
+    names = ["/".join(q[lo:len(q) - hi]) or q[-1] for q in parts]
+    return names if len(set(names)) == len(names) else [f"{i}:{n}" for i, n in enumerate(names)]
+
+
+def _check_same_tasks(results: list[dict[str, Any]], names: list[str]) -> None:
+    base, bname = results[0], names[0]
+    for res, name in zip(results[1:], names[1:]):
+        diffs = [f"env {base['env']!r} vs {res['env']!r}"] if base.get("env") != res.get("env") else []
+        bp, rp = base.get("protocol") or {}, res.get("protocol") or {}
+        diffs += [f"{k} {bp[k]!r} vs {rp[k]!r}" for k in SAME_TASKS if k in bp and k in rp and bp[k] != rp[k]]
+        if diffs:
+            raise ValueError(f"{name} and {bname} posed different tasks ({'; '.join(diffs)}): compare "
+                             "evaluations of one env with the same budget=, goal_offset= and held-out data")
+
+
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
+
+
+def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """The comparison as a dict (what compare.json holds): per run its success on the shared tasks
+    with a Wilson interval and the exact McNemar test against the first run."""
+    _check_same_tasks(results, names)
+    by_key = [dict(zip(task_keys(r["per_episode"]), sorted(r["per_episode"], key=lambda e: e.get("index", 0))))
+              for r in results]
+    shared = [k for k in by_key[0] if all(k in b for b in by_key[1:])]
+    if not shared:
+        raise ValueError(f"{', '.join(names)} share no task (held-out episode seed and start step): "
+                         "evaluate each with the same eval_seed= on checkpoints trained on the same dataset")
+    base = [by_key[0][k]["success"] for k in shared]
+    rows = []
+    for name, res, eps in zip(names, results, by_key):
+        won = [bool(eps[k]["success"]) for k in shared]
+        closest = [eps[k].get("closest_error") for k in shared]
+        failed = [c for c, w in zip(closest, won) if not w and c is not None]
+        row = {"name": name, "planner": res.get("planner"), "checkpoint": res.get("checkpoint"),
+               "successes": sum(won), "episodes": len(won), "success_rate": sum(won) / len(won),
+               "ci95": wilson(sum(won), len(won)),
+               "closest_failures": _median(failed),
+               "steps_to_success": _median([eps[k]["steps_to_success"] for k, w in zip(shared, won) if w
+                                            and eps[k].get("steps_to_success") is not None]),
+               "plan_ms_p50": (res.get("latency_ms") or {}).get("p50"),
+               "diverged": sum(eps[k].get("diverged_at") is not None for k in shared),
+               "outcomes": "".join("1" if w else "0" for w in won),
+               "closest_error": closest}
+        if rows:
+            only, base_only, p = mcnemar(won, base)
+            row["vs_first"] = {"only_this": only, "only_first": base_only, "p_value": p}
+        rows.append(row)
+    randoms = [by_key[0][k].get("random_success") for k in shared]
+    floor = None
+    if all(r is not None for r in randoms):
+        kr = sum(map(bool, randoms))
+        floor = {"successes": kr, "success_rate": kr / len(shared), "ci95": wilson(kr, len(shared)),
+                 "outcomes": "".join("1" if r else "0" for r in randoms), "note": f"from {names[0]}'s evaluation"}
+    return {"env": results[0].get("env"), "protocol": results[0].get("protocol"), "tasks": len(shared),
+            "tasks_per_run": [len(r["per_episode"]) for r in results], "runs": rows, "random_floor": floor,
+            "test": "exact McNemar (two-sided) on the shared tasks: only the tasks one run solved and the "
+                    "other did not count"}
+
+
+def format_table(cmp: dict[str, Any]) -> str:
+    n, rows = cmp["tasks"], cmp["runs"]
+    held = "" if set(cmp["tasks_per_run"]) == {n} else f" (the runs hold {', '.join(map(str, cmp['tasks_per_run']))})"
+    lines = [f"{cmp['env']}: {n} shared tasks{held}; paired tests against the first run, {rows[0]['name']}"]
+    w = max(len(r["name"]) for r in rows) + 2
+
+    def fmt(x, spec, unit=""):
+        return "-" if x is None else f"{x:{spec}}{unit}"
+
+    lines.append(f"  {'run':<{w}}{'success':>14}  {'95% CI':<9}  {'vs first':<22}{'failures within':>15}"
+                 f"  {'steps':>5}  {'plan p50':>9}")
+    for r in rows:
+        lo, hi = r["ci95"]
+        vs = r.get("vs_first")
+        vs_txt = "-" if vs is None else f"+{vs['only_this']} / -{vs['only_first']}, p = {vs['p_value']:.2g}"
+        lat = r["plan_ms_p50"]
+        lines.append(f"  {r['name']:<{w}}{r['successes']:>4}/{n} = {r['success_rate']:>4.0%}  "
+                     f"{f'{lo:.0%}-{hi:.0%}':<9}  {vs_txt:<22}{fmt(r['closest_failures'], '.2f', 'x'):>15}  "
+                     f"{fmt(r['steps_to_success'], '.0f'):>5}  {fmt(None if lat is None else lat / 1e3, '.2f', ' s'):>9}")
+    fl = cmp["random_floor"]
+    if fl:
+        lo, hi = fl["ci95"]
+        lines.append(f"  {'random':<{w}}{fl['successes']:>4}/{n} = {fl['success_rate']:>4.0%}  "
+                     f"{f'{lo:.0%}-{hi:.0%}':<9}  ({fl['note']})")
+    lines += ["  vs first: +k / -m tasks that only this run / only the first solved; p: exact McNemar on them.",
+              "  failures within: median closest goal error of the failed tasks (x the tolerance; < 1 = success)."]
+    return "\n".join(lines)
+
+
+def run(cfg: CompareConfig) -> dict[str, Any]:
+    loaded = [load_results(p) for p in cfg.runs]
+    names = list(cfg.names) if cfg.names else default_names([f for f, _ in loaded])
+    cmp = compare([res for _, res in loaded], names)
+    cmp["files"] = [str(f) for f, _ in loaded]
+    print(format_table(cmp))
+    if cfg.out:
+        from worldmodel.dataset import write_json_atomic
+        from worldmodel.plots import plot_compare, safe_draw
+
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / COMPARE_JSON, cmp)
+        safe_draw(plot_compare, cmp, out / COMPARE_PNG)
+        print(f"wrote {out / COMPARE_JSON} and {out / COMPARE_PNG}")
+    return cmp

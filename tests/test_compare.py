@@ -49,7 +49,7 @@ def test_compare_pairs_every_run_with_the_first_on_shared_tasks():
     assert "vs_first" not in ra
     assert rb["vs_first"] == {"only_this": 1, "only_first": 0, "p_value": 1.0}
     assert (rc["vs_first"]["only_this"], rc["vs_first"]["only_first"]) == (1, 1)
-    assert ra["closest_failures"] == 4.0 and ra["steps_to_success"] == 12 and ra["plan_ms_p50"] == 1500.0
+    assert ra["per_run"] == [2] and ra["closest_failures"] == 4.0 and ra["steps_to_success"] == 12 and ra["plan_ms_p50"] == 1500.0
     assert cmp["random_floor"]["outcomes"] == "100" and cmp["random_floor"]["successes"] == 1
     # 10 tasks that only b solved: the paired test sees it where two 10-task Wilson intervals overlap.
     cmp = compare([results("0" * 10), results("1" * 10)], ["a", "b"])
@@ -91,13 +91,13 @@ def test_wm_compare_cli_prints_writes_and_refuses(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(a), str(b / "results.json"), f"out={out}"]) == 0
     text = capsys.readouterr().out
-    assert "10 shared tasks; paired tests against the first run, cem" in text
+    assert "10 shared tasks; paired tests against the first, cem" in text
     assert "icem" in text and "+4 / -0, p = 0.12" in text and "random" in text
     saved = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in saved["runs"]] == ["cem", "icem"] and saved["files"][0] == str(a / "results.json")
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["compare", str(a), str(b), "names=[A,B]"]) == 0
-    assert "against the first run, A" in capsys.readouterr().out
+    assert "against the first, A" in capsys.readouterr().out
     # One run, labels that don't fit, a missing or foreign file: refused with what to pass instead.
     assert main(["compare", str(a)]) == 2
     assert "two or more evaluations" in capsys.readouterr().err
@@ -108,3 +108,26 @@ def test_wm_compare_cli_prints_writes_and_refuses(tmp_path, capsys):
     (tmp_path / "foreign.json").write_text(json.dumps({"per_episode": [{"index": 0}]}))
     assert main(["compare", str(a), str(tmp_path / "foreign.json")]) == 2
     assert "not a `wm eval` results.json" in capsys.readouterr().err
+
+
+def test_runs_sharing_a_name_are_pooled_seed_by_seed():
+    a0, a1 = results("1100", random="1000"), results("1000")
+    b0, b1 = results("1110"), results("1111")
+    cmp = compare([a0, a1, b0, b1], ["a", "a", "b", "b"])
+    ra, rb = cmp["runs"]
+    assert (ra["runs"], ra["episodes"], ra["successes"], ra["per_run"]) == (2, 8, 3, [2, 1])
+    assert rb["outcomes"] == "11101111" and rb["per_run"] == [3, 4]
+    assert (rb["vs_first"]["only_this"], rb["vs_first"]["only_first"]) == (4, 0)   # 1 + 3 over both seeds
+    assert cmp["random_floor"]["episodes"] == 4
+    with pytest.raises(ValueError, match="as many runs: a 2, b 1"):
+        compare([a0, a1, b0], ["a", "a", "b"])
+
+
+def test_wm_compare_cli_pools_seeds(tmp_path, capsys):
+    paths = [str(write(tmp_path / r / f"seed{i}", results(o))) for r, outs in (("a", ("1100", "1000")),
+                                                                          ("b", ("1110", "1111")))
+             for i, o in enumerate(outs)]
+    assert main(["compare", *paths, "names=[a,a,b,b]", f"out={tmp_path / 'cmp'}"]) == 0
+    text = capsys.readouterr().out
+    assert "4 shared tasks x 2 runs per name, pooled" in text and "3/8 = 38%" in text and "2 / 1" in text
+    assert (tmp_path / "cmp" / "compare.png").is_file()

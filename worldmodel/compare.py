@@ -2,13 +2,16 @@
 
     wm compare runs/a/eval runs/b/eval                     # the first is the baseline
     wm compare runs/*/eval names=[cem,icem,mppi] out=runs/cmp   # + compare.json, compare.png
+    wm compare runs/a/seed{0,1,2}/eval runs/b/seed{0,1,2}/eval names=[a,a,a,b,b,b]   # seeds pooled
 
 Two checkpoints, planners or recipes evaluated by `wm eval` on the same tasks (same held-out
 episodes, start steps, goal offset and budget) differ only where one solved a task the other did
 not. The exact McNemar test counts those discordant tasks; it is sharper than comparing two Wilson
-intervals, which overlap at much smaller p. Tasks are matched by (held-out episode seed, start
-step), so evaluations of different lengths are compared on the tasks they share. Evaluations that
-posed different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
+intervals, which may overlap while the paired p is small. Tasks are matched by (held-out episode
+seed, start step), so evaluations of different lengths are compared on the tasks they share. Runs
+given the same name are the training seeds of one recipe: pooled, and paired seed by seed with the
+other names' runs, so the test counts discordant tasks over every seed. Evaluations that posed
+different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
 before anything is printed.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ class CompareConfig:
     """wm compare: several `wm eval` results on the same tasks, with paired tests against the first."""
 
     runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs or results.json; the first is the baseline
-    names: list[str] | None = None  # a label per run; default: the part of its path the others lack
+    names: list[str] | None = None  # a label per run (a repeated name pools seeds); default: the part of its path the others lack
     out: str | None = None          # a directory for compare.json and compare.png; null: print only
 
     def __post_init__(self) -> None:
@@ -106,70 +109,88 @@ def _median(xs: list[float]) -> float | None:
 
 
 def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
-    """The comparison as a dict (what compare.json holds): per run its success on the shared tasks
-    with a Wilson interval and the exact McNemar test against the first run."""
+    """The comparison as a dict (what compare.json holds): per name its success on the shared tasks
+    with a Wilson interval and the exact McNemar test against the first name. Runs that share a name
+    (training seeds of one recipe) are pooled, paired in order with the other names' runs: the test
+    then counts the tasks one recipe solved and the other did not over every seed."""
     _check_same_tasks(results, names)
     by_key = [dict(zip(task_keys(r["per_episode"]), sorted(r["per_episode"], key=lambda e: e.get("index", 0))))
               for r in results]
     shared = [k for k in by_key[0] if all(k in b for b in by_key[1:])]
     if not shared:
-        raise ValueError(f"{', '.join(names)} share no task (held-out episode seed and start step): "
+        raise ValueError(f"{', '.join(dict.fromkeys(names))} share no task (held-out episode seed and start step): "
                          "evaluate each with the same eval_seed= on checkpoints trained on the same dataset")
-    base = [by_key[0][k]["success"] for k in shared]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    if len({len(g) for g in groups.values()}) > 1:
+        raise ValueError("names pool runs (one name per recipe, its training seeds in order), and every name "
+                         f"needs as many runs: {', '.join(f'{n} {len(g)}' for n, g in groups.items())}")
     rows = []
-    for name, res, eps in zip(names, results, by_key):
-        won = [bool(eps[k]["success"]) for k in shared]
-        closest = [eps[k].get("closest_error") for k in shared]
-        failed = [c for c, w in zip(closest, won) if not w and c is not None]
-        row = {"name": name, "planner": res.get("planner"), "checkpoint": res.get("checkpoint"),
+    for name, members in groups.items():
+        eps = [by_key[i][k] for i in members for k in shared]            # seed-major: paired across names
+        won = [bool(e["success"]) for e in eps]
+        closest = [e.get("closest_error") for e in eps]
+        lat = [(results[i].get("latency_ms") or {}).get("p50") for i in members]
+        row = {"name": name, "runs": len(members), "planner": results[members[0]].get("planner"),
+               "checkpoints": [results[i].get("checkpoint") for i in members],
                "successes": sum(won), "episodes": len(won), "success_rate": sum(won) / len(won),
                "ci95": wilson(sum(won), len(won)),
-               "closest_failures": _median(failed),
-               "steps_to_success": _median([eps[k]["steps_to_success"] for k, w in zip(shared, won) if w
-                                            and eps[k].get("steps_to_success") is not None]),
-               "plan_ms_p50": (res.get("latency_ms") or {}).get("p50"),
-               "diverged": sum(eps[k].get("diverged_at") is not None for k in shared),
-               "outcomes": "".join("1" if w else "0" for w in won),
-               "closest_error": closest}
+               "per_run": [sum(won[j * len(shared):(j + 1) * len(shared)]) for j in range(len(members))],
+               "closest_failures": _median([c for c, w in zip(closest, won) if not w and c is not None]),
+               "steps_to_success": _median([e["steps_to_success"] for e, w in zip(eps, won)
+                                            if w and e.get("steps_to_success") is not None]),
+               "plan_ms_p50": _median([x for x in lat if x is not None]),
+               "diverged": sum(e.get("diverged_at") is not None for e in eps),
+               "outcomes": "".join("1" if w else "0" for w in won), "closest_error": closest}
         if rows:
-            only, base_only, p = mcnemar(won, base)
-            row["vs_first"] = {"only_this": only, "only_first": base_only, "p_value": p}
+            only, first_only, p = mcnemar(won, [c == "1" for c in rows[0]["outcomes"]])
+            row["vs_first"] = {"only_this": only, "only_first": first_only, "p_value": p}
         rows.append(row)
     randoms = [by_key[0][k].get("random_success") for k in shared]
     floor = None
     if all(r is not None for r in randoms):
         kr = sum(map(bool, randoms))
-        floor = {"successes": kr, "success_rate": kr / len(shared), "ci95": wilson(kr, len(shared)),
-                 "outcomes": "".join("1" if r else "0" for r in randoms), "note": f"from {names[0]}'s evaluation"}
+        floor = {"successes": kr, "episodes": len(shared), "success_rate": kr / len(shared),
+                 "ci95": wilson(kr, len(shared)), "outcomes": "".join("1" if r else "0" for r in randoms),
+                 "note": f"from the first run's evaluation, {len(shared)} tasks"}
     return {"env": results[0].get("env"), "protocol": results[0].get("protocol"), "tasks": len(shared),
             "tasks_per_run": [len(r["per_episode"]) for r in results], "runs": rows, "random_floor": floor,
-            "test": "exact McNemar (two-sided) on the shared tasks: only the tasks one run solved and the "
-                    "other did not count"}
+            "test": "exact McNemar (two-sided) on the shared tasks (over every seed where runs share a name): "
+                    "only the tasks one solved and the other did not count"}
 
 
 def format_table(cmp: dict[str, Any]) -> str:
     n, rows = cmp["tasks"], cmp["runs"]
     held = "" if set(cmp["tasks_per_run"]) == {n} else f" (the runs hold {', '.join(map(str, cmp['tasks_per_run']))})"
-    lines = [f"{cmp['env']}: {n} shared tasks{held}; paired tests against the first run, {rows[0]['name']}"]
+    seeds = rows[0]["runs"]
+    pooled = f" x {seeds} runs per name, pooled" if seeds > 1 else ""
+    lines = [f"{cmp['env']}: {n} shared tasks{held}{pooled}; paired tests against the first, {rows[0]['name']}"]
     w = max(len(r["name"]) for r in rows) + 2
+    m = rows[0]["episodes"]
+    sw = len(f"{m}/{m} = 100%") + 1
 
     def fmt(x, spec, unit=""):
         return "-" if x is None else f"{x:{spec}}{unit}"
 
-    lines.append(f"  {'run':<{w}}{'success':>14}  {'95% CI':<9}  {'vs first':<22}{'failures within':>15}"
-                 f"  {'steps':>5}  {'plan p50':>9}")
+    def success(k, total):
+        return f"{k}/{total} = {k / total:.0%}"
+
+    lines.append(f"  {'run':<{w}}{'success':>{sw}}  {'95% CI':<9}  {'vs first':<22}{'failures within':>15}"
+                 f"  {'steps':>5}  {'plan p50':>9}" + ("  per run" if seeds > 1 else ""))
     for r in rows:
         lo, hi = r["ci95"]
         vs = r.get("vs_first")
         vs_txt = "-" if vs is None else f"+{vs['only_this']} / -{vs['only_first']}, p = {vs['p_value']:.2g}"
         lat = r["plan_ms_p50"]
-        lines.append(f"  {r['name']:<{w}}{r['successes']:>4}/{n} = {r['success_rate']:>4.0%}  "
+        lines.append(f"  {r['name']:<{w}}{success(r['successes'], r['episodes']):>{sw}}  "
                      f"{f'{lo:.0%}-{hi:.0%}':<9}  {vs_txt:<22}{fmt(r['closest_failures'], '.2f', 'x'):>15}  "
-                     f"{fmt(r['steps_to_success'], '.0f'):>5}  {fmt(None if lat is None else lat / 1e3, '.2f', ' s'):>9}")
+                     f"{fmt(r['steps_to_success'], '.0f'):>5}  {fmt(None if lat is None else lat / 1e3, '.2f', ' s'):>9}"
+                     + (f"  {' / '.join(map(str, r['per_run']))}" if seeds > 1 else ""))
     fl = cmp["random_floor"]
     if fl:
         lo, hi = fl["ci95"]
-        lines.append(f"  {'random':<{w}}{fl['successes']:>4}/{n} = {fl['success_rate']:>4.0%}  "
+        lines.append(f"  {'random':<{w}}{success(fl['successes'], fl['episodes']):>{sw}}  "
                      f"{f'{lo:.0%}-{hi:.0%}':<9}  ({fl['note']})")
     lines += ["  vs first: +k / -m tasks that only this run / only the first solved; p: exact McNemar on them.",
               "  failures within: median closest goal error of the failed tasks (x the tolerance; < 1 = success)."]

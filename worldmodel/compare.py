@@ -36,7 +36,7 @@ class CompareConfig:
     """wm compare: several `wm eval` results on the same tasks, with paired tests against the first."""
 
     runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs or results.json; the first is the baseline
-    names: list[str] | None = None  # a label per run (a repeated name pools seeds); default: the part of its path the others lack
+    names: list[str] | None = None  # a label per run (repeat one to pool seeds); null: from the paths
     out: str | None = None          # a directory for compare.json and compare.png; null: print only
 
     def __post_init__(self) -> None:

@@ -19,8 +19,9 @@
 #                                                                                        (~5 min)
 #   pusht    reproduce.py --env pusht --scale full with $SUITE_STEPS steps (default 20000) and the
 #   reacher  whole training under CUDA graphs (compile=true compile_mode=reduce-overhead), then
-#            planner_table.py with iCEM at CEM's compute on the same 50 tasks, and `wm eval
-#            cuda_graph=true` (the controller's graphed CEM) on them               (~12-15 min each)
+#            planner_table.py with iCEM at CEM's compute on the same 50 tasks, `wm eval
+#            cuda_graph=true` (the controller's graphed CEM) on them, and `wm compare` of the three
+#                                                                                  (~12-15 min each)
 #   oracle   oracle_ceiling.py (state and latent oracles) on each eval the pusht/reacher stages wrote
 #
 # Knobs (environment): SUITE_STEPS (training steps of pusht/reacher), SUITE_SEED (training seed, 0),
@@ -94,6 +95,10 @@ run_env() {  # run_env ENV: the full recipe with the whole training under CUDA g
     "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true videos=0 random_floor=false progress=false \
         device=cuda out="$OUT/runs/$env/eval_cuda_graph" overwrite=true || rc=$?
     cp "$OUT/runs/$env/eval_cuda_graph/results.json" "$OUT/${env}_eval_cuda_graph.json" 2>/dev/null
+    # the three on the same tasks, paired (the table goes to the stage log, compare.json beside the results)
+    "$PY" -m worldmodel.cli compare "$OUT/runs/$env/seed$seed/eval" "$OUT/runs/$env/planners/icem" \
+        "$OUT/runs/$env/eval_cuda_graph" names=[cem,icem,cem_cuda_graph] out="$OUT/runs/$env/compare" >&2 \
+        && cp "$OUT/runs/$env/compare/compare.json" "$OUT/compare_${env}_full_steps${steps}.json"
     return $rc
 }
 

@@ -3,8 +3,8 @@
 Each command lives in its own module exposing `CONFIG` (the dataclass schema), `CONFIG_NAME`
 (the YAML in configs/) and `run(cfg)`; this file only dispatches. `wm inspect PATH`,
 `wm preview PATH` and `wm plot PATH` take a positional path (shorthand for `path=PATH`), and
-`wm compare A B ...` the evaluations to compare (`runs=[A,B]`). Modules named by $WM_PLUGINS or `worldmodel.plugins` entry points are imported first
-(worldmodel/plugins.py).
+`wm compare A B ...` the evaluations to compare (`runs=[A,B]`). Modules named by $WM_PLUGINS or
+`worldmodel.plugins` entry points are imported first (worldmodel/plugins.py).
 """
 from __future__ import annotations
 

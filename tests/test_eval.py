@@ -160,7 +160,7 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
     # The same eval_seed poses the same tasks whatever the count: wm compare pairs the two evals on them.
     capsys.readouterr()
     assert main(["compare", str(demo_run / "eval"), str(out), "names=[cem,icem]"]) == 0
-    assert "tworoom: 2 shared tasks (the runs hold 3, 2); paired tests against the first run, cem" in \
+    assert "tworoom: 2 shared tasks (the runs hold 3, 2); paired tests against the first, cem" in \
         capsys.readouterr().out
     # Existing output, missing checkpoint, bad planner: refused with the fix named.
     assert main(["eval", f"checkpoint={ckpt}", f"out={out}", "episodes=1"]) == 2

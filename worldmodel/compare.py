@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from worldmodel.evaluate import mcnemar, wilson
+from worldmodel.evaluate import mcnemar, percentile, wilson
 
 COMPARE_JSON, COMPARE_PNG = "compare.json", "compare.png"
 # Protocol fields that change what a task is; a results.json lacking one (an older file) is not checked on it.
@@ -69,11 +67,11 @@ def load_results(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
 
 
 def task_keys(per_episode: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
-    """(held-out episode seed, start step, repeat) per episode: the same task in any evaluation
-    of the same protocol; `repeat` tells apart an episode drawn twice."""
+    """(held-out episode seed, start step, repeat) per episode, in the order given: the same task
+    in any evaluation of the same protocol; `repeat` tells apart an episode drawn twice."""
     seen: dict[tuple[int, int], int] = {}
     keys = []
-    for e in sorted(per_episode, key=lambda e: e.get("index", 0)):
+    for e in per_episode:
         k = (int(e["seed"]), int(e["start_step"]))
         seen[k] = seen.get(k, -1) + 1
         keys.append((*k, seen[k]))
@@ -104,18 +102,16 @@ def _check_same_tasks(results: list[dict[str, Any]], names: list[str]) -> None:
                              "evaluations of one env with the same budget=, goal_offset= and held-out data")
 
 
-def _median(xs: list[float]) -> float | None:
-    return float(np.median(xs)) if xs else None
-
-
 def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     """The comparison as a dict (what compare.json holds): per name its success on the shared tasks
     with a Wilson interval and the exact McNemar test against the first name. Runs that share a name
     (training seeds of one recipe) are pooled, paired in order with the other names' runs: the test
     then counts the tasks one recipe solved and the other did not over every seed."""
     _check_same_tasks(results, names)
-    by_key = [dict(zip(task_keys(r["per_episode"]), sorted(r["per_episode"], key=lambda e: e.get("index", 0))))
-              for r in results]
+    by_key = []
+    for r in results:
+        eps = sorted(r["per_episode"], key=lambda e: e.get("index", 0))
+        by_key.append(dict(zip(task_keys(eps), eps)))
     shared = [k for k in by_key[0] if all(k in b for b in by_key[1:])]
     if not shared:
         raise ValueError(f"{', '.join(dict.fromkeys(names))} share no task (held-out episode seed and start step): "
@@ -137,10 +133,10 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
                "successes": sum(won), "episodes": len(won), "success_rate": sum(won) / len(won),
                "ci95": wilson(sum(won), len(won)),
                "per_run": [sum(won[j * len(shared):(j + 1) * len(shared)]) for j in range(len(members))],
-               "closest_failures": _median([c for c, w in zip(closest, won) if not w and c is not None]),
-               "steps_to_success": _median([e["steps_to_success"] for e, w in zip(eps, won)
-                                            if w and e.get("steps_to_success") is not None]),
-               "plan_ms_p50": _median([x for x in lat if x is not None]),
+               "closest_failures": percentile([c for c, w in zip(closest, won) if not w and c is not None], 50),
+               "steps_to_success": percentile([e["steps_to_success"] for e, w in zip(eps, won)
+                                                if w and e.get("steps_to_success") is not None], 50),
+               "plan_ms_p50": percentile([x for x in lat if x is not None], 50),
                "diverged": sum(e.get("diverged_at") is not None for e in eps),
                "outcomes": "".join("1" if w else "0" for w in won), "closest_error": closest}
         if rows:

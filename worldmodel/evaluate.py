@@ -250,7 +250,7 @@ def env_kwargs(env_name: str, meta: dict[str, Any]) -> dict[str, Any]:
     return dict(meta.get("env_kwargs") or {}) if env_name == meta.get("env") else {}
 
 
-def _percentile(xs: list[float], q: float) -> float | None:
+def percentile(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
@@ -340,10 +340,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "random_floor": ({"successes": kf, "success_rate": kf / n, "ci95": wilson(kf, n),
                           "paired": paired_vs_random([r["success"] for r in results],
                                                      [r["success"] for r in floor])} if floor else None),
-        "steps_to_success": {"median": _percentile(steps, 50), "mean": float(np.mean(steps)) if steps else None},
+        "steps_to_success": {"median": percentile(steps, 50), "mean": float(np.mean(steps)) if steps else None},
         "goal_error": goal_error_summary(results, floor),
-        "latency_ms": {"p50": _percentile([x * 1e3 for x in latencies], 50),
-                       "p95": _percentile([x * 1e3 for x in latencies], 95),
+        "latency_ms": {"p50": percentile([x * 1e3 for x in latencies], 50),
+                       "p95": percentile([x * 1e3 for x in latencies], 95),
                        "max": max(latencies) * 1e3 if latencies else None, "plans": len(latencies),
                        "batch": B, "note": "one plan = one batched solve for all episodes of a batch"},
         "deadline_misses": misses, "device": str(device),

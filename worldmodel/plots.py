@@ -145,6 +145,18 @@ def safe_draw(draw: Callable[..., Any], *args: Any) -> float:
     return time.perf_counter() - t0
 
 
+def _success_bars(a, bars: list[dict[str, Any]], tags: list[str], colors: list[str], fontsize: int) -> None:
+    """Success rates (dicts with success_rate and ci95) as bars with their Wilson intervals, a tag
+    above each."""
+    rates = [100 * b["success_rate"] for b in bars]
+    err = [[max(0.0, v - 100 * b["ci95"][0]) for v, b in zip(rates, bars)],
+           [max(0.0, 100 * b["ci95"][1] - v) for v, b in zip(rates, bars)]]
+    a.bar(range(len(bars)), rates, yerr=err, color=colors, capsize=6)
+    for i, (b, tag) in enumerate(zip(bars, tags)):
+        a.text(i, 100 * b["ci95"][1] + 2, tag, ha="center", fontsize=fontsize)
+    a.set_ylabel("success rate (%), 95% Wilson CI")
+
+
 def plot_eval(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Draw an evaluation summary (the dict `wm eval` writes to results.json) into `path`."""
     plt = _pyplot()
@@ -153,19 +165,10 @@ def plot_eval(results: dict[str, Any], path: str | os.PathLike) -> Path:
     fig, ax = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 2, 1.3]})
 
     a = ax[0]
-    names, rates, los, his = [results["planner"]], [results["success_rate"]], [results["ci95"][0]], [results["ci95"][1]]
-    if floor:
-        names.append("random")
-        rates.append(floor["success_rate"])
-        los.append(floor["ci95"][0])
-        his.append(floor["ci95"][1])
-    err = [[100 * max(0.0, r - lo) for r, lo in zip(rates, los)], [100 * max(0.0, hi - r) for r, hi in zip(rates, his)]]
-    a.bar(names, [100 * r for r in rates], yerr=err,
-          color=["C0", "C7"][:len(names)], capsize=6)
-    for i, (r, hi) in enumerate(zip(rates, his)):
-        a.text(i, 100 * hi + 2, f"{100 * r:.0f}%", ha="center", fontsize=9)
+    bars = [results] + ([floor] if floor else [])
+    _success_bars(a, bars, [f"{100 * b['success_rate']:.0f}%" for b in bars], ["C0", "C7"][:len(bars)], 9)
+    a.set_xticks(range(len(bars)), [results["planner"], "random"][:len(bars)])
     a.set_ylim(0, 105)
-    a.set_ylabel("success rate (%), 95% Wilson CI")
     a.set_title(f"{results['successes']}/{results['episodes']} episodes")
 
     a = ax[1]
@@ -215,18 +218,11 @@ def plot_compare(cmp: dict[str, Any], path: str | os.PathLike) -> Path:
 
     a = ax[0]
     bars = rows + ([{"name": "random", **floor}] if floor else [])
-    rates = [100 * r["success_rate"] for r in bars]
-    err = [[max(0.0, v - 100 * r["ci95"][0]) for v, r in zip(rates, bars)],
-           [max(0.0, 100 * r["ci95"][1] - v) for v, r in zip(rates, bars)]]
-    a.bar(range(len(bars)), rates, yerr=err, capsize=6,
-          color=[f"C{i}" for i in range(len(rows))] + (["C7"] if floor else []))
+    tags = [f"{r['successes']}/{cmp['tasks']}" + (f"\np = {r['vs_first']['p_value']:.2g}" if "vs_first" in r else "")
+            for r in bars]
+    _success_bars(a, bars, tags, [f"C{i}" for i in range(len(rows))] + (["C7"] if floor else []), 8)
     a.set_xticks(range(len(bars)), [r["name"] for r in bars], rotation=15, ha="right", fontsize=8)
-    for i, r in enumerate(bars):
-        vs = r.get("vs_first")
-        tag = f"{r['successes']}/{cmp['tasks']}" + (f"\np = {vs['p_value']:.2g}" if vs else "")
-        a.text(i, 100 * r["ci95"][1] + 2, tag, ha="center", fontsize=8)
     a.set_ylim(0, 115)
-    a.set_ylabel("success rate (%), 95% Wilson CI")
     a.set_title(f"{cmp['tasks']} shared tasks (p: paired test vs {rows[0]['name']})", fontsize=9)
 
     a = ax[1]

@@ -203,13 +203,16 @@ def save_resolved(cfg: Any, out_dir: str | os.PathLike, name: str = "config.json
     return write_json_atomic(path, to_dict(cfg))
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each field line in the dataclass source (the `--help` text)."""
+def _field_comments(cls: type) -> dict[str, list[str]]:
+    """The trailing `# comment` of each field line in the dataclass source, with the comment-only
+    lines that continue it (the `--help` text, one entry per source line)."""
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, flags=re.M)}
+    field = r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$((?:\n[ \t]+#.*)*)"
+    return {m[1]: [m[2].strip(), *(ln.strip().lstrip("#").strip() for ln in m[3].splitlines() if ln.strip())]
+            for m in re.finditer(field, src, flags=re.M)}
 
 
 def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
@@ -236,5 +239,7 @@ def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") 
             continue
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
         line = f"  {prefix}{f.name}: {tname} = {value}"
-        lines.append(f"{line:<44}  # {notes[f.name]}" if f.name in notes else line)
+        first, *more = notes.get(f.name) or [None]
+        lines.append(line if first is None else f"{line:<44}  # {first}")
+        lines += [f"{'':<44}  # {text}" for text in more]
     return lines

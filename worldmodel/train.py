@@ -69,7 +69,8 @@ class TrainConfig:
     warmup_steps: int | None = None  # None: 5% of steps (at most 1000)
     min_lr_ratio: float = 0.0        # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
-    sigreg_weight: float = 0.09
+    sigreg_weight: float = 0.09      # LeWM's lambda at its batch 128; the statistic is batch_size x a
+                                     # distance, so a fixed lambda pulls harder on a larger batch
     open_loop_weight: float = 0.0    # + this x the MSE of the predictor rolled out on its own outputs
                                      # over the clip's n_preds chunks, as planning runs it (n_preds >= 2)
     open_loop_detach: bool = False   # that term trains the predictor only (latents detached): the

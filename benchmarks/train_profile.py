@@ -43,7 +43,7 @@ def main() -> None:
     def run(n: int) -> None:
         nonlocal step
         for _ in range(n):
-            train_step(loss_mod, model, opt, sched, *batch(), cfg, step, amp)
+            train_step(loss_mod, model, opt, sched, [batch()], cfg, step, amp)
             step += 1
 
     t0 = time.perf_counter()

@@ -118,7 +118,7 @@ def main() -> None:
     step = 0
 
     def eager_step() -> None:
-        train_step(eager, model, opt, sched, *batch(), cfg, step, amp)
+        train_step(eager, model, opt, sched, [batch()], cfg, step, amp)
 
     if a.datasheet:
         tflops, tbs = (float(x) for x in a.datasheet.split(","))
@@ -130,7 +130,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     for _ in range(a.warmup):
-        out = train_step(loss_mod, model, opt, sched, *batch(), cfg, step, amp)
+        out = train_step(loss_mod, model, opt, sched, [batch()], cfg, step, amp)
         step += 1
     sync(device)
     warm_s = time.perf_counter() - t0
@@ -138,7 +138,7 @@ def main() -> None:
     for _ in range(a.windows):
         t0 = time.perf_counter()
         for _ in range(a.steps_per_window):
-            out = train_step(loss_mod, model, opt, sched, *batch(), cfg, step, amp)
+            out = train_step(loss_mod, model, opt, sched, [batch()], cfg, step, amp)
             step += 1
         sync(device)
         rates.append(a.steps_per_window * cfg.batch_size / (time.perf_counter() - t0))

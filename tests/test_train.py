@@ -1,6 +1,8 @@
 """`wm train`: exact resume, kill -9 recovery, NaN stop, data/model fit checks, DDP on 2 CPU ranks."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -102,6 +104,67 @@ def test_resume_is_bit_exact(data, tmp_path):
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == before
     run(make_cfg(data, tmp_path / "split", resume=True, steps=20))     # more steps: allowed
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 20
+
+
+def _micro_step(cfg: TrainConfig, batches: list) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """One train_step of a fresh MICRO model (seed 0) on `batches`; its stats and new parameters
+    (not the BatchNorm running statistics, which each batch's forward moves)."""
+    from worldmodel.model import WorldModel
+    from worldmodel.train import build_optimizer, clip_loss, train_step
+
+    torch.manual_seed(0)
+    model = WorldModel(from_dict(ModelConfig, {**MICRO, "pred_dropout": 0.0, "action_dim": 2}))
+    opt, sched = build_optimizer(model, cfg)
+    stats = train_step(clip_loss(model, cfg), model, opt, sched, batches, cfg, 0, contextlib.nullcontext())
+    return stats.tolist(), {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_accumulated_step_averages_its_batches(data, tmp_path):
+    """accum_steps=k: one optimiser step on the mean of k batches' gradients (each batch with its own
+    BatchNorm statistics and SIGReg directions, drawn in turn from the step's generator)."""
+    g = torch.Generator().manual_seed(1)
+
+    def clips(b: int) -> tuple[torch.Tensor, torch.Tensor]:            # history 2 + 1 predicted frame
+        return (torch.randint(0, 256, (b, 3, 16, 16, 3), generator=g, dtype=torch.uint8),
+                torch.randn(b, 2, 4, generator=g))                     # (b, T-1, frameskip x A)
+
+    one, two = clips(8), clips(8)
+    cfg = make_cfg(data, tmp_path, grad_clip=1e9)                      # no clipping: norms comparable
+    acc = dataclasses.replace(cfg, accum_steps=2)
+    s1, w1 = _micro_step(cfg, [one])
+    s2, _ = _micro_step(cfg, [two])
+    s12, _ = _micro_step(acc, [one, two])
+    s11, _ = _micro_step(acc, [one, one])
+    # Reported loss terms: the batches' mean (SIGReg: the second batch draws new directions).
+    assert s12[1] == pytest.approx((s1[1] + s2[1]) / 2, rel=1e-5)            # prediction loss
+    assert s11[1] == pytest.approx(s1[1], rel=1e-5) and s11[2] != s1[2]
+    # Without SIGReg the same batch twice is exactly one step on it, and the accumulated
+    # gradient's norm is that of the two batches' mean gradient.
+    cfg0, acc0 = (dataclasses.replace(c, sigreg_weight=0.0) for c in (cfg, acc))
+    (s1, w1), (s11, w11) = _micro_step(cfg0, [one]), _micro_step(acc0, [one, one])
+    assert s11[3] == pytest.approx(s1[3], rel=1e-5)
+    assert all(torch.allclose(w1[k], w11[k], atol=1e-6) for k in w1)
+    from worldmodel.model import WorldModel
+    grads = []
+    for pixels, actions in (one, two):
+        torch.manual_seed(0)
+        model = WorldModel(from_dict(ModelConfig, {**MICRO, "pred_dropout": 0.0, "action_dim": 2}))
+        model.loss(pixels, actions)["pred"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert _micro_step(acc0, [one, two])[0][3] == pytest.approx(((grads[0] + grads[1]) / 2).norm().item(), rel=1e-4)
+    with pytest.raises(ValueError, match="accum_steps must be >= 1"):
+        make_cfg(data, tmp_path, accum_steps=0)
+
+
+def test_accumulated_training_resumes_bit_exactly(data, tmp_path):
+    kw = dict(accum_steps=2, steps=8, eval_every=4, ckpt_every=4, log_every=2)
+    res = run(make_cfg(data, tmp_path / "straight", **kw))
+    assert res["step"] == 8
+    run(make_cfg(data, tmp_path / "split", stop_at=4, **kw))
+    run(make_cfg(data, tmp_path / "split", resume=True, **kw))
+    assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
+    with pytest.raises(ValueError, match=r"'accum_steps': \(2, 1\)"):
+        run(make_cfg(data, tmp_path / "split", resume=True, **{**kw, "accum_steps": 1, "steps": 12}))
 
 
 def test_open_loop_weight_trains_on_rollouts_and_is_refused_without_predicted_frames(data, tmp_path):

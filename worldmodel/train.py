@@ -64,6 +64,8 @@ class TrainConfig:
     out: str = "runs/train"
     steps: int = 2000
     batch_size: int = 64             # global batch (split across DDP ranks)
+    accum_steps: int = 1             # batches of batch_size whose gradients one optimiser step averages
+                                     # (less memory; SIGReg and BatchNorm still see batch_size latents)
     lr: float = 3e-4
     weight_decay: float = 1e-3
     warmup_steps: int | None = None  # None: 5% of steps (at most 1000)
@@ -97,8 +99,8 @@ class TrainConfig:
     warmup: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.accum_steps < 1:
+            raise ValueError("steps, batch_size and accum_steps must be >= 1")
         if self.lr <= 0 or self.grad_clip <= 0 or self.sigreg_weight < 0:
             raise ValueError("lr and grad_clip must be > 0 and sigreg_weight >= 0")
         if self.open_loop_weight < 0:
@@ -240,7 +242,7 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
 # compile settings may change).
 RESUME_FIXED = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "sigreg_weight",
                 "open_loop_weight", "open_loop_detach", "sigreg_directions", "sigreg_knots", "batch_size",
-                "seed", "precision")
+                "accum_steps", "seed", "precision")
 RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
 
 
@@ -279,32 +281,40 @@ def compile_loss(loss_mod: nn.Module, mode: str) -> nn.Module:
 
 
 def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimizer, sched: Any,
-               pixels: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig, step: int,
+               batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig, step: int,
                amp: Any) -> torch.Tensor:
-    """One optimisation step on a clip batch; returns (loss, pred, sigreg, grad_norm, open_loop) on device.
+    """One optimisation step on `cfg.accum_steps` clip batches (pixels, actions), their gradients
+    averaged; returns the batches' mean (loss, pred, sigreg, open_loop) and the grad norm as
+    (loss, pred, sigreg, grad_norm, open_loop) on device.
 
     `loss_mod` is `clip_loss(model, cfg)`, possibly wrapped by DDP / torch.compile. No host sync.
+    Under DDP every batch's backward all-reduces its gradients: the sum of those averages is the
+    average over all of them, as without accumulation.
     """
     from worldmodel.sigreg import sigreg
 
     device = next(model.parameters()).device
-    pixels = pixels.to(device, non_blocking=True)                      # (b, T, H, W, 3) uint8
-    actions = actions.to(device, non_blocking=True)                    # (b, T-1, chunk)
     g = torch.Generator(device=device).manual_seed(_step_seed(cfg.seed, step))
-    if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES:
-        torch.compiler.cudagraph_mark_step_begin()   # a new step: the last replay's outputs are free
-    with amp:
-        pred, ol, z = loss_mod(pixels, actions)                        # scalar, scalar, (b, T, D)
-    # SIGReg outside autocast: its projections must stay fp32; global batch under DDP.
-    reg = sigreg(z, cfg.sigreg_directions, cfg.sigreg_knots, generator=g)
-    loss = pred.float() + cfg.open_loop_weight * ol.float() + cfg.sigreg_weight * reg
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    stats = []
+    for pixels, actions in batches:
+        pixels = pixels.to(device, non_blocking=True)                  # (b, T, H, W, 3) uint8
+        actions = actions.to(device, non_blocking=True)                # (b, T-1, chunk)
+        if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES:
+            torch.compiler.cudagraph_mark_step_begin()   # a new replay: the last one's outputs are free
+        with amp:
+            pred, ol, z = loss_mod(pixels, actions)                    # scalar, scalar, (b, T, D)
+        # SIGReg outside autocast: its projections must stay fp32; global batch under DDP. Each
+        # batch draws its own directions from the step's generator.
+        reg = sigreg(z, cfg.sigreg_directions, cfg.sigreg_knots, generator=g)
+        loss = pred.float() + cfg.open_loop_weight * ol.float() + cfg.sigreg_weight * reg
+        (loss / len(batches)).backward()
+        stats.append(torch.stack([loss.detach(), pred.detach().float(), reg.detach(), ol.detach().float()]))
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     sched.step()
-    return torch.stack([loss.detach(), pred.detach().float(), reg.detach(), gnorm.float(),
-                        ol.detach().float()])                          # (5,)
+    loss, pred, reg, ol = torch.stack(stats).mean(0)                  # (4,) means over the batches
+    return torch.stack([loss, pred, reg, gnorm.float(), ol])           # (5,)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -413,7 +423,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     if rank == 0:
         n_par = sum(p.numel() for p in model.parameters())
         print(f"training {n_par / 1e6:.2f}M params on {device} x{world} | {len(train)} train clips, "
-              f"{len(val) if val else 0} val clips | steps {step}->{cfg.steps}, batch {cfg.batch_size}")
+              f"{len(val) if val else 0} val clips | steps {step}->{cfg.steps}, batch {cfg.batch_size}"
+              + (f" x {cfg.accum_steps} accumulated" if cfg.accum_steps > 1 else ""))
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and rank == 0),
                unit="step", dynamic_ncols=True)
     window: list[torch.Tensor] = []
@@ -425,8 +436,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
     try:
         while step < end:
-            pixels, actions = next(loader)
-            window.append(train_step(loss_mod, model, opt, sched, pixels, actions, cfg, step, amp))
+            batches = [next(loader) for _ in range(cfg.accum_steps)]
+            window.append(train_step(loss_mod, model, opt, sched, batches, cfg, step, amp))
             step += 1
             n_window += 1
             bar.update(1)
@@ -448,7 +459,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                 dt = time.perf_counter() - t_window
                 last_train = {"loss": vals[0], "pred": vals[1], "sigreg": vals[2], "grad_norm": vals[3],
                               "lr": sched.get_last_lr()[0],
-                              "samples_per_s": n_window * cfg.batch_size / max(dt, 1e-9)}
+                              "samples_per_s": n_window * cfg.batch_size * cfg.accum_steps / max(dt, 1e-9)}
                 if cfg.open_loop_weight > 0:
                     last_train["open_loop"] = vals[4]
                 t_window, n_window = time.perf_counter(), 0

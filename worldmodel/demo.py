@@ -30,7 +30,7 @@ class DemoConfig:
     seed: int = 0
     model: str = "tiny"
     train_steps: int = 2000
-    batch_size: int = 32
+    batch_size: int = 128               # LeWM's (configs/demo.yaml)
     lr: float | None = 1e-4             # TwoRoom's (configs/demo.yaml); null: the model preset's
     eval_episodes: int = 50
     planner: str = "cem"

@@ -3,9 +3,9 @@ of the results table, and helpers that turn a recipe into `wm` overrides, run th
 describe the machine. Shared by reproduce.py, planner_table.py and sigreg_ablation.py.
 
 Scales:
-  "cpu"  ("cpu-reduced"): runnable on the 2-core dev CPU in about 15 minutes per env per seed:
-         model=tiny at 64 px, 300 episodes, 2,000 steps at batch 32 (tiny: ~0.27 s/step there),
-         eval 50 episodes with LeWM's CEM (300 samples x 30 iterations); `wm demo`'s settings.
+  "cpu"  ("cpu-reduced"): runnable on the 2-core dev CPU in about 15-25 minutes per env per seed:
+         model=tiny at 64 px, 300 episodes, 2,000 steps at batch 32 (TwoRoom: 128, `wm demo`'s
+         settings), eval 50 episodes with LeWM's CEM (300 samples x 30 iterations).
   "full": the GPU recipe meant for one H100 in ~15-20 minutes per env per seed (collect ~2 min on
          16 workers, train 7,000 steps ~10 min, eval under a minute; stage speeds measured on an H100
          at smaller sizes, see budget_note). A result file records `"verified": true` only when

@@ -121,7 +121,8 @@ def _micro_step(cfg: TrainConfig, batches: list) -> tuple[list[float], dict[str,
 
 def test_accumulated_step_averages_its_batches(data, tmp_path):
     """accum_steps=k: one optimiser step on the mean of k batches' gradients (each batch with its own
-    BatchNorm statistics and SIGReg directions, drawn in turn from the step's generator)."""
+    BatchNorm statistics and SIGReg directions, drawn in turn from the step's generator; SIGReg
+    counted at the step's k x batch_size)."""
     g = torch.Generator().manual_seed(1)
 
     def clips(b: int) -> tuple[torch.Tensor, torch.Tensor]:            # history 2 + 1 predicted frame
@@ -138,6 +139,10 @@ def test_accumulated_step_averages_its_batches(data, tmp_path):
     # Reported loss terms: the batches' mean (SIGReg: the second batch draws new directions).
     assert s12[1] == pytest.approx((s1[1] + s2[1]) / 2, rel=1e-5)            # prediction loss
     assert s11[1] == pytest.approx(s1[1], rel=1e-5) and s11[2] != s1[2]
+    # Each batch's SIGReg statistic (reported unscaled) counts at the step's N = 2 x 8 in the loss.
+    lam = cfg.sigreg_weight
+    assert s1[0] == pytest.approx(s1[1] + lam * s1[2], rel=1e-5)
+    assert s12[0] == pytest.approx(s12[1] + lam * 2 * s12[2], rel=1e-5)
     # Without SIGReg the same batch twice is exactly one step on it, and the accumulated
     # gradient's norm is that of the two batches' mean gradient.
     cfg0, acc0 = (dataclasses.replace(c, sigreg_weight=0.0) for c in (cfg, acc))

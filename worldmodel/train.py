@@ -64,15 +64,16 @@ class TrainConfig:
     out: str = "runs/train"
     steps: int = 2000
     batch_size: int = 64             # global batch (split across DDP ranks)
-    accum_steps: int = 1             # batches of batch_size whose gradients one optimiser step averages
-                                     # (less memory; SIGReg and BatchNorm still see batch_size latents)
+    accum_steps: int = 1             # batches of batch_size whose gradients one optimiser step averages:
+                                     # batch_size x accum_steps clips per step in the memory of batch_size
     lr: float = 3e-4
     weight_decay: float = 1e-3
     warmup_steps: int | None = None  # None: 5% of steps (at most 1000)
     min_lr_ratio: float = 0.0        # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
-    sigreg_weight: float = 0.09      # LeWM's lambda at its batch 128; the statistic is batch_size x a
-                                     # distance, so a fixed lambda pulls harder on a larger batch
+    sigreg_weight: float = 0.09      # LeWM's lambda at its batch 128; the statistic is N x a distance,
+                                     # so a fixed lambda pulls harder on a larger batch (N: batch_size x
+                                     # accum_steps; each accumulated batch's statistic counts at that N)
     open_loop_weight: float = 0.0    # + this x the MSE of the predictor rolled out on its own outputs
                                      # over the clip's n_preds chunks, as planning runs it (n_preds >= 2)
     open_loop_detach: bool = False   # that term trains the predictor only (latents detached): the
@@ -290,6 +291,12 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     `loss_mod` is `clip_loss(model, cfg)`, possibly wrapped by DDP / torch.compile. No host sync.
     Under DDP every batch's backward all-reduces its gradients: the sum of those averages is the
     average over all of them, as without accumulation.
+
+    SIGReg's statistic is N x a squared distance, so its pull toward the Gaussian grows with the
+    batch. Each accumulated batch's statistic enters the loss scaled by accum_steps, i.e. counted at
+    the step's N = batch_size x accum_steps, so accumulating keeps the full batch's pull. Measured on
+    TwoRoom (README): 4 x 32 accumulated this way planned 36/50 like batch 128's 35/50; unscaled
+    (the pull of batch 32) 19/50. The returned sigreg is the unscaled per-batch statistic.
     """
     from worldmodel.sigreg import sigreg
 
@@ -307,7 +314,7 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
         # SIGReg outside autocast: its projections must stay fp32; global batch under DDP. Each
         # batch draws its own directions from the step's generator.
         reg = sigreg(z, cfg.sigreg_directions, cfg.sigreg_knots, generator=g)
-        loss = pred.float() + cfg.open_loop_weight * ol.float() + cfg.sigreg_weight * reg
+        loss = pred.float() + cfg.open_loop_weight * ol.float() + cfg.sigreg_weight * len(batches) * reg
         (loss / len(batches)).backward()
         stats.append(torch.stack([loss.detach(), pred.detach().float(), reg.detach(), ol.detach().float()]))
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

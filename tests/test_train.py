@@ -19,8 +19,9 @@ from test_clips import write_dataset
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.config import from_dict
 from worldmodel.logger import read_metrics
-from worldmodel.model import ModelConfig
-from worldmodel.train import DivergedError, TrainConfig, check_resume, run
+from worldmodel.model import ModelConfig, WorldModel
+from worldmodel.train import (DivergedError, TrainConfig, build_optimizer, check_resume, clip_loss, run,
+                             train_step)
 
 REPO = Path(__file__).resolve().parent.parent
 # A model small enough for ~10 ms steps on 2 CPU cores (16 px frames, 4 patches, 1+1 blocks).
@@ -106,14 +107,16 @@ def test_resume_is_bit_exact(data, tmp_path):
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 20
 
 
+def _micro_model() -> WorldModel:
+    """The MICRO model without dropout, from seed 0 (the same weights at every call)."""
+    torch.manual_seed(0)
+    return WorldModel(from_dict(ModelConfig, {**MICRO, "pred_dropout": 0.0, "action_dim": 2}))
+
+
 def _micro_step(cfg: TrainConfig, batches: list) -> tuple[list[float], dict[str, torch.Tensor]]:
     """One train_step of a fresh MICRO model (seed 0) on `batches`; its stats and new parameters
     (not the BatchNorm running statistics, which each batch's forward moves)."""
-    from worldmodel.model import WorldModel
-    from worldmodel.train import build_optimizer, clip_loss, train_step
-
-    torch.manual_seed(0)
-    model = WorldModel(from_dict(ModelConfig, {**MICRO, "pred_dropout": 0.0, "action_dim": 2}))
+    model = _micro_model()
     opt, sched = build_optimizer(model, cfg)
     stats = train_step(clip_loss(model, cfg), model, opt, sched, batches, cfg, 0, contextlib.nullcontext())
     return stats.tolist(), {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -132,7 +135,7 @@ def test_accumulated_step_averages_its_batches(data, tmp_path):
     one, two = clips(8), clips(8)
     cfg = make_cfg(data, tmp_path, grad_clip=1e9)                      # no clipping: norms comparable
     acc = dataclasses.replace(cfg, accum_steps=2)
-    s1, w1 = _micro_step(cfg, [one])
+    s1, _ = _micro_step(cfg, [one])
     s2, _ = _micro_step(cfg, [two])
     s12, _ = _micro_step(acc, [one, two])
     s11, _ = _micro_step(acc, [one, one])
@@ -149,11 +152,9 @@ def test_accumulated_step_averages_its_batches(data, tmp_path):
     (s1, w1), (s11, w11) = _micro_step(cfg0, [one]), _micro_step(acc0, [one, one])
     assert s11[3] == pytest.approx(s1[3], rel=1e-5)
     assert all(torch.allclose(w1[k], w11[k], atol=1e-6) for k in w1)
-    from worldmodel.model import WorldModel
     grads = []
     for pixels, actions in (one, two):
-        torch.manual_seed(0)
-        model = WorldModel(from_dict(ModelConfig, {**MICRO, "pred_dropout": 0.0, "action_dim": 2}))
+        model = _micro_model()
         model.loss(pixels, actions)["pred"].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert _micro_step(acc0, [one, two])[0][3] == pytest.approx(((grads[0] + grads[1]) / 2).norm().item(), rel=1e-4)

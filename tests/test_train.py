@@ -286,6 +286,66 @@ def test_ddp_two_cpu_ranks_stay_in_sync(data, tmp_path):
     assert [int(r["step"]) for r in read_metrics(tmp_path / "r") if r["loss"]] == [2, 4, 6]
 
 
+def _micro_clips(seed: int, n: int, b: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n random MICRO clip batches of b (history 2 + 1 predicted frame), the same for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 256, (b, 3, 16, 16, 3), generator=g, dtype=torch.uint8),
+             torch.randn(b, 2, 4, generator=g)) for _ in range(n)]     # (b, T, H, W, 3), (b, T-1, 2A)
+
+
+def _accum_ddp_worker(rank: int, world: int, port: int, data: str, ret: str) -> None:
+    """One accumulated step (2 batches) under 2-rank DDP; counts DDP's gradient all-reduces."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = make_cfg(Path(data), Path(ret).parent, grad_clip=1e9, sigreg_weight=0.0)
+        calls = []
+
+        def counted(state, bucket):
+            calls.append(1)
+            return allreduce_hook(state, bucket)
+
+        counts = {}
+        for k in (1, 2):
+            model = _micro_model()
+            opt, sched = build_optimizer(model, cfg)
+            ddp = torch.nn.parallel.DistributedDataParallel(clip_loss(model, cfg))
+            ddp.register_comm_hook(None, counted)
+            calls.clear()
+            train_step(ddp, model, opt, sched, _micro_clips(rank, k), dataclasses.replace(cfg, accum_steps=k),
+                       0, contextlib.nullcontext())
+            counts[k] = len(calls)
+        torch.save({"counts": counts, "weights": {n: p.detach().clone() for n, p in model.named_parameters()}},
+                   f"{ret}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_accumulation_all_reduces_once_per_step_and_averages_every_batch(data, tmp_path):
+    """accum_steps=2 on 2 ranks: the earlier batch's backward runs under no_sync (as many gradient
+    all-reduces as a step without accumulation), and the step equals one process's step on all
+    four batches' mean gradient (SIGReg off: its global-batch statistic is not a per-batch mean)."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ret = str(tmp_path / "ret")
+    mp.start_processes(_accum_ddp_worker, args=(2, port, str(data), ret), nprocs=2, join=True,
+                       start_method="fork")
+    r0, r1 = torch.load(f"{ret}.0"), torch.load(f"{ret}.1")
+    assert r0["counts"][2] == r0["counts"][1] >= 1
+    cfg = make_cfg(data, tmp_path, grad_clip=1e9, sigreg_weight=0.0, accum_steps=4)
+    _, ref = _micro_step(cfg, _micro_clips(0, 2) + _micro_clips(1, 2))
+    for w in (r0["weights"], r1["weights"]):
+        assert all(torch.allclose(w[k], ref[k], atol=1e-6) for k in ref)
+
+
 def test_state_probe_reads_a_linearly_coded_state_and_not_noise():
     from worldmodel.validation import state_probe
 

@@ -289,8 +289,8 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     (loss, pred, sigreg, grad_norm, open_loop) on device.
 
     `loss_mod` is `clip_loss(model, cfg)`, possibly wrapped by DDP / torch.compile. No host sync.
-    Under DDP every batch's backward all-reduces its gradients: the sum of those averages is the
-    average over all of them, as without accumulation.
+    Under DDP only the last batch's backward all-reduces (the others run under `no_sync`, their
+    gradients accumulating locally): one gradient all-reduce per step, whatever accum_steps is.
 
     SIGReg's statistic is N x a squared distance, so its pull toward the Gaussian grows with the
     batch. Each accumulated batch's statistic enters the loss scaled by accum_steps, i.e. counted at
@@ -303,19 +303,22 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(_step_seed(cfg.seed, step))
     opt.zero_grad(set_to_none=True)
+    no_sync = getattr(loss_mod, "no_sync", None)     # DDP's (torch.compile's wrapper forwards it)
     stats = []
-    for pixels, actions in batches:
+    for i, (pixels, actions) in enumerate(batches):
         pixels = pixels.to(device, non_blocking=True)                  # (b, T, H, W, 3) uint8
         actions = actions.to(device, non_blocking=True)                # (b, T-1, chunk)
         if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()   # a new replay: the last one's outputs are free
-        with amp:
-            pred, ol, z = loss_mod(pixels, actions)                    # scalar, scalar, (b, T, D)
-        # SIGReg outside autocast: its projections must stay fp32; global batch under DDP. Each
-        # batch draws its own directions from the step's generator.
-        reg = sigreg(z, cfg.sigreg_directions, cfg.sigreg_knots, generator=g)
-        loss = pred.float() + cfg.open_loop_weight * ol.float() + cfg.sigreg_weight * len(batches) * reg
-        (loss / len(batches)).backward()
+        # DDP decides in the forward whether the backward all-reduces: both inside the context.
+        with no_sync() if no_sync is not None and i < len(batches) - 1 else nullcontext():
+            with amp:
+                pred, ol, z = loss_mod(pixels, actions)                # scalar, scalar, (b, T, D)
+            # SIGReg outside autocast: its projections must stay fp32; global batch under DDP (its
+            # own all-reduce, not DDP's). Each batch draws its own directions from the step's generator.
+            reg = sigreg(z, cfg.sigreg_directions, cfg.sigreg_knots, generator=g)
+            loss = pred.float() + cfg.open_loop_weight * ol.float() + cfg.sigreg_weight * len(batches) * reg
+            (loss / len(batches)).backward()
         stats.append(torch.stack([loss.detach(), pred.detach().float(), reg.detach(), ol.detach().float()]))
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()

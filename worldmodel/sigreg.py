@@ -66,6 +66,24 @@ class _TrigSums(torch.autograd.Function):
         return (c * g_sin - s * g_cos).sum(-1), None       # (N, T, M)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the backward sums the incoming gradients over ranks too (every
+    rank's loss depends on every rank's input). `torch.distributed.nn.functional.all_reduce`, which
+    did this, is deprecated."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
 def sigreg(z: Tensor, num_directions: int = 1024, num_knots: int = 17, t_max: float = 3.0,
            generator: torch.Generator | None = None) -> Tensor:
     """Epps-Pulley SIGReg statistic of latents z (B, T, D) or (N, D); a scalar (float32).
@@ -85,9 +103,7 @@ def sigreg(z: Tensor, num_directions: int = 1024, num_knots: int = 17, t_max: fl
     sums = _TrigSums.apply(z @ dirs, t)                    # (2, T, M, K - 1) local sums over the batch
     n = torch.tensor(float(n_local), device=z.device)
     if _distributed():
-        from torch.distributed.nn.functional import all_reduce
-
-        sums = all_reduce(sums)                            # differentiable; backward sums grads
+        sums = _AllReduceSum.apply(sums)                   # differentiable; backward sums grads
         dist.all_reduce(n)                                 # global batch size (no grad needed)
     cos_mean, sin_mean = (sums / n).unbind(0)              # (T, M, K) each
     err = (cos_mean - torch.exp(-0.5 * t * t)).square() + sin_mean.square()  # (T, M, K)

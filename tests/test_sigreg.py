@@ -75,9 +75,9 @@ def test_gradients_flow_and_reduce_the_statistic():
 def test_trig_sums_hand_written_backward_is_exact():
     from worldmodel.sigreg import _TrigSums
 
-    p = torch.randn(5, 2, 7, dtype=torch.float64, requires_grad=True)   # (N, T, M) projections
+    p = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)   # (T, M, N) projections
     t = torch.linspace(0.2, 3.0, 6, dtype=torch.float64)                 # (K,) knots
-    plain = torch.stack([(p[..., None] * t).cos().sum(0), (p[..., None] * t).sin().sum(0)])
+    plain = torch.stack([(p[..., None] * t).cos().sum(2), (p[..., None] * t).sin().sum(2)])
     torch.testing.assert_close(_TrigSums.apply(p, t), plain)
     assert torch.autograd.gradcheck(lambda p: _TrigSums.apply(p, t), (p,))
 

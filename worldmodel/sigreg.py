@@ -47,23 +47,27 @@ def random_directions(dim: int, num: int, device, generator: torch.Generator | N
 
 
 class _TrigSums(torch.autograd.Function):
-    """Batch sums of cos(t p) and sin(t p), (2, T, M, K), from projections p (N, T, M) and knots t (K,).
+    """Batch sums of cos(t p) and sin(t p), (2, T, M, K), from projections p (T, M, N) and knots t (K,).
 
     The same values as autograd through `cos` / `sin`, but the backward reuses the forward's cos and
-    sin instead of evaluating both again: on the CPU the trig functions are most of SIGReg's cost."""
+    sin instead of evaluating both again, and contracts them with the incoming gradient over the
+    knots as one batched matmul per term: with the batch axis N next to K, nothing of size
+    (T, M, N, K) is allocated in the backward. On the 2-core CPU at batch 128 (tiny preset: T 4,
+    M 1024, K 16) forward + backward take half the time of autograd through an (N, T, M) layout."""
 
     @staticmethod
     def forward(ctx, p: Tensor, t: Tensor) -> Tensor:
-        xt = p.unsqueeze(-1) * t                           # (N, T, M, K)
-        c, s = xt.cos(), xt.sin()
+        s = p.unsqueeze(-1) * t                            # (T, M, N, K)
+        c = s.cos()
+        s.sin_()                                           # in place: one buffer fewer to allocate
         ctx.save_for_backward(c, s, t)
-        return torch.stack([c.sum(0), s.sum(0)])           # (2, T, M, K)
+        return torch.stack([c.sum(2), s.sum(2)])           # (2, T, M, K)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
         c, s, t = ctx.saved_tensors
-        g_cos, g_sin = (g * t).unbind(0)                   # (T, M, K) each: d/dp of cos(tp) is -t sin(tp)
-        return (c * g_sin - s * g_cos).sum(-1), None       # (N, T, M)
+        g_cos, g_sin = (g * t).unsqueeze(-1).unbind(0)     # (T, M, K, 1) each: d/dp cos(tp) = -t sin(tp)
+        return (c @ g_sin - s @ g_cos).squeeze(-1), None   # (T, M, N)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -100,7 +104,8 @@ def sigreg(z: Tensor, num_directions: int = 1024, num_knots: int = 17, t_max: fl
     dirs = random_directions(d, num_directions, z.device, generator)  # (D, M)
     t, w = knot_weights(num_knots, t_max, device=z.device)            # (K,), (K,)
     t, w = t[1:], w[1:]            # at t = 0 the ECF is exactly 1 = exp(0): its term is exactly 0
-    sums = _TrigSums.apply(z @ dirs, t)                    # (2, T, M, K - 1) local sums over the batch
+    p = dirs.T @ z.permute(1, 2, 0)                        # (T, M, N): the batch axis last
+    sums = _TrigSums.apply(p, t)                           # (2, T, M, K - 1) local sums over the batch
     n = torch.tensor(float(n_local), device=z.device)
     if _distributed():
         sums = _AllReduceSum.apply(sums)                   # differentiable; backward sums grads

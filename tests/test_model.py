@@ -76,6 +76,26 @@ def test_shapes_at_tiny_preset():
         model.predict(z, torch.randn(b, t, chunk + 1))
 
 
+def test_patch_embedding_is_the_convolution_on_normalised_pixels():
+    """embed_patches (a matmul on channels-last patches, normalisation folded into the weights) is
+    the encoder's Conv2d applied to the [-1, 1] image, for uint8 and for float [0, 1] pixels, and
+    passes gradients to the convolution's parameters."""
+    enc = small_model().encoder
+    with torch.no_grad():
+        enc.patch.bias.normal_()
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (5, 32, 32, 3), generator=g, dtype=torch.uint8)
+    for pixels, unit in ((u8, u8.double() / 255), (u8.float() / 255, u8.double() / 255)):
+        x = (unit.permute(0, 3, 1, 2) - 0.5) / 0.5                        # (N, 3, H, W) in [-1, 1]
+        conv = torch.nn.functional.conv2d(x, enc.patch.weight.double(), enc.patch.bias.double(), stride=8)
+        ref = conv.flatten(2).transpose(1, 2)                             # (N, P, width), P row-major
+        torch.testing.assert_close(enc.embed_patches(pixels).double(), ref, rtol=1e-4, atol=1e-5)
+    enc.embed_patches(u8).sum().backward()
+    assert enc.patch.weight.grad.abs().sum() > 0 and enc.patch.bias.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="channels-last"):
+        enc.embed_patches(u8.permute(0, 3, 1, 2))
+
+
 def test_predictor_is_causal_and_windowed():
     model = small_model()
     b, t, d, c = 2, 7, 24, 6

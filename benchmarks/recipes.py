@@ -215,8 +215,10 @@ def run_stage(name: str, args: list[str]) -> dict[str, Any]:
     import importlib
 
     from worldmodel.config import load
+    from worldmodel.distributed import keep_freed_host_memory
 
     os.environ.setdefault("MUJOCO_GL", "egl")
+    keep_freed_host_memory()                              # as `wm` does
     module = importlib.import_module(STAGES[name])
     cfg = load(module.CONFIG, module.CONFIG_NAME, args)
     with contextlib.redirect_stdout(sys.stderr):

@@ -65,7 +65,9 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
         torch.set_num_threads(a.threads)
 
     from worldmodel.config import load
-    from worldmodel.distributed import resolve_device
+    from worldmodel.distributed import keep_freed_host_memory, resolve_device
+
+    a.malloc_tuned = keep_freed_host_memory()             # as `wm` does (WM_MALLOC_TUNING=0: off)
     from worldmodel.model import WorldModel
     from worldmodel.train import TrainConfig, autocast_for, build_optimizer, clip_loss, compile_loss
 
@@ -153,7 +155,7 @@ def main() -> None:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "amp": "bf16" if bf16 else "fp32",
         "compile": a.compile, "compile_mode": cfg.compile_mode if a.compile else None,
-        "threads": torch.get_num_threads(), "warmup_s": round(warm_s, 2),
+        "threads": torch.get_num_threads(), "malloc_tuned": a.malloc_tuned, "warmup_s": round(warm_s, 2),
         "data": a.data or "random", "windows": [round(r, 1) for r in rates], "final_loss": round(loss, 5),
         "overrides": a.override, **provenance(device)}
     if a.roofline:

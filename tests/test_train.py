@@ -346,6 +346,16 @@ def test_ddp_accumulation_all_reduces_once_per_step_and_averages_every_batch(dat
         assert all(torch.allclose(w[k], ref[k], atol=1e-6) for k in ref)
 
 
+def test_host_allocator_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    from worldmodel.distributed import keep_freed_host_memory
+
+    monkeypatch.setenv("WM_MALLOC_TUNING", "0")
+    assert keep_freed_host_memory() is False
+    monkeypatch.delenv("WM_MALLOC_TUNING")
+    glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
+    assert keep_freed_host_memory() is glibc
+
+
 def test_state_probe_reads_a_linearly_coded_state_and_not_noise():
     from worldmodel.validation import state_probe
 

@@ -37,6 +37,9 @@ def _quoted(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from worldmodel.distributed import keep_freed_host_memory
+
+    keep_freed_host_memory()            # CPU steps stop re-faulting their activations' pages
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

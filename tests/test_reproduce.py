@@ -44,7 +44,7 @@ def test_every_env_has_both_scales_and_reference():
     for env in ("tworoom", "reacher", "pusht"):
         cpu, full = recipes.RECIPES[(env, "cpu")], recipes.RECIPES[(env, "full")]
         assert (cpu.model, cpu.steps, cpu.episodes) == ("tiny", 2000, 300)
-        assert cpu.batch_size == (128 if env == "tworoom" else 32)
+        assert cpu.batch_size == (128 if env in ("tworoom", "reacher") else 32)
         assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (300, 30, 50)
         assert full.device == "cuda" and full.model == "lewm"
         assert set(recipes.REFERENCE[env]) >= {"LeWM", "DINO-WM", "PLDM"}

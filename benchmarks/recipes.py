@@ -94,8 +94,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # Batch 128 (LeWM's): seeds 0-2 35/47/38 of 50 vs 21/17/18 at 32 (tworoom_cpu_batch128.json).
     ("tworoom", "cpu"): Recipe(env="tworoom", lr=1e-4, **{
         **_CPU, "batch_size": 128,
-        "budget_note": "2-core CPU, ~15-23 min per seed (the same as `wm demo`): collect ~0.3 min, "
-                       "train 2,000 x 0.37-0.61 s, eval 50 episodes CEM 300x30 ~1.5-2 min"}),
+        "budget_note": "2-core CPU, ~10-23 min per seed (the same as `wm demo`): collect ~0.3 min, "
+                       "train 2,000 x 0.37-0.61 s before the 1.4x faster CPU step of 2026-11-24 (x 0.24 s "
+                       "after it, `wm demo` that day), eval 50 episodes CEM 300x30 ~1.5-2 min"}),
     # Reacher at batch 128 (lr 1e-3 kept): seeds 0-2 21/19/12 of 50 vs 8/6/10 at 32 (reacher_cpu_batch128.json).
     ("reacher", "cpu"): Recipe(env="reacher", **{
         **_CPU, "batch_size": 128,

@@ -122,17 +122,18 @@ def _micro_step(cfg: TrainConfig, batches: list) -> tuple[list[float], dict[str,
     return stats.tolist(), {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
+def _micro_clips(seed: int, n: int, b: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n random MICRO clip batches of b (history 2 + 1 predicted frame), the same for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 256, (b, 3, 16, 16, 3), generator=g, dtype=torch.uint8),
+             torch.randn(b, 2, 4, generator=g)) for _ in range(n)]     # (b, T, H, W, 3), (b, T-1, 2A)
+
+
 def test_accumulated_step_averages_its_batches(data, tmp_path):
     """accum_steps=k: one optimiser step on the mean of k batches' gradients (each batch with its own
     BatchNorm statistics and SIGReg directions, drawn in turn from the step's generator; SIGReg
     counted at the step's k x batch_size)."""
-    g = torch.Generator().manual_seed(1)
-
-    def clips(b: int) -> tuple[torch.Tensor, torch.Tensor]:            # history 2 + 1 predicted frame
-        return (torch.randint(0, 256, (b, 3, 16, 16, 3), generator=g, dtype=torch.uint8),
-                torch.randn(b, 2, 4, generator=g))                     # (b, T-1, frameskip x A)
-
-    one, two = clips(8), clips(8)
+    one, two = _micro_clips(1, 2)
     cfg = make_cfg(data, tmp_path, grad_clip=1e9)                      # no clipping: norms comparable
     acc = dataclasses.replace(cfg, accum_steps=2)
     s1, _ = _micro_step(cfg, [one])
@@ -284,13 +285,6 @@ def test_ddp_two_cpu_ranks_stay_in_sync(data, tmp_path):
     ck = load_checkpoint(tmp_path / "r" / "last.pt")
     assert ck["step"] == 6 and len(ck["extra"]["rng"]) == 2          # both ranks' RNG saved
     assert [int(r["step"]) for r in read_metrics(tmp_path / "r") if r["loss"]] == [2, 4, 6]
-
-
-def _micro_clips(seed: int, n: int, b: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """n random MICRO clip batches of b (history 2 + 1 predicted frame), the same for the same seed."""
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, 256, (b, 3, 16, 16, 3), generator=g, dtype=torch.uint8),
-             torch.randn(b, 2, 4, generator=g)) for _ in range(n)]     # (b, T, H, W, 3), (b, T-1, 2A)
 
 
 def _accum_ddp_worker(rank: int, world: int, port: int, data: str, ret: str) -> None:

@@ -255,30 +255,38 @@ def test_kill9_then_resume_continues_from_checkpoint(data, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == killed_at + 5
 
 
-def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, ret: str) -> None:
+def _gloo_rank(rank: int, port: int, body, args: tuple) -> None:
+    """One of two gloo ranks on loopback: `body(rank, *args)` inside the process group."""
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        cfg = make_cfg(Path(data), Path(out), steps=6, eval_every=6, ckpt_every=6, log_every=2)
-        res = run(cfg)
-        torch.save({"val_pred": res["val_pred"], "in_sync": res["ddp_in_sync"]}, f"{ret}.{rank}")
+        body(rank, *args)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_ranks_stay_in_sync(data, tmp_path):
+def _on_two_gloo_ranks(body, *args) -> None:
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    mp.start_processes(_gloo_rank, args=(port, body, args), nprocs=2, join=True, start_method="fork")
+
+
+def _ddp_worker(rank: int, data: str, out: str, ret: str) -> None:
+    cfg = make_cfg(Path(data), Path(out), steps=6, eval_every=6, ckpt_every=6, log_every=2)
+    res = run(cfg)
+    torch.save({"val_pred": res["val_pred"], "in_sync": res["ddp_in_sync"]}, f"{ret}.{rank}")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_stay_in_sync(data, tmp_path):
     ret = str(tmp_path / "ret")
-    mp.start_processes(_ddp_worker, args=(2, port, str(data), str(tmp_path / "r"), ret), nprocs=2,
-                       join=True, start_method="fork")
+    _on_two_gloo_ranks(_ddp_worker, str(data), str(tmp_path / "r"), ret)
     r0, r1 = torch.load(f"{ret}.0"), torch.load(f"{ret}.1")
     assert r0["in_sync"] and r1["in_sync"]                           # identical weights on both ranks
     assert r0["val_pred"] == r1["val_pred"]                          # eval all-reduced: same on ranks
@@ -287,36 +295,29 @@ def test_ddp_two_cpu_ranks_stay_in_sync(data, tmp_path):
     assert [int(r["step"]) for r in read_metrics(tmp_path / "r") if r["loss"]] == [2, 4, 6]
 
 
-def _accum_ddp_worker(rank: int, world: int, port: int, data: str, ret: str) -> None:
+def _accum_ddp_worker(rank: int, data: str, ret: str) -> None:
     """One accumulated step (2 batches) under 2-rank DDP; counts DDP's gradient all-reduces."""
-    import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        cfg = make_cfg(Path(data), Path(ret).parent, grad_clip=1e9, sigreg_weight=0.0)
-        calls = []
+    cfg = make_cfg(Path(data), Path(ret).parent, grad_clip=1e9, sigreg_weight=0.0)
+    calls = []
 
-        def counted(state, bucket):
-            calls.append(1)
-            return allreduce_hook(state, bucket)
+    def counted(state, bucket):
+        calls.append(1)
+        return allreduce_hook(state, bucket)
 
-        counts = {}
-        for k in (1, 2):
-            model = _micro_model()
-            opt, sched = build_optimizer(model, cfg)
-            ddp = torch.nn.parallel.DistributedDataParallel(clip_loss(model, cfg))
-            ddp.register_comm_hook(None, counted)
-            calls.clear()
-            train_step(ddp, model, opt, sched, _micro_clips(rank, k), dataclasses.replace(cfg, accum_steps=k),
-                       0, contextlib.nullcontext())
-            counts[k] = len(calls)
-        torch.save({"counts": counts, "weights": {n: p.detach().clone() for n, p in model.named_parameters()}},
-                   f"{ret}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    counts = {}
+    for k in (1, 2):
+        model = _micro_model()
+        opt, sched = build_optimizer(model, cfg)
+        ddp = torch.nn.parallel.DistributedDataParallel(clip_loss(model, cfg))
+        ddp.register_comm_hook(None, counted)
+        calls.clear()
+        train_step(ddp, model, opt, sched, _micro_clips(rank, k), dataclasses.replace(cfg, accum_steps=k),
+                   0, contextlib.nullcontext())
+        counts[k] = len(calls)
+    torch.save({"counts": counts, "weights": {n: p.detach().clone() for n, p in model.named_parameters()}},
+               f"{ret}.{rank}")
 
 
 @pytest.mark.slow
@@ -324,14 +325,8 @@ def test_ddp_accumulation_all_reduces_once_per_step_and_averages_every_batch(dat
     """accum_steps=2 on 2 ranks: the earlier batch's backward runs under no_sync (as many gradient
     all-reduces as a step without accumulation), and the step equals one process's step on all
     four batches' mean gradient (SIGReg off: its global-batch statistic is not a per-batch mean)."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ret = str(tmp_path / "ret")
-    mp.start_processes(_accum_ddp_worker, args=(2, port, str(data), ret), nprocs=2, join=True,
-                       start_method="fork")
+    _on_two_gloo_ranks(_accum_ddp_worker, str(data), ret)
     r0, r1 = torch.load(f"{ret}.0"), torch.load(f"{ret}.1")
     assert r0["counts"][2] == r0["counts"][1] >= 1
     cfg = make_cfg(data, tmp_path, grad_clip=1e9, sigreg_weight=0.0, accum_steps=4)

@@ -36,6 +36,7 @@ import torch
 
 from planners import Bounds, make_planner
 from planners.graph import GraphedPlanner
+from worldmodel.distributed import keep_freed_host_memory
 from worldmodel.energy import GoalEnergy
 from worldmodel.model import ModelConfig, WorldModel
 
@@ -135,7 +136,7 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
            "batch": args.batch, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
            "median_ms": round(statistics.median(ms), 2),
            "p95_ms": round(ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))], 2),
-           "runs": len(ms), "final_cost": round(float(res.cost.float().mean()), 4),
+           "runs": len(ms), "malloc_tuned": args.malloc_tuned, "final_cost": round(float(res.cost.float().mean()), 4),
            "date": datetime.date.today().isoformat(), "git": R.git_commit(), "machine": R.machine(str(device))}
     if args.profile and not args.cuda_graph:
         log: list[float] = []
@@ -187,6 +188,7 @@ def main() -> None:
     ap.add_argument("--roofline-size", type=int, default=0,
                     help="side of the square matmul timed (0: 2048 on the CPU, 8192 on CUDA)")
     args = ap.parse_args()
+    args.malloc_tuned = keep_freed_host_memory()          # as `wm eval` does (WM_MALLOC_TUNING=0: off)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -22,12 +22,15 @@
 #            planner_table.py with iCEM at CEM's compute on the same 50 tasks, `wm eval
 #            cuda_graph=true` (the controller's graphed CEM) on them, and `wm compare` of the three
 #                                                                                  (~12-15 min each)
+#   envs     the env stages of $SUITE_ENVS (default "pusht reacher") at the same time, side by side on
+#            the one GPU, each into its own <env>.jsonl / <env>.log: about one env stage's wall time
+#            for both (their stage times and plan latencies are then under contention: say so)
 #   oracle   oracle_ceiling.py (state and latent oracles) on each eval the pusht/reacher stages wrote
 #
-# Knobs (environment): SUITE_STEPS (training steps of pusht/reacher), SUITE_SEED (training seed, 0),
-# SUITE_LIMIT_<STAGE> (seconds; defaults below), PYTHON (the interpreter with torch; python3). `wm`
-# need not be installed (the scripts run the stages in-process), but the toolkit's dependencies must
-# import.
+# Knobs (environment): SUITE_STEPS (training steps of the env stages), SUITE_SEED (training seed, 0),
+# SUITE_ENVS (the envs stage's envs), SUITE_LIMIT_<STAGE> (seconds; defaults below), PYTHON (the
+# interpreter with torch; python3). `wm` need not be installed (the scripts run the stages
+# in-process), but the toolkit's dependencies must import.
 #
 # An offline GPU machine whose image has torch but not mujoco, gymnasium, hydra or dm_control: run
 # `wheels` here (Python 3.12, x86-64; dm_control without its locomotion and dog assets, ~34 MB in
@@ -102,6 +105,16 @@ run_env() {  # run_env ENV: the full recipe with the whole training under CUDA g
     return $rc
 }
 
+run_envs() { # run_envs ENV...: run_env for each at once, each with its own logs; fails if any did
+    local env pids=() rc=0 pid
+    for env in "$@"; do
+        run_env "$env" >"$OUT/$env.jsonl" 2>"$OUT/$env.log" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+    return $rc
+}
+
 oracles() {  # state and latent oracles on each eval the env stages wrote
     local ev env rc=0
     for ev in "$OUT"/runs/*/seed*/eval/results.json; do
@@ -117,8 +130,8 @@ run() {
     OUT=${1:?usage: gpu_suite.sh run OUT [STAGE ...]}; shift
     local stages=("$@") s; [ ${#stages[@]} -gt 0 ] || stages=(tests plan train pusht reacher)
     for s in "${stages[@]}"; do          # refuse a misspelt stage before any work
-        case $s in tests|plan|train|pusht|reacher|tworoom|oracle) ;;
-            *) echo "unknown stage '$s': choose from tests plan train pusht reacher tworoom oracle" >&2; return 2 ;;
+        case $s in tests|plan|train|pusht|reacher|tworoom|envs|oracle) ;;
+            *) echo "unknown stage '$s': choose from tests plan train pusht reacher tworoom envs oracle" >&2; return 2 ;;
         esac
     done
     "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null || {
@@ -152,13 +165,14 @@ EOF
                     --compile-mode reduce-overhead --roofline || rc=$?
                 exit $rc' ;;
             pusht|reacher|tworoom) stage "$s" 1800 bash -c 'run_env "$1"' _ "$s" ;;
+            envs) stage envs 1800 bash -c 'run_envs ${SUITE_ENVS:-pusht reacher}' ;;
             oracle) stage oracle 1800 bash -c oracles ;;
         esac
     done
     echo "done: $OUT/summary.tsv" | tee -a "$OUT/suite.log"
 }
 
-export -f run_env oracles
+export -f run_env run_envs oracles
 case ${1:-} in
     wheels) wheels ;;
     install) install ;;

@@ -112,9 +112,31 @@ def test_gpu_suite_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work
     bad = subprocess.run([*suite, "tests", "plna"], capture_output=True, text=True, cwd=REPO, env=env)
     assert bad.returncode == 2 and "unknown stage 'plna'" in bad.stderr
     if not torch.cuda.is_available():
-        cpu = subprocess.run([*suite, "plan"], capture_output=True, text=True, cwd=REPO, env=env)
+        cpu = subprocess.run([*suite, "plan", "envs"], capture_output=True, text=True, cwd=REPO, env=env)
         assert cpu.returncode == 2 and "no CUDA device" in cpu.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_suite_envs_stage_runs_its_envs_at_once_each_with_its_own_logs(tmp_path):
+    """run_envs (the `envs` stage) with run_env replaced by a 1-second stand-in: every env starts
+    before any ends, each writes its own <env>.jsonl / <env>.log, and one failure fails the stage."""
+    script = (REPO / "benchmarks" / "gpu_suite.sh").read_text()
+    run_envs = script[script.index("run_envs() {"):]
+    run_envs = run_envs[:run_envs.index("\n}\n") + 3]
+    fake = ('run_env() { date +%s.%N >"$OUT/$1.start"; echo "out $1"; echo "log $1" >&2; sleep 1; '
+            'date +%s.%N >"$OUT/$1.end"; [ "$1" != bad ]; }\n')
+
+    def go(*envs):
+        return subprocess.run([shutil.which("bash"), "-c", f"{run_envs}{fake}run_envs {' '.join(envs)}"],
+                              env={**os.environ, "OUT": str(tmp_path)}).returncode
+    envs = ("pusht", "reacher", "tworoom")
+    assert go(*envs) == 0
+    stamp = lambda env, what: float((tmp_path / f"{env}.{what}").read_text())  # noqa: E731
+    assert max(stamp(e, "start") for e in envs) < min(stamp(e, "end") for e in envs)   # side by side
+    for env in envs:
+        assert (tmp_path / f"{env}.jsonl").read_text() == f"out {env}\n"
+        assert (tmp_path / f"{env}.log").read_text() == f"log {env}\n"
+    assert go("pusht", "bad") != 0
 
 
 def test_git_commit_outside_git_uses_wm_git_commit(monkeypatch, tmp_path):

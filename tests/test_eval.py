@@ -156,6 +156,7 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
                  "episodes=2", "videos=0", "random_floor=false", f"out={out}", "progress=false"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["planner"] == "icem" and res["random_floor"] is None and res["videos"] == []
+    assert res["trained_env"] == res["env"] == "tworoom" and "warning" not in capsys.readouterr().err
     assert res["protocol"]["env_kwargs"] == {}
     # The same eval_seed poses the same tasks whatever the count: wm compare pairs the two evals on them.
     capsys.readouterr()
@@ -171,6 +172,13 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
     assert "choose one of" in capsys.readouterr().err
     assert main(["eval", f"checkpoint={ckpt}", "env=Hopper-v5", f"out={tmp_path / 'y'}"]) == 2
     assert "3 action dims" in capsys.readouterr().err                    # the model was trained on 2
+    # Another env with the same action and image shapes runs, but says whose data trained the model.
+    assert main(["eval", f"checkpoint={ckpt}", "env=reacher", "episodes=1", "random_floor=false", "videos=0",
+                 "planner.samples=8", "planner.elites=4", "planner.iterations=1",
+                 f"out={tmp_path / 'r'}", "progress=false"]) == 0
+    assert "was trained on tworoom data and is evaluated in reacher" in capsys.readouterr().err
+    r = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert (r["env"], r["trained_env"]) == ("reacher", "tworoom")
     seed = json.loads((demo_run / "data" / "meta.json").read_text())["seed"]
     assert main(["eval", f"checkpoint={ckpt}", f"eval_seed={seed}", "episodes=1",
                  f"out={tmp_path / 'z'}", "progress=false"]) == 2

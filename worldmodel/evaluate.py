@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +251,24 @@ def env_kwargs(env_name: str, meta: dict[str, Any]) -> dict[str, Any]:
     return dict(meta.get("env_kwargs") or {}) if env_name == meta.get("env") else {}
 
 
+def same_env(name: str, meta: dict[str, Any]) -> bool:
+    """Whether env `name` is the env the training data came from (by identity, not spelling:
+    "tworoom" and "wm/TwoRoom-v0", or a dm_control task and the "dmc" data collected from it)."""
+    import envs
+
+    trained = meta.get("env")
+    if not trained:
+        return True
+    try:
+        short, extra = envs.resolve(name)
+        t_short, t_extra = envs.resolve(trained)
+    except ValueError:                     # an env of a plugin not loaded: fall back to the names
+        return name == trained
+    kw = meta.get("env_kwargs") or {}
+    t_extra = {**t_extra, **{k: kw[k] for k in extra if k in kw}}
+    return (short, extra) == (t_short, t_extra)
+
+
 def percentile(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
@@ -273,6 +292,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
     # Everything that can be refused is checked before any rollout.
     model, meta, env_name = load_trained(cfg.checkpoint, device, cfg.env)
+    if not same_env(env_name, meta):       # allowed (a variant of the env, a transfer test), but say so
+        print(f"wm eval: warning: {cfg.checkpoint} was trained on {meta['env']} data and is evaluated in "
+              f"{env_name}; the tasks still use that data's policy and episode length unless policy= "
+              f"and episode_len= are given", file=sys.stderr)
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
     mcfg = model.cfg
@@ -335,7 +358,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     kf = sum(r["success"] for r in floor)
     steps = [r["steps_to_success"] for r in results if r["success"]]
     summary = {
-        "env": env_name, "checkpoint": str(cfg.checkpoint), "planner": planner_name,
+        "env": env_name, "trained_env": meta.get("env"), "checkpoint": str(cfg.checkpoint),
+        "planner": planner_name,
         "episodes": n, "successes": k, "success_rate": k / n, "ci95": wilson(k, n),
         "random_floor": ({"successes": kf, "success_rate": kf / n, "ci95": wilson(kf, n),
                           "paired": paired_vs_random([r["success"] for r in results],

@@ -24,7 +24,9 @@
 #                                                                                  (~12-15 min each)
 #   envs     the env stages of $SUITE_ENVS (default "pusht reacher") at the same time, side by side on
 #            the one GPU, each into its own <env>.jsonl / <env>.log: about one env stage's wall time
-#            for both (their stage times and plan latencies are then under contention: say so)
+#            for both (their stage times and plan latencies are then under contention: say so). An
+#            entry ENV@LR trains at learning rate LR instead of the recipe's 5e-5 (files <env>_lr<LR>):
+#            SUITE_ENVS="reacher reacher@3e-4" compares two learning rates in one sitting
 #   oracle   oracle_ceiling.py (state and latent oracles) on each eval the pusht/reacher stages wrote
 #
 # Knobs (environment): SUITE_STEPS (training steps of the env stages), SUITE_SEED (training seed, 0),
@@ -86,29 +88,32 @@ stage() {    # stage NAME LIMIT_S COMMAND...: run with a time limit, log, record
     echo "== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$OUT/suite.log"
 }
 
-run_env() {  # run_env ENV: the full recipe with the whole training under CUDA graphs, then iCEM
-    local env=$1 steps=${SUITE_STEPS:-20000} seed=${SUITE_SEED:-0}
+run_env() {  # run_env ENV[@LR]: the full recipe (at learning rate LR if given) with the whole training
+             # under CUDA graphs, then iCEM; its files are named <ENV>[_lr<LR>]
+    local env=${1%%@*} lr= steps=${SUITE_STEPS:-20000} seed=${SUITE_SEED:-0}
+    [[ $1 == *@* ]] && lr=${1#*@}
+    local name=${env}${lr:+_lr$lr}
     "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 \
-        --quiet --out "$OUT/runs/$env" --json "$OUT/${env}_full_steps${steps}.json" \
+        ${lr:+--lr "$lr"} --quiet --out "$OUT/runs/$name" --json "$OUT/${name}_full_steps${steps}.json" \
         --train-extra compile=true compile_mode=reduce-overhead || return $?
-    local ckpt="$OUT/runs/$env/seed$seed/train/best.pt" rc=0
+    local ckpt="$OUT/runs/$name/seed$seed/train/best.pt" rc=0
     "$PY" benchmarks/planner_table.py --checkpoint "$ckpt" --planners icem --device cuda --videos 0 --quiet \
-        --out "$OUT/runs/$env/planners" --json "$OUT/planner_table_${env}_full_steps${steps}.json" || rc=$?
+        --out "$OUT/runs/$name/planners" --json "$OUT/planner_table_${name}_full_steps${steps}.json" || rc=$?
     # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM): success and plan latency
     "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true videos=0 random_floor=false progress=false \
-        device=cuda out="$OUT/runs/$env/eval_cuda_graph" overwrite=true || rc=$?
-    cp "$OUT/runs/$env/eval_cuda_graph/results.json" "$OUT/${env}_eval_cuda_graph.json" 2>/dev/null
+        device=cuda out="$OUT/runs/$name/eval_cuda_graph" overwrite=true || rc=$?
+    cp "$OUT/runs/$name/eval_cuda_graph/results.json" "$OUT/${name}_eval_cuda_graph.json" 2>/dev/null
     # the three on the same tasks, paired (the table goes to the stage log, compare.json beside the results)
-    "$PY" -m worldmodel.cli compare "$OUT/runs/$env/seed$seed/eval" "$OUT/runs/$env/planners/icem" \
-        "$OUT/runs/$env/eval_cuda_graph" names=[cem,icem,cem_cuda_graph] out="$OUT/runs/$env/compare" >&2 \
-        && cp "$OUT/runs/$env/compare/compare.json" "$OUT/compare_${env}_full_steps${steps}.json"
+    "$PY" -m worldmodel.cli compare "$OUT/runs/$name/seed$seed/eval" "$OUT/runs/$name/planners/icem" \
+        "$OUT/runs/$name/eval_cuda_graph" names=[cem,icem,cem_cuda_graph] out="$OUT/runs/$name/compare" >&2 \
+        && cp "$OUT/runs/$name/compare/compare.json" "$OUT/compare_${name}_full_steps${steps}.json"
     return $rc
 }
 
-run_envs() { # run_envs ENV...: run_env for each at once, each with its own logs; fails if any did
-    local env pids=() rc=0 pid
-    for env in "$@"; do
-        run_env "$env" >"$OUT/$env.jsonl" 2>"$OUT/$env.log" &
+run_envs() { # run_envs ENV[@LR]...: run_env for each at once, each with its own logs; fails if any did
+    local spec pids=() rc=0 pid
+    for spec in "$@"; do
+        run_env "$spec" >"$OUT/${spec/@/_lr}.jsonl" 2>"$OUT/${spec/@/_lr}.log" &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
@@ -133,6 +138,11 @@ run() {
         case $s in tests|plan|train|pusht|reacher|tworoom|envs|oracle) ;;
             *) echo "unknown stage '$s': choose from tests plan train pusht reacher tworoom envs oracle" >&2; return 2 ;;
         esac
+    done
+    for s in ${SUITE_ENVS:-}; do         # and a malformed SUITE_ENVS entry
+        [[ $s =~ ^(pusht|reacher|tworoom)(@[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?)?$ ]] || {
+            echo "bad SUITE_ENVS entry '$s': ENV or ENV@LR, ENV one of pusht reacher tworoom (e.g. reacher@3e-4)" >&2
+            return 2; }
     done
     "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null || {
         echo "torch sees no CUDA device here: this suite measures a GPU (install torch's CUDA build)" >&2

@@ -111,6 +111,9 @@ def test_gpu_suite_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work
     env = {**os.environ, "PYTHON": sys.executable}
     bad = subprocess.run([*suite, "tests", "plna"], capture_output=True, text=True, cwd=REPO, env=env)
     assert bad.returncode == 2 and "unknown stage 'plna'" in bad.stderr
+    bad = subprocess.run([*suite, "envs"], capture_output=True, text=True, cwd=REPO,
+                         env={**env, "SUITE_ENVS": "pusht reacher@fast"})
+    assert bad.returncode == 2 and "bad SUITE_ENVS entry 'reacher@fast'" in bad.stderr
     if not torch.cuda.is_available():
         cpu = subprocess.run([*suite, "plan", "envs"], capture_output=True, text=True, cwd=REPO, env=env)
         assert cpu.returncode == 2 and "no CUDA device" in cpu.stderr
@@ -119,7 +122,7 @@ def test_gpu_suite_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work
 
 def test_gpu_suite_envs_stage_runs_its_envs_at_once_each_with_its_own_logs(tmp_path):
     """run_envs (the `envs` stage) with run_env replaced by a 1-second stand-in: every env starts
-    before any ends, each writes its own <env>.jsonl / <env>.log, and one failure fails the stage."""
+    before any ends, each writes its own <env>[_lr<LR>].jsonl / .log, and one failure fails the stage."""
     script = (REPO / "benchmarks" / "gpu_suite.sh").read_text()
     run_envs = script[script.index("run_envs() {"):]
     run_envs = run_envs[:run_envs.index("\n}\n") + 3]
@@ -129,13 +132,13 @@ def test_gpu_suite_envs_stage_runs_its_envs_at_once_each_with_its_own_logs(tmp_p
     def go(*envs):
         return subprocess.run([shutil.which("bash"), "-c", f"{run_envs}{fake}run_envs {' '.join(envs)}"],
                               env={**os.environ, "OUT": str(tmp_path)}).returncode
-    envs = ("pusht", "reacher", "tworoom")
+    envs = ("pusht", "reacher", "reacher@3e-4")
     assert go(*envs) == 0
     stamp = lambda env, what: float((tmp_path / f"{env}.{what}").read_text())  # noqa: E731
     assert max(stamp(e, "start") for e in envs) < min(stamp(e, "end") for e in envs)   # side by side
-    for env in envs:
-        assert (tmp_path / f"{env}.jsonl").read_text() == f"out {env}\n"
-        assert (tmp_path / f"{env}.log").read_text() == f"log {env}\n"
+    for env, name in zip(envs, ("pusht", "reacher", "reacher_lr3e-4")):
+        assert (tmp_path / f"{name}.jsonl").read_text() == f"out {env}\n"
+        assert (tmp_path / f"{name}.log").read_text() == f"log {env}\n"
     assert go("pusht", "bad") != 0
 
 

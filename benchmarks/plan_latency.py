@@ -9,7 +9,9 @@ Prints one JSON line per (planner, dtype) config:
   {"bench": "plan_latency", "device", "dtype", "planner", "samples", "iterations", "horizon",
    "median_ms", "p95_ms", "runs", ...}
 With --profile also the split between the energy (predictor) and the planner's own work. With
---roofline also benchmarks/roofline.py's two floors for one (eager) solve: its FLOP count over this
+--count-ops also how many ops (kernel launches: not views or allocations) one eager solve computes,
+in all and by op; with --roofline that too, and benchmarks/roofline.py's two floors for one (eager)
+solve: its FLOP count over this
 device's rate on a large square matmul in the same dtype (2048^3 on the CPU, 8192^3 on CUDA), and
 the "op floor", the solve's own matmul / attention calls each replayed alone and summed.
 
@@ -42,7 +44,7 @@ from worldmodel.model import ModelConfig, WorldModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
-from roofline import roofline, sync  # noqa: E402
+from roofline import HeavyOps, roofline, sync  # noqa: E402
 
 
 def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
@@ -148,6 +150,12 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
                    profile_energy_ms=round(1e3 * sum(log), 2),
                    profile_planner_overhead_ms=round(1e3 * (total - sum(log)), 2),
                    profile_energy_calls=len(log))
+    if args.count_ops and not args.roofline:        # (--roofline counts them too)
+        rec = HeavyOps()
+        with rec, bf16_ctx():
+            planner.solve(energy, bounds, args.horizon, batch=args.batch)
+        out.update(compute_ops=sum(rec.compute_ops.values()),
+                   compute_ops_by_op=dict(rec.compute_ops.most_common(12)))
     if args.roofline and dtype_name != "int8":     # the counter does not see quantized kernels
         def eager_solve():                         # the same solve, uncompiled and ungraphed: watched
             with bf16_ctx():
@@ -185,6 +193,9 @@ def main() -> None:
     ap.add_argument("--roofline", action="store_true",
                     help="also the solve's FLOPs, its FLOP rate, this device's matmul rate "
                          "and the solve time at that rate")
+    ap.add_argument("--count-ops", action="store_true",
+                    help="also count the ops one eager solve computes (not views or allocations): "
+                         "the kernels a CUDA graph of it replays")
     ap.add_argument("--roofline-size", type=int, default=0,
                     help="side of the square matmul timed (0: 2048 on the CPU, 8192 on CUDA)")
     args = ap.parse_args()

@@ -98,20 +98,30 @@ class TensorSpec(tuple):
         return base.as_strided(shape, stride, offset)
 
 
+# Ops that launch no kernel besides views: allocations, and _unsafe_view (a view by another name).
+_NO_KERNEL = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
+              torch.ops.aten.empty_like.default, torch.ops.aten.new_empty.default,
+              torch.ops.aten.new_empty_strided.default, torch.ops.aten._unsafe_view.default}
+
+
 class HeavyOps(TorchDispatchMode):
     """Records every heavy call (an op with a FLOP formula) as (op, flattened argument specs) ->
     number of calls, with each distinct call's argument tree and its cost per call (FLOPs, bytes
-    read + written)."""
+    read + written); and counts every op that computes (not a view, not an allocation): in eager
+    mode each is a kernel launch, so the count says how many kernels a CUDA graph replays."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: collections.Counter = collections.Counter()
         self.specs: dict[Any, Any] = {}
         self.cost: dict[Any, tuple[float, int]] = {}
+        self.compute_ops: collections.Counter = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if not func.is_view and func not in _NO_KERNEL:
+            self.compute_ops[str(func.overloadpacket)] += 1
         formula = flop_registry.get(func.overloadpacket)
         if formula is not None:
             leaves, tree = pytree.tree_flatten((args, kwargs))
@@ -236,6 +246,8 @@ def roofline(fn: Callable[[], Any], device: torch.device, dtype: torch.dtype, pe
                            "copy_bandwidth_gbs": round(bw, 1), "floor_ms_at_peak": round(1e3 * gflop / peak, 2)}
     if seconds:
         out["achieved_gflops"] = round(gflop / seconds, 1)
+    out["compute_ops"] = sum(rec.compute_ops.values())
+    out["compute_ops_by_op"] = dict(rec.compute_ops.most_common(12))
     out.update(at_rates(rec, peak, bw))
     out.update(op_floor(rec, device))
     return out

@@ -49,12 +49,13 @@ def test_train_speed_and_profile_report_per_step_figures():
 
 def test_plan_latency_reports_the_solve_and_its_provenance():
     lines = _json_lines("plan_latency.py", "--planner", "cem,icem", "--samples", "8", "--iterations", "2",
-                        "--elites", "2", "--runs", "1", "--warmup", "0", "--threads", "1", "--profile")
+                        "--elites", "2", "--runs", "1", "--warmup", "0", "--threads", "1", "--profile", "--count-ops")
     assert [line["planner"] for line in lines] == ["cem", "icem"]
     for line in lines:
         assert line["bench"] == "plan_latency" and line["samples"] == 8 and line["iterations"] == 2
         assert line["median_ms"] > 0 and line["runs"] == 1 and line["profile_energy_calls"] == 2
         assert line["profile_energy_ms"] <= line["profile_total_ms"]
+        assert line["compute_ops"] >= sum(line["compute_ops_by_op"].values()) > line["compute_ops_by_op"]["aten.addmm"] > 0
         assert line["machine"]["device"] == "cpu" and "commit" in line["git"] and line["date"]
 
 
@@ -66,6 +67,18 @@ def test_plan_latency_roofline_counts_the_solve_flops():
     assert abs(four["solve_gflop"] / two["solve_gflop"] - 2) < 0.05   # one energy call per iteration
     assert abs(two["floor_ms_at_peak"] - 1e3 * two["solve_gflop"] / two["peak_matmul_gflops"]) < 0.2
     assert four["heavy_calls"] > two["heavy_calls"] > 0 and two["op_floor_ms"] > 0
+    assert four["compute_ops"] > two["compute_ops"] > two["heavy_calls"]
+
+
+def test_compute_op_count_skips_views_and_allocations():
+    sys.path.insert(0, str(REPO))
+    from benchmarks.roofline import HeavyOps
+
+    x, rec = torch.randn(4, 6), HeavyOps()
+    with rec:
+        (x.view(6, 4).t() * 2).sum()                                   # two views, then mul and sum
+        torch.empty(3), x[0].unsqueeze(0), x.reshape(24)                # an allocation and views
+    assert dict(rec.compute_ops) == {"aten.mul": 1, "aten.sum": 1}
 
 
 def test_roofline_counts_and_records_every_heavy_call_with_its_shapes():

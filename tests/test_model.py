@@ -131,6 +131,18 @@ def test_adaln_zero_init_makes_actions_irrelevant_until_trained():
         assert not torch.allclose(model.predict(z, torch.randn(2, 4, 6)), model.predict(z, torch.randn(2, 4, 6)))
 
 
+def test_modulation_carries_one_plus_scale_and_checkpoints_keep_their_layout():
+    """The blocks read 1 + scale from the modulation (the 1 added once, to the AdaLN bias); the
+    constant is not a checkpoint entry, so checkpoints written before still load."""
+    p = small_model().predictor
+    c = torch.randn(2, 4, 24)                                     # action embeddings (B, T, D)
+    raw = p.adaln(torch.nn.functional.silu(c)).unflatten(-1, (p.depth, 6, p.dim))
+    mod = p.modulation(c)                                          # (B, T, depth, 6, D)
+    torch.testing.assert_close(mod[..., [0, 2, 3, 5], :], raw[..., [0, 2, 3, 5], :])   # shifts, gates
+    torch.testing.assert_close(mod[..., [1, 4], :], 1 + raw[..., [1, 4], :])            # scales
+    assert not any("scale_one" in k for k in p.state_dict())
+
+
 def naive_rollout(model: WorldModel, z_hist, a_hist, actions):
     """Reference: re-run `predict` on the whole growing sequence for every step, one sample at a time."""
     b, s, hz, _ = actions.shape

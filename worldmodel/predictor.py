@@ -39,7 +39,8 @@ class ActionEncoder(nn.Module):
 
 class AdaLNBlock(nn.Module):
     """One pre-LN block; its modulation (shift/scale/gate x attn/MLP) is computed outside, fused
-    over all blocks, and passed in as `mod` (..., 6, dim)."""
+    over all blocks, and passed in as `mod` (..., 6, dim), the scales as 1 + scale (see
+    Predictor.modulation)."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, mlp: int, dropout: float):
         super().__init__()
@@ -54,18 +55,21 @@ class AdaLNBlock(nn.Module):
         self.fc2 = nn.Linear(mlp, dim)
         self.drop = nn.Dropout(dropout)
 
-    def qkv_of(self, x: Tensor, shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (..., dim) -> q, k, v each (..., heads, head_dim) (logits get scaled by the caller)."""
-        h = torch.addcmul(shift, self.norm1(x), 1 + scale)            # (..., dim)
+    def qkv_of(self, x: Tensor, shift: Tensor, scale1p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (..., dim), shift and 1 + scale (..., dim) -> q, k, v each (..., heads, head_dim)
+        (logits get scaled by the caller)."""
+        h = torch.addcmul(shift, self.norm1(x), scale1p)              # (..., dim)
         qkv = self.qkv(h).unflatten(-1, (3, self.heads, self.head_dim))  # (..., 3, heads, hd)
         return qkv.unbind(-3)
 
     def finish(self, x: Tensor, attn: Tensor, mod: Tensor) -> Tensor:
-        """Residual updates given the attention result attn (..., heads*hd) and mod (..., 6, dim)."""
-        _, _, gate_a, shift_m, scale_m, gate_m = mod.unbind(-2)
-        x = x + gate_a * self.drop(self.out(attn))
-        h = torch.addcmul(shift_m, self.norm2(x), 1 + scale_m)
-        return x + gate_m * self.drop(self.fc2(F.gelu(self.fc1(h))))
+        """Residual updates given the attention result attn (..., heads*hd) and mod (..., 6, dim).
+        Each update is one fused op (addcmul: x + gate * y): a planning step is mostly small
+        kernels, and every one saved is a launch fewer per block (benchmarks/plan_latency.py)."""
+        _, _, gate_a, shift_m, scale1p_m, gate_m = mod.unbind(-2)
+        x = torch.addcmul(x, gate_a, self.drop(self.out(attn)))
+        h = torch.addcmul(shift_m, self.norm2(x), scale1p_m)
+        return torch.addcmul(x, gate_m, self.drop(self.fc2(F.gelu(self.fc1(h)))))
 
 
 class Predictor(nn.Module):
@@ -83,10 +87,16 @@ class Predictor(nn.Module):
         init_weights(self)
         nn.init.zeros_(self.adaln.weight)                  # AdaLN-zero: every block starts as identity
         nn.init.zeros_(self.adaln.bias)
+        one = torch.zeros(depth, 6, dim)
+        one[:, [1, 4]] = 1.0                               # the two scale slots of every block
+        self.register_buffer("scale_one", one.flatten(), persistent=False)  # not in checkpoints
 
     def modulation(self, c: Tensor) -> Tensor:
-        """Action embedding (..., D) -> per-block modulation (..., depth, 6, D)."""
-        return self.adaln(F.silu(c)).unflatten(-1, (self.depth, 6, self.dim))
+        """Action embedding (..., D) -> per-block modulation (..., depth, 6, D): shift, 1 + scale,
+        gate for attention, then for the MLP. The 1 is added to the linear's bias (a tiny op) rather
+        than twice per block and token."""
+        bias = self.adaln.bias + self.scale_one             # (depth * 6 * D,)
+        return F.linear(F.silu(c), self.adaln.weight, bias).unflatten(-1, (self.depth, 6, self.dim))
 
     def window_bias(self, t: int, device: torch.device) -> Tensor:
         """Additive attention bias (heads, T, T): relative-offset bias inside the causal window,
@@ -110,7 +120,7 @@ class Predictor(nn.Module):
             mod = mods[:, :, i]                            # (B, T, 6, D)
             q, k, v = blk.qkv_of(x, mod[..., 0, :], mod[..., 1, :])  # each (B, T, H, hd)
             kvs.append((k, v))
-            logits = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * blk.scale + bias  # (B, H, T, T)
+            logits = torch.add(bias, q.transpose(1, 2) @ k.permute(0, 2, 3, 1), alpha=blk.scale)  # (B, H, T, T)
             attn = logits.softmax(-1) @ v.transpose(1, 2)  # (B, H, T, hd)
             x = blk.finish(x, attn.transpose(1, 2).flatten(2), mod)   # (B, T, D)
         out = self.output(x)
@@ -135,8 +145,9 @@ class Predictor(nn.Module):
             keys = [kv[0] for kv in cache[i]] + [k]
             vals = [kv[1] for kv in cache[i]] + [v]
             logits = torch.stack([(q * kj).sum(-1) for kj in keys], dim=-1)  # (B, S, H, n)
-            # scale on the small logits, not on q; the key at list position j has offset n-1-j
-            logits = logits * blk.scale + bias
+            # scale on the small logits, not on q, fused with the bias (bias + scale * logits);
+            # the key at list position j has offset n-1-j
+            logits = torch.add(bias, logits, alpha=blk.scale)
             w = logits.softmax(-1)                         # (B, S, H, n)
             attn = w[..., 0, None] * vals[0]
             for j in range(1, n):

@@ -138,7 +138,8 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
            "batch": args.batch, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
            "median_ms": round(statistics.median(ms), 2),
            "p95_ms": round(ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))], 2),
-           "runs": len(ms), "malloc_tuned": args.malloc_tuned, "final_cost": round(float(res.cost.float().mean()), 4),
+           "runs": len(ms), "malloc_tuned": args.malloc_tuned,
+           "final_cost": round(float(res.cost.float().mean()), 4),
            "date": datetime.date.today().isoformat(), "git": R.git_commit(), "machine": R.machine(str(device))}
     if args.profile and not args.cuda_graph:
         log: list[float] = []

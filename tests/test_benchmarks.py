@@ -49,13 +49,15 @@ def test_train_speed_and_profile_report_per_step_figures():
 
 def test_plan_latency_reports_the_solve_and_its_provenance():
     lines = _json_lines("plan_latency.py", "--planner", "cem,icem", "--samples", "8", "--iterations", "2",
-                        "--elites", "2", "--runs", "1", "--warmup", "0", "--threads", "1", "--profile", "--count-ops")
+                        "--elites", "2", "--runs", "1", "--warmup", "0", "--threads", "1", "--profile",
+                        "--count-ops")
     assert [line["planner"] for line in lines] == ["cem", "icem"]
     for line in lines:
         assert line["bench"] == "plan_latency" and line["samples"] == 8 and line["iterations"] == 2
         assert line["median_ms"] > 0 and line["runs"] == 1 and line["profile_energy_calls"] == 2
         assert line["profile_energy_ms"] <= line["profile_total_ms"]
-        assert line["compute_ops"] >= sum(line["compute_ops_by_op"].values()) > line["compute_ops_by_op"]["aten.addmm"] > 0
+        by_op = line["compute_ops_by_op"]                              # the 12 most frequent
+        assert line["compute_ops"] >= sum(by_op.values()) > by_op["aten.addmm"] > 0
         assert line["machine"]["device"] == "cpu" and "commit" in line["git"] and line["date"]
 
 

@@ -74,9 +74,9 @@ def keep_freed_host_memory() -> bool:
     step, and memory returned to the OS comes back as page faults. On the 2-core CPU the tiny
     preset's step at batch 128 went from a median 250 to 215 ms, with the same peak memory
     (benchmarks/results/train_speed_cpu_tiny_b128_ab.jsonl); a LeWM-scale CEM solve from 8.4 to
-    7.5 s (plan_latency_cpu.jsonl). Process-wide and for later
-    allocations only: `wm` calls it first. Linux glibc only; WM_MALLOC_TUNING=0 leaves the
-    allocator alone. Returns whether it applied."""
+    7.5 s (plan_latency_cpu.jsonl). Process-wide and for later allocations only: `wm` calls it
+    first. Linux glibc only; WM_MALLOC_TUNING=0 leaves the allocator alone. Returns whether it
+    applied."""
     if os.environ.get("WM_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:

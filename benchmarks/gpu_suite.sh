@@ -90,9 +90,8 @@ stage() {    # stage NAME LIMIT_S COMMAND...: run with a time limit, log, record
 
 run_env() {  # run_env ENV[@LR]: the full recipe (at learning rate LR if given) with the whole training
              # under CUDA graphs, then iCEM; its files are named <ENV>[_lr<LR>]
-    local env=${1%%@*} lr= steps=${SUITE_STEPS:-20000} seed=${SUITE_SEED:-0}
+    local env=${1%%@*} name=${1/@/_lr} lr= steps=${SUITE_STEPS:-20000} seed=${SUITE_SEED:-0}
     [[ $1 == *@* ]] && lr=${1#*@}
-    local name=${env}${lr:+_lr$lr}
     "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 \
         ${lr:+--lr "$lr"} --quiet --out "$OUT/runs/$name" --json "$OUT/${name}_full_steps${steps}.json" \
         --train-extra compile=true compile_mode=reduce-overhead || return $?

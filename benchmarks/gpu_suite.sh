@@ -10,9 +10,9 @@
 # Stages (default: tests plan train pusht reacher, in that order):
 #   tests    pytest -m gpu: the CUDA-only tests (every planner on CUDA; a whole compiled `wm train`
 #            with CUDA graphs against eager)
-#   plan     plan_latency.py on cuda: CEM 300 x 30 fp32/bf16 eager and in one CUDA graph with the
-#            FLOP roofline; iCEM 300 x 5 in a CUDA graph; CEM with torch.compile inside the graph
-#            (compiling takes minutes)                                                   (~5-10 min)
+#   plan     plan_latency.py on cuda: CEM 300 x 30 fp32 / bf16 autocast / bf16 weights, eager and in
+#            one CUDA graph, with the FLOP roofline; iCEM 300 x 5 in a CUDA graph; CEM (bf16) with
+#            torch.compile inside the graph (compiling takes minutes)                    (~5-10 min)
 #   train    train_profile.py, lewm preset at 224 px and at 64 px / patch 8, batch 128: eager,
 #            compile, compile + CUDA graphs (reduce-overhead); then train_speed.py at 224 px under
 #            CUDA graphs with --roofline (the step's FLOP and op floors: is 6,000 samples/s possible?)
@@ -20,7 +20,8 @@
 #   pusht    reproduce.py --env pusht --scale full with $SUITE_STEPS steps (default 20000) and the
 #   reacher  whole training under CUDA graphs (compile=true compile_mode=reduce-overhead), then
 #            planner_table.py with iCEM at CEM's compute on the same 50 tasks, `wm eval
-#            cuda_graph=true` (the controller's graphed CEM) on them, and `wm compare` of the three
+#            cuda_graph=true` (the controller's graphed CEM) on them with precision=fp32 and bf16,
+#            and `wm compare` of the four
 #                                                                                  (~12-15 min each)
 #   envs     the env stages of $SUITE_ENVS (default "pusht reacher") at the same time, side by side on
 #            the one GPU, each into its own <env>.jsonl / <env>.log: about one env stage's wall time
@@ -98,13 +99,19 @@ run_env() {  # run_env ENV[@LR]: the full recipe (at learning rate LR if given) 
     local ckpt="$OUT/runs/$name/seed$seed/train/best.pt" rc=0
     "$PY" benchmarks/planner_table.py --checkpoint "$ckpt" --planners icem --device cuda --videos 0 --quiet \
         --out "$OUT/runs/$name/planners" --json "$OUT/planner_table_${name}_full_steps${steps}.json" || rc=$?
-    # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM): success and plan latency
-    "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true videos=0 random_floor=false progress=false \
-        device=cuda out="$OUT/runs/$name/eval_cuda_graph" overwrite=true || rc=$?
-    cp "$OUT/runs/$name/eval_cuda_graph/results.json" "$OUT/${name}_eval_cuda_graph.json" 2>/dev/null
-    # the three on the same tasks, paired (the table goes to the stage log, compare.json beside the results)
+    # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM), with the fp32 and the bf16
+    # predictor: success and plan latency
+    local p ev
+    for p in fp32 bf16; do
+        ev=eval_cuda_graph; [ $p = fp32 ] || ev+=_$p
+        "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true precision=$p videos=0 random_floor=false \
+            progress=false device=cuda out="$OUT/runs/$name/$ev" overwrite=true || rc=$?
+        cp "$OUT/runs/$name/$ev/results.json" "$OUT/${name}_$ev.json" 2>/dev/null
+    done
+    # the four on the same tasks, paired (the table goes to the stage log, compare.json beside the results)
     "$PY" -m worldmodel.cli compare "$OUT/runs/$name/seed$seed/eval" "$OUT/runs/$name/planners/icem" \
-        "$OUT/runs/$name/eval_cuda_graph" names=[cem,icem,cem_cuda_graph] out="$OUT/runs/$name/compare" >&2 \
+        "$OUT/runs/$name/eval_cuda_graph" "$OUT/runs/$name/eval_cuda_graph_bf16" \
+        names=[cem,icem,cem_cuda_graph,cem_cuda_graph_bf16] out="$OUT/runs/$name/compare" >&2 \
         && cp "$OUT/runs/$name/compare/compare.json" "$OUT/compare_${name}_full_steps${steps}.json"
     return $rc
 }
@@ -159,9 +166,10 @@ EOF
         case $s in
             tests) stage tests 600 bash -c '"$PY" -m pytest -q -m gpu -p no:cacheprovider >&2' ;;
             plan) stage plan 900 bash -c 'rc=0   # every setting runs; the stage fails if one did
-                for opt in "--dtype float32,bfloat16 --roofline" "--dtype float32,bfloat16 --cuda-graph --roofline" \
+                for opt in "--dtype float32,bfloat16,bfloat16_weights --roofline" \
+                           "--dtype float32,bfloat16,bfloat16_weights --cuda-graph --roofline" \
                            "--planner icem --samples 300 --iterations 5 --cuda-graph" \
-                           "--dtype float32,bfloat16 --cuda-graph --compile"; do
+                           "--dtype bfloat16_weights,bfloat16 --cuda-graph --compile"; do
                     "$PY" benchmarks/plan_latency.py --device cuda $opt || rc=$?
                 done; exit $rc' ;;
             train) stage train 600 bash -c 'rc=0

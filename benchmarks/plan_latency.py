@@ -18,9 +18,12 @@ the "op floor", the solve's own matmul / attention calls each replayed alone and
   PYTHONPATH=. python benchmarks/plan_latency.py                       # CPU, float32
   PYTHONPATH=. python benchmarks/plan_latency.py --device cuda --dtype float32,bfloat16 --cuda-graph
 CPU option: int8 = the predictor's Linear layers dynamically quantized (torch.ao quantize_dynamic),
-with "final_cost_fp32" the float32 energy of the plan it returns.
-CUDA options: bfloat16 = autocast around the energy (the planner itself stays float32);
---cuda-graph captures the whole solve as one CUDA graph and replays it; --compile wraps the
+with "final_cost_fp32" the float32 energy of the plan it returns (also for bfloat16_weights).
+bfloat16 = autocast around each energy call (the planner itself stays float32): it casts every
+weight at every call, and under --cuda-graph (its cast cache off) at every use; bfloat16_weights =
+GoalEnergy(dtype=torch.bfloat16): the predictor as a bf16 copy, what `wm eval precision=bf16` plans
+with (no weight casts), costs in float32. Both also run on the CPU.
+CUDA options: --cuda-graph captures the whole solve as one CUDA graph and replays it; --compile wraps the
 energy in torch.compile (compile once per shape: keep the history length fixed).
 """
 from __future__ import annotations
@@ -47,7 +50,8 @@ import recipes as R  # noqa: E402
 from roofline import HeavyOps, roofline, sync  # noqa: E402
 
 
-def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
+def build_energy(args, device: torch.device, dtype: torch.dtype | None = None
+                 ) -> tuple[GoalEnergy, ModelConfig]:
     """A LeWM-sized world model with random weights, the goal and a full history encoded."""
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=args.image_size, action_dim=args.action_dim,
@@ -59,7 +63,7 @@ def build_energy(args, device: torch.device) -> tuple[GoalEnergy, ModelConfig]:
     img = lambda *lead: torch.randint(0, 256, (*lead, cfg.image_size, cfg.image_size, 3),  # noqa
                                       generator=g, dtype=torch.uint8)
     past = torch.rand(1, cfg.history - 1, cfg.chunk_dim, generator=g) * 2 - 1
-    energy = GoalEnergy(model, goal_pixels=img(args.batch).to(device))
+    energy = GoalEnergy(model, goal_pixels=img(args.batch).to(device), dtype=dtype)
     energy.set_observation(img(args.batch, cfg.history).to(device),
                            past.expand(args.batch, -1, -1).to(device))
     return energy, cfg
@@ -78,21 +82,20 @@ def timed_energy(energy, device: torch.device, log: list[float]):
 
 
 def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> dict:
-    energy, cfg = build_energy(args, device)
+    energy, cfg = build_energy(args, device, torch.bfloat16 if dtype_name == "bfloat16_weights" else None)
     kw = dict(samples=args.samples, iterations=args.iterations, seed=0)
     if planner_name in ("cem", "icem", "mppi") and args.elites:
         kw["elites"] = args.elites
     planner = make_planner(planner_name, **kw)
     bounds = Bounds.make([-1.0] * cfg.chunk_dim, [1.0] * cfg.chunk_dim, device=device)
     autocast = dtype_name == "bfloat16"
-    if autocast and device.type != "cuda":
-        raise SystemExit("bfloat16 autocast is the CUDA path; on this CPU use float32 or int8")
-    fp32_predictor = energy.model.predictor
+    if dtype_name not in ("float32", "bfloat16", "bfloat16_weights", "int8"):
+        raise SystemExit(f"unknown --dtype {dtype_name}: choose float32, bfloat16, bfloat16_weights or int8")
     if dtype_name == "int8":
         if device.type != "cpu":
             raise SystemExit("int8 (dynamically quantized predictor linears) is the CPU path; on CUDA use bfloat16")
         energy.model.predictor = torch.ao.quantization.quantize_dynamic(
-            fp32_predictor, {torch.nn.Linear}, dtype=torch.qint8)
+            energy.model.predictor, {torch.nn.Linear}, dtype=torch.qint8)
 
     fn = energy
     if args.compile:
@@ -101,7 +104,7 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
 
     def bf16_ctx():
         # no autocast weight-cast cache: cached casts made during graph capture would be freed
-        return (torch.autocast("cuda", torch.bfloat16, cache_enabled=not args.cuda_graph)
+        return (torch.autocast(device.type, torch.bfloat16, cache_enabled=not args.cuda_graph)
                 if autocast else contextlib.nullcontext())
 
     def energy_fn(actions):
@@ -161,20 +164,21 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
         def eager_solve():                         # the same solve, uncompiled and ungraphed: watched
             with bf16_ctx():
                 return planner.solve(energy, bounds, args.horizon, batch=args.batch)
-        r = roofline(eager_solve, device, getattr(torch, dtype_name), args.roofline_size,
-                     seconds=out["median_ms"] / 1e3)
+        matmul_dtype = getattr(torch, dtype_name.removesuffix("_weights"))
+        r = roofline(eager_solve, device, matmul_dtype, args.roofline_size, seconds=out["median_ms"] / 1e3)
         out.update(solve_gflop=r.pop("gflop"), **r)
-    if dtype_name == "int8":        # what the quantized plan costs under the float32 predictor
-        energy.model.predictor = fp32_predictor
+    if dtype_name in ("int8", "bfloat16_weights"):   # what its plan costs under the float32 predictor
+        check, _ = build_energy(args, device)           # (the same seeds: the same model and inputs)
         with torch.no_grad():
-            out["final_cost_fp32"] = round(float(energy(res.actions[:, None]).float().mean()), 4)
+            out["final_cost_fp32"] = round(float(check(res.actions[:, None]).float().mean()), 4)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", help="comma list: float32,bfloat16 (CUDA),int8 (CPU)")
+    ap.add_argument("--dtype", default="float32",
+                    help="comma list: float32,bfloat16 (autocast, CUDA),bfloat16_weights,int8 (CPU)")
     ap.add_argument("--planner", default="cem", help="comma list: cem,icem,mppi,gradient")
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--iterations", type=int, default=30)

@@ -61,6 +61,18 @@ def test_plan_latency_reports_the_solve_and_its_provenance():
         assert line["machine"]["device"] == "cpu" and "commit" in line["git"] and line["date"]
 
 
+def test_plan_latency_bfloat16_weights_cast_no_weights_per_call():
+    """bfloat16_weights (`wm eval precision=bf16`) adds two casts per energy call (actions in,
+    latents out); autocast casts weights at every call. Both record the plan's cost under float32."""
+    fp32, auto, weights = _json_lines("plan_latency.py", "--dtype", "float32,bfloat16,bfloat16_weights",
+                                      "--samples", "8", "--iterations", "2", "--elites", "2", "--runs", "1",
+                                      "--warmup", "0", "--threads", "1", "--count-ops")
+    assert [x["dtype"] for x in (fp32, auto, weights)] == ["float32", "bfloat16", "bfloat16_weights"]
+    assert weights["compute_ops"] - fp32["compute_ops"] == 2 * 2                 # 2 calls x 2 casts
+    assert auto["compute_ops"] - fp32["compute_ops"] > 10 * 2                    # every weight, every call
+    assert abs(weights["final_cost_fp32"] - weights["final_cost"]) < 0.05 * abs(weights["final_cost"])
+
+
 def test_plan_latency_roofline_counts_the_solve_flops():
     two, four = (_json_line("plan_latency.py", "--samples", "8", "--iterations", str(n), "--elites", "2",
                             "--runs", "1", "--warmup", "0", "--threads", "1", "--roofline",

@@ -115,3 +115,39 @@ def test_static_energy_keeps_its_inputs_in_place_per_shape():
     z = plain.z_goal
     plain.set_goal(goal)
     assert plain.z_goal is not z                                  # the default replaces, as before
+
+
+def test_bfloat16_planning_copy_scores_like_float32():
+    """dtype=torch.bfloat16: the predictor runs as a bf16 copy (the model itself stays float32 and
+    its encoder is shared, not copied); costs come back in float32, close to the float32 ones, with
+    the same best candidate and gradients for gradient planners; a static energy keeps bf16 buffers."""
+    model = small_model()
+    ref = make_energy(model)
+    energy = make_energy(model, dtype=torch.bfloat16)
+    assert next(model.predictor.parameters()).dtype == torch.float32             # untouched
+    assert energy.planner_model.encoder is model.encoder
+    assert next(energy.planner_model.predictor.parameters()).dtype == torch.bfloat16
+    target = torch.randn(2, 1, 4, 6)
+    with torch.no_grad():
+        ref.set_goal_latent(ref.latents(target)[:, 0, -1])                      # goal = where target leads
+        energy.set_goal_latent(ref.z_goal)
+    actions = torch.cat([target, torch.randn(2, 31, 4, 6)], dim=1)               # (B, S, Hz, chunk)
+    cost, exact = energy(actions), ref(actions)
+    assert cost.dtype == torch.float32 and cost.shape == (2, 32)
+    assert energy.latents(actions).dtype == torch.bfloat16
+    rel = (cost[:, 1:] - exact[:, 1:]).abs() / exact[:, 1:]        # this model's latents are tiny
+    assert rel.median() < 0.05 and rel.max() < 0.3, rel            # (~0.005): bf16 keeps ~3 digits
+    rank = lambda c: c.argsort(1).argsort(1).float()                             # noqa: E731
+    assert torch.corrcoef(torch.stack([rank(cost).flatten(), rank(exact).flatten()]))[0, 1] > 0.9
+    assert torch.equal(cost.argmin(1), torch.zeros(2, dtype=torch.long))
+    assert (cost[:, 0] < 0.05 * exact[:, 1:].min(1).values).all()
+    grad_actions = actions.clone().requires_grad_()
+    energy(grad_actions).sum().backward()
+    assert grad_actions.grad.dtype == torch.float32 and grad_actions.grad.abs().sum() > 0
+    obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, 6), pixels(2, 1, 32, seed=6)[:, 0]
+    static = GoalEnergy(model, obs, past, goal, static=True, dtype=torch.bfloat16)
+    assert static.z_last.dtype == torch.bfloat16 and static.z_goal.dtype == torch.float32
+    torch.testing.assert_close(static(actions), GoalEnergy(model, obs, past, goal, dtype=torch.bfloat16)(actions))
+    assert make_energy(model, dtype=torch.float32).planner_model is model        # no copy needed
+    with pytest.raises(ValueError, match="bfloat16"):
+        GoalEnergy(model, dtype=torch.float16)

@@ -9,7 +9,7 @@ import pytest
 
 import envs
 from worldmodel.cli import main
-from worldmodel.evaluate import make_env, make_tasks, wilson
+from worldmodel.evaluate import env_kwargs, make_env, make_tasks, wilson
 
 
 def test_wilson_interval_matches_known_values():
@@ -109,6 +109,15 @@ def test_eval_env_is_built_with_the_datas_env_kwargs():
     env = make_env("dm_control/cartpole-swingup", meta, 32)
     assert (env.domain, env.success_threshold) == ("cartpole", 0.1)
     env.close()
+    # the data's env under another of its names is still the data's env, with the data's kwargs
+    env = make_env("dm_control/point_mass-easy-v0", meta, 32)
+    assert (env.domain, env.success_threshold) == ("point_mass", 0.02)
+    env.close()
+    assert env_kwargs("dm_control/point_mass-easy", meta) == {"success_threshold": 0.02}
+    assert env_kwargs("dm_control/point_mass-hard", meta) == {}           # another task: its defaults
+    tworoom = {"env": "tworoom", "env_kwargs": {"render_mode": "rgb_array"}}
+    assert env_kwargs("wm/TwoRoom-v0", tworoom) == env_kwargs("tworoom", tworoom) == tworoom["env_kwargs"]
+    assert env_kwargs("reacher", tworoom) == {}
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +188,20 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
     assert "was trained on tworoom data and is evaluated in reacher" in capsys.readouterr().err
     r = json.loads((tmp_path / "r" / "results.json").read_text())
     assert (r["env"], r["trained_env"]) == ("reacher", "tworoom")
+    # precision=bf16 plans with a bf16 copy of the predictor; other precisions are refused up front.
+    assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "episodes=1", "random_floor=false",
+                 "videos=0", "planner.samples=8", "planner.elites=4", "planner.iterations=1",
+                 f"out={tmp_path / 'b'}", "progress=false"]) == 0
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["precision"] == "bf16"
+    assert main(["eval", f"checkpoint={ckpt}", "precision=fp16", f"out={tmp_path / 'p'}"]) == 2
+    assert "precision must be one of ['bf16', 'fp32']" in capsys.readouterr().err
     seed = json.loads((demo_run / "data" / "meta.json").read_text())["seed"]
     assert main(["eval", f"checkpoint={ckpt}", f"eval_seed={seed}", "episodes=1",
                  f"out={tmp_path / 'z'}", "progress=false"]) == 2
     assert "was used for training" in capsys.readouterr().err             # refused by make_tasks
     assert main(["eval", f"checkpoint={ckpt}", "cuda_graph=true", "device=cpu", f"out={tmp_path / 'g'}"]) == 2
     assert "cuda_graph=true needs a CUDA device" in capsys.readouterr().err
-    assert not any((tmp_path / d).exists() for d in "zyg")                 # refusals leave no out
+    assert not any((tmp_path / d).exists() for d in "zygp")                 # refusals leave no out
 
 
 def test_demo_refuses_existing_output(tmp_path, capsys):

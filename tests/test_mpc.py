@@ -360,6 +360,30 @@ def test_cuda_graph_controller_replays_one_graph_per_history_length():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_controller_plans_with_a_bfloat16_predictor():
+    """GoalEnergy(dtype=torch.bfloat16) under a captured graph: bf16 buffers in place, float32 costs,
+    and the graph's plan costs what an eager bf16 energy gives its actions."""
+    from worldmodel.energy import GoalEnergy
+
+    model = _image_model().cuda()
+    energy = GoalEnergy(model, static=True, dtype=torch.bfloat16)
+    ctrl = MPCController(make_planner("cem", samples=64, iterations=4, elites=8), energy, (LOW, HIGH),
+                         horizon=3, receding_horizon=1, frameskip=2, history=3, device="cuda",
+                         cuda_graph=True)
+    rng = np.random.default_rng(1)
+    goal, obs = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
+    ctrl.reset(goal)
+    ctrl.warmup(2)
+    res = ctrl.plan(obs)
+    assert res.cost.dtype == torch.float32 and energy.z_last.dtype == torch.bfloat16
+    check = GoalEnergy(model, dtype=torch.bfloat16)
+    check.set_goal(goal[None])
+    check.set_observation(obs[None, None], np.zeros((1, 0, 4), np.float32))
+    torch.testing.assert_close(check(res.actions[:, None]), res.cost[:, None], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_controller_in_async_mode_captures_nothing_inside_the_episode():
     from worldmodel.energy import GoalEnergy
 

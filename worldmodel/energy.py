@@ -4,6 +4,11 @@ GoalEnergy encodes the goal image once per goal (`set_goal`) and the observation
 plan (`set_observation`: encoder + the predictor's KV cache of the past tokens, batch B, shared by
 every candidate). Each call then rolls the candidates forward one token per step. It satisfies
 planners.base.Energy: actions (B, S, Hz, chunk) in raw env units -> costs (B, S).
+
+dtype=torch.bfloat16 plans with a bfloat16 copy of the predictor and action encoder
+(WorldModel.planning_copy): the goal and history are still encoded in float32, the costs come back
+in float32. On CUDA that is about half the predictor's memory traffic and no weight casts per call;
+on a CPU without bf16 matrix units (AMX) it is slower than float32 (benchmarks/plan_latency.py).
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ class GoalEnergy:
     No host syncs in __call__. Gradients flow to the actions when they require grad (for gradient
     planners); otherwise the call runs without autograd.
 
+    dtype: the predictor's dtype while planning (None: the model's own, float32).
+
     static=True keeps the goal latent and the history's latent + KV cache at fixed addresses, one
     set of buffers per shape, and copies new values into them: a CUDA graph captured over __call__
     (planners.graph.GraphedPlanner) then sees every new goal and observation.
@@ -36,11 +43,18 @@ class GoalEnergy:
 
     def __init__(self, model: WorldModel, obs_pixels: Tensor | None = None,
                  past_actions: Tensor | None = None, goal_pixels: Tensor | None = None,
-                 step_weights: Tensor | None = None, static: bool = False):
+                 step_weights: Tensor | None = None, static: bool = False,
+                 dtype: torch.dtype | None = None):
         if model.training:
             raise ValueError("GoalEnergy needs the model in eval mode (BatchNorm and dropout would make "
                              "costs depend on the batch): call model.eval() first")
+        own = next(model.predictor.parameters()).dtype
+        if dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"GoalEnergy dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         self.model = model
+        self.dtype = own if dtype is None else dtype
+        # the model that rolls candidates forward: this one, or a copy with the predictor in `dtype`
+        self.planner_model = model if self.dtype == own else model.planning_copy(self.dtype)
         self.device = next(model.parameters()).device
         self.step_weights = None if step_weights is None else torch.as_tensor(
             step_weights, dtype=torch.float32, device=self.device)
@@ -65,7 +79,7 @@ class GoalEnergy:
     @torch.no_grad()
     def set_goal_latent(self, z_goal: Tensor) -> None:
         """Like set_goal but from already-encoded goal latents z_goal (B, D)."""
-        self.z_goal = self._keep(("goal",), z_goal)
+        self.z_goal = self._keep(("goal",), z_goal.float())
 
     def _keep(self, name: tuple, x: Tensor) -> Tensor:
         """x itself, or with static=True its values copied into this name's and shape's buffer."""
@@ -86,7 +100,8 @@ class GoalEnergy:
     @torch.no_grad()
     def set_latent_history(self, z_hist: Tensor, past_actions: Tensor | None = None) -> None:
         """Like set_observation but from already-encoded latents z_hist (B, h, D)."""
-        cache = self.model.prefill(z_hist, past_actions)  # per layer: (B, 1, H, hd) pairs
+        z_hist = z_hist.to(self.dtype)
+        cache = self.planner_model.prefill(z_hist, past_actions)  # per layer: (B, 1, H, hd) pairs
         n = len(cache[0]) if cache else 0
         self.cache = [[tuple(self._keep(("kv", i, j, n, m), t) for m, t in enumerate(kv))
                        for j, kv in enumerate(layer)] for i, layer in enumerate(cache)]
@@ -100,13 +115,13 @@ class GoalEnergy:
             raise ValueError(f"actions must be (B={self.z_last.shape[0]}, S, Hz, chunk), "
                              f"got {tuple(actions.shape)}")
         with torch.set_grad_enabled(actions.requires_grad and torch.is_grad_enabled()):
-            return self.model.rollout_cached(self.z_last, self.cache, actions)
+            return self.planner_model.rollout_cached(self.z_last, self.cache, actions)
 
     def __call__(self, actions: Tensor) -> Tensor:
         """actions (B, S, Hz, chunk) raw env units -> costs (B, S)."""
         if self.z_goal is None:
             raise RuntimeError("call set_goal(goal_pixels) before evaluating")
-        z_hat = self.latents(actions)                      # (B, S, Hz, D)
+        z_hat = self.latents(actions).float()              # (B, S, Hz, D), costs in float32
         with torch.set_grad_enabled(actions.requires_grad and torch.is_grad_enabled()):
             goal = self.z_goal[:, None, None]              # (B, 1, 1, D)
             if self.step_weights is None:

@@ -35,6 +35,9 @@ from worldmodel.dataset import write_json_atomic
 from worldmodel.plots import EVAL_SUMMARY, plot_eval, safe_draw
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}   # eval precision= -> planning dtype
+
+
 @dataclass
 class EvalConfig:
     checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
@@ -51,6 +54,8 @@ class EvalConfig:
     batch: int = 50                    # episodes planned together
     time_budget_s: float | None = None # per-plan deadline (anytime planning); null: none
     cuda_graph: bool = False           # replay each solve as one captured CUDA graph (CUDA only)
+    precision: str = "fp32"            # the predictor's dtype while planning: fp32 | bf16 (a bf16 copy;
+                                       # faster on GPUs, slower on CPUs without AMX)
     random_floor: bool = True          # also run uniform random actions on the same tasks
     videos: int = 50                   # episodes that get a video (observation | goal)
     device: str = "auto"
@@ -69,6 +74,8 @@ class EvalConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.receding_horizon > self.horizon:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.planner and "name" not in self.planner:
             raise ValueError("planner config needs a name: planner=cem|icem|mppi|gradient")
 
@@ -238,17 +245,26 @@ def paired_vs_random(planner: list[bool], random: list[bool]) -> dict[str, Any]:
 
 
 def make_env(env_name: str, meta: dict[str, Any], image_size: int):
-    """The env to evaluate in: the training data's env built with the kwargs it was collected
-    with (a generic adapter's suite task, success dims and tolerance, ...); an env that `env=`
-    names instead gets its own defaults."""
+    """The env to evaluate in: the training data's env (under any of its names) built with the
+    kwargs it was collected with (a generic adapter's suite task, success dims and tolerance, ...);
+    another env that `env=` names gets its own defaults."""
     import envs
 
     return envs.make(env_name, image_size=image_size, **env_kwargs(env_name, meta))
 
 
 def env_kwargs(env_name: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """The constructor kwargs `make_env` passes (besides image_size)."""
-    return dict(meta.get("env_kwargs") or {}) if env_name == meta.get("env") else {}
+    """The constructor kwargs `make_env` passes (besides image_size): the data's, when `env_name`
+    is the data's env (`same_env`), less those the name itself sets (a dm_control task's domain)."""
+    import envs
+
+    if not same_env(env_name, meta):
+        return {}
+    try:
+        _, extra = envs.resolve(env_name)
+    except ValueError:                     # an env of a plugin not loaded: no name-set kwargs
+        extra = {}
+    return {k: v for k, v in (meta.get("env_kwargs") or {}).items() if k not in extra}
 
 
 def same_env(name: str, meta: dict[str, Any]) -> bool:
@@ -312,7 +328,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                        training_seeds(meta))
     out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
     save_resolved(cfg, out)
-    energy = GoalEnergy(model, static=cfg.cuda_graph)
+    energy = GoalEnergy(model, static=cfg.cuda_graph, dtype=PRECISIONS[cfg.precision])
     results: list[dict[str, Any]] = []
     floor: list[dict[str, Any]] = []
     latencies: list[float] = []
@@ -370,7 +386,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                        "p95": percentile([x * 1e3 for x in latencies], 95),
                        "max": max(latencies) * 1e3 if latencies else None, "plans": len(latencies),
                        "batch": B, "note": "one plan = one batched solve for all episodes of a batch"},
-        "deadline_misses": misses, "device": str(device),
+        "deadline_misses": misses, "device": str(device), "precision": cfg.precision,
         "diverged": {"planner": sum(r["diverged_at"] is not None for r in results),
                      "random": sum(r["diverged_at"] is not None for r in floor),
                      "note": "episodes whose physics diverged; each ended there, with what it had reached"},

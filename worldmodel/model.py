@@ -7,6 +7,7 @@ worldmodel/energy.py), which keeps a KV cache so each step costs one token per c
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -97,7 +98,7 @@ class WorldModel(nn.Module):
                              f"(= frameskip {self.cfg.frameskip} x action_dim {self.cfg.action_dim}), "
                              f"got {tuple(actions.shape)}")
         a = (actions.to(self.action_std.dtype) - self.action_mean) / self.action_std
-        return self.action_encoder(a)
+        return self.action_encoder(a.to(self.action_encoder.inp.weight.dtype))  # (a planning copy's dtype)
 
     def encode(self, pixels: Tensor) -> Tensor:
         """Pixels (B, T, H, W, 3) uint8 (or float in [0, 1]) -> z (B, T, D). Also accepts (B, H, W, 3)
@@ -198,6 +199,17 @@ class WorldModel(nn.Module):
         cache = self.prefill(z_hist, a_hist)
         out = self.rollout_cached(z_hist[:, -1:], cache, actions)
         return out[:, 0] if squeeze else out
+
+    def planning_copy(self, dtype: torch.dtype) -> "WorldModel":
+        """A copy whose action encoder and predictor (what a planner runs 10^4 times per solve) hold
+        their weights in `dtype`; it shares this model's encoder (encoding stays in float32: once
+        per plan) and action statistics. Casting once here, rather than running under autocast,
+        spares every call the weights' casts (under a CUDA graph, autocast cannot cache them)."""
+        shared = {id(self.encoder): self.encoder}
+        twin = copy.deepcopy(self, shared)
+        twin.action_encoder.to(dtype)
+        twin.predictor.to(dtype)
+        return twin.eval()
 
     # ---------------------------------------------------------------- I/O
     def num_parameters(self) -> dict[str, int]:

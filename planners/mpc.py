@@ -322,10 +322,11 @@ class MPCController:
     # ------------------------------------------------------------------ tooling
     def warmup(self, n: int = 2) -> None:
         """Run `n` throw-away plans on a full-length fake history made of the goal (compiles
-        kernels, fills allocator caches); keeps statistics and warm start clean. With cuda_graph,
-        `n` plans per history length 1..history instead, the first cold and the others warm-started
-        (and, in async mode, after `async_lead` committed actions), which captures every graph an
-        episode needs."""
+        kernels, fills allocator caches); keeps statistics and warm start clean. With cuda_graph, or
+        an energy that says it is compiled (`energy.compiled`, GoalEnergy(compile=True)), `n` plans
+        per history length 1..history instead, the first cold and the others warm-started (and, in
+        async mode, after `async_lead` committed actions), which captures every graph and compiles
+        every shape an episode needs."""
         if self._goal_shape is None:
             raise RuntimeError("warmup(): call reset(goal_image) first")
         self._drain()
@@ -335,7 +336,7 @@ class MPCController:
                                (B, self.history - 1, self.frameskip * self.A)).copy()
         saved = self._mean, self._elites, self._mean_t
         try:
-            if self._graphed is None:
+            if self._graphed is None and not getattr(self.energy, "compiled", False):
                 for _ in range(n):
                     self._solve(hist, past, self._mean_t)
             else:   # the graphs an episode replays: cold at its start, then warm (and committed, async)

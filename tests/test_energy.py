@@ -151,3 +151,19 @@ def test_bfloat16_planning_copy_scores_like_float32():
     assert make_energy(model, dtype=torch.float32).planner_model is model        # no copy needed
     with pytest.raises(ValueError, match="bfloat16"):
         GoalEnergy(model, dtype=torch.float16)
+
+
+@pytest.mark.slow
+def test_compiled_energy_equals_eager_across_observations_and_history_lengths():
+    """compile=True (torch.compile, Inductor): the same costs as eager for new observations of the
+    same shape and for another history length (a second graph), and it says it is compiled."""
+    torch._dynamo.reset()
+    model = small_model(pred_depth=1)
+    obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, 6), pixels(2, 1, 32, seed=6)[:, 0]
+    compiled, eager = (GoalEnergy(model, obs, past, goal, compile=c) for c in (True, False))
+    assert compiled.compiled and not eager.compiled
+    actions = torch.randn(2, 5, 4, 6)
+    for o, p in ((obs, past), (obs.flip(1), past.flip(1)), (obs[:, -1:], None)):
+        compiled.set_observation(o, p)
+        eager.set_observation(o, p)
+        torch.testing.assert_close(compiled(actions), eager(actions), rtol=1e-5, atol=1e-6)

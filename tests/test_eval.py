@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import envs
 from worldmodel.cli import main
@@ -158,7 +159,7 @@ def test_demo_writes_table_results_and_videos(demo_run):
 
 
 @pytest.mark.slow
-def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
+def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeypatch):
     ckpt = demo_run / "train" / "best.pt"
     out = tmp_path / "ev"
     assert main(["eval", f"checkpoint={ckpt}", "planner=icem", "planner.samples=16", "planner.elites=4", "planner.iterations=2",
@@ -188,11 +189,18 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys):
     assert "was trained on tworoom data and is evaluated in reacher" in capsys.readouterr().err
     r = json.loads((tmp_path / "r" / "results.json").read_text())
     assert (r["env"], r["trained_env"]) == ("reacher", "tworoom")
-    # precision=bf16 plans with a bf16 copy of the predictor; other precisions are refused up front.
-    assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "episodes=1", "random_floor=false",
+    # precision=bf16 plans with a bf16 copy of the predictor, compile=true through torch.compile (each
+    # shape compiled in warmup, before the first episode); other precisions are refused up front.
+    # (Traced by dynamo without Inductor's code generation here: test_energy checks Inductor's costs.)
+    compile_ = torch.compile
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or compile_(fn, backend="eager", **kw))
+    assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "compile=true", "episodes=1", "random_floor=false",
                  "videos=0", "planner.samples=8", "planner.elites=4", "planner.iterations=1",
                  f"out={tmp_path / 'b'}", "progress=false"]) == 0
-    assert json.loads((tmp_path / "b" / "results.json").read_text())["precision"] == "bf16"
+    r = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert (r["precision"], r["config"]["compile"], r["episodes"], len(compiled)) == ("bf16", True, 1, 1)
+    monkeypatch.setattr(torch, "compile", compile_)
     assert main(["eval", f"checkpoint={ckpt}", "precision=fp16", f"out={tmp_path / 'p'}"]) == 2
     assert "precision must be one of ['bf16', 'fp32']" in capsys.readouterr().err
     seed = json.loads((demo_run / "data" / "meta.json").read_text())["seed"]

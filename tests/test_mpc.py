@@ -213,6 +213,20 @@ def test_batched_controller_and_plan():
     assert a[1, 0] < 0
 
 
+def test_warmup_covers_every_history_length_for_a_compiled_energy():
+    """An energy that says it is compiled (GoalEnergy(compile=True)) compiles once per history
+    length: warmup plans at each of 1..history, cold and warm, so no episode compiles; otherwise
+    warmup plans on the full history only."""
+    ctrl = controller(history=3)
+    ctrl.reset(np.zeros(2, np.float32))
+    ctrl.warmup(1)
+    assert [t for t, _ in ctrl.energy.calls] == [3]
+    ctrl.energy.compiled, ctrl.energy.calls = True, []
+    ctrl.warmup(2)
+    assert [t for t, _ in ctrl.energy.calls] == [1, 1, 2, 2, 3, 3]
+    assert ctrl.stats()["plans"] == 0
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0

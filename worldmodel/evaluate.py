@@ -55,7 +55,8 @@ class EvalConfig:
     time_budget_s: float | None = None # per-plan deadline (anytime planning); null: none
     cuda_graph: bool = False           # replay each solve as one captured CUDA graph (CUDA only)
     precision: str = "fp32"            # the predictor's dtype while planning: fp32 | bf16 (a bf16 copy;
-                                       # faster on GPUs, slower on CPUs without AMX)
+                                       # made for GPUs, slower on CPUs without AMX)
+    compile: bool = False              # torch.compile the energy (compiled before the first episode)
     random_floor: bool = True          # also run uniform random actions on the same tasks
     videos: int = 50                   # episodes that get a video (observation | goal)
     device: str = "auto"
@@ -328,7 +329,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                        training_seeds(meta))
     out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
     save_resolved(cfg, out)
-    energy = GoalEnergy(model, static=cfg.cuda_graph, dtype=PRECISIONS[cfg.precision])
+    energy = GoalEnergy(model, static=cfg.cuda_graph, dtype=PRECISIONS[cfg.precision], compile=cfg.compile)
     results: list[dict[str, Any]] = []
     floor: list[dict[str, Any]] = []
     latencies: list[float] = []
@@ -348,6 +349,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         ctrl.reset(goals, seed=batch[0].seed)
         if cfg.cuda_graph:
             ctrl.warmup(2)          # capture every graph outside the timed plans
+        elif cfg.compile and (b0 == 0 or len(batch) != B):
+            ctrl.warmup(1)          # compile every shape (history length, batch) outside them
         res = run_tasks(env_list, batch, goals, ctrl.act, cfg.budget, record)
         latencies += ctrl.latencies_s
         misses += int(ctrl.stats()["deadline_misses"])

@@ -145,14 +145,14 @@ def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int, desc: 
     from tqdm import tqdm
 
     from planners.mpc import MPCController
-    from worldmodel.evaluate import goal_images, run_tasks
+    from worldmodel.evaluate import goal_images, plan_seed, run_tasks
 
     B = len(tasks)
     low, high = env_list[0].action_space.low, env_list[0].action_space.high
     ctrl = MPCController(planner, energy, (low, high), horizon=p["horizon"],
                          receding_horizon=p["receding_horizon"], frameskip=frameskip, history=1,
                          batch=B, dtype=torch.float64)
-    ctrl.reset(np.stack([t.goal_state for t in tasks]), seed=tasks[0].seed)
+    ctrl.reset(np.stack([t.goal_state for t in tasks]), seed=plan_seed(tasks[0].seed, planner.seed))
     bar = tqdm(total=p["budget"], desc=f"{desc} oracle, {B} episodes in lockstep", unit="step")
 
     def act(obs: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ timed region, as a controller does once per plan; the timed region is exactly `p
 
 Prints one JSON line per (planner, dtype) config:
   {"bench": "plan_latency", "device", "dtype", "planner", "samples", "iterations", "horizon",
-   "median_ms", "p95_ms", "runs", ...}
+   "median_ms", "p95_ms", "runs", "first_solve_s" (the untimed first solve: with --compile or
+   --cuda-graph, compilation / capture included; 0 with --warmup 0), ...}
 With --profile also the split between the energy (predictor) and the planner's own work. With
 --count-ops also how many ops (kernel launches: not views or allocations) one eager solve computes,
 in all and by op; with --roofline that too, and benchmarks/roofline.py's two floors for one (eager)
@@ -118,6 +119,8 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
         return planner.solve(energy_fn, bounds, args.horizon, batch=args.batch)
 
     run = solve
+    sync(device)
+    t_first = time.perf_counter()
     if args.cuda_graph:
         if device.type != "cuda":
             raise SystemExit("--cuda-graph needs --device cuda")
@@ -126,8 +129,11 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
         def run():
             return graphed.solve(energy_fn, bounds, args.horizon, batch=args.batch)
         run()                                              # warm up and capture, untimed
-
-    for _ in range(args.warmup):
+    elif args.warmup:
+        run()                                              # compiles (--compile), untimed
+    sync(device)
+    first_s = time.perf_counter() - t_first                # what a controller's warmup() pays once
+    for _ in range(args.warmup - (0 if args.cuda_graph else 1)):
         run()
     times = []
     for _ in range(args.runs):
@@ -144,7 +150,7 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
            "batch": args.batch, "cuda_graph": bool(args.cuda_graph), "compile": bool(args.compile),
            "median_ms": round(statistics.median(ms), 2),
            "p95_ms": round(ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))], 2),
-           "runs": len(ms), "malloc_tuned": args.malloc_tuned,
+           "runs": len(ms), "malloc_tuned": args.malloc_tuned, "first_solve_s": round(first_s, 2),
            "final_cost": round(float(res.cost.float().mean()), 4),
            "date": datetime.date.today().isoformat(), "git": R.git_commit(), "machine": R.machine(str(device))}
     if args.profile and not args.cuda_graph:

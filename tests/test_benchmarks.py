@@ -66,11 +66,12 @@ def test_plan_latency_bfloat16_weights_cast_no_weights_per_call():
     latents out); autocast casts weights at every call. Both record the plan's cost under float32."""
     fp32, auto, weights = _json_lines("plan_latency.py", "--dtype", "float32,bfloat16,bfloat16_weights",
                                       "--samples", "8", "--iterations", "2", "--elites", "2", "--runs", "1",
-                                      "--warmup", "0", "--threads", "1", "--count-ops")
+                                      "--warmup", "1", "--threads", "1", "--count-ops")
     assert [x["dtype"] for x in (fp32, auto, weights)] == ["float32", "bfloat16", "bfloat16_weights"]
     assert weights["compute_ops"] - fp32["compute_ops"] == 2 * 2                 # 2 calls x 2 casts
     assert auto["compute_ops"] - fp32["compute_ops"] > 10 * 2                    # every weight, every call
     assert abs(weights["final_cost_fp32"] - weights["final_cost"]) < 0.05 * abs(weights["final_cost"])
+    assert all(x["first_solve_s"] > 0 for x in (fp32, auto, weights))          # the untimed warm-up solve
 
 
 def test_plan_latency_roofline_counts_the_solve_flops():

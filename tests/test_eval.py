@@ -21,6 +21,17 @@ def test_wilson_interval_matches_known_values():
     assert 0.0 == lo < hi < 0.08
 
 
+def test_plan_seed_keeps_seed_0_evals_and_separates_other_planner_seeds():
+    """planner.seed=0 reseeds each batch from its first task's seed, as every recorded eval did;
+    other planner seeds give other, reproducible streams on the same tasks (they used to be ignored)."""
+    from worldmodel.evaluate import plan_seed
+
+    assert plan_seed(123456789, 0) == 123456789
+    seeds = {plan_seed(123456789, k) for k in (0, 1, 2)} | {plan_seed(987654321, 1)}
+    assert len(seeds) == 4 and plan_seed(123456789, 1) == plan_seed(123456789, 1)
+    assert all(0 <= x < 2 ** 63 for x in seeds)                            # a valid torch seed
+
+
 def test_tasks_follow_protocol_and_refuse_training_seeds():
     import envs
     from worldmodel.collect import episode_seed

@@ -34,11 +34,12 @@ class GoalEnergy:
     No host syncs in __call__. Gradients flow to the actions when they require grad (for gradient
     planners); otherwise the call runs without autograd.
 
-    dtype: the predictor's dtype while planning (None: the model's own, float32).
+    dtype: the predictor's dtype while planning (None: the model's own, float32); another dtype
+    copies the predictor once, here: build a new energy after changing the model's weights.
 
     compile=True runs each call through torch.compile (Inductor): one compilation per input shape
     and history length (about a minute each on a 2-core CPU; MPCController.warmup() does them all),
-    then fused kernels: 1.14x per CEM solve on that CPU (benchmarks/plan_latency.py --compile).
+    then fused kernels: 1.1-1.3x per CEM solve on that CPU (benchmarks/plan_latency.py --compile).
 
     static=True keeps the goal latent and the history's latent + KV cache at fixed addresses, one
     set of buffers per shape, and copies new values into them: a CUDA graph captured over __call__

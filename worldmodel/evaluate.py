@@ -113,6 +113,15 @@ def training_seeds(meta: dict[str, Any]) -> set[int]:
     return {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))}
 
 
+def plan_seed(task_seed: int, planner_seed: int) -> int:
+    """The planner's seed for a batch of tasks, from its first task's seed and the configured
+    `planner.seed`: the task seed itself for planner seed 0 (every eval recorded so far), a mix of
+    the two otherwise, so `planner.seed=1` draws other samples on the same tasks."""
+    if planner_seed == 0:
+        return int(task_seed)
+    return int(np.random.SeedSequence([int(task_seed), int(planner_seed)]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int, goal_offset: int,
                forbidden_seeds: set[int]) -> list[Task]:
     """Roll out one held-out episode per task and pick (start, start + goal_offset) from it."""
@@ -319,6 +328,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     planner_cfg = cfg.planner or {"name": "cem"}
     planner_name = planner_cfg["name"]
     planner = planner_from_config(planner_cfg)
+    planner_seed = planner.seed                # the configured one: each batch reseeds from it and its tasks
     B = min(cfg.batch, cfg.episodes)
     env_list = [make_env(env_name, meta, mcfg.image_size) for _ in range(B)]
     low, high = env_list[0].action_space.low, env_list[0].action_space.high
@@ -346,7 +356,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                              device=device, cuda_graph=cfg.cuda_graph)
         record = b0 < cfg.videos
         goals = goal_images(env_list, batch)                               # (b, H, W, 3)
-        ctrl.reset(goals, seed=batch[0].seed)
+        ctrl.reset(goals, seed=plan_seed(batch[0].seed, planner_seed))
         if cfg.cuda_graph:
             ctrl.warmup(2)          # capture every graph outside the timed plans
         elif cfg.compile and (b0 == 0 or len(batch) != B):

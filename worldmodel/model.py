@@ -203,7 +203,8 @@ class WorldModel(nn.Module):
     def planning_copy(self, dtype: torch.dtype) -> "WorldModel":
         """A copy whose action encoder and predictor (what a planner runs 10^4 times per solve) hold
         their weights in `dtype`; it shares this model's encoder (encoding stays in float32: once
-        per plan) and action statistics. Casting once here, rather than running under autocast,
+        per plan) and copies the rest, so later changes to this model's weights do not reach it.
+        Casting once here, rather than running under autocast,
         spares every call the weights' casts (under a CUDA graph, autocast cannot cache them)."""
         shared = {id(self.encoder): self.encoder}
         twin = copy.deepcopy(self, shared)

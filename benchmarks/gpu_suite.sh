@@ -20,8 +20,8 @@
 #   pusht    reproduce.py --env pusht --scale full with $SUITE_STEPS steps (default 20000) and the
 #   reacher  whole training under CUDA graphs (compile=true compile_mode=reduce-overhead), then
 #            planner_table.py with iCEM at CEM's compute on the same 50 tasks, `wm eval
-#            cuda_graph=true` (the controller's graphed CEM) on them with precision=fp32 and bf16,
-#            and `wm compare` of the four
+#            cuda_graph=true` (the controller's graphed CEM) on them with precision=fp32 and bf16 and
+#            at planner seeds 1 and 2, and `wm compare` of them all
 #                                                                                  (~12-15 min each)
 #   envs     the env stages of $SUITE_ENVS (default "pusht reacher") at the same time, side by side on
 #            the one GPU, each into its own <env>.jsonl / <env>.log: about one env stage's wall time
@@ -99,19 +99,22 @@ run_env() {  # run_env ENV[@LR]: the full recipe (at learning rate LR if given) 
     local ckpt="$OUT/runs/$name/seed$seed/train/best.pt" rc=0
     "$PY" benchmarks/planner_table.py --checkpoint "$ckpt" --planners icem --device cuda --videos 0 --quiet \
         --out "$OUT/runs/$name/planners" --json "$OUT/planner_table_${name}_full_steps${steps}.json" || rc=$?
-    # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM), with the fp32 and the bf16
-    # predictor: success and plan latency
-    local p ev
-    for p in fp32 bf16; do
+    # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM): with the fp32 and the bf16
+    # predictor (success and plan latency), and at planner seeds 1 and 2 (a seed alone moves a 50-task
+    # eval by ~6 tasks: benchmarks/results/ANALYSIS.md)
+    local p ev evs=()
+    for p in fp32 bf16 seed1 seed2; do
         ev=eval_cuda_graph; [ $p = fp32 ] || ev+=_$p
-        "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true precision=$p videos=0 random_floor=false \
-            progress=false device=cuda out="$OUT/runs/$name/$ev" overwrite=true || rc=$?
+        "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true videos=0 random_floor=false \
+            progress=false device=cuda out="$OUT/runs/$name/$ev" overwrite=true \
+            $([ $p = bf16 ] && echo precision=bf16) $([[ $p = seed* ]] && echo planner.seed=${p#seed}) || rc=$?
         cp "$OUT/runs/$name/$ev/results.json" "$OUT/${name}_$ev.json" 2>/dev/null
+        evs+=("$OUT/runs/$name/$ev")
     done
-    # the four on the same tasks, paired (the table goes to the stage log, compare.json beside the results)
-    "$PY" -m worldmodel.cli compare "$OUT/runs/$name/seed$seed/eval" "$OUT/runs/$name/planners/icem" \
-        "$OUT/runs/$name/eval_cuda_graph" "$OUT/runs/$name/eval_cuda_graph_bf16" \
-        names=[cem,icem,cem_cuda_graph,cem_cuda_graph_bf16] out="$OUT/runs/$name/compare" >&2 \
+    # all on the same tasks, paired (the table goes to the stage log, compare.json beside the results)
+    "$PY" -m worldmodel.cli compare "$OUT/runs/$name/seed$seed/eval" "$OUT/runs/$name/planners/icem" "${evs[@]}" \
+        names=[cem,icem,cem_cuda_graph,cem_cuda_graph_bf16,cem_cuda_graph_seed1,cem_cuda_graph_seed2] \
+        out="$OUT/runs/$name/compare" >&2 \
         && cp "$OUT/runs/$name/compare/compare.json" "$OUT/compare_${name}_full_steps${steps}.json"
     return $rc
 }

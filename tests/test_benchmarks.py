@@ -170,6 +170,29 @@ def test_gpu_suite_envs_stage_runs_its_envs_at_once_each_with_its_own_logs(tmp_p
     assert go("pusht", "bad") != 0
 
 
+def test_gpu_suite_env_stage_commands(tmp_path):
+    """run_env's commands, with `echo` as the interpreter: the recipe at the entry's lr, iCEM, the
+    controller's graphed evals (fp32, bf16, planner seeds 1 and 2) and one compare of them all."""
+    script = (REPO / "benchmarks" / "gpu_suite.sh").read_text()
+    run_env = script[script.index("run_env() {"):]
+    run_env = run_env[:run_env.index("\n}\n") + 3]
+    out = subprocess.run([shutil.which("bash"), "-c", f"{run_env}run_env reacher@3e-4"], capture_output=True,
+                         text=True, env={**os.environ, "OUT": str(tmp_path), "PY": "echo", "SUITE_STEPS": "9"})
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("benchmarks/reproduce.py --env reacher --scale full --seeds 0 --steps 9")
+    assert "--lr 3e-4" in lines[0] and f"--out {tmp_path}/runs/reacher_lr3e-4" in lines[0]
+    assert lines[1].startswith("benchmarks/planner_table.py") and "--planners icem" in lines[1]
+    evals = [x for x in lines if " eval " in f" {x} "]
+    assert [x.split(" out=")[1].split()[0].rsplit("/", 1)[1] for x in evals] == \
+        ["eval_cuda_graph", "eval_cuda_graph_bf16", "eval_cuda_graph_seed1", "eval_cuda_graph_seed2"]
+    assert all("cuda_graph=true" in x for x in evals)
+    assert "precision=bf16" in evals[1] and "planner.seed=1" in evals[2] and "planner.seed=2" in evals[3]
+    assert "precision" not in evals[0] + evals[2] and "planner.seed" not in evals[0] + evals[1]
+    compare = out.stderr.splitlines()[0]                                     # (its table goes to the log)
+    assert compare.startswith("-m worldmodel.cli compare") and compare.count("/eval_cuda_graph") == 4
+    assert "names=[cem,icem,cem_cuda_graph,cem_cuda_graph_bf16,cem_cuda_graph_seed1,cem_cuda_graph_seed2]" in compare
+
+
 def test_git_commit_outside_git_uses_wm_git_commit(monkeypatch, tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import recipes

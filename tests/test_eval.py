@@ -10,7 +10,7 @@ import torch
 
 import envs
 from worldmodel.cli import main
-from worldmodel.evaluate import env_kwargs, make_env, make_tasks, wilson
+from worldmodel.evaluate import cpu_has_amx, env_kwargs, make_env, make_tasks, wilson
 
 
 def test_wilson_interval_matches_known_values():
@@ -209,6 +209,7 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "compile=true", "episodes=1", "random_floor=false",
                  "videos=0", "planner.samples=8", "planner.elites=4", "planner.iterations=1",
                  f"out={tmp_path / 'b'}", "progress=false"]) == 0
+    assert ("no bf16 matrix units" in capsys.readouterr().err) == (cpu_has_amx() is False)
     r = json.loads((tmp_path / "b" / "results.json").read_text())
     assert (r["precision"], r["config"]["compile"], r["episodes"], len(compiled)) == ("bf16", True, 1, 1)
     monkeypatch.setattr(torch, "compile", compile_)

@@ -113,6 +113,14 @@ def training_seeds(meta: dict[str, Any]) -> set[int]:
     return {episode_seed(int(meta["seed"]), i) for i in range(int(meta.get("episodes", 0)))}
 
 
+def cpu_has_amx() -> bool | None:
+    """Whether this CPU has AMX bf16 tiles (Linux's /proc/cpuinfo flags); None where unknown."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def plan_seed(task_seed: int, planner_seed: int) -> int:
     """The planner's seed for a batch of tasks, from its first task's seed and the configured
     `planner.seed`: the task seed itself for planner seed 0 (every eval recorded so far), a mix of
@@ -322,6 +330,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         print(f"wm eval: warning: {cfg.checkpoint} was trained on {meta['env']} data and is evaluated in "
               f"{env_name}; the tasks still use that data's policy and episode length unless policy= "
               f"and episode_len= are given", file=sys.stderr)
+    if cfg.precision == "bf16" and device.type == "cpu" and cpu_has_amx() is False:
+        print("wm eval: note: precision=bf16 on this CPU, which has no bf16 matrix units (AMX), plans more "
+              "slowly than precision=fp32 (measure it: benchmarks/plan_latency.py --dtype "
+              "float32,bfloat16_weights); it is meant for GPUs", file=sys.stderr)
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
     mcfg = model.cfg

@@ -374,13 +374,15 @@ def test_cuda_graph_controller_replays_one_graph_per_history_length():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_controller_plans_with_a_bfloat16_predictor():
-    """GoalEnergy(dtype=torch.bfloat16) under a captured graph: bf16 buffers in place, float32 costs,
-    and the graph's plan costs what an eager bf16 energy gives its actions."""
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_controller_plans_with_a_bfloat16_predictor(compile):
+    """GoalEnergy(dtype=torch.bfloat16) under a captured graph, also compiled (`wm eval cuda_graph=true
+    precision=bf16 compile=true`): bf16 buffers in place, float32 costs, and the graph's plan costs
+    what an eager bf16 energy gives its actions."""
     from worldmodel.energy import GoalEnergy
 
     model = _image_model().cuda()
-    energy = GoalEnergy(model, static=True, dtype=torch.bfloat16)
+    energy = GoalEnergy(model, static=True, dtype=torch.bfloat16, compile=compile)
     ctrl = MPCController(make_planner("cem", samples=64, iterations=4, elites=8), energy, (LOW, HIGH),
                          horizon=3, receding_horizon=1, frameskip=2, history=3, device="cuda",
                          cuda_graph=True)
@@ -393,7 +395,8 @@ def test_cuda_graph_controller_plans_with_a_bfloat16_predictor():
     check = GoalEnergy(model, dtype=torch.bfloat16)
     check.set_goal(goal[None])
     check.set_observation(obs[None, None], np.zeros((1, 0, 4), np.float32))
-    torch.testing.assert_close(check(res.actions[:, None]), res.cost[:, None], rtol=1e-3, atol=1e-4)
+    tol = 2e-2 if compile else 1e-3                       # Inductor fuses (and rounds) bf16 ops its own way
+    torch.testing.assert_close(check(res.actions[:, None]), res.cost[:, None], rtol=tol, atol=tol / 10)
 
 
 @pytest.mark.gpu

@@ -24,9 +24,9 @@ bfloat16 = autocast around each energy call (the planner itself stays float32): 
 weight at every call, and under --cuda-graph (its cast cache off) at every use; bfloat16_weights =
 GoalEnergy(dtype=torch.bfloat16): the predictor as a bf16 copy, what `wm eval precision=bf16` plans
 with (no weight casts), costs in float32. Both also run on the CPU.
-CUDA options: --cuda-graph captures the whole solve as one CUDA graph and replays it. --compile (CPU or CUDA)
-times GoalEnergy(compile=True), what `wm eval compile=true` runs: torch.compile of each call
-(compiled in the untimed warm-up; profile, counts and roofline stay on the eager energy).
+CUDA option: --cuda-graph captures the whole solve as one CUDA graph and replays it.
+--compile (CPU or CUDA) times GoalEnergy(compile=True), what `wm eval compile=true` runs:
+torch.compile of each call (compiled in the untimed warm-up; counts and roofline stay eager).
 """
 from __future__ import annotations
 

@@ -205,9 +205,10 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     # (Traced by dynamo without Inductor's code generation here: test_energy checks Inductor's costs.)
     compile_ = torch.compile
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or compile_(fn, backend="eager", **kw))
-    assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "compile=true", "episodes=1", "random_floor=false",
-                 "videos=0", "planner.samples=8", "planner.elites=4", "planner.iterations=1",
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kw: compiled.append(fn) or compile_(fn, backend="eager", **kw))
+    assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "compile=true", "episodes=1",
+                 "random_floor=false", "videos=0", "planner.samples=8", "planner.elites=4", "planner.iterations=1",
                  f"out={tmp_path / 'b'}", "progress=false"]) == 0
     assert ("no bf16 matrix units" in capsys.readouterr().err) == (cpu_has_amx() is False)
     r = json.loads((tmp_path / "b" / "results.json").read_text())

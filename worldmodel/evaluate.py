@@ -127,7 +127,8 @@ def plan_seed(task_seed: int, planner_seed: int) -> int:
     the two otherwise, so `planner.seed=1` draws other samples on the same tasks."""
     if planner_seed == 0:
         return int(task_seed)
-    return int(np.random.SeedSequence([int(task_seed), int(planner_seed)]).generate_state(1, np.uint64)[0] >> 1)
+    mixed = np.random.SeedSequence([int(task_seed), int(planner_seed)]).generate_state(1, np.uint64)[0]
+    return int(mixed >> 1)                             # < 2**63: a valid torch seed
 
 
 def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int, goal_offset: int,

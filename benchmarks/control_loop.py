@@ -45,6 +45,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--receding-horizon", type=int, default=5)
     p.add_argument("--seed", type=int, default=None, help="planner seed (default: the preset's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--compile", action="store_true",
+                   help="GoalEnergy(compile=True): compiled for every history length before the first task")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the predictor's dtype")
     p.add_argument("--reference", default=None, help="the checkpoint's `wm eval` results.json (same tasks)")
     p.add_argument("--json", default=None, help="also append the JSON line to this file")
     return p.parse_args(argv)
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     from planners.loop import ControlLoop
     from planners.mpc import MPCController
     from worldmodel.energy import GoalEnergy
-    from worldmodel.evaluate import make_env, make_tasks, mcnemar, training_seeds
+    from worldmodel.evaluate import PRECISIONS, make_env, make_tasks, mcnemar, training_seeds
     from worldmodel.model import load_trained
 
     if a.planner not in group_options("planner"):
@@ -80,13 +83,16 @@ def main(argv: list[str] | None = None) -> dict:
                        int(meta.get("episode_len") or 100), a.goal_offset, training_seeds(meta))
     planner = planner_from_config(yaml.safe_load(preset.read_text()),
                                   **({} if a.seed is None else {"seed": a.seed}))
-    ctrl = MPCController(planner, GoalEnergy(model), (env.action_space.low, env.action_space.high),
+    energy = GoalEnergy(model, dtype=PRECISIONS[a.precision], compile=a.compile)
+    ctrl = MPCController(planner, energy, (env.action_space.low, env.action_space.high),
                          horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
                          history=model.cfg.history, time_budget_s=a.time_budget,
                          async_lead=None if a.async_lead < 0 else a.async_lead)
     loop = ControlLoop(ctrl, env, hz=hz)
     ctrl.reset(env.goal_image(tasks[0].goal_state))
-    ctrl.warmup(1)                                    # allocation and the first plan outside the clock
+    t_warm = time.perf_counter()
+    ctrl.warmup(1)              # allocation, the first plan and (--compile) every compilation outside the clock
+    warmup_s = time.perf_counter() - t_warm
     rows, lat, t_start = [], [], time.perf_counter()
     try:
         for t in tasks:
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"bench": "control_loop", "checkpoint": a.checkpoint, "env": env_name, "planner": a.planner,
            "planner_settings": {k: v for k, v in vars(planner).items() if not k.startswith("_")},
            "hz": hz, "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
+           "compile": a.compile, "precision": a.precision, "warmup_s": round(warmup_s, 1),
            "episodes": len(rows), "successes": outcomes.count("1"), "outcomes": outcomes,
            "steps": steps, "overruns": sum(r["overruns"] for r in rows),
            "hz_achieved_median": float(np.median([r["hz_achieved"] for r in rows])),

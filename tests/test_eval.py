@@ -348,6 +348,7 @@ def test_control_loop_benchmark_runs_evals_tasks_through_the_robot_loop(demo_run
     out = cl.main([*common, "--planner", "icem_cpu", "--episodes", "2", "--hz", "100", "--async-lead", "2",
                    "--reference", ref])
     assert out["episodes"] == 2 and out["successes"] == out["outcomes"].count("1") and out["hz"] == 100
+    assert (out["compile"], out["precision"]) == (False, "fp32") and out["warmup_s"] > 0
     for r in out["per_episode"]:
         assert 1 <= r["steps"] <= 50 and r["plans"] >= 1
         assert r["success"] or r["steps"] == 50         # a run ends on success or at the budget

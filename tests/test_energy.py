@@ -156,7 +156,7 @@ def test_bfloat16_planning_copy_scores_like_float32():
 @pytest.mark.slow
 def test_compiled_energy_equals_eager_across_observations_and_history_lengths():
     """compile=True (torch.compile, Inductor): the same costs as eager for new observations of the
-    same shape and for another history length (a second graph), and it says it is compiled."""
+    same shape and for another history length (another graph), and it says it is compiled."""
     torch._dynamo.reset()
     model = small_model(pred_depth=1)
     obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, 6), pixels(2, 1, 32, seed=6)[:, 0]
@@ -167,3 +167,25 @@ def test_compiled_energy_equals_eager_across_observations_and_history_lengths():
         compiled.set_observation(o, p)
         eager.set_observation(o, p)
         torch.testing.assert_close(compiled(actions), eager(actions), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_energy_compiles_once_per_history_length_not_per_sample_count(monkeypatch):
+    """A sample count that shrinks every call (iCEM's population decay) gets one dynamic-shape graph,
+    not one per size (which would hit dynamo's recompile limit and fall back to eager). Traced with
+    backend="eager": what is counted is dynamo's compilations, not Inductor's code."""
+    from torch._dynamo.utils import counters
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="eager", **kw))
+    torch._dynamo.reset()
+    counters.clear()
+    model = small_model(pred_depth=1)
+    obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, 6), pixels(2, 1, 32, seed=6)[:, 0]
+    compiled, eager = (GoalEnergy(model, obs, past, goal, compile=c) for c in (True, False))
+    for o, p in ((obs, past), (obs[:, -1:], None)):
+        compiled.set_observation(o, p)
+        eager.set_observation(o, p)
+        for s in (40, 33, 27, 21, 16, 12, 9, 7, 5, 4):                  # icem_cpu-like decay
+            actions = torch.randn(2, s, 4, 6)
+            torch.testing.assert_close(compiled(actions), eager(actions), rtol=1e-5, atol=1e-6)
+    assert counters["frames"]["total"] <= 4, dict(counters["frames"])   # 2 sizes x 2 history lengths at most

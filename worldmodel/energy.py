@@ -37,9 +37,10 @@ class GoalEnergy:
     dtype: the predictor's dtype while planning (None: the model's own, float32); another dtype
     copies the predictor once, here: build a new energy after changing the model's weights.
 
-    compile=True runs each call through torch.compile (Inductor): one compilation per input shape
-    and history length (about a minute each on a 2-core CPU; MPCController.warmup() does them all),
-    then fused kernels: 1.1-1.3x per CEM solve on that CPU (benchmarks/plan_latency.py --compile).
+    compile=True runs each call through torch.compile (Inductor): one compilation per history
+    length, plus one with a dynamic sample count where it changes between calls (iCEM); about a
+    minute each for LeWM's predictor on a 2-core CPU, all done by MPCController.warmup(); then
+    fused kernels: 1.1-1.3x per CEM solve on that CPU (benchmarks/plan_latency.py --compile).
 
     static=True keeps the goal latent and the history's latent + KV cache at fixed addresses, one
     set of buffers per shape, and copies new values into them: a CUDA graph captured over __call__
@@ -68,8 +69,9 @@ class GoalEnergy:
         self.cache: list = []
         self.static, self.compiled = static, compile
         self._buffers = StaticBuffers()
-        # one graph per shape and history length (the cache's length): no dynamic shapes
-        self._cost = torch.compile(self._costs, dynamic=False) if compile else self._costs
+        # one graph per history length (the cache's length); a sample count that changes between calls
+        # (iCEM's decaying population) gets one dynamic-shape graph at its second size, not one per size
+        self._cost = torch.compile(self._costs) if compile else self._costs
         if goal_pixels is not None:
             self.set_goal(goal_pixels)
         if obs_pixels is not None:

@@ -102,12 +102,15 @@ run_env() {  # run_env ENV[@LR]: the full recipe (at learning rate LR if given) 
     # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM): with the fp32 and the bf16
     # predictor (success and plan latency), and at planner seeds 1 and 2 (a seed alone moves a 50-task
     # eval by ~6 tasks: benchmarks/results/ANALYSIS.md)
-    local p ev evs=()
+    local p ev extra evs=()
     for p in fp32 bf16 seed1 seed2; do
-        ev=eval_cuda_graph; [ $p = fp32 ] || ev+=_$p
+        case $p in
+            fp32) ev=eval_cuda_graph extra= ;;
+            bf16) ev=eval_cuda_graph_bf16 extra=precision=bf16 ;;
+            seed*) ev=eval_cuda_graph_$p extra=planner.seed=${p#seed} ;;
+        esac
         "$PY" -m worldmodel.cli eval checkpoint="$ckpt" cuda_graph=true videos=0 random_floor=false \
-            progress=false device=cuda out="$OUT/runs/$name/$ev" overwrite=true \
-            $([ $p = bf16 ] && echo precision=bf16) $([[ $p = seed* ]] && echo planner.seed=${p#seed}) || rc=$?
+            progress=false device=cuda out="$OUT/runs/$name/$ev" overwrite=true $extra || rc=$?
         cp "$OUT/runs/$name/$ev/results.json" "$OUT/${name}_$ev.json" 2>/dev/null
         evs+=("$OUT/runs/$name/$ev")
     done

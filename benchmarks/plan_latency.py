@@ -12,9 +12,9 @@ Prints one JSON line per (planner, dtype) config:
 With --profile also the split between the energy (predictor) and the planner's own work. With
 --count-ops also how many ops (kernel launches: not views or allocations) one eager solve computes,
 in all and by op; with --roofline that too, and benchmarks/roofline.py's two floors for one (eager)
-solve: its FLOP count over this
-device's rate on a large square matmul in the same dtype (2048^3 on the CPU, 8192^3 on CUDA), and
-the "op floor", the solve's own matmul / attention calls each replayed alone and summed.
+solve: its FLOP count over this device's rate on a large square matmul in the same dtype (2048^3 on
+the CPU, 8192^3 on CUDA), and the "op floor", the solve's own matmul / attention calls each replayed
+alone and summed.
 
   PYTHONPATH=. python benchmarks/plan_latency.py                       # CPU, float32
   PYTHONPATH=. python benchmarks/plan_latency.py --device cuda --dtype float32,bfloat16 --cuda-graph
@@ -92,18 +92,12 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
     planner = make_planner(planner_name, **kw)
     bounds = Bounds.make([-1.0] * cfg.chunk_dim, [1.0] * cfg.chunk_dim, device=device)
     autocast = dtype_name == "bfloat16"
-    if dtype_name not in ("float32", "bfloat16", "bfloat16_weights", "int8"):
-        raise SystemExit(f"unknown --dtype {dtype_name}: choose float32, bfloat16, bfloat16_weights or int8")
     if dtype_name == "int8":
-        if device.type != "cpu":
-            raise SystemExit("int8 (dynamically quantized predictor linears) is the CPU path; on CUDA use bfloat16")
         energy.model.predictor = torch.ao.quantization.quantize_dynamic(
             energy.model.predictor, {torch.nn.Linear}, dtype=torch.qint8)
 
     fn = energy                                                 # timed: as `wm eval compile=...` runs
     if args.compile:
-        if dtype_name == "int8":
-            raise SystemExit("--compile with int8 is not measured: drop one of them")
         fn, _ = build_energy(args, device, dtype, compile=True)  # the same seeds: the same model and inputs
 
     def bf16_ctx():
@@ -122,8 +116,6 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
     sync(device)
     t_first = time.perf_counter()
     if args.cuda_graph:
-        if device.type != "cuda":
-            raise SystemExit("--cuda-graph needs --device cuda")
         graphed = GraphedPlanner(planner)                  # what MPCController(cuda_graph=True) runs
 
         def run():
@@ -183,6 +175,21 @@ def measure(args, planner_name: str, dtype_name: str, device: torch.device) -> d
     return out
 
 
+def check_args(args, device: torch.device) -> None:
+    """Refuse an unknown dtype or a combination this script does not measure, before any solve."""
+    for dtype_name in args.dtype.split(","):
+        if dtype_name not in ("float32", "bfloat16", "bfloat16_weights", "int8"):
+            raise SystemExit(f"unknown --dtype {dtype_name}: choose float32, bfloat16, bfloat16_weights "
+                             "or int8")
+        if dtype_name == "int8" and device.type != "cpu":
+            raise SystemExit("int8 (dynamically quantized predictor linears) is the CPU path; on CUDA use "
+                             "bfloat16")
+        if dtype_name == "int8" and args.compile:
+            raise SystemExit("--compile with int8 is not measured: drop one of them")
+    if args.cuda_graph and device.type != "cuda":
+        raise SystemExit("--cuda-graph needs --device cuda")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -217,6 +224,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    check_args(args, device)
     for planner_name in args.planner.split(","):
         for dtype_name in args.dtype.split(","):
             print(json.dumps(measure(args, planner_name, dtype_name, device)), flush=True)

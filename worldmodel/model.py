@@ -204,8 +204,8 @@ class WorldModel(nn.Module):
         """A copy whose action encoder and predictor (what a planner runs 10^4 times per solve) hold
         their weights in `dtype`; it shares this model's encoder (encoding stays in float32: once
         per plan) and copies the rest, so later changes to this model's weights do not reach it.
-        Casting once here, rather than running under autocast,
-        spares every call the weights' casts (under a CUDA graph, autocast cannot cache them)."""
+        Casting once here, rather than running under autocast, spares every call the weights' casts
+        (under a CUDA graph, autocast cannot cache them)."""
         shared = {id(self.encoder): self.encoder}
         twin = copy.deepcopy(self, shared)
         twin.action_encoder.to(dtype)

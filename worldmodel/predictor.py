@@ -120,7 +120,8 @@ class Predictor(nn.Module):
             mod = mods[:, :, i]                            # (B, T, 6, D)
             q, k, v = blk.qkv_of(x, mod[..., 0, :], mod[..., 1, :])  # each (B, T, H, hd)
             kvs.append((k, v))
-            logits = torch.add(bias, q.transpose(1, 2) @ k.permute(0, 2, 3, 1), alpha=blk.scale)  # (B, H, T, T)
+            qk = q.transpose(1, 2) @ k.permute(0, 2, 3, 1)  # (B, H, T, T)
+            logits = torch.add(bias, qk, alpha=blk.scale)  # bias + scale * qk
             attn = logits.softmax(-1) @ v.transpose(1, 2)  # (B, H, T, hd)
             x = blk.finish(x, attn.transpose(1, 2).flatten(2), mod)   # (B, T, D)
         out = self.output(x)

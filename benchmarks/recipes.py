@@ -194,17 +194,20 @@ def wm_eval_args(checkpoint: Path | str, out: Path | str, planner: str, planner_
             f"device={device}", f"out={out}", "overwrite=true", f"progress={_b(progress)}"]
 
 
-def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True) -> list[str]:
-    """`wm eval` overrides of the recipe: its planner settings, random floor on."""
+def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True,
+              planner_seed: int = 0) -> list[str]:
+    """`wm eval` overrides of the recipe: its planner settings, random floor on. Another planner seed
+    plans the same tasks with other samples; it runs no random floor (the same as seed 0's) and no videos."""
     po = {"samples": r.plan_samples, "iterations": r.plan_iterations, "elites": min(r.plan_elites, r.plan_samples)}
-    return wm_eval_args(checkpoint, out, r.planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
-                        videos=r.videos, device=r.device, progress=progress)
+    more = {"random_floor": False, "videos": 0} if planner_seed else {"videos": r.videos}
+    return wm_eval_args(checkpoint, out, r.planner, {**po, **({"seed": planner_seed} if planner_seed else {})},
+                        episodes=r.eval_episodes, batch=r.eval_batch, device=r.device, progress=progress, **more)
 
 
-def outcomes(episodes: list[dict[str, Any]]) -> str:
+def outcomes(episodes: list[dict[str, Any]], key: str = "success") -> str:
     """Per-task success as a string of 0/1 in task order, from `wm eval`'s per_episode entries
-    (or any dicts with "index" and "success")."""
-    return "".join("1" if e["success"] else "0" for e in sorted(episodes, key=lambda e: e["index"]))
+    (or any dicts with "index" and `key`; "random_success" for the random floor's)."""
+    return "".join("1" if e[key] else "0" for e in sorted(episodes, key=lambda e: e["index"]))
 
 
 def command(name: str, args: list[str]) -> str:

@@ -12,7 +12,11 @@ same code as `wm collect` / `wm train` / `wm eval`, run in-process; the exact `w
 recorded so a user can paste them. The dataset is collected once (collection seed 0); the training
 seeds vary the model's init, data order and SIGReg directions. Evaluation follows the LeWM
 protocol (50 episodes, start at a random step of a held-out episode, goal 25 steps later, 50-step
-budget, CEM 300 x 30) and runs the random-action floor on the same tasks.
+budget, CEM 300 x 30) and runs the random-action floor on the same tasks. `--planner-seeds N` also
+plans each training seed's tasks with planner seeds 1..N-1 (`planner.seed`, into seed<S>/eval_planner<K>):
+one planner seed alone moves a 50-task eval by about 6 tasks (benchmarks/results/ANALYSIS.md), so a
+row that pools them says more than seed 0's draw. To add them to a finished row, rerun it with
+`--resume` (training then has nothing left to do and the row keeps its training time).
 
 stdout: one JSON line per seed, then one aggregate line (with the published LeWM / DINO-WM / PLDM
 numbers as "reference"). The whole record goes to --json (atomic write), by default
@@ -40,11 +44,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="run directory (default runs/repro/<env>_<scale>)")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/<env>_<scale>.json)")
     p.add_argument("--dry-run", action="store_true", help="print the wm commands, run nothing")
+    p.add_argument("--planner-seeds", type=int, default=1, metavar="N",
+                   help="plan each training seed with planner seeds 0..N-1 (default 1: seed 0 only)")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted run in --out (collect and train resume; eval reruns)")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     R.add_override_args(p)
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.planner_seeds < 1:
+        p.error(f"--planner-seeds {a.planner_seeds}: the number of planner seeds, at least 1 (seed 0)")
+    return a
 
 
 def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[str, Any]]:
@@ -59,28 +68,42 @@ def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[st
         stages["seeds"][s] = {
             "train": R.train_args(recipe, out / "data", run_dir / "train", s, progress, a.resume,
                                   tuple(a.train_extra)),
-            "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress)}
+            "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress),
+            "planner_evals": {k: R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / f"eval_planner{k}",
+                                             progress=progress, planner_seed=k)
+                              for k in range(1, a.planner_seeds)}}
     return recipe, changed, out, stages
 
 
 def aggregate(env: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean / min / max success over seeds, pooled successes with a Wilson interval, and the floor."""
+    """Mean / min / max success over seeds, pooled successes with a Wilson interval, and the floor;
+    with more planner seeds, the same pooled over every (training seed, planner seed) eval."""
     from worldmodel.evaluate import wilson
 
     rates = [r["success_rate"] for r in rows]
     k, n = sum(r["successes"] for r in rows), sum(r["eval_episodes"] for r in rows)
     floors = [r["random_floor"]["success_rate"] for r in rows if r.get("random_floor")]
-    return {"seeds": [r["seed"] for r in rows], "success_mean": sum(rates) / len(rates),
-            "success_min": min(rates), "success_max": max(rates),
-            "pooled": {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n)},
-            "random_floor_mean": sum(floors) / len(floors) if floors else None,
-            "reference_pct": R.REFERENCE.get(env)}
+    agg = {"seeds": [r["seed"] for r in rows], "success_mean": sum(rates) / len(rates),
+           "success_min": min(rates), "success_max": max(rates),
+           "pooled": {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n)},
+           "random_floor_mean": sum(floors) / len(floors) if floors else None,
+           "reference_pct": R.REFERENCE.get(env)}
+    evals = [(r["successes"], r["eval_episodes"]) for r in rows]
+    evals += [(e["successes"], e["episodes"]) for r in rows for e in r.get("planner_seeds", [])]
+    if len(evals) > len(rows):
+        k, n = sum(e[0] for e in evals), sum(e[1] for e in evals)
+        agg["over_planner_seeds"] = {
+            "evals": len(evals), "successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n),
+            "success_min": min(e[0] / e[1] for e in evals), "success_max": max(e[0] / e[1] for e in evals),
+            "note": "every (training seed, planner seed) eval pooled; they pose the same tasks, so the "
+                    "interval, which counts each episode as independent, is narrower than it should be"}
+    return agg
 
 
-def earlier_rows(path: Path, recipe: R.Recipe, changed: dict[str, Any], dataset: dict[str, Any],
-                 seeds: list[int]) -> dict[str, Any] | None:
-    """The record already at `path` with its rows for seeds not run now, when it is the same recipe,
-    overrides and dataset (so `--seeds 1 2 --resume` adds seeds to a seed-0 row); else None."""
+def earlier_record(path: Path, recipe: R.Recipe, changed: dict[str, Any],
+                   dataset: dict[str, Any]) -> dict[str, Any] | None:
+    """The record already at `path` when it is the same recipe, overrides and dataset (so `--seeds 1 2
+    --resume` adds seeds to a seed-0 row, and a rerun can keep a row's training time); else None."""
     import json
 
     try:
@@ -93,10 +116,22 @@ def earlier_rows(path: Path, recipe: R.Recipe, changed: dict[str, Any], dataset:
     same = (settings(old.get("recipe", {})) == settings(dataclasses.asdict(recipe))
             and old.get("overrides") == changed
             and all(old.get("dataset", {}).get(k) == dataset[k] for k in ("path", "episodes", "frames")))
-    if not same:
-        return None
-    kept = [r for r in old.get("per_seed", []) if r["seed"] not in seeds]
-    return {**old, "per_seed": kept} if kept else None
+    return old if same else None
+
+
+def planner_seed_row(k: int, ev: dict[str, Any], eval_s: float, args: list[str]) -> dict[str, Any]:
+    """One extra planner seed's eval of a training seed: its success and per-task outcomes."""
+    return {"planner_seed": k, "successes": ev["successes"], "episodes": ev["episodes"],
+            "success_rate": ev["success_rate"], "ci95": ev["ci95"], "outcomes": R.outcomes(ev["per_episode"]),
+            "plan_latency_ms_p50": ev["latency_ms"]["p50"], "eval_s": round(eval_s, 2),
+            "command": R.command("eval", args), "results": str(Path(ev["config"]["out"]) / "results.json")}
+
+
+def timed(name: str, args: list[str]) -> tuple[dict[str, Any], float]:
+    """Run one stage; its result and wall time in seconds."""
+    t = time.perf_counter()
+    res = R.run_stage(name, args)
+    return res, time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -104,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     recipe, changed, out, stages = plan(a)
     commands = [R.command("collect", stages["collect"])]
     for s in a.seeds:
-        commands += [R.command("train", stages["seeds"][s]["train"]),
-                     R.command("eval", stages["seeds"][s]["eval"])]
+        st = stages["seeds"][s]
+        commands += [R.command("train", st["train"]), R.command("eval", st["eval"]),
+                     *[R.command("eval", x) for x in st["planner_evals"].values()]]
     if a.dry_run:
         R.line({"bench": "reproduce", "dry_run": True, "env": a.env, "scale": R.SCALE_LABELS[a.scale],
                 "recipe": dataclasses.asdict(recipe), "overrides": changed, "commands": commands})
@@ -118,36 +154,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     head = {"bench": "reproduce", "env": a.env, "scale": recipe.scale_label,
             "verified": not changed, "overrides": changed,
             "git": R.git_commit(), "machine": R.machine(recipe.device)}
-    t = time.perf_counter()
-    col = R.run_stage("collect", stages["collect"])
-    collect_s = time.perf_counter() - t
+    col, collect_s = timed("collect", stages["collect"])
     dataset = {**R.dataset_size(out / "data"), "path": str(out / "data"),
                "collect_frames_per_s": col.get("frames_per_s")}
     path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{R.slug(a.env)}_{a.scale}.json")
-    earlier = earlier_rows(path, recipe, changed, dataset, a.seeds)
+    earlier = earlier_record(path, recipe, changed, dataset)
+    old_rows = {r["seed"]: r for r in (earlier or {}).get("per_seed", [])}
     if earlier and not col.get("new_episodes"):      # the dataset was collected by the earlier run
         dataset, collect_s = earlier["dataset"], earlier["collect_s"]
     rows = []
     for s in a.seeds:
         st = stages["seeds"][s]
-        t = time.perf_counter()
-        tr = R.run_stage("train", st["train"])
-        train_wall = time.perf_counter() - t
-        t = time.perf_counter()
-        ev = R.run_stage("eval", st["eval"])
-        eval_s = time.perf_counter() - t
+        tr, train_wall = timed("train", st["train"])
+        train_s = tr.get("train_s")
+        if not tr.get("steps_per_s") and s in old_rows:      # resumed a finished run: keep its training time
+            train_s, train_wall = old_rows[s]["train_s"], old_rows[s]["train_wall_s"]
+        ev, eval_s = timed("eval", st["eval"])
         row = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "seed": s,
                "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
                "random_floor": ev["random_floor"], "eval_episodes": ev["episodes"],
                "goal_error": ev.get("goal_error"),
                # one character per task, in task order (1 = success): runs on the same tasks can be
                # compared task by task (paired), not only by their rates
-               "outcomes": "".join("1" if e["success"] else "0" for e in ev["per_episode"]),
-               "random_outcomes": ("".join("1" if e["random_success"] else "0" for e in ev["per_episode"])
+               "outcomes": R.outcomes(ev["per_episode"]),
+               "random_outcomes": (R.outcomes(ev["per_episode"], "random_success")
                                    if ev["random_floor"] else None),
                "planner": ev["planner"], "plan_latency_ms_p50": ev["latency_ms"]["p50"],
                "plan_batch": ev["latency_ms"]["batch"], "dataset": dataset,
-               "collect_s": round(collect_s, 2), "train_s": tr.get("train_s"),
+               "collect_s": round(collect_s, 2), "train_s": train_s,
                "train_wall_s": round(train_wall, 2), "eval_s": round(eval_s, 2),
                "train_final": {k: tr.get(k) for k in ("step", "loss", "pred", "val_pred", "val_nochange",
                                                       "val_ratio", "eff_rank", "std_min", "std_mean",
@@ -156,9 +190,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "commands": [commands[0], R.command("train", st["train"]), R.command("eval", st["eval"])],
                "git_commit": head["git"]["commit"],
                "results": str(out / f"seed{s}" / "eval" / "results.json")}
+        if st["planner_evals"]:
+            row["planner_seeds"] = [planner_seed_row(k, *timed("eval", args), args)
+                                    for k, args in st["planner_evals"].items()]
         R.line(row)
         rows.append(row)
-    rows = sorted((earlier["per_seed"] if earlier else []) + rows, key=lambda r: r["seed"])
+    rows = sorted([r for r in old_rows.values() if r["seed"] not in a.seeds] + rows, key=lambda r: r["seed"])
     agg = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "aggregate": True,
            **aggregate(a.env, rows),
            "reference": {"source": "REFERENCE.md (LeWM paper), success %", **(R.REFERENCE.get(a.env) or {})}}

@@ -71,6 +71,15 @@ def test_dry_run_prints_pasteable_commands(capsys):
     assert "seed=1" in cmds[3] and "planner.samples=300" in cmds[2] and "planner.iterations=30" in cmds[2]
     assert rec["scale"] == "full" and rec["overrides"] == {} and "verified" not in rec["recipe"]
 
+    reproduce.main(["--env", "pusht", "--seeds", "0", "--planner-seeds", "3", "--dry-run"])
+    cmds = _lines(capsys.readouterr().out)[0]["commands"]
+    assert [c.split()[1] for c in cmds] == ["collect", "train", "eval", "eval", "eval"]
+    assert "planner.seed" not in cmds[2] and "random_floor=true" in cmds[2]
+    for k, c in ((1, cmds[3]), (2, cmds[4])):
+        assert f"planner.seed={k}" in c and "random_floor=false" in c and f"eval_planner{k}" in c
+    with pytest.raises(SystemExit):
+        reproduce.parse(["--env", "pusht", "--planner-seeds", "0"])
+
 
 def test_equal_compute_budgets():
     from planners import make_planner
@@ -124,6 +133,21 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert more["collect_s"] == more["per_seed"][1]["collect_s"] == rec["collect_s"]
     assert more["per_seed"][1]["dataset"] == more["dataset"] == json.loads(json.dumps(rec["dataset"]))
     assert more["per_seed"][0] == json.loads(json.dumps(rec["per_seed"][0]))
+
+    # planner seeds added to a finished row: training has nothing left to do and keeps its time
+    pooled = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(js),
+                             "--seeds", "0", "--planner-seeds", "2", "--resume", *TINY])
+    capsys.readouterr()
+    row0 = pooled["per_seed"][0]
+    assert (row0["train_s"], row0["train_wall_s"]) == (rec["per_seed"][0]["train_s"], rec["per_seed"][0]["train_wall_s"])
+    (extra,) = row0["planner_seeds"]
+    assert extra["planner_seed"] == 1 and len(extra["outcomes"]) == extra["episodes"] == 2
+    assert "planner.seed=1" in extra["command"] and "random_floor=false" in extra["command"]
+    assert json.loads(Path(extra["results"]).read_text())["config"]["planner"]["seed"] == 1
+    assert "planner_seeds" not in pooled["per_seed"][1]                  # seed 1 kept as it was
+    over = pooled["aggregate"]["over_planner_seeds"]
+    assert over["evals"] == 3 and over["episodes"] == 6
+    assert over["successes"] == row0["successes"] + extra["successes"] + pooled["per_seed"][1]["successes"]
 
     ckpt = out / "seed0" / "train" / "best.pt"
     pt_json = tmp_path / "pt.json"

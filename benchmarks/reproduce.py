@@ -16,7 +16,8 @@ budget, CEM 300 x 30) and runs the random-action floor on the same tasks. `--pla
 plans each training seed's tasks with planner seeds 1..N-1 (`planner.seed`, into seed<S>/eval_planner<K>):
 one planner seed alone moves a 50-task eval by about 6 tasks (benchmarks/results/ANALYSIS.md), so a
 row that pools them says more than seed 0's draw. To add them to a finished row, rerun it with
-`--resume` (training then has nothing left to do and the row keeps its training time).
+`--resume` (training then has nothing left to do and the row keeps its training time; a finished run
+that the --json file does not hold gets none, null).
 
 stdout: one JSON line per seed, then one aggregate line (with the published LeWM / DINO-WM / PLDM
 numbers as "reference"). The whole record goes to --json (atomic write), by default
@@ -166,9 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     for s in a.seeds:
         st = stages["seeds"][s]
         tr, train_wall = timed("train", st["train"])
-        train_s = tr.get("train_s")
-        if not tr.get("steps_per_s") and s in old_rows:      # resumed a finished run: keep its training time
-            train_s, train_wall = old_rows[s]["train_s"], old_rows[s]["train_wall_s"]
+        train_s, train_wall = tr.get("train_s"), round(train_wall, 2)
+        if not tr.get("steps_per_s"):       # resumed a finished run: its training time, if this file has it
+            train_s, train_wall = ((old_rows[s]["train_s"], old_rows[s]["train_wall_s"]) if s in old_rows
+                                   else (None, None))
         ev, eval_s = timed("eval", st["eval"])
         row = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "seed": s,
                "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "planner": ev["planner"], "plan_latency_ms_p50": ev["latency_ms"]["p50"],
                "plan_batch": ev["latency_ms"]["batch"], "dataset": dataset,
                "collect_s": round(collect_s, 2), "train_s": train_s,
-               "train_wall_s": round(train_wall, 2), "eval_s": round(eval_s, 2),
+               "train_wall_s": train_wall, "eval_s": round(eval_s, 2),
                "train_final": {k: tr.get(k) for k in ("step", "loss", "pred", "val_pred", "val_nochange",
                                                       "val_ratio", "eff_rank", "std_min", "std_mean",
                                                       "probe_r2")},

@@ -199,9 +199,11 @@ def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool
     """`wm eval` overrides of the recipe: its planner settings, random floor on. Another planner seed
     plans the same tasks with other samples; it runs no random floor (the same as seed 0's) and no videos."""
     po = {"samples": r.plan_samples, "iterations": r.plan_iterations, "elites": min(r.plan_elites, r.plan_samples)}
-    more = {"random_floor": False, "videos": 0} if planner_seed else {"videos": r.videos}
-    return wm_eval_args(checkpoint, out, r.planner, {**po, **({"seed": planner_seed} if planner_seed else {})},
-                        episodes=r.eval_episodes, batch=r.eval_batch, device=r.device, progress=progress, **more)
+    more = {"videos": r.videos}
+    if planner_seed:
+        po["seed"], more = planner_seed, {"random_floor": False, "videos": 0}
+    return wm_eval_args(checkpoint, out, r.planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
+                        device=r.device, progress=progress, **more)
 
 
 def outcomes(episodes: list[dict[str, Any]], key: str = "success") -> str:

@@ -145,13 +145,13 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert "planner.seed=1" in extra["command"] and "random_floor=false" in extra["command"]
     assert json.loads(Path(extra["results"]).read_text())["config"]["planner"]["seed"] == 1
     assert "planner_seeds" not in pooled["per_seed"][1]                  # seed 1 kept as it was
+    over = pooled["aggregate"]["over_planner_seeds"]
+    assert over["evals"] == 3 and over["episodes"] == 6
+    assert over["successes"] == row0["successes"] + extra["successes"] + pooled["per_seed"][1]["successes"]
     fresh = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(tmp_path / "b.json"),
                             "--seeds", "1", "--resume", *TINY])               # a file without its training time
     capsys.readouterr()
     assert fresh["per_seed"][0]["train_s"] is fresh["per_seed"][0]["train_wall_s"] is None
-    over = pooled["aggregate"]["over_planner_seeds"]
-    assert over["evals"] == 3 and over["episodes"] == 6
-    assert over["successes"] == row0["successes"] + extra["successes"] + pooled["per_seed"][1]["successes"]
 
     ckpt = out / "seed0" / "train" / "best.pt"
     pt_json = tmp_path / "pt.json"

@@ -20,8 +20,10 @@ row that pools them says more than seed 0's draw. To add them to a finished row,
 that the --json file does not hold gets none, null).
 
 stdout: one JSON line per seed, then one aggregate line (with the published LeWM / DINO-WM / PLDM
-numbers as "reference"). The whole record goes to --json (atomic write), by default
-benchmarks/results/<env>_<scale>.json.
+numbers as "reference"). The whole record goes to --json (atomic write, after every seed, so a
+killed run keeps its finished seeds: `pending_seeds` lists the rest), by default
+benchmarks/results/<env>_<scale>.json. `train_from_step` > 0 says training resumed from a checkpoint
+at that step and `train_s` counts only the steps after it.
 """
 from __future__ import annotations
 
@@ -101,6 +103,14 @@ def aggregate(env: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return agg
 
 
+def summary(env: str, rows: list[dict[str, Any]], head: dict[str, Any]) -> dict[str, Any]:
+    """The record's rows, their aggregate line and the published reference numbers."""
+    agg = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "aggregate": True,
+           **aggregate(env, rows),
+           "reference": {"source": "REFERENCE.md (LeWM paper), success %", **(R.REFERENCE.get(env) or {})}}
+    return {"per_seed": rows, "aggregate": agg, "reference": agg["reference"]}
+
+
 def earlier_record(path: Path, recipe: R.Recipe, changed: dict[str, Any],
                    dataset: dict[str, Any]) -> dict[str, Any] | None:
     """The record already at `path` when it is the same recipe, overrides and dataset (so `--seeds 1 2
@@ -160,17 +170,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "collect_frames_per_s": col.get("frames_per_s")}
     path = Path(a.json or R.ROOT / "benchmarks" / "results" / f"{R.slug(a.env)}_{a.scale}.json")
     earlier = earlier_record(path, recipe, changed, dataset)
-    old_rows = {r["seed"]: r for r in (earlier or {}).get("per_seed", [])}
+    rows = {r["seed"]: r for r in (earlier or {}).get("per_seed", [])}    # by seed; this run replaces them
     if earlier and not col.get("new_episodes"):      # the dataset was collected by the earlier run
         dataset, collect_s = earlier["dataset"], earlier["collect_s"]
-    rows = []
     for s in a.seeds:
         st = stages["seeds"][s]
         tr, train_wall = timed("train", st["train"])
-        train_s, train_wall = tr.get("train_s"), round(train_wall, 2)
+        train_s, train_wall, from_step = tr.get("train_s"), round(train_wall, 2), tr.get("start_step", 0)
         if not tr.get("steps_per_s"):       # resumed a finished run: its training time, if this file has it
-            train_s, train_wall = ((old_rows[s]["train_s"], old_rows[s]["train_wall_s"]) if s in old_rows
-                                   else (None, None))
+            was = rows.get(s, {})
+            train_s, train_wall, from_step = was.get("train_s"), was.get("train_wall_s"), was.get("train_from_step", 0)
         ev, eval_s = timed("eval", st["eval"])
         row = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "seed": s,
                "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "planner": ev["planner"], "plan_latency_ms_p50": ev["latency_ms"]["p50"],
                "plan_batch": ev["latency_ms"]["batch"], "dataset": dataset,
                "collect_s": round(collect_s, 2), "train_s": train_s,
-               "train_wall_s": train_wall, "eval_s": round(eval_s, 2),
+               "train_wall_s": train_wall, "train_from_step": from_step, "eval_s": round(eval_s, 2),
                "train_final": {k: tr.get(k) for k in ("step", "loss", "pred", "val_pred", "val_nochange",
                                                       "val_ratio", "eff_rank", "std_min", "std_mean",
                                                       "probe_r2")},
@@ -196,16 +205,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             row["planner_seeds"] = [planner_seed_row(k, *timed("eval", args), args)
                                     for k, args in st["planner_evals"].items()]
         R.line(row)
-        rows.append(row)
-    rows = sorted([r for r in old_rows.values() if r["seed"] not in a.seeds] + rows, key=lambda r: r["seed"])
-    agg = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "aggregate": True,
-           **aggregate(a.env, rows),
-           "reference": {"source": "REFERENCE.md (LeWM paper), success %", **(R.REFERENCE.get(a.env) or {})}}
-    R.line(agg)
-    record = {**head, "recipe": dataclasses.asdict(recipe), "commands": commands, "dataset": dataset,
-              "collect_s": round(collect_s, 2), "per_seed": rows, "aggregate": agg,
-              "reference": agg["reference"]}
-    write_json_atomic(path, record)
+        rows[s] = row
+        # written after every seed: a killed run keeps its finished seeds (and their training times)
+        record = {**head, "recipe": dataclasses.asdict(recipe), "commands": commands, "dataset": dataset,
+                  "collect_s": round(collect_s, 2), "pending_seeds": a.seeds[a.seeds.index(s) + 1:],
+                  **summary(a.env, sorted(rows.values(), key=lambda r: r["seed"]), head)}
+        write_json_atomic(path, record)
+    R.line(record["aggregate"])
     print(f"reproduce: wrote {path}", file=sys.stderr)
     return record
 

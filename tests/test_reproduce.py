@@ -105,7 +105,7 @@ def test_planner_table_dry_run(capsys):
 
 
 @pytest.mark.slow
-def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread):
+def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread, monkeypatch):
     out, js = tmp_path / "repro", tmp_path / "repro.json"
     rec = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(js), *TINY])
     lines = _lines(capsys.readouterr().out)
@@ -152,6 +152,22 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
                             "--seeds", "1", "--resume", *TINY])               # a file without its training time
     capsys.readouterr()
     assert fresh["per_seed"][0]["train_s"] is fresh["per_seed"][0]["train_wall_s"] is None
+    assert rec["per_seed"][0]["train_from_step"] == 0 and rec["pending_seeds"] == []
+
+    # killed during seed 1: the file already holds seed 0 (one more step on its checkpoint: resumed)
+    def killed(name, args):
+        if name == "train" and "seed=1" in args:
+            raise KeyboardInterrupt
+        return real_timed(name, args)
+    real_timed, longer = reproduce.timed, tmp_path / "longer.json"
+    monkeypatch.setattr(reproduce, "timed", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(longer),
+                        "--seeds", "0", "1", "--resume", *TINY, "--steps", "3"])
+    capsys.readouterr()
+    kept = json.loads(longer.read_text())
+    assert [r["seed"] for r in kept["per_seed"]] == [0] and kept["pending_seeds"] == [1]
+    assert kept["per_seed"][0]["train_from_step"] == 2 and kept["per_seed"][0]["train_final"]["step"] == 3
 
     ckpt = out / "seed0" / "train" / "best.pt"
     pt_json = tmp_path / "pt.json"

@@ -508,6 +508,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     if world > 1:
         last_eval["ddp_in_sync"] = ranks_in_sync(model, world)
     result = {"step": step, **last_train, **last_eval, "best_val_pred": best if best < math.inf else None,
+              "start_step": start_step,                                  # > 0: resumed; train_s is since then
               "train_s": round(elapsed, 2), "steps_per_s": (step - start_step) / max(elapsed, 1e-9),
               "out": str(out)}
     if rank == 0:

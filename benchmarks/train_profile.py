@@ -35,7 +35,7 @@ def main() -> None:
     a = p.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
-    from worldmodel.train import train_step
+    from worldmodel.step import train_step
 
     cfg, device, model, opt, sched, loss_mod, amp, batch = setup(a)
     step = 0

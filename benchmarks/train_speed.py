@@ -2,7 +2,7 @@
 
 Builds the model and optimiser exactly as `wm train` does for a preset (configs/model/<preset>),
 feeds random clips of the preset's shape (or clips of a real dataset, --data PATH), and times
-`worldmodel.train.train_step` (forward, SIGReg, backward, clip, AdamW, LR step) with a device sync
+`worldmodel.step.train_step` (forward, SIGReg, backward, clip, AdamW, LR step) with a device sync
 at each timing window. Prints one JSON line: the median over windows.
 
     PYTHONPATH=. python benchmarks/train_speed.py --preset tiny                  # CPU, fp32
@@ -69,7 +69,8 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
 
     a.malloc_tuned = keep_freed_host_memory()             # as `wm` does (WM_MALLOC_TUNING=0: off)
     from worldmodel.model import WorldModel
-    from worldmodel.train import TrainConfig, autocast_for, build_optimizer, clip_loss, compile_loss
+    from worldmodel.step import autocast_for, build_optimizer, clip_loss, compile_loss
+    from worldmodel.train import TrainConfig
 
     ov = [f"model={a.preset}", f"device={a.device}", f"precision={a.precision}",
           f"compile={str(a.compile).lower()}", f"compile_mode={a.compile_mode}", *a.override]
@@ -113,7 +114,7 @@ def main() -> None:
     p.add_argument("--datasheet", default=None, metavar="TFLOPS,TBS",
                    help="no timing: the step's heavy-call roofline at these published rates")
     a = p.parse_args()
-    from worldmodel.train import clip_loss, train_step
+    from worldmodel.step import clip_loss, train_step
 
     cfg, device, model, opt, sched, loss_mod, amp, batch = setup(a)
     eager = clip_loss(model, cfg)                  # the same math, uncompiled: what the floors watch

@@ -20,8 +20,8 @@ from worldmodel.checkpoint import load_checkpoint
 from worldmodel.config import from_dict
 from worldmodel.logger import read_metrics
 from worldmodel.model import ModelConfig, WorldModel
-from worldmodel.train import (DivergedError, TrainConfig, build_optimizer, check_resume, clip_loss, run,
-                             train_step)
+from worldmodel.step import build_optimizer, clip_loss, train_step
+from worldmodel.train import DivergedError, TrainConfig, check_resume, run
 
 REPO = Path(__file__).resolve().parent.parent
 # A model small enough for ~10 ms steps on 2 CPU cores (16 px frames, 4 patches, 1+1 blocks).
@@ -194,7 +194,7 @@ def test_open_loop_weight_trains_on_rollouts_and_is_refused_without_predicted_fr
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
-    import worldmodel.train as T
+    import worldmodel.step as T
 
     calls = {"n": 0}
     forward = T._ClipLoss.forward
@@ -393,7 +393,7 @@ def test_compiled_training_with_cuda_graphs_matches_eager(data, tmp_path):
 
 
 def test_collapse_note_flags_collapse_and_shrinking_not_healthy_latents():
-    from worldmodel.train import collapse_note
+    from worldmodel.validation import collapse_note
 
     assert "COLLAPSED" in collapse_note({"std_mean": 2.3e-5})        # CPU TwoRoom, sigreg_weight=0
     assert "SHRINKING" in collapse_note({"std_mean": 0.031})          # full Push-T, sigreg_weight=0

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     from planners.loop import ControlLoop
     from planners.mpc import MPCController
     from worldmodel.energy import GoalEnergy
-    from worldmodel.evaluate import PRECISIONS, make_env, make_tasks, mcnemar, training_seeds
+    from worldmodel.evaluate import PRECISIONS, make_env, make_tasks, training_seeds
+    from worldmodel.stats import mcnemar
     from worldmodel.model import load_trained
 
     if a.planner not in group_options("planner"):

@@ -165,7 +165,7 @@ def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int, desc: 
 
 
 def summarise(results: list[dict], eval_per_episode: list[dict] | None, wall_s: float) -> dict:
-    from worldmodel.evaluate import wilson
+    from worldmodel.stats import wilson
 
     n, k = len(results), sum(r["success"] for r in results)
     out = {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n),

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes as R  # noqa: E402
 from worldmodel.dataset import write_json_atomic  # noqa: E402
-from worldmodel.evaluate import mcnemar  # noqa: E402
+from worldmodel.stats import mcnemar  # noqa: E402
 
 ITERATIONS = {"cem": 30, "mppi": 6, "icem": 10, "gradient": 50}
 ELITES = {"cem": 30, "mppi": 64, "icem": 20}

@@ -81,7 +81,7 @@ def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[st
 def aggregate(env: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean / min / max success over seeds, pooled successes with a Wilson interval, and the floor;
     with more planner seeds, the same pooled over every (training seed, planner seed) eval."""
-    from worldmodel.evaluate import wilson
+    from worldmodel.stats import wilson
 
     rates = [r["success_rate"] for r in rows]
     k, n = sum(r["successes"] for r in rows), sum(r["eval_episodes"] for r in rows)

@@ -7,7 +7,7 @@ import pytest
 
 from worldmodel.cli import main
 from worldmodel.compare import compare, default_names, task_keys
-from worldmodel.evaluate import mcnemar
+from worldmodel.stats import mcnemar, two_proportion
 
 
 def results(outcomes: str, seeds=None, protocol=None, env="tworoom", random=None):
@@ -38,6 +38,16 @@ def test_mcnemar_exact_values():
         mcnemar([True], [True, False])
 
 
+def test_two_proportion_z_test_values():
+    # the README's TwoRoom batch 128 vs batch 32 rows: 120/150 against 56/150, z = 7.50
+    assert two_proportion(120, 150, 56, 150) == pytest.approx(6.2e-14, rel=0.05)
+    assert two_proportion(15, 150, 12, 150) == pytest.approx(0.55, abs=0.005)
+    assert two_proportion(30, 50, 30, 50) == 1.0 and two_proportion(0, 5, 0, 7) == 1.0   # equal; no variance
+    assert two_proportion(45, 50, 30, 50) == two_proportion(30, 50, 45, 50)              # two-sided
+    with pytest.raises(ValueError, match="episodes on both sides"):
+        two_proportion(0, 0, 1, 2)
+
+
 def test_compare_pairs_every_run_with_the_first_on_shared_tasks():
     a = results("1100000000", random="1000000000")
     b = results("1111111111")
@@ -47,7 +57,8 @@ def test_compare_pairs_every_run_with_the_first_on_shared_tasks():
     ra, rb, rc = cmp["runs"]
     assert (ra["outcomes"], rb["outcomes"], rc["outcomes"]) == ("110", "111", "011")
     assert "vs_first" not in ra
-    assert rb["vs_first"] == {"only_this": 1, "only_first": 0, "p_value": 1.0}
+    assert rb["vs_first"] == {"only_this": 1, "only_first": 0, "p_value": 1.0,
+                              "two_proportion_p": pytest.approx(two_proportion(3, 3, 2, 3))}
     assert (rc["vs_first"]["only_this"], rc["vs_first"]["only_first"]) == (1, 1)
     assert ra["per_run"] == [2] and ra["closest_failures"] == 4.0 and ra["steps_to_success"] == 12 and ra["plan_ms_p50"] == 1500.0
     assert cmp["random_floor"]["outcomes"] == "100" and cmp["random_floor"]["successes"] == 1
@@ -130,4 +141,5 @@ def test_wm_compare_cli_pools_seeds(tmp_path, capsys):
     assert main(["compare", *paths, "names=[a,a,b,b]", f"out={tmp_path / 'cmp'}"]) == 0
     text = capsys.readouterr().out
     assert "4 shared tasks x 2 runs per name, pooled" in text and "3/8 = 38%" in text and "2 / 1" in text
+    assert "z-test p" in text and f"{two_proportion(7, 8, 3, 8):.2g}" in text
     assert (tmp_path / "cmp" / "compare.png").is_file()

@@ -10,7 +10,8 @@ import torch
 
 import envs
 from worldmodel.cli import main
-from worldmodel.evaluate import cpu_has_amx, env_kwargs, make_env, make_tasks, wilson
+from worldmodel.evaluate import cpu_has_amx, env_kwargs, make_env, make_tasks
+from worldmodel.stats import wilson
 
 
 def test_wilson_interval_matches_known_values():

@@ -8,7 +8,7 @@ from PIL import Image
 
 from worldmodel import plots
 from worldmodel.cli import main
-from worldmodel.evaluate import wilson
+from worldmodel.stats import wilson
 from worldmodel.logger import RunLogger
 
 

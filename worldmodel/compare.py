@@ -10,7 +10,8 @@ not. The exact McNemar test counts those discordant tasks; it is sharper than co
 intervals, which may overlap while the paired p is small. Tasks are matched by (held-out episode
 seed, start step), so evaluations of different lengths are compared on the tasks they share. Runs
 given the same name are the training seeds of one recipe: pooled, and paired seed by seed with the
-other names' runs, so the test counts discordant tasks over every seed. Evaluations that posed
+other names' runs, so the test counts discordant tasks over every seed (pooled runs also get the
+unpaired two-proportion z-test of the two rates). Evaluations that posed
 different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
 before anything is printed.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worldmodel.evaluate import mcnemar, percentile, wilson
+from worldmodel.stats import mcnemar, percentile, two_proportion, wilson
 
 COMPARE_JSON, COMPARE_PNG = "compare.json", "compare.png"
 # Protocol fields that change what a task is; a results.json lacking one (an older file) is not checked on it.
@@ -141,7 +142,9 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
                "outcomes": "".join("1" if w else "0" for w in won), "closest_error": closest}
         if rows:
             only, first_only, p = mcnemar(won, [c == "1" for c in rows[0]["outcomes"]])
-            row["vs_first"] = {"only_this": only, "only_first": first_only, "p_value": p}
+            row["vs_first"] = {"only_this": only, "only_first": first_only, "p_value": p,
+                               "two_proportion_p": two_proportion(sum(won), len(won), rows[0]["successes"],
+                                                                  rows[0]["episodes"])}
         rows.append(row)
     randoms = [by_key[0][k].get("random_success") for k in shared]
     floor = None
@@ -153,7 +156,8 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     return {"env": results[0].get("env"), "protocol": results[0].get("protocol"), "tasks": len(shared),
             "tasks_per_run": [len(r["per_episode"]) for r in results], "runs": rows, "random_floor": floor,
             "test": "exact McNemar (two-sided) on the shared tasks (over every seed where runs share a name): "
-                    "only the tasks one solved and the other did not count"}
+                    "only the tasks one solved and the other did not count; two_proportion_p: the pooled "
+                    "two-proportion z-test of the two rates, unpaired (every episode an independent draw)"}
 
 
 def format_table(cmp: dict[str, Any]) -> str:
@@ -173,7 +177,7 @@ def format_table(cmp: dict[str, Any]) -> str:
         return f"{k}/{total} = {k / total:.0%}"
 
     lines.append(f"  {'run':<{w}}{'success':>{sw}}  {'95% CI':<9}  {'vs first':<22}{'failures within':>15}"
-                 f"  {'steps':>5}  {'plan p50':>9}" + ("  per run" if seeds > 1 else ""))
+                 f"  {'steps':>5}  {'plan p50':>9}" + (f"  {'z-test p':>8}  per run" if seeds > 1 else ""))
     for r in rows:
         lo, hi = r["ci95"]
         vs = r.get("vs_first")
@@ -182,7 +186,8 @@ def format_table(cmp: dict[str, Any]) -> str:
         lines.append(f"  {r['name']:<{w}}{success(r['successes'], r['episodes']):>{sw}}  "
                      f"{f'{lo:.0%}-{hi:.0%}':<9}  {vs_txt:<22}{fmt(r['closest_failures'], '.2f', 'x'):>15}  "
                      f"{fmt(r['steps_to_success'], '.0f'):>5}  {fmt(None if lat is None else lat / 1e3, '.2f', ' s'):>9}"
-                     + (f"  {' / '.join(map(str, r['per_run']))}" if seeds > 1 else ""))
+                     + (f"  {fmt(vs and vs['two_proportion_p'], '.2g'):>8}  {' / '.join(map(str, r['per_run']))}"
+                        if seeds > 1 else ""))
     fl = cmp["random_floor"]
     if fl:
         lo, hi = fl["ci95"]
@@ -190,6 +195,9 @@ def format_table(cmp: dict[str, Any]) -> str:
                      f"{f'{lo:.0%}-{hi:.0%}':<9}  ({fl['note']})")
     lines += ["  vs first: +k / -m tasks that only this run / only the first solved; p: exact McNemar on them.",
               "  failures within: median closest goal error of the failed tasks (x the tolerance; < 1 = success)."]
+    if seeds > 1:
+        lines.append("  z-test p: the pooled rates' two-proportion z-test against the first, unpaired (it treats "
+                     "the seeds' repeats of a task as independent draws).")
     return "\n".join(lines)
 
 

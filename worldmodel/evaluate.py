@@ -19,7 +19,6 @@ every episode at once (B envs x S samples), instead of one episode at a time.
 """
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 from worldmodel.config import save_resolved, to_dict
 from worldmodel.dataset import write_json_atomic
 from worldmodel.plots import EVAL_SUMMARY, plot_eval, safe_draw
+from worldmodel.stats import mcnemar, percentile, wilson
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}   # eval precision= -> planning dtype
@@ -82,17 +82,6 @@ class EvalConfig:
 
 
 CONFIG, CONFIG_NAME = EvalConfig, "eval"
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of a success rate."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass
@@ -240,23 +229,6 @@ def _video(path: Path, frames: list[np.ndarray], goal: np.ndarray, success_step:
     return str(write_video(path, out, fps=fps))
 
 
-def mcnemar(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
-    """Exact McNemar test of two outcome lists on the same tasks: (tasks only `a` solved, tasks only
-    `b` solved, two-sided p).
-
-    Only discordant tasks carry information. Under "a and b are equally good" each discordant task
-    is a fair coin, so p is twice the binomial tail of the smaller count of their sum. Pairing is
-    sharper than comparing two Wilson intervals, which may touch while p is small.
-    """
-    if len(a) != len(b):
-        raise ValueError(f"paired outcomes of different lengths ({len(a)} vs {len(b)})")
-    a_only = sum(x and not y for x, y in zip(a, b))
-    b_only = sum(y and not x for x, y in zip(a, b))
-    n = a_only + b_only
-    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2 ** n if n else 1.0
-    return a_only, b_only, min(1.0, 2 * tail)
-
-
 def paired_vs_random(planner: list[bool], random: list[bool]) -> dict[str, Any]:
     """`mcnemar` of the planner against the random floor, as results.json records it."""
     b, c, p = mcnemar(planner, random)
@@ -302,10 +274,6 @@ def same_env(name: str, meta: dict[str, Any]) -> bool:
     kw = meta.get("env_kwargs") or {}
     t_extra = {**t_extra, **{k: kw[k] for k in extra if k in kw}}
     return (short, extra) == (t_short, t_extra)
-
-
-def percentile(xs: list[float], q: float) -> float | None:
-    return float(np.percentile(xs, q)) if xs else None
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:

@@ -212,6 +212,11 @@ def outcomes(episodes: list[dict[str, Any]], key: str = "success") -> str:
     return "".join("1" if e[key] else "0" for e in sorted(episodes, key=lambda e: e["index"]))
 
 
+def tasks(episodes: list[dict[str, Any]]) -> list[list[int]]:
+    """(held-out episode seed, start step) per task, in the task order of `outcomes`."""
+    return [[int(e["seed"]), int(e["start_step"])] for e in sorted(episodes, key=lambda e: e["index"])]
+
+
 def command(name: str, args: list[str]) -> str:
     """The `wm ...` line a user can paste to run the same stage."""
     return shlex.join(["wm", name, *args])

@@ -21,7 +21,8 @@ that the --json file does not hold gets none, null).
 
 stdout: one JSON line per seed, then one aggregate line (with the published LeWM / DINO-WM / PLDM
 numbers as "reference"). The whole record goes to --json (atomic write, after every seed, so a
-killed run keeps its finished seeds: `pending_seeds` lists the rest), by default
+killed run keeps its finished seeds: `pending_seeds` lists the rest; `tasks` and `protocol` say which
+tasks the outcomes strings follow, so `wm compare A.json B.json` pairs two records), by default
 benchmarks/results/<env>_<scale>.json. `train_from_step` > 0 says training resumed from a checkpoint
 at that step and `train_s` counts only the steps after it.
 """
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         # written after every seed: a killed run keeps its finished seeds (and their training times)
         record = {**head, "recipe": dataclasses.asdict(recipe), "commands": commands, "dataset": dataset,
                   "collect_s": round(collect_s, 2), "pending_seeds": a.seeds[a.seeds.index(s) + 1:],
+                  # the tasks every row's outcomes follow, so `wm compare` can pair records task by task
+                  "protocol": ev["protocol"], "tasks": R.tasks(ev["per_episode"]),
                   **summary(a.env, sorted(rows.values(), key=lambda r: r["seed"]), head)}
         write_json_atomic(path, record)
     R.line(record["aggregate"])

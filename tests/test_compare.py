@@ -143,3 +143,55 @@ def test_wm_compare_cli_pools_seeds(tmp_path, capsys):
     assert "4 shared tasks x 2 runs per name, pooled" in text and "3/8 = 38%" in text and "2 / 1" in text
     assert "z-test p" in text and f"{two_proportion(7, 8, 3, 8):.2g}" in text
     assert (tmp_path / "cmp" / "compare.png").is_file()
+
+
+def record(rows, tasks=None, env="tworoom"):
+    """A benchmarks/reproduce.py record: per training seed its outcomes and random floor's, in task order."""
+    rec = {"bench": "reproduce", "env": env, "per_seed": [
+        {"seed": s, "outcomes": o, "random_outcomes": r, "planner": "cem", "plan_latency_ms_p50": 900.0,
+         "results": f"runs/x/seed{s}/eval/results.json"} for s, o, r in rows]}
+    if tasks:
+        rec.update(tasks=tasks, protocol={"budget": 50, "goal_offset": 25, "policy": "expert", "episode_len": 100})
+    return rec
+
+
+def test_reproduce_records_compare_as_their_seeds(tmp_path, capsys):
+    """A results-table row's JSON is its training seeds under one name: paired with `wm eval` dirs by
+    task keys, or with another older record by task order where their random floors agree."""
+    keyed = record([(1, "0110", "1000"), (0, "1100", "1000")], tasks=[[100 + i, 7] for i in range(4)])
+    a = tmp_path / "rows" / "a.json"
+    a.parent.mkdir()
+    a.write_text(json.dumps(keyed))
+    evals = [str(write(tmp_path / "b" / f"seed{i}", results(o))) for i, o in enumerate(("1110", "1111"))]
+    assert main(["compare", str(a), *evals, "names=[a,b,b]"]) == 0          # one name per path
+    assert "+3 / -0" in capsys.readouterr().out                              # seed 0 with seed 0, 1 with 1
+    assert main(["compare", str(a), *evals, "names=[a,b]"]) == 2
+    assert "one per run" in capsys.readouterr().err
+    assert main(["compare", str(a), str(a), f"out={tmp_path / 'cmp'}"]) == 0    # default names from the file
+    assert "0:a" in capsys.readouterr().out
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    ra = cmp["runs"][0]
+    assert ra["per_run"] == [2, 2] and ra["outcomes"] == "11000110" and not cmp["paired_by_order"]  # seed order
+    assert cmp["random_floor"]["outcomes"] == "1000"
+    b = tmp_path / "rows" / "b.json"
+    b.write_text(json.dumps(record([(0, "1110", "1000"), (1, "1111", "1000")], tasks=[[100 + i, 7] for i in range(4)])))
+    assert main(["compare", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert "against the first, a" in text and "+3 / -0" in text and "2 / 2" in text and "3 / 4" in text
+
+    old_a, old_b, other = (tmp_path / "rows" / f"{n}.json" for n in ("old_a", "old_b", "other"))
+    old_a.write_text(json.dumps(record([(0, "1100", "1000")])))
+    old_b.write_text(json.dumps(record([(0, "1111", "1000")])))
+    other.write_text(json.dumps(record([(0, "1111", "0100")])))
+    assert main(["compare", str(old_a), str(old_b)]) == 0
+    text = capsys.readouterr().out
+    assert "paired by task order" in text and "+2 / -0" in text
+    assert main(["compare", str(old_a), str(other)]) == 2                   # floors disagree: other tasks
+    assert "random floors agree" in capsys.readouterr().err
+    assert main(["compare", str(old_a), evals[0]]) == 2                     # no task keys to pair with a dir
+    assert "paired by task order" in capsys.readouterr().err
+    bare = tmp_path / "rows" / "bare.json"
+    bare.write_text(json.dumps({"bench": "reproduce", "env": "tworoom", "per_seed": [{"seed": 0, "results": "r.json"}]}))
+    assert main(["compare", str(bare), str(old_a)]) == 2
+    err = capsys.readouterr().err
+    assert "no per-task outcomes" in err and "r.json" in err

@@ -124,6 +124,12 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert saved["aggregate"]["reference"]["LeWM"] == 87 and saved["overrides"]["steps"] == 2
     assert saved["aggregate"]["success_min"] <= saved["aggregate"]["success_mean"] <= saved["aggregate"]["success_max"]
     assert rec["per_seed"][0]["commands"][1].startswith("wm train ")
+    # the record names its tasks: `wm compare` pairs it with its own eval directory task by task
+    from worldmodel.compare import compare, load_results
+    assert len(saved["tasks"]) == 2 and saved["protocol"]["goal_offset"] == 25
+    (_, (as_record,)), (_, (as_eval,)) = load_results(js), load_results(out / "seed0" / "eval")
+    same = compare([as_record, as_eval], ["record", "eval"])
+    assert same["tasks"] == 2 and same["runs"][1]["vs_first"]["only_this"] == same["runs"][1]["vs_first"]["only_first"] == 0
 
     # a later run of more seeds of the same recipe and dataset adds its rows to the same file
     more = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(js),

@@ -3,6 +3,8 @@
     wm compare runs/a/eval runs/b/eval                     # the first is the baseline
     wm compare runs/*/eval names=[cem,icem,mppi] out=runs/cmp   # + compare.json, compare.png
     wm compare runs/a/seed{0,1,2}/eval runs/b/seed{0,1,2}/eval names=[a,a,a,b,b,b]   # seeds pooled
+    wm compare benchmarks/results/reacher_cpu_batch128.json benchmarks/results/reacher_cpu_steps6000.json
+                                       # two reproduce.py records (results-table rows), seeds pooled
 
 Two checkpoints, planners or recipes evaluated by `wm eval` on the same tasks (same held-out
 episodes, start steps, goal offset and budget) differ only where one solved a task the other did
@@ -13,7 +15,8 @@ given the same name are the training seeds of one recipe: pooled, and paired see
 other names' runs, so the test counts discordant tasks over every seed (pooled runs also get the
 unpaired two-proportion z-test of the two rates). Evaluations that posed
 different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
-before anything is printed.
+before anything is printed. A benchmarks/reproduce.py record (a row of the results table) counts as
+its training seeds under one name, so rows are compared from their committed JSON alone.
 """
 from __future__ import annotations
 
@@ -50,21 +53,55 @@ class CompareConfig:
 CONFIG, CONFIG_NAME = CompareConfig, "compare"
 
 
-def load_results(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """A `wm eval` results.json (or the directory holding it), checked to hold per-episode outcomes."""
+def load_results(path: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
+    """A `wm eval` results.json (or the directory holding it), checked to hold per-episode outcomes,
+    as a list of one; a benchmarks/reproduce.py record as one per training seed (`record_results`)."""
     p = Path(path)
     f = p / "results.json" if p.is_dir() else p
     if not f.is_file():
-        raise FileNotFoundError(f"{path}: no results.json there; pass a `wm eval` out= directory")
+        raise FileNotFoundError(f"{path}: no results.json there; pass a `wm eval` out= directory "
+                                "or a benchmarks/reproduce.py record")
     try:
         res = json.loads(f.read_text())
+    except ValueError as e:
+        raise ValueError(f"{f} is not JSON ({e}); pass a `wm eval` results.json or a reproduce.py record") from None
+    if isinstance(res, dict) and res.get("bench") == "reproduce":
+        return f, record_results(res, f.name)
+    try:
         eps = res["per_episode"]
         for e in eps:
             int(e["seed"]), int(e["start_step"]), bool(e["success"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{f} is not a `wm eval` results.json with per-episode outcomes ({type(e).__name__}: "
                          f"{e}); re-run `wm eval` to write one") from None
-    return f, res
+    return f, [res]
+
+
+def record_results(rec: dict[str, Any], label: str) -> list[dict[str, Any]]:
+    """A reproduce.py record's training seeds (their planner-seed-0 evals, in seed order) as `wm eval`
+    results: per task its outcome and the random floor's. Records name their tasks
+    (`tasks`: held-out episode seed, start step) since they hold it; an older one is paired by task order, which
+    `_check_same_tasks` accepts only where the random floors agree task for task (the floor's
+    actions are drawn from the tasks alone, so other tasks would show)."""
+    tasks = rec.get("tasks")
+    out = []
+    for row in sorted(rec["per_seed"], key=lambda r: r["seed"]):
+        if "outcomes" not in row:
+            raise ValueError(f"{label}: seed {row['seed']} has no per-task outcomes (the record predates them); "
+                             f"compare its eval directory instead ({row.get('results', 'its results.json')})")
+        won, rnd = row["outcomes"], row.get("random_outcomes")
+        keys = tasks or [[-1, i] for i in range(len(won))]                # -1: no real held-out seed
+        if len(keys) != len(won):
+            raise ValueError(f"{label}: seed {row['seed']} has {len(won)} outcomes for {len(keys)} tasks")
+        out.append({"env": rec["env"], "protocol": rec.get("protocol"), "planner": row.get("planner"),
+                    "checkpoint": f"{label} seed {row['seed']}", "by_order": not tasks,
+                    "latency_ms": {"p50": row.get("plan_latency_ms_p50")},
+                    "per_episode": [{"index": i, "seed": k[0], "start_step": k[1], "success": c == "1",
+                                     "random_success": None if rnd is None else rnd[i] == "1"}
+                                    for i, (k, c) in enumerate(zip(keys, won))]})
+    if not out:
+        raise ValueError(f"{label}: a reproduce.py record without any finished seed")
+    return out
 
 
 def task_keys(per_episode: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
@@ -81,7 +118,7 @@ def task_keys(per_episode: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
 
 def default_names(paths: list[Path]) -> list[str]:
     """Each run's directory path without the parts every run shares at its start and end."""
-    parts = [p.parent.resolve().parts for p in paths]
+    parts = [(p.parent if p.name == "results.json" else p.with_suffix("")).resolve().parts for p in paths]
     lo = 0
     while all(len(q) > lo + 1 for q in parts) and len({q[lo] for q in parts}) == 1:
         lo += 1
@@ -101,6 +138,13 @@ def _check_same_tasks(results: list[dict[str, Any]], names: list[str]) -> None:
         if diffs:
             raise ValueError(f"{name} and {bname} posed different tasks ({'; '.join(diffs)}): compare "
                              "evaluations of one env with the same budget=, goal_offset= and held-out data")
+    by_order = [r for r in results if r.get("by_order")]
+    floors = {"".join("1" if e["random_success"] else "0" for e in r["per_episode"]) for r in by_order
+              if all(e["random_success"] is not None for e in r["per_episode"])}
+    if by_order and (len(by_order) < len(results) or len(floors) != 1):
+        raise ValueError("reproduce.py records without `tasks` (written before they held them) are paired by task order: "
+                         "compare them only with one another, and only records whose random floors agree task "
+                         "for task (the same tasks); rerun reproduce.py with --resume to record the tasks")
 
 
 def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -154,6 +198,7 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
                  "ci95": wilson(kr, len(shared)), "outcomes": "".join("1" if r else "0" for r in randoms),
                  "note": f"from the first run's evaluation, {len(shared)} tasks"}
     return {"env": results[0].get("env"), "protocol": results[0].get("protocol"), "tasks": len(shared),
+            "paired_by_order": any(r.get("by_order") for r in results),
             "tasks_per_run": [len(r["per_episode"]) for r in results], "runs": rows, "random_floor": floor,
             "test": "exact McNemar (two-sided) on the shared tasks (over every seed where runs share a name): "
                     "only the tasks one solved and the other did not count; two_proportion_p: the pooled "
@@ -165,8 +210,10 @@ def format_table(cmp: dict[str, Any]) -> str:
     held = "" if set(cmp["tasks_per_run"]) == {n} else f" (the runs hold {', '.join(map(str, cmp['tasks_per_run']))})"
     seeds = rows[0]["runs"]
     pooled = f" x {seeds} runs per name, pooled" if seeds > 1 else ""
-    lines = [f"{cmp['env']}: {n} shared tasks{held}{pooled}; paired tests against the first, {rows[0]['name']}"]
-    w = max(len(r["name"]) for r in rows) + 2
+    order = " (records without task keys: paired by task order, their random floors agreeing)" \
+        if cmp.get("paired_by_order") else ""
+    lines = [f"{cmp['env']}: {n} shared tasks{held}{pooled}; paired tests against the first, {rows[0]['name']}{order}"]
+    w = max([len(r["name"]) for r in rows] + [len("random")]) + 2
     m = rows[0]["episodes"]
     sw = len(f"{m}/{m} = 100%") + 1
 
@@ -204,7 +251,8 @@ def format_table(cmp: dict[str, Any]) -> str:
 def run(cfg: CompareConfig) -> dict[str, Any]:
     loaded = [load_results(p) for p in cfg.runs]
     names = list(cfg.names) if cfg.names else default_names([f for f, _ in loaded])
-    cmp = compare([res for _, res in loaded], names)
+    cmp = compare([res for _, rs in loaded for res in rs],              # a record: its seeds, under its name
+                  [name for (_, rs), name in zip(loaded, names) for _ in rs])
     cmp["files"] = [str(f) for f, _ in loaded]
     print(format_table(cmp))
     if cfg.out:

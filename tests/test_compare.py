@@ -195,3 +195,24 @@ def test_reproduce_records_compare_as_their_seeds(tmp_path, capsys):
     assert main(["compare", str(bare), str(old_a)]) == 2
     err = capsys.readouterr().err
     assert "no per-task outcomes" in err and "r.json" in err
+
+
+def test_records_pool_their_planner_seeds_on_request(tmp_path, capsys):
+    rows = [(0, "1100", "1000"), (1, "0110", "1000")]
+    a, b = record(rows), record(rows)
+    for rec, extra in ((a, ("1000", "0010")), (b, ("1111", "1111"))):       # planner seed 1 of each seed
+        for row, o in zip(rec["per_seed"], extra):
+            row["planner_seeds"] = [{"planner_seed": 1, "outcomes": o, "plan_latency_ms_p50": 800.0}]
+    pa, pb, bare = (tmp_path / f"{n}.json" for n in ("a", "b", "bare"))
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    bare.write_text(json.dumps(record(rows)))
+    assert main(["compare", str(pa), str(pb), "planner_seeds=true", f"out={tmp_path / 'cmp'}"]) == 0
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    ra, rb = cmp["runs"]
+    assert ra["per_run"] == [2, 1, 2, 1] and rb["per_run"] == [2, 4, 2, 4]   # seed 0: planner 0, 1; seed 1: ...
+    assert (rb["vs_first"]["only_this"], rb["vs_first"]["only_first"]) == (6, 0)
+    assert main(["compare", str(pa), str(pb)]) == 0                           # default: planner seed 0 only
+    assert "2 / 2" in capsys.readouterr().out
+    assert main(["compare", str(pa), str(bare), "planner_seeds=true"]) == 2
+    assert "holds no planner seed but 0" in capsys.readouterr().err

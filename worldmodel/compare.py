@@ -16,7 +16,8 @@ other names' runs, so the test counts discordant tasks over every seed (pooled r
 unpaired two-proportion z-test of the two rates). Evaluations that posed
 different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
 before anything is printed. A benchmarks/reproduce.py record (a row of the results table) counts as
-its training seeds under one name, so rows are compared from their committed JSON alone.
+its training seeds under one name, so rows are compared from their committed JSON alone
+(`planner_seeds=true`: every (training seed, planner seed) eval the record holds).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class CompareConfig:
     runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs or results.json; the first is the baseline
     names: list[str] | None = None  # a label per run (repeat one to pool seeds); null: from the paths
     out: str | None = None          # a directory for compare.json and compare.png; null: print only
+    planner_seeds: bool = False     # a reproduce.py record: every (training seed, planner seed) eval, not planner seed 0
 
     def __post_init__(self) -> None:
         from worldmodel.config import ConfigError
@@ -53,7 +55,7 @@ class CompareConfig:
 CONFIG, CONFIG_NAME = CompareConfig, "compare"
 
 
-def load_results(path: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
+def load_results(path: str | os.PathLike, planner_seeds: bool = False) -> tuple[Path, list[dict[str, Any]]]:
     """A `wm eval` results.json (or the directory holding it), checked to hold per-episode outcomes,
     as a list of one; a benchmarks/reproduce.py record as one per training seed (`record_results`)."""
     p = Path(path)
@@ -66,7 +68,7 @@ def load_results(path: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
     except ValueError as e:
         raise ValueError(f"{f} is not JSON ({e}); pass a `wm eval` results.json or a reproduce.py record") from None
     if isinstance(res, dict) and res.get("bench") == "reproduce":
-        return f, record_results(res, f.name)
+        return f, record_results(res, f.name, planner_seeds)
     try:
         eps = res["per_episode"]
         for e in eps:
@@ -77,9 +79,10 @@ def load_results(path: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
     return f, [res]
 
 
-def record_results(rec: dict[str, Any], label: str) -> list[dict[str, Any]]:
-    """A reproduce.py record's training seeds (their planner-seed-0 evals, in seed order) as `wm eval`
-    results: per task its outcome and the random floor's. Records name their tasks
+def record_results(rec: dict[str, Any], label: str, planner_seeds: bool = False) -> list[dict[str, Any]]:
+    """A reproduce.py record's training seeds (their planner-seed-0 evals, in seed order; with
+    `planner_seeds` each seed's evals at planner seeds 0, 1, ... in turn) as `wm eval` results: per
+    task its outcome and the random floor's (a training seed's floor, the same at every planner seed). Records name their tasks
     (`tasks`: held-out episode seed, start step) since they hold it; an older one is paired by task order, which
     `_check_same_tasks` accepts only where the random floors agree task for task (the floor's
     actions are drawn from the tasks alone, so other tasks would show)."""
@@ -89,16 +92,23 @@ def record_results(rec: dict[str, Any], label: str) -> list[dict[str, Any]]:
         if "outcomes" not in row:
             raise ValueError(f"{label}: seed {row['seed']} has no per-task outcomes (the record predates them); "
                              f"compare its eval directory instead ({row.get('results', 'its results.json')})")
-        won, rnd = row["outcomes"], row.get("random_outcomes")
-        keys = tasks or [[-1, i] for i in range(len(won))]                # -1: no real held-out seed
-        if len(keys) != len(won):
-            raise ValueError(f"{label}: seed {row['seed']} has {len(won)} outcomes for {len(keys)} tasks")
-        out.append({"env": rec["env"], "protocol": rec.get("protocol"), "planner": row.get("planner"),
-                    "checkpoint": f"{label} seed {row['seed']}", "by_order": not tasks,
-                    "latency_ms": {"p50": row.get("plan_latency_ms_p50")},
-                    "per_episode": [{"index": i, "seed": k[0], "start_step": k[1], "success": c == "1",
-                                     "random_success": None if rnd is None else rnd[i] == "1"}
-                                    for i, (k, c) in enumerate(zip(keys, won))]})
+        if planner_seeds and not row.get("planner_seeds"):
+            raise ValueError(f"{label}: seed {row['seed']} holds no planner seed but 0; add them with "
+                             "`reproduce.py ... --planner-seeds 3 --resume`, or drop planner_seeds=true")
+        rnd = row.get("random_outcomes")
+        evals = [(0, row["outcomes"], row.get("plan_latency_ms_p50"))]
+        evals += [(e["planner_seed"], e["outcomes"], e.get("plan_latency_ms_p50"))
+                  for e in (row.get("planner_seeds") or []) if planner_seeds]
+        for k, won, lat in evals:
+            keys = tasks or [[-1, i] for i in range(len(won))]            # -1: no real held-out seed
+            if len(keys) != len(won):
+                raise ValueError(f"{label}: seed {row['seed']} has {len(won)} outcomes for {len(keys)} tasks")
+            out.append({"env": rec["env"], "protocol": rec.get("protocol"), "planner": row.get("planner"),
+                        "checkpoint": f"{label} seed {row['seed']} planner seed {k}", "by_order": not tasks,
+                        "latency_ms": {"p50": lat},
+                        "per_episode": [{"index": i, "seed": t[0], "start_step": t[1], "success": c == "1",
+                                         "random_success": None if rnd is None else rnd[i] == "1"}
+                                        for i, (t, c) in enumerate(zip(keys, won))]})
     if not out:
         raise ValueError(f"{label}: a reproduce.py record without any finished seed")
     return out
@@ -249,7 +259,7 @@ def format_table(cmp: dict[str, Any]) -> str:
 
 
 def run(cfg: CompareConfig) -> dict[str, Any]:
-    loaded = [load_results(p) for p in cfg.runs]
+    loaded = [load_results(p, cfg.planner_seeds) for p in cfg.runs]
     names = list(cfg.names) if cfg.names else default_names([f for f, _ in loaded])
     cmp = compare([res for _, rs in loaded for res in rs],              # a record: its seeds, under its name
                   [name for (_, rs), name in zip(loaded, names) for _ in rs])

@@ -38,10 +38,10 @@ SAME_TASKS = ("budget", "goal_offset", "policy", "episode_len", "env_kwargs")
 class CompareConfig:
     """wm compare: several `wm eval` results on the same tasks, with paired tests against the first."""
 
-    runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs or results.json; the first is the baseline
+    runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs, results.json or reproduce.py records
     names: list[str] | None = None  # a label per run (repeat one to pool seeds); null: from the paths
     out: str | None = None          # a directory for compare.json and compare.png; null: print only
-    planner_seeds: bool = False     # a reproduce.py record: every (training seed, planner seed) eval, not planner seed 0
+    planner_seeds: bool = False     # a reproduce.py record: all its (training seed, planner seed) evals
 
     def __post_init__(self) -> None:
         from worldmodel.config import ConfigError
@@ -82,10 +82,11 @@ def load_results(path: str | os.PathLike, planner_seeds: bool = False) -> tuple[
 def record_results(rec: dict[str, Any], label: str, planner_seeds: bool = False) -> list[dict[str, Any]]:
     """A reproduce.py record's training seeds (their planner-seed-0 evals, in seed order; with
     `planner_seeds` each seed's evals at planner seeds 0, 1, ... in turn) as `wm eval` results: per
-    task its outcome and the random floor's (a training seed's floor, the same at every planner seed). Records name their tasks
-    (`tasks`: held-out episode seed, start step) since they hold it; an older one is paired by task order, which
-    `_check_same_tasks` accepts only where the random floors agree task for task (the floor's
-    actions are drawn from the tasks alone, so other tasks would show)."""
+    task its outcome and the random floor's (a training seed's floor, the same at every planner seed).
+    Records name their tasks (`tasks`: held-out episode seed, start step); one written before they
+    did is paired by task order, which `_check_same_tasks` accepts only where the random floors agree
+    task for task (the floor's actions are drawn from the tasks alone, so other tasks would show;
+    weak evidence where the floor solves almost nothing)."""
     tasks = rec.get("tasks")
     out = []
     for row in sorted(rec["per_seed"], key=lambda r: r["seed"]):
@@ -152,9 +153,9 @@ def _check_same_tasks(results: list[dict[str, Any]], names: list[str]) -> None:
     floors = {"".join("1" if e["random_success"] else "0" for e in r["per_episode"]) for r in by_order
               if all(e["random_success"] is not None for e in r["per_episode"])}
     if by_order and (len(by_order) < len(results) or len(floors) != 1):
-        raise ValueError("reproduce.py records without `tasks` (written before they held them) are paired by task order: "
-                         "compare them only with one another, and only records whose random floors agree task "
-                         "for task (the same tasks); rerun reproduce.py with --resume to record the tasks")
+        raise ValueError("reproduce.py records without `tasks` (written before they held them) are paired by task "
+                         "order: compare them only with one another, and only records whose random floors agree "
+                         "task for task (the same tasks); rerun reproduce.py with --resume to record the tasks")
 
 
 def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:

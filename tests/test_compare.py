@@ -187,7 +187,11 @@ def test_reproduce_records_compare_as_their_seeds(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "paired by task order" in text and "+2 / -0" in text
     assert main(["compare", str(old_a), str(other)]) == 2                   # floors disagree: other tasks
-    assert "random floors agree" in capsys.readouterr().err
+    assert "paired by task order" in capsys.readouterr().err
+    keyed_one = tmp_path / "rows" / "keyed_one.json"                         # a newer record: by order too
+    keyed_one.write_text(json.dumps(record([(0, "0111", "1000")], tasks=[[100 + i, 7] for i in range(4)])))
+    assert main(["compare", str(old_a), str(keyed_one)]) == 0
+    assert "+2 / -1" in capsys.readouterr().out
     assert main(["compare", str(old_a), evals[0]]) == 2                     # no task keys to pair with a dir
     assert "paired by task order" in capsys.readouterr().err
     bare = tmp_path / "rows" / "bare.json"

@@ -149,13 +149,21 @@ def _check_same_tasks(results: list[dict[str, Any]], names: list[str]) -> None:
         if diffs:
             raise ValueError(f"{name} and {bname} posed different tasks ({'; '.join(diffs)}): compare "
                              "evaluations of one env with the same budget=, goal_offset= and held-out data")
-    by_order = [r for r in results if r.get("by_order")]
-    floors = {"".join("1" if e["random_success"] else "0" for e in r["per_episode"]) for r in by_order
-              if all(e["random_success"] is not None for e in r["per_episode"])}
-    if by_order and (len(by_order) < len(results) or len(floors) != 1):
-        raise ValueError("reproduce.py records without `tasks` (written before they held them) are paired by task "
-                         "order: compare them only with one another, and only records whose random floors agree "
-                         "task for task (the same tasks); rerun reproduce.py with --resume to record the tasks")
+
+
+def _keyed_by_order(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where a reproduce.py record names no tasks, every run is paired by task order instead: the runs
+    each with the full random floor, the same task for task, re-keyed (-1, i) for task i."""
+    floors = {"".join("1" if e.get("random_success") else "0" if e.get("random_success") is not None else "?"
+                      for e in sorted(r["per_episode"], key=lambda e: e.get("index", 0))) for r in results}
+    if len(floors) != 1 or "?" in next(iter(floors)):
+        raise ValueError("a reproduce.py record without `tasks` (written before records held them) is paired by "
+                         "task order, so every run compared with it needs the random floor and the same one task "
+                         "for task (the same tasks); these differ or lack it. Rerun reproduce.py with --resume to "
+                         "record the tasks, or compare the eval directories")
+    return [{**r, "per_episode": [{**e, "seed": -1, "start_step": i} for i, e in
+                                  enumerate(sorted(r["per_episode"], key=lambda e: e.get("index", 0)))]}
+            for r in results]
 
 
 def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -164,6 +172,9 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     (training seeds of one recipe) are pooled, paired in order with the other names' runs: the test
     then counts the tasks one recipe solved and the other did not over every seed."""
     _check_same_tasks(results, names)
+    by_order = any(r.get("by_order") for r in results)
+    if by_order:
+        results = _keyed_by_order(results)
     by_key = []
     for r in results:
         eps = sorted(r["per_episode"], key=lambda e: e.get("index", 0))
@@ -209,7 +220,7 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
                  "ci95": wilson(kr, len(shared)), "outcomes": "".join("1" if r else "0" for r in randoms),
                  "note": f"from the first run's evaluation, {len(shared)} tasks"}
     return {"env": results[0].get("env"), "protocol": results[0].get("protocol"), "tasks": len(shared),
-            "paired_by_order": any(r.get("by_order") for r in results),
+            "paired_by_order": by_order,
             "tasks_per_run": [len(r["per_episode"]) for r in results], "runs": rows, "random_floor": floor,
             "test": "exact McNemar (two-sided) on the shared tasks (over every seed where runs share a name): "
                     "only the tasks one solved and the other did not count; two_proportion_p: the pooled "
@@ -221,7 +232,7 @@ def format_table(cmp: dict[str, Any]) -> str:
     held = "" if set(cmp["tasks_per_run"]) == {n} else f" (the runs hold {', '.join(map(str, cmp['tasks_per_run']))})"
     seeds = rows[0]["runs"]
     pooled = f" x {seeds} runs per name, pooled" if seeds > 1 else ""
-    order = " (records without task keys: paired by task order, their random floors agreeing)" \
+    order = " (a record without task keys: paired by task order, the random floors agreeing)" \
         if cmp.get("paired_by_order") else ""
     lines = [f"{cmp['env']}: {n} shared tasks{held}{pooled}; paired tests against the first, {rows[0]['name']}{order}"]
     w = max([len(r["name"]) for r in rows] + [len("random")]) + 2

@@ -220,3 +220,23 @@ def test_records_pool_their_planner_seeds_on_request(tmp_path, capsys):
     assert "2 / 2" in capsys.readouterr().out
     assert main(["compare", str(pa), str(bare), "planner_seeds=true"]) == 2
     assert "holds no planner seed but 0" in capsys.readouterr().err
+
+
+def test_seeds_picks_a_records_training_seeds(tmp_path, capsys):
+    """seeds=[0] sets a one-seed record beside seed 0 of a three-seed one (otherwise refused: unequal pools)."""
+    tasks = [[100 + i, 7] for i in range(4)]
+    three, one = tmp_path / "three.json", tmp_path / "one.json"
+    three.write_text(json.dumps(record([(0, "1000", "1000"), (1, "1100", "1000"), (2, "1110", "1000")], tasks=tasks)))
+    one.write_text(json.dumps(record([(0, "1111", "1000")], tasks=tasks)))
+    assert main(["compare", str(three), str(one)]) == 2
+    assert "as many runs" in capsys.readouterr().err
+    assert main(["compare", str(three), str(one), "seeds=[0]", f"out={tmp_path / 'cmp'}"]) == 0
+    ra, rb = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
+    assert ra["per_run"] == [1] and rb["per_run"] == [4] and rb["vs_first"]["only_this"] == 3
+    assert main(["compare", str(three), str(one), "seeds=[1]"]) == 2        # one.json holds seed 0 only
+    assert "holds training seeds [0], not [1]" in capsys.readouterr().err
+    assert main(["compare", str(three), str(one), "seeds=[0,0]"]) == 2
+    assert "once" in capsys.readouterr().err
+    evals = [str(write(tmp_path / "e" / f"seed{i}", results(o))) for i, o in enumerate(("1110", "1111"))]
+    assert main(["compare", *evals, "seeds=[0]"]) == 2                        # no record to pick from
+    assert "none of the runs" in capsys.readouterr().err

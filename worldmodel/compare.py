@@ -17,7 +17,8 @@ unpaired two-proportion z-test of the two rates). Evaluations that posed
 different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
 before anything is printed. A benchmarks/reproduce.py record (a row of the results table) counts as
 its training seeds under one name, so rows are compared from their committed JSON alone
-(`planner_seeds=true`: every (training seed, planner seed) eval the record holds).
+(`planner_seeds=true`: every (training seed, planner seed) eval the record holds; `seeds=[0]`: only
+the training seeds listed, e.g. to set a one-seed record beside seed 0 of a three-seed one).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class CompareConfig:
     names: list[str] | None = None  # a label per run (repeat one to pool seeds); null: from the paths
     out: str | None = None          # a directory for compare.json and compare.png; null: print only
     planner_seeds: bool = False     # a reproduce.py record: all its (training seed, planner seed) evals
+    seeds: list[int] | None = None  # a reproduce.py record's training seeds to take; null: all it holds
 
     def __post_init__(self) -> None:
         from worldmodel.config import ConfigError
@@ -50,12 +52,16 @@ class CompareConfig:
             raise ConfigError("compare needs two or more evaluations: wm compare runs/a/eval runs/b/eval")
         if self.names is not None and len(self.names) != len(self.runs):
             raise ConfigError(f"names has {len(self.names)} labels for {len(self.runs)} runs; give one per run")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ConfigError(f"seeds={self.seeds}: list the training seeds to take from each record once, "
+                              "e.g. seeds=[0], or leave it null for all")
 
 
 CONFIG, CONFIG_NAME = CompareConfig, "compare"
 
 
-def load_results(path: str | os.PathLike, planner_seeds: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+def load_results(path: str | os.PathLike, planner_seeds: bool = False,
+                 seeds: list[int] | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """A `wm eval` results.json (or the directory holding it), checked to hold per-episode outcomes,
     as a list of one; a benchmarks/reproduce.py record as one per training seed (`record_results`)."""
     p = Path(path)
@@ -68,7 +74,7 @@ def load_results(path: str | os.PathLike, planner_seeds: bool = False) -> tuple[
     except ValueError as e:
         raise ValueError(f"{f} is not JSON ({e}); pass a `wm eval` results.json or a reproduce.py record") from None
     if isinstance(res, dict) and res.get("bench") == "reproduce":
-        return f, record_results(res, f.name, planner_seeds)
+        return f, record_results(res, f.name, planner_seeds, seeds)
     try:
         eps = res["per_episode"]
         for e in eps:
@@ -79,17 +85,24 @@ def load_results(path: str | os.PathLike, planner_seeds: bool = False) -> tuple[
     return f, [res]
 
 
-def record_results(rec: dict[str, Any], label: str, planner_seeds: bool = False) -> list[dict[str, Any]]:
-    """A reproduce.py record's training seeds (their planner-seed-0 evals, in seed order; with
-    `planner_seeds` each seed's evals at planner seeds 0, 1, ... in turn) as `wm eval` results: per
-    task its outcome and the random floor's (a training seed's floor, the same at every planner seed).
+def record_results(rec: dict[str, Any], label: str, planner_seeds: bool = False,
+                   seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """A reproduce.py record's training seeds (all, or those in `seeds`; their planner-seed-0 evals, in
+    seed order; with `planner_seeds` each seed's evals at planner seeds 0, 1, ... in turn) as `wm eval`
+    results: per task its outcome and the random floor's (a training seed's floor, the same at every planner seed).
     Records name their tasks (`tasks`: held-out episode seed, start step); one written before they
     did is paired by task order, which `_check_same_tasks` accepts only where the random floors agree
     task for task (the floor's actions are drawn from the tasks alone, so other tasks would show;
     weak evidence where the floor solves almost nothing)."""
     tasks = rec.get("tasks")
+    rows = sorted(rec["per_seed"], key=lambda r: r["seed"])
+    if seeds is not None:
+        held = [r["seed"] for r in rows]
+        if missing := [s for s in seeds if s not in held]:
+            raise ValueError(f"{label} holds training seeds {held}, not {missing}: pick seeds= among them")
+        rows = [r for r in rows if r["seed"] in seeds]
     out = []
-    for row in sorted(rec["per_seed"], key=lambda r: r["seed"]):
+    for row in rows:
         if "outcomes" not in row:
             raise ValueError(f"{label}: seed {row['seed']} has no per-task outcomes (the record predates them); "
                              f"compare its eval directory instead ({row.get('results', 'its results.json')})")
@@ -271,7 +284,10 @@ def format_table(cmp: dict[str, Any]) -> str:
 
 
 def run(cfg: CompareConfig) -> dict[str, Any]:
-    loaded = [load_results(p, cfg.planner_seeds) for p in cfg.runs]
+    loaded = [load_results(p, cfg.planner_seeds, cfg.seeds) for p in cfg.runs]
+    if cfg.seeds is not None and all("by_order" not in rs[0] for _, rs in loaded):  # only records set by_order
+        raise ValueError(f"seeds={cfg.seeds} picks a reproduce.py record's training seeds, and none of the runs "
+                         "is one; drop seeds= (an eval directory is one seed already)")
     names = list(cfg.names) if cfg.names else default_names([f for f, _ in loaded])
     cmp = compare([res for _, rs in loaded for res in rs],              # a record: its seeds, under its name
                   [name for (_, rs), name in zip(loaded, names) for _ in rs])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -75,8 +76,16 @@ def register_planner(name: str) -> Callable[[type], type]:
 
 def make_planner(name: str, **kwargs):
     if name not in PLANNERS:
-        raise ValueError(f"unknown planner {name!r}; choose one of {sorted(PLANNERS)}")
-    return PLANNERS[name](**kwargs)
+        raise ValueError(f"unknown planner {name!r}; choose one of {sorted(PLANNERS)} (your own: "
+                         "@register_planner in a module named by $WM_PLUGINS)")
+    cls = PLANNERS[name]
+    params = inspect.signature(cls).parameters.values()
+    keys = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
+    if not open_ended and (unknown := sorted(set(kwargs) - set(keys))):
+        raise ValueError(f"planner {name!r} has no key {', '.join(unknown)}; its keys: {', '.join(keys)} (choose "
+                         f"the planner with planner={name}, not planner.name=, so no other planner's keys come along)")
+    return cls(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

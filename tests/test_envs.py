@@ -1,4 +1,5 @@
-"""Contract tests for every registered env: shapes, seeding, state round trip, goals, clipping."""
+"""Contract tests for every registered env (yours too, named by WM_PLUGINS): shapes, seeding, state
+round trip, goals, clipping."""
 from __future__ import annotations
 
 import gc
@@ -32,6 +33,12 @@ SPECS = [
     ("dmc", {"domain": "walker", "task": "walk"}),
     ("dmc", {"domain": "quadruped", "task": "walk"}),
 ]
+# Your own envs too: `WM_PLUGINS=my_envs python -m pytest tests/test_envs.py` (my_envs on PYTHONPATH)
+# adds every env its modules register, with default kwargs.
+from worldmodel import plugins  # noqa: E402
+
+plugins.load()
+SPECS += [(name, {}) for name in envs.list_envs() if name not in {n for n, _ in SPECS}]
 IDS = [kw.get("gym_id") or (f"{kw['domain']}-{kw['task']}" if "domain" in kw else name)
        for name, kw in SPECS]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import envs
 from worldmodel.cli import main
 from worldmodel.evaluate import cpu_has_amx, env_kwargs, make_env, make_tasks
 from worldmodel.stats import wilson
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_wilson_interval_matches_known_values():
@@ -224,6 +227,31 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     assert main(["eval", f"checkpoint={ckpt}", "cuda_graph=true", "device=cpu", f"out={tmp_path / 'g'}"]) == 2
     assert "cuda_graph=true needs a CUDA device" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "zygp")                 # refusals leave no out
+
+
+def test_readme_plugin_planner_plans_from_the_cli(demo_run, tmp_path, capsys, monkeypatch):
+    """The README's random-shooting planner, named by WM_PLUGINS, is chosen with planner=NAME (no YAML
+    of its own), takes planner.KEY= settings, lists them in --help; a key it lacks is refused up front."""
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+                if '@register_planner("shooting")' in b]
+    (tmp_path / "my_planners.py").write_text(block)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("WM_PLUGINS", "my_planners")
+    ckpt, out = demo_run / "train" / "best.pt", tmp_path / "shoot"
+    assert main(["eval", f"checkpoint={ckpt}", "planner=shooting", "planner.samples=16", "episodes=2", "videos=0",
+                 f"out={out}", "progress=false"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["planner"] == "shooting" and res["config"]["planner"] == {"name": "shooting", "samples": 16}
+    assert res["episodes"] == len(res["per_episode"]) == 2 and res["random_floor"] is not None
+    capsys.readouterr()
+    assert main(["eval", "planner=shooting", "--help"]) == 0
+    helptext = capsys.readouterr().out
+    assert "planner.samples: int = 256" in helptext and "# candidate sequences per environment" in helptext
+    assert main(["eval", f"checkpoint={ckpt}", "planner=shooting", "planner.elites=4", f"out={tmp_path / 'x'}"]) == 2
+    assert "planner 'shooting' has no key elites" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={ckpt}", "planner.name=shooting", f"out={tmp_path / 'x'}"]) == 2
+    assert "not planner.name=" in capsys.readouterr().err                # cem's keys came along
+    assert not (tmp_path / "x").exists()
 
 
 def test_demo_refuses_existing_output(tmp_path, capsys):

@@ -80,8 +80,10 @@ class CheckConfig:
                              f"e.g. noise=[0.1,0.3,1.0]; got {self.noise}")
         if self.tasks < 2:
             raise ValueError("tasks must be >= 2: each task's actions are ranked against other tasks'")
-        if self.planner and "name" not in self.planner:
-            raise ValueError("planner config needs a name: planner=cem|icem|mppi|gradient")
+        if self.planner:
+            from planners import planner_from_config
+
+            planner_from_config(self.planner)       # an unknown planner, key or value is refused here
 
 
 CONFIG, CONFIG_NAME = CheckConfig, "check"

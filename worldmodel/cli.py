@@ -51,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     from worldmodel import plugins
     from worldmodel.config import ConfigError, compose, describe, load
 
-    if any(a in ("-h", "--help") for a in args):
+    if any(a in ("-h", "--help") for a in args):         # with the overrides given (planner=icem --help)
+        try:
+            plugins.load()
+            values = compose(module.CONFIG_NAME, [a for a in args if "=" in a])
+        except ConfigError as e:
+            print(f"wm {name}: config error: {e}", file=sys.stderr)
+            return 2
         print(f"wm {name}: {COMMANDS[name][1]}\n\nkeys (defaults from configs/{module.CONFIG_NAME}.yaml):")
-        print("\n".join(describe(module.CONFIG, compose(module.CONFIG_NAME, []))))
+        print("\n".join(describe(module.CONFIG, values)))
         return 0
     if name in ("inspect", "preview", "plot") and args and "=" not in args[0]:
         args = [f"path={args[0]}", *args[1:]]

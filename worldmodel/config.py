@@ -61,6 +61,29 @@ def _rewrite_shorthands(config_name: str, overrides: list[str]) -> list[str]:
     return out
 
 
+def _plugin_planner(config_name: str, overrides: list[str]) -> tuple[list[str], dict[str, Any] | None]:
+    """`planner=NAME` naming a registered planner that has no configs/planner/NAME.yaml (a plugin's,
+    registered with @register_planner): Hydra has no group file to compose, so that override and the
+    `planner.KEY=VALUE` ones are taken out and become the group ({name: NAME, KEY: VALUE, ...}; the
+    planner's own defaults for the rest). Returns the other overrides and that group (None: no such choice)."""
+    choice = [ov.partition("=")[2] for ov in overrides if ov.partition("=")[0] == "planner"]
+    if not choice or not _uses_group(config_name, "planner") or choice[-1] in group_options("planner"):
+        return overrides, None
+    from planners import PLANNERS
+
+    if choice[-1] not in PLANNERS:
+        return overrides, None                      # Hydra refuses it, listing the choices
+    group: dict[str, Any] = {"name": choice[-1]}
+    rest = []
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        if key.startswith("planner."):
+            group[key.removeprefix("planner.")] = _parse_value(value)
+        elif key != "planner":
+            rest.append(ov)
+    return rest, group
+
+
 def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
     """Compose configs/<config_name>.yaml with Hydra-style overrides into a plain dict."""
     from hydra import compose as hydra_compose
@@ -74,6 +97,7 @@ def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
         if not eq or not key or key.startswith("="):
             raise ConfigError(f"malformed override {ov!r}: write key=value, e.g. episodes=100")
     overrides = _rewrite_shorthands(config_name, overrides)
+    overrides, plugin_planner = _plugin_planner(config_name, overrides)
     # A plain key that shares its name with a config group this config does not use (demo's
     # `env=tworoom`, `model=tiny`) would be read by Hydra as a group choice: apply it afterwards.
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not _uses_group(config_name, p.name)}
@@ -91,8 +115,12 @@ def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
         if missing:
             group, choice = missing.groups()
             hint = f" Unknown {group} {choice!r}; choose one of: {', '.join(group_options(group))}."
+            if group == "planner":
+                hint = hint[:-1] + " (or your own: @register_planner in a module named by $WM_PLUGINS)."
         raise ConfigError(f"bad override for `{config_name}`: {msg}.{hint}") from None
     out = OmegaConf.to_container(cfg, resolve=True)
+    if plugin_planner is not None:
+        out["planner"] = plugin_planner
     for ov in late:
         key, _, value = ov.partition("=")
         if key not in out:
@@ -203,16 +231,32 @@ def save_resolved(cfg: Any, out_dir: str | os.PathLike, name: str = "config.json
     return write_json_atomic(path, to_dict(cfg))
 
 
+def _describe_planner(group: dict[str, Any], prefix: str) -> list[str]:
+    """The planner group's keys with the registered planner's types and notes (its YAML's values)."""
+    from planners import PLANNERS
+
+    cls = PLANNERS.get(group["name"])
+    head = f"  {prefix}name = {group['name']}"
+    head = f"{head:<44}  # planner=NAME picks one: {', '.join(group_options('planner'))}, or a plugin's;"
+    lines = [head, f"{'':<44}  # `wm ... planner=NAME --help` lists its keys"]
+    if not dataclasses.is_dataclass(cls):
+        return lines + [f"  {prefix}{k} = {v}" for k, v in group.items() if k != "name"]
+    return lines + describe(cls, group, prefix)
+
+
 def _field_comments(cls: type) -> dict[str, list[str]]:
-    """The trailing `# comment` of each field line in the dataclass source, with the comment-only
-    lines that continue it (the `--help` text, one entry per source line)."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
+    """The trailing `# comment` of each field line in the dataclass source (a base class's where the
+    subclass has none), with the comment-only lines that continue it (`--help`, one entry per line)."""
     field = r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$((?:\n[ \t]+#.*)*)"
-    return {m[1]: [m[2].strip(), *(ln.strip().lstrip("#").strip() for ln in m[3].splitlines() if ln.strip())]
-            for m in re.finditer(field, src, flags=re.M)}
+    notes: dict[str, list[str]] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        notes.update({m[1]: [m[2].strip(), *(ln.strip().lstrip("#").strip() for ln in m[3].splitlines()
+                                            if ln.strip())] for m in re.finditer(field, src, flags=re.M)})
+    return notes
 
 
 def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
@@ -234,6 +278,9 @@ def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") 
             value = f.default
         else:
             value = f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>"
+        if f.name == "planner" and isinstance(value, dict) and value.get("name"):
+            lines += _describe_planner(value, f"{prefix}{f.name}.")
+            continue
         if isinstance(value, dict) and value:
             lines += [f"  {prefix}{f.name}.{k} = {v}" for k, v in value.items()]
             continue

@@ -77,8 +77,10 @@ class EvalConfig:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.planner and "name" not in self.planner:
-            raise ValueError("planner config needs a name: planner=cem|icem|mppi|gradient")
+        if self.planner:
+            from planners import planner_from_config
+
+            planner_from_config(self.planner)       # an unknown planner, key or value is refused here
 
 
 CONFIG, CONFIG_NAME = EvalConfig, "eval"

@@ -106,6 +106,9 @@ class MPCController:
             if getattr(energy_fn, "static", False) is not True:
                 raise TypeError("cuda_graph=True needs an energy that keeps its inputs in place: "
                                 "GoalEnergy(model, static=True)")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} but CUDA is not available here (a CPU-only torch or no GPU); "
+                             "plan with device='cpu' (and the model on the CPU)")
         low, high = (bounds.low, bounds.high) if isinstance(bounds, Bounds) else bounds
         self.env_bounds = Bounds.make(low, high, device=device, dtype=dtype)   # (A,)
         A = self.env_bounds.low.shape[0]

@@ -107,6 +107,7 @@ def test_wm_compare_cli_prints_writes_and_refuses(tmp_path, capsys):
     saved = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in saved["runs"]] == ["cem", "icem"] and saved["files"][0] == str(a / "results.json")
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "config.json").read_text())["runs"] == [str(a), str(b / "results.json")]
     assert main(["compare", str(a), str(b), "names=[A,B]"]) == 0
     assert "against the first, A" in capsys.readouterr().out
     # One run, labels that don't fit, a missing or foreign file: refused with what to pass instead.

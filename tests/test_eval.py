@@ -261,6 +261,12 @@ def test_demo_refuses_existing_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "resume=true" in err and "overwrite=true" in err
     assert (tmp_path / "d" / "x").read_text() == "keep me"
+    # A bad device, model or planner is refused before the collection starts, not after it.
+    bad = [*(["device=cuda"] if not torch.cuda.is_available() else []), "model=huge", "planner=nope"]
+    for arg in bad:
+        assert main(["demo", f"out={tmp_path / 'e'}", arg]) == 2
+        assert arg.split("=")[1] in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_paired_test_against_random_on_the_same_tasks():

@@ -215,6 +215,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
 def test_refuses_data_that_does_not_fit(data, tmp_path):
     with pytest.raises(ValueError, match="model.image_size=16"):
         run(make_cfg(data, tmp_path / "a", model=dict(image_size=32)))
+    with pytest.raises(ValueError, match=r"model.image_size=16 with a model.patch_size dividing it \(e.g. 2"):
+        run(make_cfg(data, tmp_path / "a", model=dict(image_size=28, patch_size=14)))   # lewm's patch
     with pytest.raises(ValueError, match="longer episodes"):
         run(make_cfg(data, tmp_path / "b", model=dict(frameskip=12)))
     with pytest.raises(ValueError, match="data=PATH"):

@@ -294,12 +294,14 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     cmp["files"] = [str(f) for f, _ in loaded]
     print(format_table(cmp))
     if cfg.out:
+        from worldmodel.config import save_resolved
         from worldmodel.dataset import write_json_atomic
         from worldmodel.plots import plot_compare, safe_draw
 
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / COMPARE_JSON, cmp)
+        save_resolved(cfg, out)                                    # config.json: the command's keys
         safe_draw(plot_compare, cmp, out / COMPARE_PNG)
         print(f"wrote {out / COMPARE_JSON} and {out / COMPARE_PNG}")
     return cmp

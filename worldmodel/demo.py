@@ -44,6 +44,17 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
             raise ValueError("choose one of resume=true (continue) and overwrite=true (start over)")
+        from worldmodel.config import ConfigError, group_options
+        from worldmodel.distributed import check_device
+
+        check_device(self.device)                   # before minutes of collection, not after
+        if self.model not in group_options("model"):
+            raise ConfigError(f"model={self.model!r}: choose one of {', '.join(group_options('model'))}")
+        from planners import PLANNERS
+
+        if self.planner not in group_options("planner") and self.planner not in PLANNERS:
+            raise ConfigError(f"planner={self.planner!r}: choose one of {', '.join(group_options('planner'))} "
+                              "(or your own, registered by a WM_PLUGINS module)")
         out = Path(self.out)
         if out.exists() and any(out.iterdir()) and not (self.resume or self.overwrite):
             raise FileExistsError(f"{out} already exists; pass resume=true to continue it or "

@@ -28,13 +28,19 @@ def init_distributed() -> tuple[int, int, int, bool]:
     return 0, 1, 0, False
 
 
+def check_device(name: str | torch.device) -> None:
+    """Refuse a CUDA device on a machine (or a torch build) without CUDA, naming the fix."""
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(f"device={name} but CUDA is not available ({why}); use device=cpu or device=auto")
+
+
 def resolve_device(name: str, local_rank: int) -> torch.device:
     """auto -> this rank's GPU if CUDA is available, else CPU; refuses cuda without CUDA."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(name)
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("device=cuda but CUDA is not available; use device=cpu or device=auto")
         dev = torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
         torch.cuda.set_device(dev)
         return dev

@@ -104,8 +104,9 @@ def format_report(r: dict[str, Any]) -> str:
     """Readable multi-line report of `inspect`'s dict."""
     mb = r["disk_bytes"] / 2 ** 20
     req = f" of {r['episodes_requested']} requested" if r.get("episodes_requested") else ""
+    px = f"{r['image_size']} px" if r.get("image_size") else "image size not recorded"
     lines = [
-        f"dataset  {r['path']}  ({r['format']}; env {r['env']}, policy {r['policy']}, {r['image_size']} px)",
+        f"dataset  {r['path']}  ({r['format']}; env {r['env']}, policy {r['policy'] or 'not recorded'}, {px})",
         f"episodes {r['episodes']}{req}   frames {r['frames']}   disk {mb:.1f} MiB "
         f"({r['disk_bytes'] / max(r['frames'], 1) / 1024:.1f} KiB/frame)",
         f"episode length  min {r['episode_len']['min']}  mean {r['episode_len']['mean']:.1f}  "

@@ -147,10 +147,12 @@ def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDatase
         raise ValueError(f"{cfg.data.path}: pixels must be (N, H, W, 3) uint8, got "
                          f"{pixels.shape} {pixels.dtype}")
     if (h, w) != (cfg.model.image_size, cfg.model.image_size):
-        raise ValueError(
-            f"dataset frames are {h}x{w} but model.image_size={cfg.model.image_size}: pass "
-            f"model.image_size={h} (a multiple of model.patch_size={cfg.model.patch_size}), or "
-            f"re-collect with image_size={cfg.model.image_size}")
+        patch = cfg.model.patch_size
+        fit = (f"pass model.image_size={h}" if h % patch == 0 else
+               f"pass model.image_size={h} with a model.patch_size dividing it (e.g. "
+               f"{max(d for d in range(1, max(1, h // 8) + 1) if h % d == 0)}; this model's {patch} does not)")
+        raise ValueError(f"dataset frames are {h}x{w} but model.image_size={cfg.model.image_size}: {fit}, or "
+                         f"re-collect with image_size={cfg.model.image_size}")
     model_cfg = dataclasses.replace(cfg.model, action_dim=int(action.shape[1]))
     spec = ClipSpec(model_cfg.history, cfg.data.n_preds, model_cfg.frameskip)
     short = int((ds.ep_len < spec.min_episode_len).sum())

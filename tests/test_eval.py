@@ -254,6 +254,22 @@ def test_readme_plugin_planner_plans_from_the_cli(demo_run, tmp_path, capsys, mo
     assert not (tmp_path / "x").exists()
 
 
+def test_overwrite_replaces_only_an_earlier_eval_or_check(demo_run, tmp_path, capsys):
+    """overwrite=true never deletes a training run, a dataset or other files given as out=."""
+    ckpt = demo_run / "train" / "best.pt"
+    before = {d: sorted(p.name for p in (demo_run / d).iterdir()) for d in ("train", "data")}
+    for cmd, d in (("eval", "train"), ("check", "data"), ("eval", "data")):
+        assert main([cmd, f"checkpoint={ckpt}", f"out={demo_run / d}", "overwrite=true"]) == 2
+        err = capsys.readouterr().err
+        assert f"which `wm {cmd}` does not write" in err and "another out=" in err
+    assert {d: sorted(p.name for p in (demo_run / d).iterdir()) for d in ("train", "data")} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["eval", f"checkpoint={ckpt}", f"out={mine}", "overwrite=true"]) == 2
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
 def test_demo_refuses_existing_output(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("keep me")

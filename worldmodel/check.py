@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodel.config import save_resolved, to_dict
+from worldmodel.config import check_output, save_resolved, to_dict
 from worldmodel.dataset import write_json_atomic
 
 
@@ -87,6 +87,7 @@ class CheckConfig:
 
 
 CONFIG, CONFIG_NAME = CheckConfig, "check"
+OUTPUTS = {"config.json", "results.json", "check.png"}   # what a check writes in out=
 
 
 def load_episodes(cfg: CheckConfig, train_cfg: dict, history: int, frameskip: int) -> tuple[Any, str]:
@@ -177,8 +178,7 @@ def run(cfg: CheckConfig) -> dict[str, Any]:
     from worldmodel.model import WorldModel
 
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"output {out} already exists; pass overwrite=true or another out=")
+    replace = check_output(out, cfg.overwrite, OUTPUTS, "check")
     device = resolve_device(cfg.device, 0)
 
     # Everything that can be refused is checked before any model call.
@@ -208,9 +208,9 @@ def run(cfg: CheckConfig) -> dict[str, Any]:
     planner = planner_from_config(planner_cfg) if cfg.plan else None
     starts = make_windows(ds, cfg.tasks, mc.history, fs, cfg.goal_offset, cfg.seed)   # (n,)
     n, K = len(starts), min(cfg.decoys, len(starts) - 1)
-    if out.exists():
+    if replace:
         shutil.rmtree(out)
-    out.mkdir(parents=True)                 # after the last refusal: a refused check leaves no out
+    out.mkdir(parents=True, exist_ok=True)                 # after the last refusal: a refused check leaves no out
     save_resolved(cfg, out)
     t0 = time.perf_counter()
 

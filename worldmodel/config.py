@@ -244,6 +244,27 @@ def _describe_planner(group: dict[str, Any], prefix: str) -> list[str]:
     return lines + describe(cls, group, prefix)
 
 
+def check_output(out: Path, overwrite: bool, writes: set[str], command: str) -> bool:
+    """Before any work: may `wm <command>` write to `out`? True when it holds an earlier output to
+    delete (the caller deletes it after its last refusal, so a refused run loses nothing). Refused:
+    an existing output without overwrite=true, and with it a folder holding anything the command does
+    not write (a training run, a dataset, your files), which overwrite=true must never delete."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise FileExistsError(f"out={out} is a file; choose a directory path")
+    if not any(out.iterdir()):
+        return False
+    if not overwrite:
+        raise FileExistsError(f"output {out} already exists; pass overwrite=true or another out=")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in writes and not p.name.endswith(".tmp"))
+    if foreign:
+        raise FileExistsError(f"out={out} holds {', '.join(foreign[:4])}{' ...' if len(foreign) > 4 else ''}, "
+                              f"which `wm {command}` does not write: overwrite=true replaces only an earlier "
+                              f"`wm {command}` output, never other files. Choose another out=")
+    return True
+
+
 def _field_comments(cls: type) -> dict[str, list[str]]:
     """The trailing `# comment` of each field line in the dataclass source (a base class's where the
     subclass has none), with the comment-only lines that continue it (`--help`, one entry per line)."""

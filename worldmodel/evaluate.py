@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from worldmodel.config import save_resolved, to_dict
+from worldmodel.config import check_output, save_resolved, to_dict
 from worldmodel.dataset import write_json_atomic
 from worldmodel.plots import EVAL_SUMMARY, plot_eval, safe_draw
 from worldmodel.stats import mcnemar, percentile, wilson
@@ -84,6 +84,7 @@ class EvalConfig:
 
 
 CONFIG, CONFIG_NAME = EvalConfig, "eval"
+OUTPUTS = {"config.json", "results.json", EVAL_SUMMARY, "videos"}   # what an eval writes in out=
 
 
 @dataclass
@@ -286,10 +287,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from worldmodel.model import load_trained
 
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise FileExistsError(f"output {out} already exists; pass overwrite=true or another out=")
-        shutil.rmtree(out)
+    replace = check_output(out, cfg.overwrite, OUTPUTS, "eval")
     device = resolve_device(cfg.device, 0)
     if cfg.cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
@@ -320,6 +318,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
                        training_seeds(meta))
+    if replace:
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
     save_resolved(cfg, out)
     energy = GoalEnergy(model, static=cfg.cuda_graph, dtype=PRECISIONS[cfg.precision], compile=cfg.compile)

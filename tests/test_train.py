@@ -257,6 +257,38 @@ def test_kill9_then_resume_continues_from_checkpoint(data, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == killed_at + 5
 
 
+@pytest.mark.slow
+def test_ctrl_c_saves_last_pt_and_resume_continues(data, tmp_path):
+    """Ctrl-C between checkpoints: the step finishes, last.pt is saved at it, the run stops (130)."""
+    out = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(data, out, "steps=3000", "ckpt_every=100000", "log_every=1"), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while not (out / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)                                                  # some steps, no checkpoint yet
+    assert not (out / "last.pt").exists()
+    proc.send_signal(signal.SIGINT)
+    log = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130 and "resume=true continues from it" in log, log
+    stopped_at = load_checkpoint(out / "last.pt")["step"]
+    assert 0 < stopped_at < 3000
+    res = run(make_cfg(data, out, steps=3000, ckpt_every=5, eval_every=1000, log_every=5, resume=True,
+                       stop_at=stopped_at + 2))
+    assert res["start_step"] == stopped_at and res["step"] == stopped_at + 2
+
+
+def test_resume_refuses_a_best_pt_without_last_pt(data, tmp_path):
+    out = tmp_path / "r"
+    run(make_cfg(data, out, steps=4, eval_every=2, ckpt_every=4, log_every=2))
+    assert load_checkpoint(out / "last.pt")["step"] == 4
+    (out / "last.pt").unlink()
+    with pytest.raises(FileExistsError, match="best.pt and no last.pt"):
+        run(make_cfg(data, out, steps=8, eval_every=2, ckpt_every=4, log_every=2, resume=True))
+    assert (out / "best.pt").exists()
+
+
 def _gloo_rank(rank: int, port: int, body, args: tuple) -> None:
     """One of two gloo ranks on loopback: `body(rank, *args)` inside the process group."""
     import torch.distributed as dist

@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+RESUMABLE = {"collect", "train", "demo"}   # commands whose resume=true continues a killed run
 COMMANDS = {
     "collect": ("worldmodel.collect", "collect simulator rollouts into HDF5 shards"),
     "inspect": ("worldmodel.inspection", "summarise a dataset (episodes, frames, statistics)"),
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wm {name}: error: {e}  (WM_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nwm {name}: interrupted; finished work is kept (re-run with resume=true).", file=sys.stderr)
+        kept = ("finished work is kept (re-run with resume=true)" if name in RESUMABLE else
+                "re-run it (with overwrite=true where it had begun writing out=)")
+        print(f"\nwm {name}: interrupted; {kept}.", file=sys.stderr)
         return 130
     return 0 if result is None or result is True or isinstance(result, (dict, str)) else int(result)
 

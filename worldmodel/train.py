@@ -18,6 +18,8 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +176,10 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
     if cfg.resume:
         if last.exists():
             return last
+        if (out / "best.pt").exists():
+            raise FileExistsError(f"resume=true but {out} holds best.pt and no last.pt to resume from (a run "
+                                  "killed while saving, or from before every best.pt came with a last.pt); "
+                                  "pass overwrite=true to start over (deletes best.pt), or another out=")
         if rank == 0:
             print(f"resume=true but {last} does not exist yet: starting a fresh run")
     existing = [n for n in RUN_FILES if (out / n).exists()]
@@ -185,6 +191,25 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
             p = out / n
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     return None
+
+
+class StopAtStepEnd:
+    """Ctrl-C (SIGINT) during single-process training: `requested` turns true, the loop finishes its
+    step, saves last.pt and stops, so the run resumes from there; a second Ctrl-C interrupts at once.
+    Not under DDP (ranks would see the signal at different steps) nor off the main thread."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested, self._old = False, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._old)
+
+    def close(self) -> None:
+        if self._old is not None and signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self._old)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,6 +352,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
     start_step, t_start = step, time.perf_counter()
     model.train()
     end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+    ctrl_c = StopAtStepEnd(enabled=world == 1)
     try:
         while step < end:
             batches = [next(loader) for _ in range(cfg.accum_steps)]
@@ -373,13 +399,20 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
                 if last_eval["val_pred"] < best:
                     best = last_eval["val_pred"]
                     checkpoint("best.pt", {**last_train, **last_eval})
+                    do_ckpt = True                                     # last.pt is never behind best.pt
                 t_window = time.perf_counter()                          # eval time is not training speed
             if do_ckpt:
                 checkpoint("last.pt", {**last_train, **last_eval})
                 saved_at = step
                 if rank == 0 and cfg.plots:
                     t_window += safe_draw(plot_training, out)          # drawing is not training time
+            if ctrl_c.requested:
+                if saved_at != step:
+                    checkpoint("last.pt", {**last_train, **last_eval})
+                bar.write(f"interrupted: saved {out / 'last.pt'} at step {step}; resume=true continues from it")
+                raise KeyboardInterrupt
     finally:
+        ctrl_c.close()
         bar.close()
         loader.close()
         logger.close()

@@ -47,6 +47,9 @@ class Bounds:
         hi = torch.as_tensor(high, dtype=dtype, device=device).flatten()
         if lo.shape != hi.shape or not bool((hi > lo).all()):
             raise ValueError(f"bounds need low < high elementwise with equal shapes, got {lo} / {hi}")
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise ValueError(f"bounds must be finite, got {lo} / {hi}: planners sample the box (an infinite "
+                             "one gives NaN actions); give the actuator's real limits")
         return Bounds(lo, hi)
 
     def clip(self, x: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,8 @@ class MPCController:
             raise ValueError(f"need 1 <= receding_horizon <= horizon, got {receding_horizon}, {horizon}")
         if frameskip < 1 or history < 1 or (batch is not None and batch < 1):
             raise ValueError("frameskip, history and batch must be >= 1")
+        if time_budget_s is not None and not time_budget_s > 0:        # NaN fails too
+            raise ValueError(f"time_budget_s must be > 0 seconds (or None: no deadline), got {time_budget_s}")
         n_exec = receding_horizon * frameskip
         if async_lead is not None and not 0 <= async_lead < n_exec:
             raise ValueError(f"async_lead must be in [0, receding_horizon*frameskip={n_exec}), "

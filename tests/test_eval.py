@@ -270,6 +270,15 @@ def test_overwrite_replaces_only_an_earlier_eval_or_check(demo_run, tmp_path, ca
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
+def test_eval_refuses_a_bad_time_budget_before_any_output(tmp_path, capsys):
+    (tmp_path / "ck.pt").write_bytes(b"not read: refused first")
+    for budget in ("0", "-1"):
+        assert main(["eval", f"checkpoint={tmp_path / 'ck.pt'}", f"time_budget_s={budget}",
+                     f"out={tmp_path / 'e'}"]) == 2
+        assert "time_budget_s must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_demo_refuses_existing_output(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("keep me")

@@ -155,6 +155,8 @@ def test_bad_inputs_name_the_fix():
         cem.solve(quadratic(torch.zeros(1, 2)), b, H, deadline_s=0)
     with pytest.raises(TypeError, match="Bounds.make"):
         cem.solve(quadratic(torch.zeros(1, 2)), (LOW, HIGH), H)
+    with pytest.raises(ValueError, match="finite"):                   # an infinite box: NaN samples
+        Bounds.make([-float("inf"), 0.0], [float("inf"), 1.0])
     with pytest.raises(ValueError, match="elites"):
         make_planner("cem", samples=10, elites=20)
     with pytest.raises(ValueError, match="unknown planner"):

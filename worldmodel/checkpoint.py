@@ -71,6 +71,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt zip, text file, pickle with code, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in first:        # torch's advice to load with weights_only=False runs the file's code
+            first = f"{type(e).__name__}: not tensors and plain containers (a pickle with code, or no torch file)"
         raise CheckpointError(
             f"{path} is not a readable worldmodel checkpoint (torch.load with weights_only=True "
             f"failed: {first}). It may be truncated or corrupt, or not a checkpoint at all; "

@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"wm {name}: config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except BrokenPipeError:             # `wm inspect data | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, ValueError) as e:  # a bad path (out= under a file, ...), value or file
         if os.environ.get("WM_DEBUG"):
             raise
         print(f"wm {name}: error: {e}  (WM_DEBUG=1 shows the traceback)", file=sys.stderr)

@@ -29,7 +29,13 @@ def init_distributed() -> tuple[int, int, int, bool]:
 
 
 def check_device(name: str | torch.device) -> None:
-    """Refuse a CUDA device on a machine (or a torch build) without CUDA, naming the fix."""
+    """Refuse a device torch does not know, or CUDA on a machine (or torch build) without it."""
+    if str(name) == "auto":
+        return
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name}: use auto, cpu, cuda or cuda:N") from None
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
         raise ValueError(f"device={name} but CUDA is not available ({why}); use device=cpu or device=auto")

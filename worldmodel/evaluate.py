@@ -75,6 +75,8 @@ class EvalConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.receding_horizon > self.horizon:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0 seconds (or null: no deadline), got {self.time_budget_s}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.planner:

@@ -287,10 +287,13 @@ def test_demo_refuses_existing_output(tmp_path, capsys):
     assert "resume=true" in err and "overwrite=true" in err
     assert (tmp_path / "d" / "x").read_text() == "keep me"
     # A bad device, model or planner is refused before the collection starts, not after it.
-    bad = [*(["device=cuda"] if not torch.cuda.is_available() else []), "model=huge", "planner=nope"]
-    for arg in bad:
+    bad = {"model=huge": "huge", "planner=nope": "nope", "plan_samples=5": "elites <= samples",
+           "train_steps=0": "train_steps", "env=nowhere": "nowhere", "episodes=0": "episodes"}
+    if not torch.cuda.is_available():
+        bad["device=cuda"] = "CUDA is not available"
+    for arg, said in bad.items():
         assert main(["demo", f"out={tmp_path / 'e'}", arg]) == 2
-        assert arg.split("=")[1] in capsys.readouterr().err
+        assert said in capsys.readouterr().err, arg
     assert not (tmp_path / "e").exists()
 
 

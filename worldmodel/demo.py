@@ -44,21 +44,38 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
             raise ValueError("choose one of resume=true (continue) and overwrite=true (start over)")
-        from worldmodel.config import ConfigError, group_options
+        from worldmodel.config import ConfigError, compose, group_options
         from worldmodel.distributed import check_device
 
-        check_device(self.device)                   # before minutes of collection, not after
+        # Everything the three stages would refuse, refused before minutes of collection, not after.
+        check_device(self.device)
         if self.model not in group_options("model"):
             raise ConfigError(f"model={self.model!r}: choose one of {', '.join(group_options('model'))}")
-        from planners import PLANNERS
+        for k in ("train_steps", "batch_size", "eval_episodes"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0 (or null: the model preset's), got {self.lr}")
+        import envs
 
-        if self.planner not in group_options("planner") and self.planner not in PLANNERS:
-            raise ConfigError(f"planner={self.planner!r}: choose one of {', '.join(group_options('planner'))} "
-                              "(or your own, registered by a WM_PLUGINS module)")
+        envs.resolve(load(collect.CONFIG, collect.CONFIG_NAME, self.collect_overrides()).env.name)
+        from planners import planner_from_config
+
+        planner_from_config(compose(evaluate.CONFIG_NAME, self.planner_overrides())["planner"])
         out = Path(self.out)
         if out.exists() and any(out.iterdir()) and not (self.resume or self.overwrite):
             raise FileExistsError(f"{out} already exists; pass resume=true to continue it or "
                                   "overwrite=true to start over (or another out=)")
+
+
+    def collect_overrides(self) -> list[str]:
+        return [f"env={self.env}", f"episodes={self.episodes}", f"workers={self.workers}",
+                f"out={Path(self.out) / 'data'}", f"seed={self.seed}", f"image_size={self.image_size}", *_flags(self)]
+
+    def planner_overrides(self) -> list[str]:
+        return [f"planner={self.planner}",
+                *([f"planner.samples={self.plan_samples}"] if self.plan_samples else []),
+                *([f"planner.iterations={self.plan_iterations}"] if self.plan_iterations else [])]
 
 
 CONFIG, CONFIG_NAME = DemoConfig, "demo"
@@ -100,9 +117,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     data, run_dir, eval_dir = out / "data", out / "train", out / "eval"
 
     t = time.perf_counter()
-    col = collect.run(load(collect.CONFIG, collect.CONFIG_NAME, [
-        f"env={cfg.env}", f"episodes={cfg.episodes}", f"workers={cfg.workers}", f"out={data}",
-        f"seed={cfg.seed}", f"image_size={cfg.image_size}", *_flags(cfg)]))
+    col = collect.run(load(collect.CONFIG, collect.CONFIG_NAME, cfg.collect_overrides()))
     timings["collect_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -114,10 +129,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     ev = evaluate.run(load(evaluate.CONFIG, evaluate.CONFIG_NAME, [
-        f"checkpoint={run_dir / 'best.pt'}", f"planner={cfg.planner}", f"episodes={cfg.eval_episodes}",
-        f"out={eval_dir}", f"device={cfg.device}", "overwrite=true", f"progress={str(cfg.progress).lower()}",
-        *([f"planner.samples={cfg.plan_samples}"] if cfg.plan_samples else []),
-        *([f"planner.iterations={cfg.plan_iterations}"] if cfg.plan_iterations else [])]))
+        f"checkpoint={run_dir / 'best.pt'}", f"episodes={cfg.eval_episodes}", *cfg.planner_overrides(),
+        f"out={eval_dir}", f"device={cfg.device}", "overwrite=true", f"progress={str(cfg.progress).lower()}"]))
     timings["eval_s"] = time.perf_counter() - t
 
     ev["train_minutes"] = timings["train_s"] / 60

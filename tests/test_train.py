@@ -159,8 +159,15 @@ def test_accumulated_step_averages_its_batches(data, tmp_path):
         model.loss(pixels, actions)["pred"].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert _micro_step(acc0, [one, two])[0][3] == pytest.approx(((grads[0] + grads[1]) / 2).norm().item(), rel=1e-4)
-    with pytest.raises(ValueError, match="accum_steps must be >= 1"):
+    with pytest.raises(ValueError, match="accum_steps must be >= 1, got 0"):
         make_cfg(data, tmp_path, accum_steps=0)
+    for bad, said in ((dict(sigreg_directions=0), "sigreg_directions must be >= 1"),
+                      (dict(threads=-3), "threads must be >= 0"), (dict(stop_at=0), "stop_at must be >= 1"),
+                      (dict(warmup_steps=-5), "warmup_steps must be >= 0"),
+                      (dict(min_lr_ratio=5.0), r"min_lr_ratio must be in \[0, 1\]"),
+                      (dict(bn_calibration_batches=-1), "bn_calibration_batches must be >= 0")):
+        with pytest.raises(ValueError, match=said):
+            make_cfg(data, tmp_path, **bad)
 
 
 def test_accumulated_training_resumes_bit_exactly(data, tmp_path):

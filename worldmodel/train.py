@@ -102,10 +102,18 @@ class TrainConfig:
     warmup: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.accum_steps < 1:
-            raise ValueError("steps, batch_size and accum_steps must be >= 1")
-        if self.lr <= 0 or self.grad_clip <= 0 or self.sigreg_weight < 0:
-            raise ValueError("lr and grad_clip must be > 0 and sigreg_weight >= 0")
+        bounds = [(k, 1) for k in ("steps", "batch_size", "accum_steps", "eval_every", "ckpt_every", "log_every",
+                                   "eval_clips", "sigreg_directions", "stop_at")]
+        bounds += [("sigreg_knots", 2), ("threads", 0), ("bn_calibration_batches", 0), ("warmup_steps", 0)]
+        for k, least in bounds:                      # None (stop_at, warmup_steps): the default
+            if getattr(self, k) is not None and getattr(self, k) < least:
+                raise ValueError(f"{k} must be >= {least}, got {getattr(self, k)}")
+        for k, ok, need in (("lr", self.lr > 0, "> 0"), ("grad_clip", self.grad_clip > 0, "> 0"),
+                            ("sigreg_weight", self.sigreg_weight >= 0, ">= 0"),
+                            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]")):
+            if not ok:
+                raise ValueError(f"{k} must be {need}, got {getattr(self, k)}")
         if self.open_loop_weight < 0:
             raise ValueError(f"open_loop_weight must be >= 0, got {self.open_loop_weight}")
         if self.open_loop_weight > 0 and self.data.n_preds < 2:
@@ -116,11 +124,8 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
-        for name in ("eval_every", "ckpt_every", "log_every", "eval_clips"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
         auto = min(1000, max(1, self.steps // 20))
-        self.warmup = auto if self.warmup_steps is None else max(0, self.warmup_steps)
+        self.warmup = auto if self.warmup_steps is None else self.warmup_steps
 
 
 CONFIG = TrainConfig

@@ -142,6 +142,8 @@ def test_existing_output_and_changed_config_refused(two_workers, capsys):
     assert _collect(two_workers, "resume=true", "seed=4", "episode_len=21") == 2
     err = capsys.readouterr().err
     assert "episode_len: 20 -> 21" in err and "seed: 3 -> 4" in err
+    assert _collect(two_workers, "resume=true", "episodes=6") == 2
+    assert "not grown in place" in capsys.readouterr().err
     assert sorted(p.name for p in two_workers.rglob("*")) == before
     assert _collect(two_workers, "resume=true", "workers=1") == 0     # nothing left to do: a no-op
     assert D.load_dataset(two_workers, columns=()).num_episodes == 4

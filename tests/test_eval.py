@@ -277,6 +277,11 @@ def test_eval_refuses_a_bad_time_budget_before_any_output(tmp_path, capsys):
                      f"out={tmp_path / 'e'}"]) == 2
         assert "time_budget_s must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(b"")
+    for cmd in ("eval", "check"):                                       # a run directory names its best.pt
+        assert main([cmd, f"checkpoint={tmp_path / 'run'}"]) == 2
+        assert f"pass checkpoint={tmp_path / 'run' / 'best.pt'}" in capsys.readouterr().err
 
 
 def test_demo_refuses_existing_output(tmp_path, capsys):

@@ -229,6 +229,10 @@ def test_refuses_data_that_does_not_fit(data, tmp_path):
     with pytest.raises(ValueError, match="data=PATH"):
         run(make_cfg(data, tmp_path / "c", data=dict(path=None)))
     assert not (tmp_path / "a").exists()                             # refused before any output
+    for flag in ("overwrite", "resume"):                              # a dataset's files are not a run's
+        with pytest.raises(FileExistsError, match="is a dataset"):
+            run(make_cfg(data, data, **{flag: True}))
+    assert (data / "meta.json").exists()
 
 
 def _cli(data: Path, out: Path, *extra: str) -> list[str]:

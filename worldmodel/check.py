@@ -67,11 +67,9 @@ class CheckConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.checkpoint:
-            raise ValueError("checkpoint is required: wm check checkpoint=runs/<name>/best.pt")
-        if not Path(self.checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint {self.checkpoint!r} does not exist; train one with "
-                                    "`wm train data=... out=...` (it writes best.pt and last.pt)")
+        from worldmodel.checkpoint import require_checkpoint
+
+        require_checkpoint(self.checkpoint, "check")
         for k in ("tasks", "goal_offset", "decoys", "batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")

@@ -62,6 +62,20 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Any = 
     return path
 
 
+def require_checkpoint(path: str, command: str) -> None:
+    """Config-time check of a `checkpoint=` value: given, and a file (a run directory names its best.pt)."""
+    if not path:
+        raise ValueError(f"checkpoint is required: wm {command} checkpoint=runs/<name>/best.pt")
+    p = Path(path)
+    if p.is_dir():
+        inside = [n for n in ("best.pt", "last.pt") if (p / n).is_file()]
+        hint = f"pass checkpoint={p / inside[0]}" if inside else "it holds no best.pt or last.pt"
+        raise FileNotFoundError(f"checkpoint {path!r} is a directory; {hint}")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist; train one with "
+                                "`wm train data=... out=...` (it writes best.pt and last.pt)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load and validate a checkpoint written by `save_checkpoint` (weights_only: no code runs)."""
     path = Path(path)

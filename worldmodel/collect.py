@@ -352,6 +352,10 @@ def _prepare_out(cfg: CollectConfig, out: Path) -> None:
     old = D.read_meta(out / D.META).get("key", {})
     new = cfg.key()
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff == ["episodes"]:
+        raise ValueError(f"resume=true finishes {out} at its own episodes={old['episodes']}, not {new['episodes']}: "
+                         "a dataset is not grown in place (overwrite=true would delete it); collect the extra "
+                         "episodes into another out= with another seed=")
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise ValueError(f"resume=true with a different config than {out / D.META} ({detail}); "

@@ -65,11 +65,9 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.checkpoint:
-            raise ValueError("checkpoint is required: wm eval checkpoint=runs/<name>/best.pt")
-        if not Path(self.checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint {self.checkpoint!r} does not exist; train one with "
-                                    "`wm train data=... out=...` (it writes best.pt and last.pt)")
+        from worldmodel.checkpoint import require_checkpoint
+
+        require_checkpoint(self.checkpoint, "eval")
         for k in ("episodes", "budget", "goal_offset", "horizon", "receding_horizon", "batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")

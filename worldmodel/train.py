@@ -176,8 +176,13 @@ def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDatase
 
 def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
     """The checkpoint to resume from, or None; refuses to clobber a run unless overwrite=true."""
+    from worldmodel import dataset as D
+
     out = Path(cfg.out)
     last = out / "last.pt"
+    if (out / D.META).exists() or any(out.glob("shard_*.h5")):   # its config.json is the collection's
+        raise FileExistsError(f"out={out} is a dataset (meta.json, shards); train into another out=, "
+                              f"e.g. out=runs/{out.name}")
     if cfg.resume:
         if last.exists():
             return last

@@ -290,6 +290,18 @@ def test_ctrl_c_saves_last_pt_and_resume_continues(data, tmp_path):
     assert res["start_step"] == stopped_at and res["step"] == stopped_at + 2
 
 
+def test_one_training_per_out_at_a_time(data, tmp_path):
+    from worldmodel.dataset import exclusive_lock
+
+    out = tmp_path / "r"
+    out.mkdir()
+    held = exclusive_lock(out / ".train.lock", "held by the test")   # as a running `wm train` holds it
+    with pytest.raises(FileExistsError, match="another `wm train` is writing"):
+        run(make_cfg(data, out, steps=2, resume=True))
+    held.close()
+    assert run(make_cfg(data, out, steps=2, eval_every=2, ckpt_every=2, log_every=2))["step"] == 2
+
+
 def test_resume_refuses_a_best_pt_without_last_pt(data, tmp_path):
     out = tmp_path / "r"
     run(make_cfg(data, out, steps=4, eval_every=2, ckpt_every=4, log_every=2))

@@ -364,14 +364,8 @@ def _prepare_out(cfg: CollectConfig, out: Path) -> None:
 
 def _lock(out: Path, shard: int) -> Any:
     """One collector per shard of a directory at a time (released by the kernel even on kill -9)."""
-    fh = open(out / f".lock-shard{shard:03d}", "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise FileExistsError(f"another `wm collect` is writing shard {shard} of {out}; wait for it to "
-                              "finish (or kill it and re-run with resume=true)") from None
-    return fh
+    return D.exclusive_lock(out / f".lock-shard{shard:03d}", f"another `wm collect` is writing shard {shard} of "
+                            f"{out}; wait for it to finish (or kill it and re-run with resume=true)")
 
 
 def run(cfg: CollectConfig) -> dict[str, Any]:

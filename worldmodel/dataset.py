@@ -45,6 +45,20 @@ def _json_default(x: Any) -> Any:
     return x.item() if hasattr(x, "item") and getattr(x, "ndim", None) == 0 else str(x)
 
 
+def exclusive_lock(path: Path, busy: str) -> Any:
+    """Hold an exclusive lock on `path` (created) until the returned handle is closed or the process
+    ends, kill -9 included (the kernel releases it); `busy`: the error when another process holds it."""
+    import fcntl
+
+    fh = open(path, "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise FileExistsError(busy) from None
+    return fh
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON via temp file + fsync + rename (parent made if missing), so readers never see a
     partial file."""

@@ -174,8 +174,9 @@ def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDatase
     return model_cfg, train, val, ds.meta
 
 
-def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
-    """The checkpoint to resume from, or None; refuses to clobber a run unless overwrite=true."""
+def _prepare_out(cfg: TrainConfig, rank: int) -> tuple[Path | None, Any]:
+    """The checkpoint to resume from (or None) and, on rank 0, the run's lock (one `wm train` per out=
+    at a time; held until training ends); refuses to clobber a run unless overwrite=true."""
     from worldmodel import dataset as D
 
     out = Path(cfg.out)
@@ -183,9 +184,14 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
     if (out / D.META).exists() or any(out.glob("shard_*.h5")):   # its config.json is the collection's
         raise FileExistsError(f"out={out} is a dataset (meta.json, shards); train into another out=, "
                               f"e.g. out=runs/{out.name}")
+    lock = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = D.exclusive_lock(out / ".train.lock", f"another `wm train` is writing {out}; wait for it to finish, "
+                                "or kill it and re-run with resume=true (or choose another out=)")
     if cfg.resume:
         if last.exists():
-            return last
+            return last, lock
         if (out / "best.pt").exists():
             raise FileExistsError(f"resume=true but {out} holds best.pt and no last.pt to resume from (a run "
                                   "killed while saving, or from before every best.pt came with a last.pt); "
@@ -200,7 +206,7 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> Path | None:
         for n in existing:
             p = out / n
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return None
+    return None, lock
 
 
 class StopAtStepEnd:
@@ -285,7 +291,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
         torch.set_num_threads(cfg.threads)
     model_cfg, train, val, meta = prepare_data(cfg)
     cfg = dataclasses.replace(cfg, model=model_cfg)
-    resume_from = _prepare_out(cfg, rank)
+    resume_from, lock = _prepare_out(cfg, rank)                    # lock: released when this returns
     if world > 1:
         dist.barrier()
     out = Path(cfg.out)

@@ -84,6 +84,10 @@ def test_wm_plot_redraws_either_kind_and_refuses_other_paths(tmp_path, capsys):
     (tmp_path / "other.json").write_text(json.dumps({"a": 1}))
     assert main(["plot", str(tmp_path / "other.json")]) == 2
     assert "not a `wm eval` results.json" in capsys.readouterr().err
+    for text in ("{bad json", json.dumps({"per_episode": [{"success": True}]})):   # malformed, or fields missing
+        (tmp_path / "other.json").write_text(text)
+        assert main(["plot", str(tmp_path / "other.json")]) == 2
+        assert f"{tmp_path / 'other.json'} is not a `wm eval` results.json" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["plot"]) == 2

@@ -275,11 +275,13 @@ def run(cfg: PlotConfig) -> str:
     p = Path(cfg.path)
     results = p if p.is_file() else p / "results.json"
     if results.name.endswith(".json") and results.is_file():
-        with open(results) as f:
-            data = json.load(f)
-        if "per_episode" not in data:
-            raise ValueError(f"{results} is not a `wm eval` results.json (no per_episode); "
-                             "pass an eval output directory or a training run directory")
+        try:
+            data = json.loads(results.read_text())
+            data["per_episode"][0]["closest_error"]         # what the summary draws, per episode
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{results} is not a `wm eval` results.json with per-episode outcomes "
+                             f"({type(e).__name__}: {e}); pass an eval output directory or a training run "
+                             "directory, or re-run `wm eval` to write one") from None
         png = plot_eval(data, cfg.out or results.with_name(EVAL_SUMMARY))
     elif p.is_dir():
         png = plot_training(p, cfg.out or None)

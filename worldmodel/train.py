@@ -189,6 +189,8 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> tuple[Path | None, Any]:
         out.mkdir(parents=True, exist_ok=True)
         lock = D.exclusive_lock(out / ".train.lock", f"another `wm train` is writing {out}; wait for it to finish, "
                                 "or kill it and re-run with resume=true (or choose another out=)")
+        for stale in out.glob("*.pt.*.tmp"):        # a save cut short by kill -9 (no writer now: we hold the lock)
+            stale.unlink()
     if cfg.resume:
         if last.exists():
             return last, lock

@@ -254,6 +254,38 @@ def test_readme_plugin_planner_plans_from_the_cli(demo_run, tmp_path, capsys, mo
     assert not (tmp_path / "x").exists()
 
 
+def test_killed_eval_resumes_after_its_finished_batches(demo_run, tmp_path, capsys, monkeypatch):
+    """An eval interrupted after its first batch keeps it (progress.json); resume=true plans only the
+    rest and ends with the same results as an eval never interrupted."""
+    import worldmodel.evaluate as E
+
+    ckpt = demo_run / "train" / "best.pt"
+    args = [f"checkpoint={ckpt}", "episodes=3", "batch=2", "videos=3", "planner.samples=16", "planner.elites=4",
+            "planner.iterations=2", "progress=false"]
+    assert main(["eval", *args, f"out={tmp_path / 'whole'}"]) == 0
+    run_tasks, calls = E.run_tasks, []
+
+    def killed_in_second_batch(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:                          # batch 1: planner, random floor; batch 2: killed
+            raise KeyboardInterrupt
+        return run_tasks(*a, **kw)
+
+    monkeypatch.setattr(E, "run_tasks", killed_in_second_batch)
+    out = tmp_path / "cut"
+    assert main(["eval", *args, f"out={out}"]) == 130
+    assert "re-run with resume=true" in capsys.readouterr().err
+    assert json.loads((out / "progress.json").read_text())["done"] == 2 and not (out / "results.json").exists()
+    assert main(["eval", *args, f"out={out}", "planner.samples=17", "resume=true"]) == 2   # other settings
+    assert "other settings" in capsys.readouterr().err
+    calls.clear()
+    assert main(["eval", *args, f"out={out}", "resume=true"]) == 0
+    assert len(calls) == 2                                                 # the last batch only
+    whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    assert cut["per_episode"] == whole["per_episode"] and cut["random_floor"] == whole["random_floor"]
+    assert cut["resumed_after"] == 2 and len(cut["videos"]) == 3 and not (out / "progress.json").exists()
+
+
 def test_overwrite_replaces_only_an_earlier_eval_or_check(demo_run, tmp_path, capsys):
     """overwrite=true never deletes a training run, a dataset or other files given as out=."""
     ckpt = demo_run / "train" / "best.pt"

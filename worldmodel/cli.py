@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-RESUMABLE = {"collect", "train", "demo"}   # commands whose resume=true continues a killed run
+RESUMABLE = {"collect", "train", "eval", "demo"}   # commands whose resume=true continues a killed run
 COMMANDS = {
     "collect": ("worldmodel.collect", "collect simulator rollouts into HDF5 shards"),
     "inspect": ("worldmodel.inspection", "summarise a dataset (episodes, frames, statistics)"),

@@ -19,6 +19,7 @@ every episode at once (B envs x S samples), instead of one episode at a time.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -62,12 +63,15 @@ class EvalConfig:
     device: str = "auto"
     out: str = "runs/eval"
     overwrite: bool = False
+    resume: bool = False               # continue a killed eval after its finished batches (progress.json)
     progress: bool = True
 
     def __post_init__(self) -> None:
         from worldmodel.checkpoint import require_checkpoint
 
         require_checkpoint(self.checkpoint, "eval")
+        if self.resume and self.overwrite:
+            raise ValueError("pass only one of resume=true (continue) / overwrite=true (start over)")
         for k in ("episodes", "budget", "goal_offset", "horizon", "receding_horizon", "batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -84,7 +88,23 @@ class EvalConfig:
 
 
 CONFIG, CONFIG_NAME = EvalConfig, "eval"
-OUTPUTS = {"config.json", "results.json", EVAL_SUMMARY, "videos"}   # what an eval writes in out=
+PROGRESS = "progress.json"      # an eval in progress: its finished batches (resume=true continues after them)
+OUTPUTS = {"config.json", "results.json", EVAL_SUMMARY, "videos", PROGRESS}   # what an eval writes in out=
+
+
+def load_progress(out: Path, cfg: EvalConfig) -> dict[str, Any] | None:
+    """resume=true: the finished batches of the eval killed in `out`, refused if it ran other settings."""
+    f = out / PROGRESS
+    if not f.is_file():
+        return None
+    saved = json.loads(f.read_text())
+    now = to_dict(cfg)
+    diff = {k: (saved["config"].get(k), v) for k, v in now.items()
+            if k not in ("resume", "overwrite", "progress") and saved["config"].get(k) != v}
+    if diff:
+        raise ValueError(f"resume=true but {f} was written with other settings (then vs now: {diff}); resume "
+                         "with its settings, or overwrite=true to start over")
+    return saved
 
 
 @dataclass
@@ -287,7 +307,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from worldmodel.model import load_trained
 
     out = Path(cfg.out)
-    replace = check_output(out, cfg.overwrite, OUTPUTS, "eval")
+    progress = load_progress(out, cfg) if cfg.resume else None
+    replace = progress is None and check_output(out, cfg.overwrite, OUTPUTS, "eval")
     device = resolve_device(cfg.device, 0)
     if cfg.cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
@@ -323,15 +344,19 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
     save_resolved(cfg, out)
     energy = GoalEnergy(model, static=cfg.cuda_graph, dtype=PRECISIONS[cfg.precision], compile=cfg.compile)
-    results: list[dict[str, Any]] = []
-    floor: list[dict[str, Any]] = []
-    latencies: list[float] = []
-    misses = 0
+    done = progress["done"] if progress else 0                          # tasks finished before a kill
+    results: list[dict[str, Any]] = progress["results"] if progress else []
+    floor: list[dict[str, Any]] = progress["floor"] if progress else []
+    latencies: list[float] = progress["latencies"] if progress else []
+    videos: list[str] = progress["videos"] if progress else []
+    misses = progress["misses"] if progress else 0
+    if progress:
+        print(f"wm eval: resuming after {done} of {len(tasks)} episodes ({out / PROGRESS})")
     bar = None
     if cfg.progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(tasks), desc="eval episodes", unit="ep")
-    for b0 in range(0, len(tasks), B):
+        bar = tqdm(total=len(tasks), initial=done, desc="eval episodes", unit="ep")
+    for b0 in range(done, len(tasks), B):
         batch = tasks[b0:b0 + B]
         ctrl = MPCController(planner, energy, (low, high), horizon=cfg.horizon,
                              receding_horizon=cfg.receding_horizon, frameskip=mcfg.frameskip,
@@ -342,7 +367,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         ctrl.reset(goals, seed=plan_seed(batch[0].seed, planner_seed))
         if cfg.cuda_graph:
             ctrl.warmup(2)          # capture every graph outside the timed plans
-        elif cfg.compile and (b0 == 0 or len(batch) != B):
+        elif cfg.compile and (b0 == done or len(batch) != B):
             ctrl.warmup(1)          # compile every shape (history length, batch) outside them
         res = run_tasks(env_list, batch, goals, ctrl.act, cfg.budget, record)
         latencies += ctrl.latencies_s
@@ -353,18 +378,21 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             rand = run_tasks(env_list, batch, goals,
                              lambda o: rng.uniform(low, high, (len(o), len(low))).astype(np.float32),
                              cfg.budget, False)
-            floor += rand
+            floor += [{k: v for k, v in r.items() if k not in ("frames", "goal")} for r in rand]
+        for t, r in zip(batch, res):            # videos now, so only numbers are kept (and resumed)
+            frames, goal = r.pop("frames"), r.pop("goal")
+            if t.index < cfg.videos and frames:
+                videos.append(_video(out / "videos" / f"episode_{t.index:03d}.mp4", frames, goal,
+                                     r["steps_to_success"], f"ep {t.index}", fps=10))
+        write_json_atomic(out / PROGRESS, {"config": to_dict(cfg), "done": b0 + len(batch), "results": results,
+                                           "floor": floor, "latencies": latencies, "misses": misses,
+                                           "videos": videos})
         if bar is not None:
             bar.update(len(batch))
             bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.0%}")
     if bar is not None:
         bar.close()
 
-    videos = []
-    for t, r in zip(tasks, results):
-        if t.index < cfg.videos and r["frames"]:
-            videos.append(_video(out / "videos" / f"episode_{t.index:03d}.mp4", r["frames"], r["goal"],
-                                 r["steps_to_success"], f"ep {t.index}", fps=10))
     n = len(results)
     k = sum(r["success"] for r in results)
     kf = sum(r["success"] for r in floor)
@@ -388,7 +416,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                      "note": "episodes whose physics diverged; each ended there, with what it had reached"},
         "protocol": {"budget": cfg.budget, "goal_offset": cfg.goal_offset, "eval_seed": cfg.eval_seed,
                      "policy": policy, "episode_len": episode_len, "env_kwargs": env_kwargs(env_name, meta)},
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": time.perf_counter() - t0, "resumed_after": done,   # resumed: wall_s counts this run only
         "per_episode": [{"index": t.index, "seed": t.seed, "start_step": t.start_step,
                          "success": r["success"], "steps_to_success": r["steps_to_success"],
                          "diverged_at": r["diverged_at"],
@@ -399,6 +427,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "videos": videos, "config": to_dict(cfg),
     }
     write_json_atomic(out / "results.json", summary)
+    (out / PROGRESS).unlink()
     safe_draw(plot_eval, summary, out / EVAL_SUMMARY)
     lo, hi = summary["ci95"]
     line = f"{env_name}: success {k}/{n} = {k / n:.0%} (95% CI {lo:.0%}-{hi:.0%})"

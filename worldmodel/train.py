@@ -174,9 +174,9 @@ def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDatase
     return model_cfg, train, val, ds.meta
 
 
-def _prepare_out(cfg: TrainConfig, rank: int) -> tuple[Path | None, Any]:
-    """The checkpoint to resume from (or None) and, on rank 0, the run's lock (one `wm train` per out=
-    at a time; held until training ends); refuses to clobber a run unless overwrite=true."""
+def _prepare_out(cfg: TrainConfig, rank: int, held: list[Any]) -> Path | None:
+    """The checkpoint to resume from, or None; on rank 0 it takes the run's lock (one `wm train` per
+    out= at a time) into `held`; refuses to clobber a run unless overwrite=true."""
     from worldmodel import dataset as D
 
     out = Path(cfg.out)
@@ -184,16 +184,15 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> tuple[Path | None, Any]:
     if (out / D.META).exists() or any(out.glob("shard_*.h5")):   # its config.json is the collection's
         raise FileExistsError(f"out={out} is a dataset (meta.json, shards); train into another out=, "
                               f"e.g. out=runs/{out.name}")
-    lock = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        lock = D.exclusive_lock(out / ".train.lock", f"another `wm train` is writing {out}; wait for it to finish, "
-                                "or kill it and re-run with resume=true (or choose another out=)")
+        held.append(D.exclusive_lock(out / ".train.lock", f"another `wm train` is writing {out}; wait for it to "
+                                     "finish, or kill it and re-run with resume=true (or choose another out=)"))
         for stale in out.glob("*.pt.*.tmp"):        # a save cut short by kill -9 (no writer now: we hold the lock)
             stale.unlink()
     if cfg.resume:
         if last.exists():
-            return last, lock
+            return last
         if (out / "best.pt").exists():
             raise FileExistsError(f"resume=true but {out} holds best.pt and no last.pt to resume from (a run "
                                   "killed while saving, or from before every best.pt came with a last.pt); "
@@ -208,7 +207,7 @@ def _prepare_out(cfg: TrainConfig, rank: int) -> tuple[Path | None, Any]:
         for n in existing:
             p = out / n
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return None, lock
+    return None
 
 
 class StopAtStepEnd:
@@ -273,14 +272,17 @@ def check_compile(cfg: TrainConfig, world: int) -> None:
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train per `cfg`; returns (and prints) the final metrics."""
     rank, world, local_rank, owned = init_distributed()
+    held: list[Any] = []                         # the run's lock, taken by _prepare_out on rank 0
     try:
-        return _train(cfg, rank, world, local_rank)
+        return _train(cfg, rank, world, local_rank, held)
     finally:
+        for fh in held:                          # released here, whatever the ending (a traceback kept
+            fh.close()                           # alive by the caller would otherwise keep it)
         if owned:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str, Any]:
+def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, held: list[Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
     from worldmodel.checkpoint import load_checkpoint, save_checkpoint
@@ -293,7 +295,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int) -> dict[str
         torch.set_num_threads(cfg.threads)
     model_cfg, train, val, meta = prepare_data(cfg)
     cfg = dataclasses.replace(cfg, model=model_cfg)
-    resume_from, lock = _prepare_out(cfg, rank)                    # lock: released when this returns
+    resume_from = _prepare_out(cfg, rank, held)
     if world > 1:
         dist.barrier()
     out = Path(cfg.out)

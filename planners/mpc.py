@@ -166,6 +166,10 @@ class MPCController:
             raise ValueError(f"reset: batch={self.batch}, so the goal needs shape (batch, ...), "
                              f"got {goal.shape}")
         self._check_finite(goal, "reset(goal_image)")
+        image = goal.ndim == 4 and goal.shape[-1] == 3                 # (B, H, W, 3); states pass as they are
+        if image and np.issubdtype(goal.dtype, np.floating) and goal.size and goal.max() > 1.0:
+            raise ValueError(f"reset(goal_image): float frames are read as [0, 1], and this one reaches "
+                             f"{float(goal.max()):.3g}; pass uint8 frames (0-255) or divide by 255")
         self._goal, self._goal_shape, self._goal_dtype = goal, goal.shape[1:], goal.dtype
         self._clear()
         if seed is not None:

@@ -333,6 +333,9 @@ def test_cuda_graph_mode_is_refused_without_cuda_or_a_static_energy():
         MPCController(make_planner("cem"), GoalEnergy(model), (LOW, HIGH), cuda_graph=True, device="cuda")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         GraphedPlanner(make_planner("cem")).solve(lambda a: a.sum((-1, -2)), Bounds.make(LOW, HIGH), 3)
+    ctrl = MPCController(make_planner("cem"), GoalEnergy(model), (LOW, HIGH))
+    with pytest.raises(ValueError, match="float frames are read as"):   # 0-255 floats: a wrong goal
+        ctrl.reset(np.full((16, 16, 3), 200.0, np.float32))
     for budget in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="time_budget_s must be > 0"):
             MPCController(make_planner("cem"), GoalEnergy(model), (LOW, HIGH), time_budget_s=budget)

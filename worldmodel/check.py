@@ -208,7 +208,7 @@ def run(cfg: CheckConfig) -> dict[str, Any]:
     n, K = len(starts), min(cfg.decoys, len(starts) - 1)
     if replace:
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)                 # after the last refusal: a refused check leaves no out
+    out.mkdir(parents=True, exist_ok=True)  # after the last refusal: a refused check leaves no out
     save_resolved(cfg, out)
     t0 = time.perf_counter()
 

@@ -42,11 +42,13 @@ class DemoConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.resume and self.overwrite:
-            raise ValueError("choose one of resume=true (continue) and overwrite=true (start over)")
+        import envs
+        from planners import planner_from_config
         from worldmodel.config import ConfigError, compose, group_options
         from worldmodel.distributed import check_device
 
+        if self.resume and self.overwrite:
+            raise ValueError("choose one of resume=true (continue) and overwrite=true (start over)")
         # Everything the three stages would refuse, refused before minutes of collection, not after.
         check_device(self.device)
         if self.model not in group_options("model"):
@@ -56,17 +58,12 @@ class DemoConfig:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be > 0 (or null: the model preset's), got {self.lr}")
-        import envs
-
         envs.resolve(load(collect.CONFIG, collect.CONFIG_NAME, self.collect_overrides()).env.name)
-        from planners import planner_from_config
-
         planner_from_config(compose(evaluate.CONFIG_NAME, self.planner_overrides())["planner"])
         out = Path(self.out)
         if out.exists() and any(out.iterdir()) and not (self.resume or self.overwrite):
             raise FileExistsError(f"{out} already exists; pass resume=true to continue it or "
                                   "overwrite=true to start over (or another out=)")
-
 
     def collect_overrides(self) -> list[str]:
         return [f"env={self.env}", f"episodes={self.episodes}", f"workers={self.workers}",

@@ -381,7 +381,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, held: list[
             n_window += 1
             bar.update(1)
             do_eval = val is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
-            do_ckpt = step % cfg.ckpt_every == 0 or step == end
+            stop = ctrl_c.requested                                    # Ctrl-C: save this step, then stop
+            do_ckpt = step % cfg.ckpt_every == 0 or step == end or stop
             if step % cfg.log_every == 0 or do_eval or do_ckpt:
                 stats = torch.stack(window)                            # (n, 5)
                 agg = torch.cat([stats.nan_to_num(0.0).mean(0), (~torch.isfinite(stats)).any(1).sum()[None]])
@@ -426,9 +427,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, held: list[
                 saved_at = step
                 if rank == 0 and cfg.plots:
                     t_window += safe_draw(plot_training, out)          # drawing is not training time
-            if ctrl_c.requested:
-                if saved_at != step:
-                    checkpoint("last.pt", {**last_train, **last_eval})
+            if stop:
                 bar.write(f"interrupted: saved {out / 'last.pt'} at step {step}; resume=true continues from it")
                 raise KeyboardInterrupt
     finally:

@@ -183,7 +183,12 @@ class Problem:
         if x.dim() != len(shape) or any(n != -1 and n != m for n, m in zip(shape, x.shape)):
             raise ValueError(f"{self.who}: {what} must have shape {shape} (-1 = any), "
                              f"got {tuple(x.shape)}")
-        return x.to(self.device, self.dtype)
+        x = x.to(self.device, self.dtype)
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing and not bool(torch.isfinite(x).all()):  # host sync: once per solve, not per iteration
+            raise ValueError(f"{self.who}: {what} holds NaN or Inf; pass finite actions in raw env units "
+                             f"(or None to start at the box centre)")
+        return x
 
     def init_mean(self, init_mean: torch.Tensor | None) -> torch.Tensor:
         """(B, H, A) starting mean in unit coordinates (zeros = box centre)."""

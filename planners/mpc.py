@@ -49,7 +49,9 @@ from planners.graph import GraphedPlanner, StaticBuffers
 
 
 class GoalEnergyLike(Protocol):
-    """What the controller needs from a world model. Arrays always carry a leading batch axis B."""
+    """What the controller needs from a world model. Arrays always carry a leading batch axis B.
+    Optional: an int attribute `max_history`, the most frames the model reads (the controller refuses
+    a longer `history`)."""
 
     def set_goal(self, goal_obs: np.ndarray) -> None:
         """goal_obs (B, *obs_shape), same layout and dtype as the observations."""
@@ -118,6 +120,10 @@ class MPCController:
             raise ValueError(f"need 1 <= receding_horizon <= horizon, got {receding_horizon}, {horizon}")
         if frameskip < 1 or history < 1 or (batch is not None and batch < 1):
             raise ValueError("frameskip, history and batch must be >= 1")
+        max_history = getattr(energy_fn, "max_history", None)
+        if max_history is not None and history > max_history:
+            raise ValueError(f"history={history} but the energy's model attends over at most {max_history} frames "
+                             f"(its training history): use history={max_history}")
         if time_budget_s is not None and not time_budget_s > 0:        # NaN fails too
             raise ValueError(f"time_budget_s must be > 0 seconds (or None: no deadline), got {time_budget_s}")
         n_exec = receding_horizon * frameskip

@@ -309,6 +309,11 @@ def test_controller_with_real_goal_energy_on_images():
                          horizon=2, receding_horizon=1, frameskip=2, history=3)
     grad.reset(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     assert grad.act(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).shape == (2,)
+    with pytest.raises(ValueError, match="use history=3"):           # the model attends over 3 frames
+        MPCController(plan, energy, (LOW, HIGH), frameskip=2, history=4)
+    with pytest.raises(ValueError, match="model's history"):
+        energy.set_observation(rng.integers(0, 256, (1, 4, 16, 16, 3), dtype=np.uint8),
+                               np.zeros((1, 3, 4), np.float32))
 
 
 def _image_model(history: int = 3):

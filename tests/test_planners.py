@@ -149,6 +149,12 @@ def test_bad_inputs_name_the_fix():
     cem = make_planner("cem", iterations=1)
     with pytest.raises(ValueError, match="init_mean"):
         cem.solve(quadratic(torch.zeros(1, 2)), b, H, init_mean=torch.zeros(1, H + 1, 2))
+    for name in ("cem", "icem", "mppi", "gradient"):                  # NaN would reach the actions
+        with pytest.raises(ValueError, match="init_mean holds NaN"):
+            make_planner(name, iterations=1).solve(quadratic(torch.zeros(1, 2)), b, H,
+                                                   init_mean=torch.full((1, H, 2), float("nan")))
+    with pytest.raises(ValueError, match="init_elites holds NaN"):
+        cem.solve(quadratic(torch.zeros(1, 2)), b, H, init_elites=torch.full((1, 2, H, 2), float("inf")))
     with pytest.raises(ValueError, match=r"costs \(B, S\)"):
         cem.solve(lambda a: a.sum(-1), b, H)
     with pytest.raises(ValueError, match="deadline_s"):

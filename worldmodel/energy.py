@@ -58,6 +58,7 @@ class GoalEnergy:
         if dtype not in (None, torch.float32, torch.bfloat16):
             raise ValueError(f"GoalEnergy dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         self.model = model
+        self.max_history = model.cfg.history       # frames the predictor was trained to attend over
         self.dtype = own if dtype is None else dtype
         # the model that rolls candidates forward: this one, or a copy with the predictor in `dtype`
         self.planner_model = model if self.dtype == own else model.planning_copy(self.dtype)
@@ -109,6 +110,10 @@ class GoalEnergy:
     @torch.no_grad()
     def set_latent_history(self, z_hist: Tensor, past_actions: Tensor | None = None) -> None:
         """Like set_observation but from already-encoded latents z_hist (B, h, D)."""
+        if z_hist.dim() != 3 or not 1 <= z_hist.shape[1] <= self.max_history:
+            raise ValueError(f"history must be (B, h, D) with 1 <= h <= {self.max_history} (the model's history), "
+                             f"got {tuple(z_hist.shape)}: pass at most the last {self.max_history} frames "
+                             f"(MPCController(history={self.max_history}))")
         z_hist = z_hist.to(self.dtype)
         cache = self.planner_model.prefill(z_hist, past_actions)  # per layer: (B, 1, H, hd) pairs
         n = len(cache[0]) if cache else 0

@@ -235,6 +235,32 @@ def test_refuses_data_that_does_not_fit(data, tmp_path):
     assert (data / "meta.json").exists()
 
 
+def test_refuses_out_of_bounds_actions_and_a_batch_above_the_clip_count(tmp_path, capsys):
+    import h5py
+    import json
+
+    from worldmodel.cli import main
+
+    d = write_dataset(tmp_path / "d", [24] * 4, image_size=16)
+    with h5py.File(d / "shard_00000.h5", "r+") as f:
+        f["action"][30] = [float("nan"), 0.0]                         # inside episode 1
+    with pytest.raises(ValueError, match="batch_size<="):
+        run(make_cfg(d, tmp_path / "a", batch_size=4096))
+    meta = json.loads((d / "meta.json").read_text())
+    meta["action_low"], meta["action_high"] = [-50.0, -50.0], [50.0, 50.0]   # actions are (row, -row): rows 51-94 but for the NaN row 71
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"outside the recorded bounds .* \(first: episode 2, step 3\)"):
+        run(make_cfg(d, tmp_path / "a"))
+    assert not (tmp_path / "a").exists()                             # refused before any output
+    capsys.readouterr()
+    assert main(["inspect", str(d), "json=true", "metrics=false"]) == 0
+    ap = json.loads(capsys.readouterr().out)["action_problems"]
+    assert ap == {"nonfinite": 1, "out_of_bounds": 43, "first_out_of_bounds": [2, 3]}
+    assert main(["inspect", str(d), "metrics=false"]) == 0
+    text = capsys.readouterr().out
+    assert "1 action rows inside episodes are NaN" in text and "43 action rows lie outside" in text
+
+
 def _cli(data: Path, out: Path, *extra: str) -> list[str]:
     model = [f"model.{k}={v}" for k, v in MICRO.items()]
     return [sys.executable, "-m", "worldmodel.cli", "train", f"data={data}", f"out={out}", *model,

@@ -61,6 +61,29 @@ def _bad_action_rows(action: np.ndarray, ep_len: np.ndarray, ep_offset: np.ndarr
     return bad
 
 
+def action_problems(action: np.ndarray, ep_len: np.ndarray, ep_offset: np.ndarray,
+                    meta: dict | None) -> dict[str, Any]:
+    """What is wrong with a dataset's action rows: `nonfinite` rows (NaN/Inf other than the
+    episodes' last rows, which are NaN by contract), `out_of_bounds` finite rows outside the
+    meta's action_low/action_high (None where the data records no bounds) and `first_out_of_bounds`
+    (episode, step) of the first such row."""
+    action = np.asarray(action)
+    bad = _bad_action_rows(action, ep_len, ep_offset)
+    out: dict[str, Any] = {"nonfinite": int(bad.sum()), "out_of_bounds": None, "first_out_of_bounds": None}
+    meta = meta or {}
+    if "action_low" in meta and "action_high" in meta:
+        low, high = np.asarray(meta["action_low"], np.float64), np.asarray(meta["action_high"], np.float64)
+        tol = 1e-5 * np.maximum(high - low, 1.0)                             # float32 rounding of the bounds
+        with np.errstate(invalid="ignore"):
+            outside = ((action < low - tol) | (action > high + tol)).any(axis=1)  # (N,) False where NaN
+        out["out_of_bounds"] = int(outside.sum())
+        if outside.any():
+            row = int(np.argmax(outside))
+            ep = int(np.searchsorted(ep_offset, row, side="right") - 1)
+            out["first_out_of_bounds"] = (ep, row - int(ep_offset[ep]))
+    return out
+
+
 def valid_starts(ep_len: np.ndarray, ep_offset: np.ndarray, spec: ClipSpec,
                  episodes: np.ndarray | None = None, bad_rows: np.ndarray | None = None) -> np.ndarray:
     """Flat (M,) int64 array of every row where a clip may start, episode by episode.

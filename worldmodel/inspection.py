@@ -4,6 +4,7 @@
     wm inspect data/tworoom json=true  # the same as one JSON object
 
 Reports episodes, frames, episode lengths, per-dimension action / state / proprio statistics,
+action rows that are NaN/Inf inside an episode or outside the recorded bounds (`wm train` refuses the latter),
 disk size, and the env's own episode metrics (e.g. TwoRoom `crossed_door`, Push-T
 `block_moved`), computed by rebuilding the env named in meta.json and scoring every episode's
 states: a dataset where the agent never crosses the door cannot teach a model to plan through it.
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from worldmodel.clips import action_problems
 from worldmodel.config import ConfigError
 from worldmodel.dataset import load_dataset
 
@@ -94,6 +96,8 @@ def inspect(path: str | Path, metrics: bool = True) -> dict[str, Any]:
             dims = len(st["min"])
             st["names"] = list(names[col]) if names[col] and len(names[col]) == dims else [str(i) for i in range(dims)]
             out[col] = st
+    if "action" in ds.columns:
+        out["action_problems"] = action_problems(ds.columns["action"], ds.ep_len, ds.ep_offset, meta)
     out["metrics"] = {}
     if metrics and meta.get("env") and "state" in ds.columns:
         out["metrics"] = episode_metrics(meta, ds)
@@ -119,6 +123,14 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"{col:<{w}}" + "".join(f"{s:>10}" for s in ("min", "mean", "std", "max")))
         for i, name in enumerate(st["names"]):
             lines.append(f"  {name:<{w - 2}}" + "".join(f"{st[s][i]:>10.3f}" for s in ("min", "mean", "std", "max")))
+    ap = r.get("action_problems") or {}
+    if ap.get("nonfinite"):
+        lines.append(f"WARNING: {ap['nonfinite']} action rows inside episodes are NaN/Inf (training skips the clips "
+                     "touching them; the statistics above leave them out)")
+    if ap.get("out_of_bounds"):
+        ep, t = ap["first_out_of_bounds"]
+        lines.append(f"WARNING: {ap['out_of_bounds']} action rows lie outside the recorded bounds (first: episode {ep}, "
+                     f"step {t}); `wm train` refuses this data: repair or drop those episodes, or re-collect")
     if r["metrics"]:
         lines.append("episode metrics")
         for k, m in r["metrics"].items():

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, split_episodes
+from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, action_problems, split_episodes
 from worldmodel.config import save_resolved, to_dict
 from worldmodel.distributed import gather_rng_states, init_distributed, ranks_in_sync, resolve_device
 from worldmodel.logger import RunLogger
@@ -160,6 +160,13 @@ def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDatase
                f"{max(d for d in range(1, max(1, h // 8) + 1) if h % d == 0)}; this model's {patch} does not)")
         raise ValueError(f"dataset frames are {h}x{w} but model.image_size={cfg.model.image_size}: {fit}, or "
                          f"re-collect with image_size={cfg.model.image_size}")
+    problems = action_problems(action, ds.ep_len, ds.ep_offset, ds.meta)
+    if problems["out_of_bounds"]:
+        ep, t = problems["first_out_of_bounds"]
+        raise ValueError(f"{cfg.data.path}: {problems['out_of_bounds']} action rows lie outside the recorded bounds "
+                         f"[{ds.meta['action_low']}, {ds.meta['action_high']}] (first: episode {ep}, step {t}); "
+                         "they would skew the action normalisation and can never be planned: repair or drop those "
+                         "episodes (data.episodes=...), or re-collect (`wm inspect` lists the problems)")
     model_cfg = dataclasses.replace(cfg.model, action_dim=int(action.shape[1]))
     spec = ClipSpec(model_cfg.history, cfg.data.n_preds, model_cfg.frameskip)
     short = int((ds.ep_len < spec.min_episode_len).sum())
@@ -171,6 +178,11 @@ def prepare_data(cfg: TrainConfig) -> tuple[ModelConfig, ClipDataset, ClipDatase
     val = ClipDataset(ds, spec, val_eps) if len(val_eps) else None
     if len(train) == 0:
         raise ValueError(f"{cfg.data.path}: no training clip survives (NaN actions?); check with `wm inspect`")
+    if problems["nonfinite"]:
+        print(f"note: {problems['nonfinite']} action rows inside episodes are NaN/Inf; clips touching them are skipped")
+    if cfg.batch_size > len(train):
+        raise ValueError(f"batch_size={cfg.batch_size} but the data hold only {len(train)} training clips (every "
+                         f"clip would repeat within a batch): pass batch_size<={len(train)}, or collect more episodes")
     return model_cfg, train, val, ds.meta
 
 

@@ -126,6 +126,7 @@ def test_episodes_whose_physics_diverges_end_at_their_last_valid_step(tmp_path, 
     (["shard=2", "num_shards=2"], "shard must be in"),
     (["bogus=1"], "bogus"),
     (["resume=true", "overwrite=true"], "only one of"),
+    (["episode_len=1000000000"], "lower episode_len"),                # would run out of memory
 ])
 def test_bad_input_refused_before_any_work(tmp_path, capsys, args, needle):
     out = tmp_path / "never"

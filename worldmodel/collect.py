@@ -78,6 +78,13 @@ class CollectConfig:
             (self.num_shards <= self.episodes, f"num_shards={self.num_shards} > episodes={self.episodes}"),
             (not (self.resume and self.overwrite), "pass only one of resume=true / overwrite=true"),
         ]
+        ram = physical_memory()
+        per_worker = self.episode_len * self.image_size ** 2 * 3     # one episode's frames, held until it ends
+        if ram and min(self.workers, self.episodes) * per_worker > ram // 2:
+            checks.append((False, f"episode_len={self.episode_len} at image_size={self.image_size} holds "
+                                  f"{per_worker / 2 ** 30:.1f} GiB of frames per worker ({min(self.workers, self.episodes)} "
+                                  f"workers), over half of this machine's {ram / 2 ** 30:.0f} GiB: lower episode_len, "
+                                  "image_size or workers"))
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -110,6 +117,14 @@ def episode_seed(seed: int, index: int) -> int:
 def shard_range(episodes: int, shard: int, num_shards: int) -> range:
     """Global episode indices collected by machine `shard` of `num_shards` (contiguous blocks)."""
     return range(shard * episodes // num_shards, (shard + 1) * episodes // num_shards)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def rollout(env: Any, policy_name: str, seed: int, index: int, length: int) -> dict[str, Any]:

@@ -110,6 +110,14 @@ def test_check_on_another_recording_and_refusals(trained, tmp_path, capsys):
                  "progress=false"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["episodes"] == f"every episode of {other}" and res["decoys"] == 5   # capped at tasks - 1
+    assert "warning" not in capsys.readouterr().err                # the same recorded system
+    arm = tmp_path / "arm"                                         # another system's recording
+    with DatasetWriter(arm, name="arm", **BOUNDS) as w:
+        w.add_episode(pixels=np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), np.uint8),
+                      action=np.zeros((15, 2), np.float32))
+    assert main(["check", f"checkpoint={ckpt}", f"data={arm}", "tasks=2", "goal_offset=4", "plan=false",
+                 f"out={tmp_path / 'a'}", "progress=false"]) == 0
+    assert "trained on the recording 'square' data and is checked on the recording 'arm'" in capsys.readouterr().err
     assert main(["check", f"checkpoint={ckpt}", f"data={other}", "tasks=6", "goal_offset=4", "plan=false",
                  f"out={out}", "overwrite=true", "progress=false"]) == 0               # the model alone
     res = json.loads((out / "results.json").read_text())

@@ -36,6 +36,7 @@ landing steps), which can still be coarser than a task's success tolerance (Push
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,23 @@ class CheckConfig:
 
 CONFIG, CONFIG_NAME = CheckConfig, "check"
 OUTPUTS = {"config.json", "results.json", "check.png"}   # what a check writes in out=
+
+
+def origin(meta: dict | None) -> str:
+    """Where a dataset came from: its env, or the recorded system's name."""
+    meta = meta or {}
+    return meta.get("env") or (f"the recording {meta['source']!r}" if meta.get("source") else "unnamed")
+
+
+def same_origin(a: dict, b: dict) -> bool:
+    """Whether two datasets' metadata name the same env or recorded system (True where either names none)."""
+    from worldmodel.evaluate import same_env
+
+    if a.get("env") and b.get("env"):
+        return same_env(b["env"], a)
+    if not (a.get("env") or a.get("source")) or not (b.get("env") or b.get("source")):
+        return True
+    return origin(a) == origin(b)
 
 
 def load_episodes(cfg: CheckConfig, train_cfg: dict, history: int, frameskip: int) -> tuple[Any, str]:
@@ -195,7 +213,12 @@ def run(cfg: CheckConfig) -> dict[str, Any]:
     A = ds.action.shape[1]
     if A != mc.action_dim:
         raise ValueError(f"the data has {A} action dims; the model was trained on {mc.action_dim}")
-    meta = extra.get("dataset_meta") or ds.meta or {}
+    trained_meta = extra.get("dataset_meta") or {}
+    if not same_origin(trained_meta, ds.meta or {}):        # allowed (a transfer test), but say so
+        print(f"wm check: warning: {cfg.checkpoint} was trained on {origin(trained_meta)} data and is checked on "
+              f"{origin(ds.meta)} episodes ({source}): what its energy and rollouts do there says little about "
+              "its own system", file=sys.stderr)
+    meta = trained_meta or ds.meta or {}
     if "action_low" in meta and "action_high" in meta:
         low, high = np.asarray(meta["action_low"], np.float32), np.asarray(meta["action_high"], np.float32)
     else:                                 # LeWM files record no bounds: the recorded actions' range

@@ -10,8 +10,10 @@ History: the energy gets the last `history` observations spaced `frameskip` env 
 (oldest first, the current one last) and the action chunks executed between consecutive ones.
 At an episode's start fewer frames exist; the energy then receives T < history of them.
 
-Time budget: `time_budget_s` is the optimiser's anytime deadline (PlanResult.deadline_missed
-when it cut iterations short); the latencies in `stats()` also include encoding the history.
+Time budget: `time_budget_s` bounds a whole plan, encoding the history included: the optimiser
+gets what encoding left of it as its anytime deadline and stops iterating when it runs out. In
+`stats()`, `deadline_misses` counts plans that still took longer than the budget (one iteration
+can overrun it) and `budget_cut_plans` those whose iterations the budget cut short.
 
 Warm start: the previous plan's mean (and elites, for planners that keep them) is shifted by the
 number of env steps elapsed since that plan started, padded with the box centre, and passed as
@@ -22,10 +24,13 @@ chunk starts in a background thread from the latest observation (time t0) while 
 actions keep executing. Those k actions are committed: every candidate the planner scores starts
 with them (the energy sees them in place of the candidate's first k env actions), so the plan
 optimises what follows them from where they will leave the robot. When the queue runs dry the new
-plan is adopted minus its first k env actions (the committed ones). If the plan is not ready yet,
-`act` waits for it and counts a stall. Planning latency up to k control periods is thus hidden;
-each plan yields receding_horizon * frameskip - k env actions (k = 0: plan only when the queue is
-empty, in the worker thread; the first plan of an episode is always waited for).
+plan is adopted minus its first k env actions (the committed ones), and, if only k are left, the
+next plan starts at once. If the plan is not ready yet, `act` waits for it and counts a stall.
+Planning latency up to k control periods is thus hidden; each plan yields receding_horizon *
+frameskip - k env actions, so k is at most half of receding_horizon * frameskip (else the next
+plan would have to start with fewer than k actions left); k = 0: plan only when the queue is
+empty, in the worker thread; the first plan of an episode is always waited for. A plan that
+fails in the thread raises from the `act` that would have adopted it; the controller stays usable.
 Do not call `plan()` yourself while async planning is in flight.
 
 CUDA graph (`cuda_graph=True`, CUDA only): every solve is one captured graph replayed
@@ -108,6 +113,9 @@ class MPCController:
             if getattr(energy_fn, "static", False) is not True:
                 raise TypeError("cuda_graph=True needs an energy that keeps its inputs in place: "
                                 "GoalEnergy(model, static=True)")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"MPCController plans in torch.float32 or torch.float64 (got {dtype}); for a bf16 "
+                            "predictor build the energy with GoalEnergy(model, dtype=torch.bfloat16)")
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={str(device)!r} but CUDA is not available here (a CPU-only torch or no GPU); "
                              "plan with device='cpu' (and the model on the CPU)")
@@ -127,9 +135,10 @@ class MPCController:
         if time_budget_s is not None and not time_budget_s > 0:        # NaN fails too
             raise ValueError(f"time_budget_s must be > 0 seconds (or None: no deadline), got {time_budget_s}")
         n_exec = receding_horizon * frameskip
-        if async_lead is not None and not 0 <= async_lead < n_exec:
-            raise ValueError(f"async_lead must be in [0, receding_horizon*frameskip={n_exec}), "
-                             f"got {async_lead}")
+        if async_lead is not None and not 0 <= async_lead <= n_exec // 2:
+            raise ValueError(f"async_lead must be in [0, receding_horizon*frameskip/2 = {n_exec // 2}], got "
+                             f"{async_lead}: each plan yields {n_exec} - async_lead new actions, and the next plan "
+                             "must start async_lead actions before they run out; raise receding_horizon for more lead")
         self.planner, self.energy = planner, energy_fn
         self._graphed = GraphedPlanner(planner) if cuda_graph else None
         self._prefix = CommittedPrefix(energy_fn, frameskip, device, dtype)
@@ -139,10 +148,16 @@ class MPCController:
         # the planner's per-step box: one chunk = frameskip env actions side by side
         self.chunk_bounds = Bounds(self.env_bounds.low.repeat(frameskip),
                                    self.env_bounds.high.repeat(frameskip))  # (frameskip*A,)
-        self._low = self.env_bounds.low.cpu().numpy().astype(np.float32)
-        self._high = self.env_bounds.high.cpu().numpy().astype(np.float32)
+        # float32 bounds rounded inward: an action clipped to them is inside the bounds as given
+        low64 = np.broadcast_to(torch.as_tensor(low).detach().cpu().double().numpy(), (A,))
+        high64 = np.broadcast_to(torch.as_tensor(high).detach().cpu().double().numpy(), (A,))
+        self._low = np.where(low64.astype(np.float32) < low64,
+                             np.nextafter(low64.astype(np.float32), np.float32(np.inf)), low64.astype(np.float32))
+        self._high = np.where(high64.astype(np.float32) > high64,
+                              np.nextafter(high64.astype(np.float32), np.float32(-np.inf)), high64.astype(np.float32))
         self._pool: ThreadPoolExecutor | None = None
         self._goal_shape: tuple | None = None
+        self._image = False                     # the goal is an image (B, H, W, 3): range-check frames
         self._clear()
 
     # ------------------------------------------------------------------ episode state
@@ -158,7 +173,7 @@ class MPCController:
         self._mean_t = 0                                           # env step the mean starts at
         self._lat: list[float] = []
         self._iters: list[int] = []
-        self._misses = self._stalls = 0
+        self._misses = self._cut = self._stalls = 0
         self._stall_s = 0.0
 
     def reset(self, goal_image: np.ndarray, seed: int | None = None) -> None:
@@ -173,21 +188,24 @@ class MPCController:
                              f"got {goal.shape}")
         self._check_finite(goal, "reset(goal_image)")
         image = goal.ndim == 4 and goal.shape[-1] == 3                 # (B, H, W, 3); states pass as they are
-        if image and np.issubdtype(goal.dtype, np.floating) and goal.size and goal.max() > 1.0:
-            raise ValueError(f"reset(goal_image): float frames are read as [0, 1], and this one reaches "
-                             f"{float(goal.max()):.3g}; pass uint8 frames (0-255) or divide by 255")
-        self._goal, self._goal_shape, self._goal_dtype = goal, goal.shape[1:], goal.dtype
+        if image and goal.dtype.kind in "iub" and goal.dtype != np.uint8:
+            raise TypeError(f"reset(goal_image): image frames are uint8 (0-255) or float in [0, 1], got "
+                            f"{goal.dtype}; convert with frame.astype(np.uint8)")
+        self._check_range(goal, image, "reset(goal_image)")
+        self.energy.set_goal(goal)                  # first: a refused goal leaves the controller as it was
+        self._goal, self._goal_shape, self._goal_dtype, self._image = goal, goal.shape[1:], goal.dtype, image
         self._clear()
         if seed is not None:
             (self._graphed or self.planner).reseed(seed)
-        self.energy.set_goal(goal)
 
     def close(self) -> None:
         """Stop the background planner thread (async mode)."""
-        self._drain()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        try:
+            self._drain()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def __enter__(self) -> "MPCController":
         return self
@@ -209,6 +227,13 @@ class MPCController:
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{where}: contains NaN or inf; check the sensor / simulator state")
 
+    @staticmethod
+    def _check_range(x: np.ndarray, image: bool, where: str) -> None:
+        """Float frames are read as [0, 1]: 0-255 floats would plan toward nonsense latents."""
+        if image and x.dtype.kind == "f" and x.size and x.max() > 1.0:
+            raise ValueError(f"{where}: float frames are read as [0, 1], and this one reaches "
+                             f"{float(x.max()):.3g}; pass uint8 frames (0-255) or divide by 255")
+
     def _validate(self, obs, where: str) -> np.ndarray:
         if self._goal_shape is None:
             raise RuntimeError(f"{where}: call reset(goal_image) first to set the goal")
@@ -222,6 +247,8 @@ class MPCController:
             raise TypeError(f"{where}: expected dtype {self._goal_dtype} like the goal, got "
                             f"{obs.dtype}; convert observations and goal the same way")
         self._check_finite(obs, where)
+        self._check_range(obs, self._image, where)
+        obs = obs.copy()        # the history keeps this frame: a caller reusing its buffer must not change it
         return obs if self.batch is not None else obs[None]        # (B, *obs_shape)
 
     # ------------------------------------------------------------------ planning
@@ -253,12 +280,15 @@ class MPCController:
         committed (B, k, A): env actions already queued for steps t0 .. t0+k-1."""
         t = time.perf_counter()               # latency = encoding the history + the solve
         self.energy.set_observation(obs_hist, past)
+        budget = self.time_budget_s
+        if budget is not None:                # the solver gets what encoding left of the budget
+            budget = max(budget - (time.perf_counter() - t), 1e-6)
         energy, k = self.energy, 0 if committed is None else committed.shape[1]
         if k:
             self._prefix.set(committed)
             energy = self._prefix
         kw = dict(batch=obs_hist.shape[0], init_mean=self._shift(self._mean, t0 - self._mean_t),
-                  init_elites=self._shift(self._elites, t0 - self._mean_t), deadline_s=self.time_budget_s)
+                  init_elites=self._shift(self._elites, t0 - self._mean_t), deadline_s=budget)
         if self._graphed is not None:     # one graph per history length T and committed length k
             res = self._graphed.solve(energy, self.chunk_bounds, self.horizon, key=(obs_hist.shape[1], k), **kw)
         else:
@@ -267,17 +297,25 @@ class MPCController:
         return res
 
     def _adopt(self, res: PlanResult, t0: int, drop: int, enqueue: bool = True) -> None:
-        """Record a finished plan: warm-start state, statistics, and (enqueue) its env actions."""
-        self._mean, self._elites, self._mean_t = res.mean, res.elites, t0
-        self._lat.append(res.latency_s)
-        self._iters.append(res.iterations)
-        self._misses += int(res.deadline_missed)
-        if not enqueue:
-            return
+        """Record a finished plan: warm-start state, statistics, and (enqueue) its env actions.
+        Refuses a plan with NaN/Inf actions (a planner bug must not reach the robot); a non-finite
+        warm start is dropped (e.g. MPPI's mean after a plan where every cost was NaN)."""
         chunks = res.actions[:, :self.receding]                       # (B, r, fs*A)
         steps = chunks.reshape(chunks.shape[0], -1, self.A)            # (B, r*fs, A)
         # host sync, once per plan: the actions leave the device for the robot
-        steps = np.clip(steps.detach().float().cpu().numpy(), self._low, self._high)
+        steps = steps.detach().to(torch.float64).cpu().numpy()
+        if not np.isfinite(steps).all():
+            raise RuntimeError(f"the planner ({getattr(self.planner, 'name', type(self.planner).__name__)}) returned "
+                               "NaN/Inf actions; nothing was sent. Check its settings and the energy's costs")
+        warm = res.mean is None or bool(torch.isfinite(res.mean).all())  # host sync, once per plan
+        self._mean, self._elites, self._mean_t = (res.mean, res.elites, t0) if warm else (None, None, t0)
+        self._lat.append(res.latency_s)
+        self._iters.append(res.iterations)
+        self._misses += int(self.time_budget_s is not None and res.latency_s > self.time_budget_s)
+        self._cut += int(res.deadline_missed and self._graphed is None)   # a graph runs every iteration
+        if not enqueue:
+            return
+        steps = np.clip(steps.astype(np.float32), self._low, self._high)
         self._queue.clear()
         self._queue.extend(steps[:, i] for i in range(drop, steps.shape[1]))
 
@@ -299,40 +337,53 @@ class MPCController:
     def act(self, obs) -> np.ndarray:
         """One env action (A,) (or (batch, A)), float32, inside the bounds."""
         obs = self._validate(obs, "act(obs)")
+        saved = self._obs.copy()
         self._obs.append(obs)
-        if self.async_lead is None:
-            if not self._queue:
-                self._adopt(self._solve(*self._snapshot(), self._t), self._t, 0)
-        else:
-            self._step_async()
+        try:
+            if self.async_lead is None:
+                if not self._queue:
+                    self._adopt(self._solve(*self._snapshot(), self._t), self._t, 0)
+            else:
+                self._step_async()
+        except BaseException:
+            self._obs = saved                  # a failed step leaves the history as it was: retry-safe
+            raise
         a = self._queue.popleft()                                      # (B, A)
         self._acts.append(a)
         self._t += 1
-        return a if self.batch is not None else a[0]
+        return a.copy() if self.batch is not None else a[0].copy()    # the caller's to keep or change
 
-    def _step_async(self) -> None:
+    def _submit_if_due(self) -> None:
+        """Start the next plan in the worker when only async_lead queued actions are left."""
         if self._future is None and len(self._queue) <= self.async_lead:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpc-plan")
             self._future_t0 = self._t
             committed = np.stack(self._queue, axis=1) if self._queue else None   # (B, k, A)
             self._future = self._pool.submit(self._solve, *self._snapshot(), self._t, committed)
+
+    def _step_async(self) -> None:
+        self._submit_if_due()
         if not self._queue:
             fut, t0 = self._future, self._future_t0
+            self._future = None                 # taken now: a plan that failed is not waited for again
             stalled = not fut.done() and bool(self._lat)  # waiting for the first plan is no stall
             t = time.perf_counter()
-            res = fut.result()
+            res = fut.result()                  # re-raises the worker's exception here, once
             if stalled:
                 self._stalls += 1
                 self._stall_s += time.perf_counter() - t
-            self._future = None
             self._adopt(res, t0, self._t - t0)
+            self._submit_if_due()               # this tick: the next plan starts with all k committed
 
     def _drain(self) -> None:
-        """Wait for and discard an in-flight async plan."""
-        if self._future is not None:
-            self._future.result()
-            self._future = None
+        """Wait for and discard an in-flight async plan (and any error it ended with: it is dropped)."""
+        fut, self._future = self._future, None
+        if fut is not None:
+            try:
+                fut.result()
+            except Exception:                   # the plan is discarded, so is its failure
+                pass
 
     # ------------------------------------------------------------------ tooling
     def warmup(self, n: int = 2) -> None:
@@ -356,7 +407,7 @@ class MPCController:
                     self._solve(hist, past, self._mean_t)
             else:   # the graphs an episode replays: cold at its start, then warm (and committed, async)
                 k = self.async_lead or 0
-                committed = np.broadcast_to(self.env_bounds.center.cpu().numpy(), (B, k, self.A))
+                committed = np.broadcast_to(self.env_bounds.center.cpu().numpy(), (B, k, self.A)).copy()
                 for T in range(1, self.history + 1):
                     self._mean = self._elites = None
                     for i in range(n):
@@ -372,11 +423,12 @@ class MPCController:
         return list(self._lat)
 
     def stats(self) -> dict:
-        """Planning latency p50/p95/max (ms), plans, mean iterations, deadline misses, stalls."""
+        """Planning latency p50/p95/max (ms), plans, mean iterations, deadline misses (plans longer
+        than time_budget_s), plans the budget cut short, async stalls."""
         lat = np.asarray(self._lat) * 1e3
         pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: float("nan"))
         return {"plans": len(self._lat), "latency_ms_p50": pct(50), "latency_ms_p95": pct(95),
                 "latency_ms_max": float(lat.max()) if lat.size else float("nan"),
                 "mean_iterations": float(np.mean(self._iters)) if self._iters else float("nan"),
-                "deadline_misses": self._misses, "async_stalls": self._stalls,
+                "deadline_misses": self._misses, "budget_cut_plans": self._cut, "async_stalls": self._stalls,
                 "async_stall_s": self._stall_s, "steps": self._t}

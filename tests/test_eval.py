@@ -455,3 +455,31 @@ def test_control_loop_benchmark_runs_evals_tasks_through_the_robot_loop(demo_run
     theirs = json.loads(Path(ref).read_text())["per_episode"][:2]
     assert out["reference"]["successes"] == sum(e["success"] for e in theirs)
     assert json.loads((tmp_path / "cl.jsonl").read_text().splitlines()[-1])["outcomes"] == out["outcomes"]
+
+
+def test_run_tasks_hands_each_step_its_own_frames():
+    """The policy keeps what it is handed (MPCController's history) and the video keeps every frame:
+    a step must not overwrite an earlier step's observation array in place."""
+    from worldmodel.evaluate import Task, run_tasks
+
+    class Counter:                                  # frame value = steps taken since reset
+        def reset(self, seed=None, options=None):
+            self.t = 0
+            return np.zeros((2, 2, 3), np.uint8), {}
+
+        def step(self, action):
+            self.t += 1
+            return np.full((2, 2, 3), self.t, np.uint8), 0.0, False, False, {"state": np.zeros(1)}
+
+        def goal_error(self, state, goal):
+            return 1.0
+
+        def is_success(self, state, goal):
+            return False
+
+    seen = []
+    tasks = [Task(i, i, 0, np.zeros(1), np.zeros(1)) for i in range(2)]
+    res = run_tasks([Counter(), Counter()], tasks, np.zeros((2, 2, 2, 3), np.uint8),
+                    lambda obs: seen.append(obs) or np.zeros((2, 1)), budget=4, record=True)
+    assert [int(o[0, 0, 0, 0]) for o in seen] == [0, 1, 2, 3]
+    assert [int(f[0, 0, 0]) for f in res[1]["frames"]] == [0, 1, 2, 3, 4]

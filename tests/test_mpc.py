@@ -97,6 +97,21 @@ def test_drives_point_to_goal_with_history():
     assert max(T for T, _ in ctrl.energy.calls) == 3   # the history filled up to 3 frames
 
 
+def test_history_survives_a_caller_that_reuses_its_buffers():
+    """A driver that writes each frame into one buffer, and changes the action it was handed, must not
+    rewrite the controller's history (LinearWorld checks every frame against the actions between)."""
+    ctrl = controller(fs=2, history=3)
+    env = PointEnv()
+    buf, _ = env.reset()
+    ctrl.reset(np.asarray([0.8, -0.6], np.float32))
+    for _ in range(20):
+        a = ctrl.act(buf)
+        obs, *_ = env.step(a)
+        a *= 100.0                                      # the caller's copy, not the controller's
+        buf[:] = obs                                    # the same buffer, new contents
+    assert max(T for T, _ in ctrl.energy.calls) == 3 and ctrl.stats()["plans"] == 5
+
+
 def test_unreachable_goal_actions_stay_in_bounds():
     _, acts = drive(controller(planner="mppi"), [50.0, -50.0], steps=12)
     assert (acts >= LOW).all() and (acts <= HIGH).all()
@@ -193,10 +208,17 @@ def test_async_stalls_and_deadline_misses_are_counted():
     ctrl = controller(fs=1, history=1, async_lead=0, delay=0.01, time_budget_s=0.03)
     drive(ctrl, [0.5, 0.5], steps=6)
     s = ctrl.stats()
-    assert s["deadline_misses"] == s["plans"] >= 2
+    assert s["budget_cut_plans"] == s["plans"] >= 2                 # the budget cut every plan short ...
     assert s["async_stalls"] >= 1 and s["async_stall_s"] > 0
     assert s["mean_iterations"] < 6
     ctrl.close()
+    # ... a miss is a plan longer than the budget: one iteration of 50 ms overruns 30 ms, uncut
+    plan = make_planner("cem", samples=8, iterations=1, elites=2)
+    slow = MPCController(plan, LinearWorld(1, 1, delay=0.05), (LOW, HIGH), horizon=3, receding_horizon=2,
+                         time_budget_s=0.03)
+    drive(slow, [0.5, 0.5], steps=4)
+    s = slow.stats()
+    assert s["deadline_misses"] == s["plans"] == 2 and s["budget_cut_plans"] == 0
 
 
 def test_batched_controller_and_plan():

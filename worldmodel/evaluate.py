@@ -205,6 +205,7 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
     frames: list[list[np.ndarray]] = [[o] for o in obs] if record else [[] for _ in range(B)]
     for step in range(1, budget + 1):
         actions = act(obs)                                                 # (B, A)
+        obs = obs.copy()          # a new array per step: the policy and the video keep the frames they saw
         for i, env in enumerate(env_list[:B]):
             if diverged[i] is not None:
                 continue

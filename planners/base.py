@@ -9,8 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import inspect
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Protocol
 
 import torch
@@ -121,6 +122,10 @@ class Planner(ABC):
     name = "base"
 
     def __post_init__(self) -> None:
+        for f in fields(self):               # NaN passes every `x <= 0` check: refuse it by name
+            v = getattr(self, f.name)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,))):
+                raise ValueError(f"{self.name}: {f.name} must be finite, got {v}")
         if self.samples < 1 or self.iterations < 1:
             raise ValueError(f"{type(self).__name__}: samples and iterations must be >= 1, "
                              f"got samples={self.samples}, iterations={self.iterations}")
@@ -221,7 +226,7 @@ class Problem:
         if tuple(costs.shape) != tuple(u.shape[:2]):
             raise ValueError(f"{self.who}: the energy returned shape {tuple(costs.shape)} for "
                              f"actions {tuple(u.shape)}; it must return costs (B, S)")
-        return costs.to(self.dtype).nan_to_num(nan=float("inf"))
+        return costs.to(self.dtype).nan_to_num(nan=float("inf"), posinf=float("inf"))
 
 
 def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,8 @@ class GradientPlanner(Planner):
                 # independent sequences: the sum's gradient w.r.t. each is its own gradient
                 finite = costs.where(torch.isfinite(costs), torch.zeros_like(costs))
                 (grad,) = torch.autograd.grad(finite.sum(), u)              # (B, S, H, A)
+                # a non-finite cost's local derivative can be NaN (0 x NaN): no step for that candidate
+                grad = grad.where(torch.isfinite(costs)[:, :, None, None], 0.0).nan_to_num_(0.0)
             with torch.no_grad():                   # Adam step, then project to the bounds
                 m.mul_(b1).add_(grad, alpha=1 - b1)
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)

@@ -57,14 +57,16 @@ class MPPI(Planner):
             best.update(costs, u, self.record_history)
             c_el, idx = costs.topk(self.elites, dim=1, largest=False)       # (B, E) ascending
             elites = take(u, idx)                                           # (B, E, H, A)
-            c_el = torch.where(torch.isfinite(c_el), c_el, c_el[:, :1] + 1e30)  # inf never weighs
-            gap = c_el - c_el[:, :1]                                        # (B, E) >= 0
+            finite = torch.isfinite(c_el)                                   # (B, E): inf (and NaN) never weigh
+            gap = torch.where(finite, c_el - c_el[:, :1], 0.0)              # (B, E) >= 0
             if self.normalize:
-                gap = gap / (gap[:, -1:] + 1e-12)
-            w = torch.softmax(-gap / self.temperature, dim=1)[:, :, None, None]  # (B, E, 1, 1)
-            mean = (w * elites).sum(1)                                      # (B, H, A)
-            std = ((w * (elites - mean[:, None]).pow(2)).sum(1)).sqrt()     # (B, H, A)
-            std = std.clamp_(self.min_std, self.max_std)
+                gap = gap / (gap.amax(1, keepdim=True) + 1e-12)             # the largest finite gap -> 1
+            logits = (-gap / self.temperature).masked_fill(~finite, float("-inf"))
+            w = torch.softmax(logits, dim=1).nan_to_num(0.0)[:, :, None, None]  # (B, E, 1, 1)
+            new_mean = (w * elites).sum(1)                                  # (B, H, A)
+            new_std = ((w * (elites - new_mean[:, None]).pow(2)).sum(1)).sqrt().clamp_(self.min_std, self.max_std)
+            ok = finite[:, :1, None]                       # (B, 1, 1): some elite scored; else keep the search
+            mean, std = torch.where(ok, new_mean, mean), torch.where(ok, new_std, std)
             if it < self.iterations and clock.expired(it):  # the loop's only host sync (optional)
                 break
         return finish(p, best, mean, it, self.iterations, clock, elites)

@@ -153,6 +153,9 @@ def test_bad_inputs_name_the_fix():
         with pytest.raises(ValueError, match="init_mean holds NaN"):
             make_planner(name, iterations=1).solve(quadratic(torch.zeros(1, 2)), b, H,
                                                    init_mean=torch.full((1, H, 2), float("nan")))
+    for name, key in (("cem", "init_std"), ("icem", "decay"), ("mppi", "temperature"), ("gradient", "lr")):
+        with pytest.raises(ValueError, match=f"{name}: {key} must be finite"):
+            make_planner(name, **{key: float("nan")})
     with pytest.raises(ValueError, match="init_elites holds NaN"):
         cem.solve(quadratic(torch.zeros(1, 2)), b, H, init_elites=torch.full((1, 2, H, 2), float("inf")))
     with pytest.raises(ValueError, match=r"costs \(B, S\)"):
@@ -189,3 +192,25 @@ def test_configs_build_planners(name):
     assert cfg["name"] == name
     planner = planner_from_config(cfg, seed=3)
     assert type(planner) is PLANNERS[name] and planner.seed == 3
+
+
+@pytest.mark.parametrize("name", ["cem", "icem", "mppi", "gradient"])
+def test_non_finite_costs_never_weigh_nor_reach_the_energy(name):
+    """Candidates costing NaN/Inf are never chosen, never pull the search, and leave it finite (MPPI
+    once gave them weight, and a NaN mean where every cost was NaN; the gradient planner stepped
+    them to NaN)."""
+    sent_nan = []
+
+    def half_broken(a):                                               # (B, S, H, A) -> (B, S)
+        sent_nan.append(bool(torch.isnan(a).any()))
+        c = (a - 0.3).pow(2).sum((-1, -2))
+        c[:, : a.shape[1] // 3] = float("nan")
+        c[:, a.shape[1] // 3: a.shape[1] // 2] = float("inf")
+        return c
+
+    kw = {"iterations": 4} if name != "gradient" else {"iterations": 6, "samples": 8}
+    res = make_planner(name, **kw).solve(half_broken, bounds(), H)
+    assert not any(sent_nan) and torch.isfinite(res.cost).all()
+    assert res.mean is None or torch.isfinite(res.mean).all()
+    res = make_planner(name, **kw).solve(lambda a: a.sum((-1, -2)) * float("nan"), bounds(), H)
+    assert torch.isfinite(res.actions).all() and (res.mean is None or torch.isfinite(res.mean).all())

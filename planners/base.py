@@ -136,6 +136,18 @@ class Planner(ABC):
             self.seed = int(seed)
         self._generators.clear()
 
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The random streams' positions, for `set_rng_state` (e.g. around throw-away warm-up solves)."""
+        return {k: g.get_state() for k, g in self._generators.items()}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put the random streams back where `rng_state()` found them (streams made since restart
+        from the seed)."""
+        for k in [k for k in self._generators if k not in state]:
+            del self._generators[k]
+        for k, s in state.items():
+            self._generators[k].set_state(s)
+
     def generator(self, device: torch.device) -> torch.Generator:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:   # "cuda" and "cuda:0" share one stream

@@ -388,7 +388,8 @@ class MPCController:
     # ------------------------------------------------------------------ tooling
     def warmup(self, n: int = 2) -> None:
         """Run `n` throw-away plans on a full-length fake history made of the goal (compiles
-        kernels, fills allocator caches); keeps statistics and warm start clean. With cuda_graph, or
+        kernels, fills allocator caches); keeps statistics, warm start and the planner's random
+        streams as they were (outside cuda_graph mode). With cuda_graph, or
         an energy that says it is compiled (`energy.compiled`, GoalEnergy(compile=True)), `n` plans
         per history length 1..history instead, the first cold and the others warm-started (and, in
         async mode, after `async_lead` committed actions), which captures every graph and compiles
@@ -401,6 +402,10 @@ class MPCController:
         past = np.broadcast_to(self.chunk_bounds.center.cpu().numpy().astype(np.float32),
                                (B, self.history - 1, self.frameskip * self.A)).copy()
         saved = self._mean, self._elites, self._mean_t
+        # the planner's random streams too, so a seeded episode plans the same with or without warmup
+        # (a captured CUDA graph holds its generator: graph mode keeps the streams where capture left them)
+        rng = (self.planner.rng_state() if self._graphed is None and hasattr(self.planner, "rng_state")
+               else None)
         try:
             if self._graphed is None and not getattr(self.energy, "compiled", False):
                 for _ in range(n):
@@ -416,6 +421,8 @@ class MPCController:
                         self._mean, self._elites, self._mean_t = res.mean, res.elites, 0
         finally:
             self._mean, self._elites, self._mean_t = saved
+            if rng is not None:
+                self.planner.set_rng_state(rng)
 
     @property
     def latencies_s(self) -> list[float]:

@@ -221,6 +221,17 @@ def test_async_stalls_and_deadline_misses_are_counted():
     assert s["deadline_misses"] == s["plans"] == 2 and s["budget_cut_plans"] == 0
 
 
+def test_warmup_leaves_a_seeded_episode_as_it_would_be_without_it():
+    acts = []
+    for warm in (False, True):
+        ctrl = controller()
+        ctrl.reset(np.asarray([0.5, -0.5], np.float32), seed=3)
+        if warm:
+            ctrl.warmup(2)
+        acts.append([ctrl.act(np.zeros(2, np.float32)) for _ in range(3)])
+    np.testing.assert_array_equal(acts[0], acts[1])
+
+
 def test_batched_controller_and_plan():
     ctrl = controller(batch=2, history=2)
     goals = np.array([[0.5, 0.5], [-0.5, 0.2]], np.float32)

@@ -4,8 +4,9 @@ Works with either a gymnasium-style object (`reset(seed=...) -> (obs, info)`,
 `step(action) -> (obs, reward, terminated, truncated, info)`) or a robot given as two callbacks
 `get_obs() -> obs` and `send_action(action)`. The loop sleeps until each tick; a step whose
 work (observe + act + send) ends after its tick's deadline is an *overrun*: it is counted, and
-the schedule restarts from now instead of trying to catch up with a burst of late steps (a robot
-must never receive a flurry of stale commands). hz=None runs as fast as possible (simulation).
+the schedule restarts one period after the late command was sent, so that command too is held
+for a period instead of being replaced at once (a robot must never receive a flurry of stale
+commands). hz=None runs as fast as possible (simulation).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class ControlLoop:
         if env is not None and not (callable(getattr(env, "reset", None))
                                     and callable(getattr(env, "step", None))):
             raise TypeError("env must offer reset() and step(action) (gymnasium API)")
-        if hz is not None and hz <= 0:
+        if hz is not None and not (hz > 0 and hz != float("inf")):   # NaN fails too
             raise ValueError(f"hz must be > 0 or None (as fast as possible), got {hz}")
         self.controller, self.env, self.hz = controller, env, hz
         self.get_obs, self.send_action = get_obs, send_action
@@ -62,7 +63,9 @@ class ControlLoop:
 
         env mode: the env is reset with `seed` unless a first observation `obs` is given (for
         an env already placed at its start state). stop_when(obs, info) -> True ends the run
-        early (e.g. the task's success test). record=True keeps copies of the observations and
+        early (e.g. the task's success test): in env mode on the observation a step returns, in
+        robot mode on each fresh observation before acting on it (info is then {}), so no command
+        follows the one that reached the goal. record=True keeps copies of the observations and
         actions in the report (robot mode reads one more observation after the last action),
         outside the timed work."""
         if max_steps < 1:
@@ -75,11 +78,14 @@ class ControlLoop:
         overruns, terminated, truncated = 0, False, False
         start = self.clock()
         tick = start
-        steps = 0
-        for steps in range(1, max_steps + 1):
+        sent = 0                            # commands sent (= steps)
+        for _ in range(max_steps):
             t0 = self.clock()
             if self.env is None:
                 obs = self.get_obs()
+                if stop_when is not None and stop_when(obs, {}):
+                    terminated = True
+                    break
             obs_seen = obs
             action = self.controller.act(obs)
             info: dict = {}
@@ -88,26 +94,27 @@ class ControlLoop:
             else:
                 obs, _, terminated, truncated, info = self.env.step(action)
                 infos.append(info)
+            sent += 1
             now = self.clock()
             work.append(now - t0)
             if record:
                 frames.append(np.array(obs_seen))
                 actions.append(np.array(action))
-            if stop_when is not None and stop_when(obs, info):
+            if self.env is not None and stop_when is not None and stop_when(obs, info):
                 terminated = True
             if terminated or truncated:
                 break
             if period is not None:
                 tick += period
-                if now > tick:              # overrun: count it and restart the schedule from now
+                if now > tick:              # overrun: count it; the late command is held a full period
                     overruns += 1
-                    tick = now
-                else:
-                    self.sleep(tick - now)
+                    tick = now + period
+                self.sleep(max(tick - self.clock(), 0.0))
+        steps = sent
         wall = max(self.clock() - start, 1e-9)
         if record:
-            frames.append(np.array(obs if self.env is not None else self.get_obs()))
-        ms = np.asarray(work) * 1e3
+            frames.append(np.array(obs if self.env is not None or terminated else self.get_obs()))
+        ms = np.asarray(work) * 1e3 if work else np.full(1, np.nan)   # nan: stopped before acting
         return LoopReport(steps=steps, overruns=overruns, hz_target=self.hz,
                           hz_achieved=steps / wall, step_ms_p50=float(np.percentile(ms, 50)),
                           step_ms_p95=float(np.percentile(ms, 95)), step_ms_max=float(ms.max()),

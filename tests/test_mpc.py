@@ -289,6 +289,46 @@ def test_control_loop_rate_and_overruns_with_callbacks():
     assert 0 < rep.hz_achieved < 10
 
 
+def test_control_loop_holds_every_command_a_period_even_after_an_overrun():
+    clock, env = FakeClock(), PointEnv()
+    obs, _ = env.reset()
+    state, sent_at = {"obs": obs}, []
+
+    def send(a):
+        if len(sent_at) == 3:
+            clock.now += 0.25                       # this command goes out 2.5 periods late
+        sent_at.append(clock.now)
+        state["obs"], *_ = env.step(a)
+
+    loop = ControlLoop(controller(), hz=10, get_obs=lambda: state["obs"], send_action=send,
+                       clock=clock, sleep=clock.sleep)
+    assert loop.run(np.array([0.3, 0.3], np.float32), max_steps=8).overruns == 1
+    held = np.diff(sent_at)
+    assert held.min() >= 0.1 - 1e-9, held          # the late one was held too, not replaced at once
+    with pytest.raises(ValueError, match="hz must be > 0"):
+        ControlLoop(controller(), PointEnv(), hz=float("nan"))
+
+
+def test_control_loop_robot_mode_sends_nothing_after_the_goal_is_reached():
+    goal = np.array([0.3, -0.3], np.float32)
+    reached = lambda obs, info: bool(np.linalg.norm(obs - goal) < 0.05)  # noqa: E731
+    env = PointEnv()
+    obs, _ = env.reset()
+    state, sent = {"obs": obs}, []
+
+    def send(a):
+        assert not reached(state["obs"], {})       # never a command once the goal holds
+        sent.append(a)
+        state["obs"], *_ = env.step(a)
+
+    rep = ControlLoop(controller(), hz=None, get_obs=lambda: state["obs"], send_action=send).run(
+        goal, max_steps=60, stop_when=reached, record=True)
+    assert rep.terminated and rep.steps == len(sent) < 60 and reached(rep.frames[-1], {})
+    assert len(rep.frames) == rep.steps + 1
+    env_rep = ControlLoop(controller(), PointEnv(), hz=None).run(goal, max_steps=60, stop_when=reached)
+    assert env_rep.steps == rep.steps                # both modes stop after the same command
+
+
 def test_control_loop_env_mode_stops_on_success():
     goal = np.array([0.3, -0.3], np.float32)
     loop = ControlLoop(controller(), PointEnv(), hz=None)

@@ -1,10 +1,11 @@
 """MPPI as TD-MPC2 runs it: sample, keep the top elites, refit with softmax (exponential) weights.
 
-Defaults follow TD-MPC2: 512 samples, 64 elites, 6 iterations, temperature 0.5, std starting at
-2 and kept in [0.05, 2] (unit coordinates: 1 = bound half-range). TD-MPC2 weights elites by
-exp(temperature * (value - max value)); with costs and no reward scale we make the weights
-scale-free by default: costs are divided by the elite cost range before the softmax, so the
-temperature means "in units of the elite spread" whatever the energy's magnitude.
+Sizes follow TD-MPC2: 512 samples, 64 elites, 6 iterations, std starting at 2 and kept in
+[0.05, 2] (unit coordinates: 1 = bound half-range). The weights do not: TD-MPC2 weights elites by
+exp(0.5 * (value - max value)) on its value scale; with costs and no reward scale we make them
+scale-free by default: each elite's cost gap to the best is divided by the largest gap, and the
+weight is exp(-gap / temperature), so temperature 0.5 means "the worst elite weighs e^-2 of the
+best" whatever the energy's magnitude (a different quantity from TD-MPC2's 0.5).
 """
 from __future__ import annotations
 

@@ -269,6 +269,21 @@ def test_dm_control_adapter_is_the_suite_task(made):
         env.step(env.action_space.sample())
 
 
+def test_pusht_success_is_one_norm_over_agent_and_block_positions(made):
+    """LeWM / DINO-WM's PushT.eval_state: ||(agent, block) - goal|| < 20 px and angle < pi/9. Errors
+    of 18 px on the agent and 18 px on the block each pass 20 px, but together they make 25 px."""
+    from envs.pusht import POS_TOL
+
+    env = made["pusht"]
+    env.reset(seed=0)
+    goal = env.get_state()
+    s = goal.copy()
+    s[0] += 0.9 * POS_TOL                                            # agent x: 18 px
+    assert env.is_success(s, goal)
+    s[3] += 0.9 * POS_TOL                                            # block y: 18 px more
+    assert not env.is_success(s, goal) and env.goal_error(s, goal) == pytest.approx(0.9 * 2 ** 0.5)
+
+
 def test_tworoom_crossed_door_metric(made):
     env = made.get("tworoom") or envs.make("tworoom")
     made["tworoom"] = env

@@ -14,8 +14,8 @@ original 512 px workspace):
   agent_vx, agent_vy, block_vx, block_vy, block_omega). The block frame sits at the T's centre
   of area (on its axis, 0.05 m below the bar's centre toward the stem); theta = rotation about z
   (0: bar on top). Proprio: agent (x, y, vx, vy).
-- Success (LeWM): agent and block position errors < 20/512 m (0.039 m) and wrapped block angle
-  error < pi/9.
+- Success (LeWM / DINO-WM PushT.eval_state): the L2 norm of the agent and block position errors
+  taken together (4 coordinates) < 20/512 m (0.039 m) and wrapped block angle error < pi/9.
 """
 from __future__ import annotations
 

@@ -146,6 +146,13 @@ def test_existing_output_and_changed_config_refused(two_workers, capsys):
     assert _collect(two_workers, "resume=true", "episodes=6") == 2
     assert "not grown in place" in capsys.readouterr().err
     assert sorted(p.name for p in two_workers.rglob("*")) == before
+    busy = D.exclusive_lock(two_workers / ".lock-shard000", "busy")   # a collector still writing it
+    try:
+        assert _collect(two_workers, "overwrite=true") == 2
+        assert "another `wm collect` is writing" in capsys.readouterr().err
+    finally:
+        busy.close()
+    assert sorted(p.name for p in two_workers.rglob("*")) == before
     assert _collect(two_workers, "resume=true", "workers=1") == 0     # nothing left to do: a no-op
     assert D.load_dataset(two_workers, columns=()).num_episodes == 4
 

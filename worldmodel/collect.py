@@ -355,7 +355,15 @@ def _prepare_out(cfg: CollectConfig, out: Path) -> None:
         if not looks_like_data:
             raise FileExistsError(f"out={out} exists and is not a wm dataset; refusing to delete it with "
                                   "overwrite=true. Choose another out=...")
-        shutil.rmtree(out)
+        held = []                               # every shard's lock: never delete a collection being written
+        try:
+            for lock in sorted(out.glob(".lock-shard*")):
+                held.append(D.exclusive_lock(lock, f"another `wm collect` is writing {out}; overwrite=true would "
+                                             "delete its data under it: wait for it to finish, or kill it first"))
+            shutil.rmtree(out)
+        finally:
+            for fh in held:
+                fh.close()
         return
     if not cfg.resume:
         raise FileExistsError(f"out={out} already exists; pass resume=true to finish that collection or "

@@ -257,9 +257,12 @@ def test_readme_plugin_planner_plans_from_the_cli(demo_run, tmp_path, capsys, mo
 def test_killed_eval_resumes_after_its_finished_batches(demo_run, tmp_path, capsys, monkeypatch):
     """An eval interrupted after its first batch keeps it (progress.json); resume=true plans only the
     rest and ends with the same results as an eval never interrupted."""
+    import shutil
+
     import worldmodel.evaluate as E
 
-    ckpt = demo_run / "train" / "best.pt"
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(demo_run / "train" / "best.pt", ckpt)
     args = [f"checkpoint={ckpt}", "episodes=3", "batch=2", "videos=3", "planner.samples=16", "planner.elites=4",
             "planner.iterations=2", "progress=false"]
     assert main(["eval", *args, f"out={tmp_path / 'whole'}"]) == 0
@@ -278,6 +281,11 @@ def test_killed_eval_resumes_after_its_finished_batches(demo_run, tmp_path, caps
     assert json.loads((out / "progress.json").read_text())["done"] == 2 and not (out / "results.json").exists()
     assert main(["eval", *args, f"out={out}", "planner.samples=17", "resume=true"]) == 2   # other settings
     assert "other settings" in capsys.readouterr().err
+    original = ckpt.read_bytes()
+    ckpt.write_bytes(original + b"another model at the same path")
+    assert main(["eval", *args, f"out={out}", "resume=true"]) == 2
+    assert "checkpoint_sha256" in capsys.readouterr().err
+    ckpt.write_bytes(original)
     calls.clear()
     assert main(["eval", *args, f"out={out}", "resume=true"]) == 0
     assert len(calls) == 2                                                 # the last batch only

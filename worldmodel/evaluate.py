@@ -19,6 +19,7 @@ every episode at once (B envs x S samples), instead of one episode at a time.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -92,8 +93,21 @@ PROGRESS = "progress.json"      # an eval in progress: its finished batches (res
 OUTPUTS = {"config.json", "results.json", EVAL_SUMMARY, "videos", PROGRESS}   # what an eval writes in out=
 
 
-def load_progress(out: Path, cfg: EvalConfig) -> dict[str, Any] | None:
-    """resume=true: the finished batches of the eval killed in `out`, refused if it ran other settings."""
+def fingerprint(cfg: EvalConfig, device: torch.device) -> dict[str, str]:
+    """What else decides an eval's numbers beside its settings: the checkpoint's bytes (its path may
+    hold another model by now) and the device the settings resolved to."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(cfg.checkpoint, "rb") as f:              # type: ignore[arg-type]
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"checkpoint_sha256": h.hexdigest(), "device": str(device)}
+
+
+def load_progress(out: Path, cfg: EvalConfig, fp: dict[str, str]) -> dict[str, Any] | None:
+    """resume=true: the finished batches of the eval killed in `out`, refused if it ran other settings,
+    another checkpoint (same path, other bytes) or on another device."""
     f = out / PROGRESS
     if not f.is_file():
         return None
@@ -101,6 +115,8 @@ def load_progress(out: Path, cfg: EvalConfig) -> dict[str, Any] | None:
     now = to_dict(cfg)
     diff = {k: (saved["config"].get(k), v) for k, v in now.items()
             if k not in ("resume", "overwrite", "progress") and saved["config"].get(k) != v}
+    diff.update({k: (saved.get("fingerprint", {}).get(k), v) for k, v in fp.items()
+                 if saved.get("fingerprint", {}).get(k) != v})
     if diff:
         raise ValueError(f"resume=true but {f} was written with other settings (then vs now: {diff}); resume "
                          "with its settings, or overwrite=true to start over")
@@ -308,9 +324,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from worldmodel.model import load_trained
 
     out = Path(cfg.out)
-    progress = load_progress(out, cfg) if cfg.resume else None
-    replace = progress is None and check_output(out, cfg.overwrite, OUTPUTS, "eval")
     device = resolve_device(cfg.device, 0)
+    run_fp = fingerprint(cfg, device)
+    progress = load_progress(out, cfg, run_fp) if cfg.resume else None
+    replace = progress is None and check_output(out, cfg.overwrite, OUTPUTS, "eval")
     if cfg.cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
                          "drop cuda_graph=true on the CPU")
@@ -385,7 +402,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             if t.index < cfg.videos and frames:
                 videos.append(_video(out / "videos" / f"episode_{t.index:03d}.mp4", frames, goal,
                                      r["steps_to_success"], f"ep {t.index}", fps=10))
-        write_json_atomic(out / PROGRESS, {"config": to_dict(cfg), "done": b0 + len(batch), "results": results,
+        write_json_atomic(out / PROGRESS, {"config": to_dict(cfg), "fingerprint": run_fp,
+                                           "done": b0 + len(batch), "results": results,
                                            "floor": floor, "latencies": latencies, "misses": misses,
                                            "videos": videos})
         if bar is not None:

@@ -26,7 +26,8 @@ GoalEnergy(dtype=torch.bfloat16): the predictor as a bf16 copy, what `wm eval pr
 with (no weight casts), costs in float32. Both also run on the CPU.
 CUDA option: --cuda-graph captures the whole solve as one CUDA graph and replays it.
 --compile (CPU or CUDA) times GoalEnergy(compile=True), what `wm eval compile=true` runs:
-torch.compile of each call (compiled in the untimed warm-up; counts and roofline stay eager).
+torch.compile of each call (compiled in the untimed warm-up; counts and roofline stay eager); with
+bfloat16_weights on the CPU the bf16 copy's weights are frozen into the compiled code.
 """
 from __future__ import annotations
 

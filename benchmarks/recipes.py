@@ -250,8 +250,10 @@ def resolve_device(device: str) -> str:
 
 
 def machine(device: str) -> dict[str, Any]:
-    """Device / GPU name, CPU model and core count, torch version."""
+    """Device / GPU name, CPU model, core count and bf16 instructions, torch version."""
     import torch
+
+    from worldmodel.distributed import cpu_bf16_instructions
 
     dev = resolve_device(device)
     cpu = platform.processor() or platform.machine()
@@ -262,8 +264,8 @@ def machine(device: str) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info = {"device": dev, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "gpu": None}
+    info = {"device": dev, "cpu": cpu, "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16_instructions(),
+            "torch": torch.__version__, "gpu": None}
     if dev.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(dev))
     return info

@@ -11,7 +11,8 @@ import torch
 
 import envs
 from worldmodel.cli import main
-from worldmodel.evaluate import cpu_has_amx, env_kwargs, make_env, make_tasks
+from worldmodel.distributed import bf16_matmul_speedup
+from worldmodel.evaluate import env_kwargs, make_env, make_tasks, precision_note
 from worldmodel.stats import wilson
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +35,19 @@ def test_plan_seed_keeps_seed_0_evals_and_separates_other_planner_seeds():
     seeds = {plan_seed(123456789, k) for k in (0, 1, 2)} | {plan_seed(987654321, 1)}
     assert len(seeds) == 4 and plan_seed(123456789, 1) == plan_seed(123456789, 1)
     assert all(0 <= x < 2 ** 63 for x in seeds)                            # a valid torch seed
+
+
+def test_precision_note_points_to_the_faster_precision_on_this_cpu(capsys):
+    """wm eval on a CPU says when the other precision would plan faster, from the measured bf16 vs
+    float32 matmul speed; nothing where the chosen one is already the faster or the gap is small."""
+    precision_note("bf16", 0.7)
+    assert "precision=fp32 plans faster here" in capsys.readouterr().err
+    precision_note("fp32", 4.2)
+    assert "4.2x faster than float32 ones: precision=bf16 plans faster here" in capsys.readouterr().err
+    for precision, speedup in (("fp32", 1.3), ("bf16", 4.2), ("fp32", 0.7)):
+        precision_note(precision, speedup)
+        assert capsys.readouterr().err == ""
+    assert bf16_matmul_speedup("cpu") > 0 and bf16_matmul_speedup("cpu") is bf16_matmul_speedup("cpu")  # once
 
 
 def test_tasks_follow_protocol_and_refuse_training_seeds():
@@ -214,7 +228,7 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "compile=true", "episodes=1",
                  "random_floor=false", "videos=0", "planner.samples=8", "planner.elites=4", "planner.iterations=1",
                  f"out={tmp_path / 'b'}", "progress=false"]) == 0
-    assert ("no bf16 matrix units" in capsys.readouterr().err) == (cpu_has_amx() is False)
+    assert ("precision=fp32 plans faster" in capsys.readouterr().err) == (bf16_matmul_speedup("cpu") < 1)
     r = json.loads((tmp_path / "b" / "results.json").read_text())
     assert (r["precision"], r["config"]["compile"], r["episodes"], len(compiled)) == ("bf16", True, 1, 1)
     monkeypatch.setattr(torch, "compile", compile_)

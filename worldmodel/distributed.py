@@ -8,8 +8,10 @@ already initialised a group (a test spawning gloo ranks) keeps ownership of it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,6 +80,52 @@ def ranks_in_sync(model: nn.Module, world: int) -> bool:
     every = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(every, mine)
     return all(torch.equal(e, every[0]) for e in every)
+
+
+def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str] | None:
+    """The CPU's bf16 instructions listed in Linux's /proc/cpuinfo flags: x86's avx512_bf16 (bf16 dot
+    products in AVX-512) and amx_bf16 (matrix tiles), Arm's bf16; None where the flags cannot be read.
+    For the record only: having them is no promise of speed (an Intel Xeon with avx512_bf16 and no AMX
+    planned slower in bf16 than in float32), so decisions use bf16_matmul_speedup, which measures."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):     # x86 / Arm; every core lists the same
+            words = set(line.split(":", 1)[1].split())
+            return sorted(words & {"avx512_bf16", "amx_bf16", "bf16"})
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_matmul_speedup(device: str | torch.device = "cpu", reps: int = 8) -> float:
+    """How many times faster this device multiplies bf16 matrices than float32 ones, timed on one
+    predictor-sized product (512 x 192 @ 192 x 2048, a few ms in all on a 2-core CPU). Above 1 where
+    bf16 runs in hardware (GPUs; ~6 on a 2-core AMD EPYC with AVX512-BF16), below 1 where it is
+    emulated: whether `wm eval precision=bf16` / GoalEnergy(dtype=torch.bfloat16) pays here.
+    Measured once per process and device."""
+    import time
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    a32, b32 = torch.randn(512, 192, generator=g), torch.randn(192, 2048, generator=g)
+
+    def median_s(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a.to(device), b.to(device)
+        times = []
+        for i in range(reps + 2):                      # two untimed: first-call setup
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)         # host sync: timing only, outside any hot loop
+            t = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+
+    return median_s(a32, b32) / median_s(a32.bfloat16(), b32.bfloat16())
 
 
 def keep_freed_host_memory() -> bool:

@@ -7,8 +7,10 @@ planners.base.Energy: actions (B, S, Hz, chunk) in raw env units -> costs (B, S)
 
 dtype=torch.bfloat16 plans with a bfloat16 copy of the predictor and action encoder
 (WorldModel.planning_copy): the goal and history are still encoded in float32, the costs come back
-in float32. On CUDA that is about half the predictor's memory traffic and no weight casts per call;
-on a CPU without bf16 matrix units (AMX) it is slower than float32 (benchmarks/plan_latency.py).
+in float32. On CUDA that is about half the predictor's memory traffic and no weight casts per call.
+On a CPU it depends on the CPU (worldmodel.distributed.bf16_matmul_speedup measures it): a 2-core
+AMD EPYC with AVX512-BF16 solved a LeWM-scale CEM plan 2.5-3x faster than in float32 (4.5x
+compiled), an Intel Xeon with AVX512-BF16 but no AMX more slowly (benchmarks/results/plan_latency_cpu.jsonl).
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ class GoalEnergy:
     compile=True runs each call through torch.compile (Inductor): one compilation per history
     length, plus one with a dynamic sample count where it changes between calls (iCEM); about a
     minute each for LeWM's predictor on a 2-core CPU, all done by MPCController.warmup(); then
-    fused kernels: 1.1-1.3x per CEM solve on that CPU (benchmarks/plan_latency.py --compile).
+    fused kernels: 1.1-1.3x per CEM solve on that CPU in float32 (benchmarks/plan_latency.py
+    --compile). With dtype=torch.bfloat16 on a CPU the copy's weights are also frozen into the
+    compiled code as constants (packed once): on the AMD EPYC 2.5-3.1 s eager -> 1.6-1.7 s.
 
     static=True keeps the goal latent and the history's latent + KV cache at fixed addresses, one
     set of buffers per shape, and copies new values into them: a CUDA graph captured over __call__
@@ -70,6 +74,10 @@ class GoalEnergy:
         self.cache: list = []
         self.static, self.compiled = static, compile
         self._buffers = StaticBuffers()
+        # A private copy (dtype=bf16) on the CPU compiles with its weights as constants (Inductor's
+        # freezing): packed for oneDNN once, not at every call. Never the model's own weights: they
+        # may still change.
+        self._freeze = compile and self.planner_model is not model and self.device.type == "cpu"
         # one graph per history length (the cache's length); a sample count that changes between calls
         # (iCEM's decaying population) gets one dynamic-shape graph at its second size, not one per size
         self._cost = torch.compile(self._costs) if compile else self._costs
@@ -135,6 +143,11 @@ class GoalEnergy:
         """actions (B, S, Hz, chunk) raw env units -> costs (B, S)."""
         if self.z_goal is None:
             raise RuntimeError("call set_goal(goal_pixels) before evaluating")
+        if self._freeze:                                # read when a new shape is traced and compiled
+            from torch._inductor import config as inductor_config
+
+            with inductor_config.patch(freezing=True):
+                return self._cost(actions)
         return self._cost(actions)
 
     def _costs(self, actions: Tensor) -> Tensor:

@@ -11,8 +11,8 @@ import torch
 
 import envs
 from worldmodel.cli import main
-from worldmodel.distributed import bf16_matmul_speedup
-from worldmodel.evaluate import env_kwargs, make_env, make_tasks, precision_note
+from worldmodel.distributed import bf16_matmul_speedup, precision_note
+from worldmodel.evaluate import env_kwargs, make_env, make_tasks
 from worldmodel.stats import wilson
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,16 +37,15 @@ def test_plan_seed_keeps_seed_0_evals_and_separates_other_planner_seeds():
     assert all(0 <= x < 2 ** 63 for x in seeds)                            # a valid torch seed
 
 
-def test_precision_note_points_to_the_faster_precision_on_this_cpu(capsys):
-    """wm eval on a CPU says when the other precision would plan faster, from the measured bf16 vs
-    float32 matmul speed; nothing where the chosen one is already the faster or the gap is small."""
-    precision_note("bf16", 0.7)
-    assert "precision=fp32 plans faster here" in capsys.readouterr().err
-    precision_note("fp32", 4.2)
-    assert "4.2x faster than float32 ones: precision=bf16 plans faster here" in capsys.readouterr().err
+def test_precision_note_points_to_the_faster_precision_on_this_cpu():
+    """wm eval / wm train on a CPU say when the other precision would run faster, from the measured
+    bf16 vs float32 matmul speed; nothing where the chosen one is already the faster or the gap is small."""
+    assert "precision=fp32 runs faster here" in precision_note("wm eval", "bf16", 0.7, "x")
+    assert precision_note("wm train", "auto", 4.2, "1.7x") == (
+        "wm train: note: this CPU multiplies bf16 matrices 4.2x faster than float32 ones: precision=bf16 runs "
+        "faster here (1.7x)")
     for precision, speedup in (("fp32", 1.3), ("bf16", 4.2), ("fp32", 0.7)):
-        precision_note(precision, speedup)
-        assert capsys.readouterr().err == ""
+        assert precision_note("wm eval", precision, speedup, "x") is None
     assert bf16_matmul_speedup("cpu") > 0 and bf16_matmul_speedup("cpu") is bf16_matmul_speedup("cpu")  # once
 
 
@@ -166,8 +165,10 @@ def test_demo_writes_table_results_and_videos(demo_run):
     assert "| tworoom | cem |" in table
     summary = json.loads((demo_run / "summary.json").read_text())
     assert summary["collect"]["episodes"] == 6
-    assert json.loads((demo_run / "train" / "config.json").read_text())["lr"] == 0.0005   # demo lr=
+    train_cfg = json.loads((demo_run / "train" / "config.json").read_text())
+    assert train_cfg["lr"] == 0.0005                                   # demo lr=
     res = json.loads((demo_run / "eval" / "results.json").read_text())
+    assert (train_cfg["precision"], res["precision"]) == ("auto", "fp32")   # demo precision=auto
     assert res["episodes"] == 3 and len(res["per_episode"]) == 3
     assert 0.0 <= res["ci95"][0] <= res["success_rate"] <= res["ci95"][1] <= 1.0
     assert res["random_floor"]["successes"] <= 3
@@ -228,7 +229,7 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     assert main(["eval", f"checkpoint={ckpt}", "precision=bf16", "compile=true", "episodes=1",
                  "random_floor=false", "videos=0", "planner.samples=8", "planner.elites=4", "planner.iterations=1",
                  f"out={tmp_path / 'b'}", "progress=false"]) == 0
-    assert ("precision=fp32 plans faster" in capsys.readouterr().err) == (bf16_matmul_speedup("cpu") < 1)
+    assert ("precision=fp32 runs faster" in capsys.readouterr().err) == (bf16_matmul_speedup("cpu") < 1)
     r = json.loads((tmp_path / "b" / "results.json").read_text())
     assert (r["precision"], r["config"]["compile"], r["episodes"], len(compiled)) == ("bf16", True, 1, 1)
     monkeypatch.setattr(torch, "compile", compile_)
@@ -347,7 +348,8 @@ def test_demo_refuses_existing_output(tmp_path, capsys):
     assert (tmp_path / "d" / "x").read_text() == "keep me"
     # A bad device, model or planner is refused before the collection starts, not after it.
     bad = {"model=huge": "huge", "planner=nope": "nope", "plan_samples=5": "elites <= samples",
-           "train_steps=0": "train_steps", "env=nowhere": "nowhere", "episodes=0": "episodes"}
+           "train_steps=0": "train_steps", "env=nowhere": "nowhere", "episodes=0": "episodes",
+           "precision=fp16": "precision must be auto, fp32 or bf16"}
     if not torch.cuda.is_available():
         bad["device=cuda"] = "CUDA is not available"
     for arg, said in bad.items():

@@ -37,6 +37,8 @@ class DemoConfig:
     plan_samples: int | None = None     # null: the planner config's (CEM: 300, LeWM's setting)
     plan_iterations: int | None = None  # null: the planner config's (CEM: 30)
     device: str = "auto"
+    precision: str = "auto"             # training and planning: auto (training bf16 on CUDA; fp32 otherwise) |
+                                        # fp32 | bf16 (on a CPU that multiplies bf16 in hardware, ~1.7x faster)
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -56,6 +58,8 @@ class DemoConfig:
         for k in ("train_steps", "batch_size", "eval_episodes"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be > 0 (or null: the model preset's), got {self.lr}")
         envs.resolve(load(collect.CONFIG, collect.CONFIG_NAME, self.collect_overrides()).env.name)
@@ -121,13 +125,14 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     tr = train.run(load(train.CONFIG, train.CONFIG_NAME, [
         f"data={data}", f"model={cfg.model}", f"model.image_size={cfg.image_size}", f"steps={cfg.train_steps}",
         f"batch_size={cfg.batch_size}", *([f"lr={cfg.lr}"] if cfg.lr is not None else []),
-        f"out={run_dir}", f"seed={cfg.seed}", f"device={cfg.device}", *_flags(cfg)]))
+        f"out={run_dir}", f"seed={cfg.seed}", f"device={cfg.device}", f"precision={cfg.precision}", *_flags(cfg)]))
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ev = evaluate.run(load(evaluate.CONFIG, evaluate.CONFIG_NAME, [
         f"checkpoint={run_dir / 'best.pt'}", f"episodes={cfg.eval_episodes}", *cfg.planner_overrides(),
-        f"out={eval_dir}", f"device={cfg.device}", "overwrite=true", f"progress={str(cfg.progress).lower()}"]))
+        f"out={eval_dir}", f"device={cfg.device}", f"precision={'bf16' if cfg.precision == 'bf16' else 'fp32'}",
+        "overwrite=true", f"progress={str(cfg.progress).lower()}"]))
     timings["eval_s"] = time.perf_counter() - t
 
     ev["train_minutes"] = timings["train_s"] / 60

@@ -64,7 +64,13 @@ class ViTBlock(nn.Module):
         n, t, w = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(n, t, 3, self.heads, w // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)   # each (N, heads, T, hd)
-        a = F.scaled_dot_product_attention(q, k, v)       # (N, heads, T, hd)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # On the CPU, bf16 attention's backward ran 6x slower than float32's (train_profile.py
+            # --precision bf16, 2-core AMD EPYC): attend in float32; the linears stay bf16 (autocast).
+            with torch.autocast("cpu", enabled=False):
+                a = F.scaled_dot_product_attention(q.float(), k.float(), v.float())   # (N, heads, T, hd)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v)   # (N, heads, T, hd)
         x = x + self.proj(a.transpose(1, 2).reshape(n, t, w))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 

@@ -100,8 +100,6 @@ OUTPUTS = {"config.json", "results.json", EVAL_SUMMARY, "videos", PROGRESS}   # 
 def fingerprint(cfg: EvalConfig, device: torch.device) -> dict[str, str]:
     """What else decides an eval's numbers beside its settings: the checkpoint's bytes (its path may
     hold another model by now) and the device the settings resolved to."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(cfg.checkpoint, "rb") as f:              # type: ignore[arg-type]
         for block in iter(lambda: f.read(1 << 20), b""):

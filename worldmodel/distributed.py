@@ -98,16 +98,20 @@ def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str] | 
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def bf16_matmul_speedup(device: str | torch.device = "cpu", reps: int = 8) -> float:
+def bf16_matmul_speedup(device: str | torch.device = "cpu") -> float:
     """How many times faster this device multiplies bf16 matrices than float32 ones, timed on one
     predictor-sized product (512 x 192 @ 192 x 2048, a few ms in all on a 2-core CPU). Above 1 where
     bf16 runs in hardware (GPUs; ~6 on a 2-core AMD EPYC with AVX512-BF16), below 1 where it is
     emulated: whether `wm eval precision=bf16` / GoalEnergy(dtype=torch.bfloat16) pays here.
-    Measured once per process and device."""
+    Measured once per process and device ("cpu" and torch.device("cpu") are one device)."""
+    return _bf16_matmul_speedup(str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_matmul_speedup(device_name: str, reps: int = 8) -> float:
     import time
 
-    device = torch.device(device)
+    device = torch.device(device_name)
     g = torch.Generator().manual_seed(0)
     a32, b32 = torch.randn(512, 192, generator=g), torch.randn(192, 2048, generator=g)
 

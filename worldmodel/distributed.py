@@ -145,6 +145,12 @@ def precision_note(command: str, precision: str, speedup: float, gain: str) -> s
     return None
 
 
+def print_precision_note(command: str, precision: str, device: torch.device, gain: str) -> None:
+    """On a CPU, print precision_note's line (stderr) where the other precision runs faster."""
+    if device.type == "cpu" and (note := precision_note(command, precision, bf16_matmul_speedup(device), gain)):
+        print(note, file=sys.stderr)
+
+
 def keep_freed_host_memory() -> bool:
     """Let glibc keep freed heap memory instead of handing it back to the OS (M_TRIM_THRESHOLD 2 GB,
     M_TOP_PAD 1 GB): a CPU training step frees and re-allocates the same large activations every

@@ -29,6 +29,16 @@ def _tensor(x, device, dtype=None) -> Tensor:
     return torch.as_tensor(x, dtype=dtype, device=device)
 
 
+def _frozen(compiled):
+    """`compiled` run with Inductor's freezing on: read whenever a new shape is traced and compiled."""
+    from torch._inductor import config as inductor_config
+
+    def call(actions: Tensor) -> Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(actions)
+    return call
+
+
 class GoalEnergy:
     """cost = ||z_hat_Hz - z_goal||^2 by default; with `step_weights` (Hz,) the weighted sum over
     all predicted steps sum_k w_k ||z_hat_k - z_goal||^2 instead.
@@ -81,6 +91,8 @@ class GoalEnergy:
         # one graph per history length (the cache's length); a sample count that changes between calls
         # (iCEM's decaying population) gets one dynamic-shape graph at its second size, not one per size
         self._cost = torch.compile(self._costs) if compile else self._costs
+        if self._freeze:
+            self._cost = _frozen(self._cost)
         if goal_pixels is not None:
             self.set_goal(goal_pixels)
         if obs_pixels is not None:
@@ -143,11 +155,6 @@ class GoalEnergy:
         """actions (B, S, Hz, chunk) raw env units -> costs (B, S)."""
         if self.z_goal is None:
             raise RuntimeError("call set_goal(goal_pixels) before evaluating")
-        if self._freeze:                                # read when a new shape is traced and compiled
-            from torch._inductor import config as inductor_config
-
-            with inductor_config.patch(freezing=True):
-                return self._cost(actions)
         return self._cost(actions)
 
     def _costs(self, actions: Tensor) -> Tensor:

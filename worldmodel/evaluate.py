@@ -312,7 +312,7 @@ def same_env(name: str, meta: dict[str, Any]) -> bool:
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     from planners import planner_from_config
-    from worldmodel.distributed import bf16_matmul_speedup, precision_note, resolve_device
+    from worldmodel.distributed import print_precision_note, resolve_device
     from planners.mpc import MPCController
     from worldmodel.energy import GoalEnergy
     from worldmodel.model import load_trained
@@ -332,9 +332,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         print(f"wm eval: warning: {cfg.checkpoint} was trained on {meta['env']} data and is evaluated in "
               f"{env_name}; the tasks still use that data's policy and episode length unless policy= "
               f"and episode_len= are given", file=sys.stderr)
-    if device.type == "cpu" and (note := precision_note("wm eval", cfg.precision, bf16_matmul_speedup(device),
-                                                         EVAL_BF16_GAIN)):
-        print(note, file=sys.stderr)
+    print_precision_note("wm eval", cfg.precision, device, EVAL_BF16_GAIN)
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
     mcfg = model.cfg

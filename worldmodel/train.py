@@ -19,7 +19,6 @@ import json
 import math
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,8 +32,8 @@ from torch import nn
 
 from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, action_problems, split_episodes
 from worldmodel.config import save_resolved, to_dict
-from worldmodel.distributed import (bf16_matmul_speedup, gather_rng_states, init_distributed, precision_note,
-                                    ranks_in_sync, resolve_device)
+from worldmodel.distributed import (gather_rng_states, init_distributed, print_precision_note, ranks_in_sync,
+                                    resolve_device)
 from worldmodel.logger import RunLogger
 from worldmodel.model import ModelConfig, WorldModel
 from worldmodel.plots import plot_training, safe_draw
@@ -381,9 +380,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, local_rank: int, held: list[
         print(f"training {n_par / 1e6:.2f}M params on {device} x{world} | {len(train)} train clips, "
               f"{len(val) if val else 0} val clips | steps {step}->{cfg.steps}, batch {cfg.batch_size}"
               + (f" x {cfg.accum_steps} accumulated" if cfg.accum_steps > 1 else ""))
-        if device.type == "cpu" and (note := precision_note("wm train", cfg.precision, bf16_matmul_speedup(device),
-                                                             TRAIN_BF16_GAIN)):
-            print(note, file=sys.stderr)
+        print_precision_note("wm train", cfg.precision, device, TRAIN_BF16_GAIN)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and rank == 0),
                unit="step", dynamic_ncols=True)
     window: list[torch.Tensor] = []

@@ -7,6 +7,9 @@
 #   bash benchmarks/gpu_suite.sh wheels                # here: the toolkit's other wheels -> .whl/
 #   bash benchmarks/gpu_suite.sh install               # there, offline: .whl/ -> /tmp/site
 #
+# The whole suite takes about an hour; benchmarks/gpu_lease.sh runs what fits one 10-minute device call
+# (tests, the train and plan figures with their floors, a profile).
+#
 # Stages (default: tests plan train pusht reacher, in that order):
 #   tests    pytest -m gpu: the CUDA-only tests (every planner on CUDA; a whole compiled `wm train`
 #            with CUDA graphs against eager)

@@ -9,7 +9,8 @@ run eagerly while being watched, with the rates measured on the device at hand:
 - op floor: every call those formulas count (matmuls, convolutions, attention), recorded with its exact
   shapes, strides, dtype and arguments (a TorchDispatchMode, so under autocast the bf16 calls), then
   each distinct call replayed alone on random inputs of the same layout, back to back, and timed;
-  the sum over all calls. Everything else (norms, activations, the optimiser, launch gaps) counts as
+  the sum over all calls. On CUDA also with each call's repeats captured in one CUDA graph and
+  replayed ("op_floor_graphed_ms"): the kernels' own time, without Python's and the launches'. Everything else (norms, activations, the optimiser, launch gaps) counts as
   free and each heavy op runs at the rate the device's own library gives it alone: a program that
   keeps these ops cannot be faster than this, short of fusing them into each other.
 - the textbook roofline of the same calls: each call's FLOPs at the large-matmul rate or
@@ -152,6 +153,32 @@ def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
     return rec.flops()
 
 
+def time_call_graphed(func, args, kwargs, device: torch.device, n: int = 50, repeats: int = 5) -> float:
+    """Seconds per call of func(*args, **kwargs) on CUDA, n calls captured in one CUDA graph and the
+    graph replayed (median of `repeats`, CUDA events): the kernel's own time, without the ~10-20 us
+    of Python and launch each eager call costs. A planning solve replayed in one graph sees that."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):                        # warm up on a side stream, as capture needs
+        for _ in range(3):
+            func(*args, **kwargs)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(n):
+            func(*args, **kwargs)
+    graph.replay()
+    per = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()                                # host sync: end of one timed replay
+        per.append(start.elapsed_time(end) / 1e3 / n)
+    return statistics.median(per)
+
+
 def time_call(func, args, kwargs, device: torch.device, min_s: float = 0.02, repeats: int = 3) -> float:
     """Seconds per call of func(*args, **kwargs) run back to back (median of `repeats` timed loops)."""
     for _ in range(2):
@@ -190,29 +217,47 @@ def at_rates(rec: HeavyOps, peak_gflops: float, bandwidth_gbs: float) -> dict[st
 
 def op_floor(rec: HeavyOps, device: torch.device, top: int = 8) -> dict[str, Any]:
     """Replay each distinct recorded call alone: total milliseconds, the `top` heaviest calls, and
-    the calls that could not be replayed (left out of the total: the floor is then partial)."""
+    the calls that could not be replayed (left out of the total: the floor is then partial). On
+    CUDA each call is also replayed inside a CUDA graph ("op_floor_graphed_ms": kernel time alone,
+    what a graphed program's calls cannot beat); "op_floor_ms" is then the eager replay's, launches
+    included."""
     rows, failed = [], []
+    graphed = device.type == "cuda"
     for key, calls in rec.calls.items():
         func, frozen, _ = key
         leaves = [x.make() if isinstance(x, TensorSpec) else x for x in frozen]
         args, kwargs = pytree.tree_unflatten(leaves, rec.specs[key])
         try:
             with torch.no_grad():
-                s = time_call(func, args, kwargs, device)
+                s = g = time_call(func, args, kwargs, device)
         except RuntimeError as e:        # a kernel that refuses random inputs: named, not summed
             failed.append(f"{func}: {str(e).splitlines()[0][:200]}")
             continue
+        if graphed:
+            try:
+                with torch.no_grad():
+                    g = time_call_graphed(func, args, kwargs, device)
+            except RuntimeError as e:    # not capturable: its eager time stands in, and is named
+                failed.append(f"{func} (in a CUDA graph; eager time used): {str(e).splitlines()[0][:200]}")
         shapes = ", ".join("x".join(map(str, x[0])) for x in frozen if isinstance(x, TensorSpec))
         dtypes = sorted({str(x[3]).removeprefix("torch.") for x in frozen if isinstance(x, TensorSpec)})
         flops, nbytes = rec.cost[key]
-        rows.append({"op": str(func), "shapes": shapes, "dtype": "/".join(dtypes), "calls": calls,
-                     "ms_per_call": round(1e3 * s, 4), "ms": 1e3 * s * calls,
-                     "gflop_per_call": round(flops / 1e9, 4), "mb_per_call": round(nbytes / 1e6, 2)})
-    rows.sort(key=lambda r: -r["ms"])
+        row = {"op": str(func), "shapes": shapes, "dtype": "/".join(dtypes), "calls": calls,
+               "ms_per_call": round(1e3 * s, 4), "ms": 1e3 * s * calls,
+               "gflop_per_call": round(flops / 1e9, 4), "mb_per_call": round(nbytes / 1e6, 2)}
+        if graphed:
+            row.update(graphed_ms_per_call=round(1e3 * g, 4), graphed_ms=1e3 * g * calls)
+        rows.append(row)
+    rank = "graphed_ms" if graphed else "ms"
+    rows.sort(key=lambda r: -r[rank])
+    out = {"op_floor_ms": round(sum(r["ms"] for r in rows), 2)}
+    if graphed:
+        out["op_floor_graphed_ms"] = round(sum(r["graphed_ms"] for r in rows), 2)
     for r in rows:
         r["ms"] = round(r["ms"], 3)
-    return {"op_floor_ms": round(sum(r["ms"] for r in rows), 2), "op_floor_top": rows[:top],
-            "replay_failed": failed}
+        if graphed:
+            r["graphed_ms"] = round(r["graphed_ms"], 3)
+    return {**out, "op_floor_top": rows[:top], "replay_failed": failed}
 
 
 def datasheet(fn: Callable[[], Any], peak_tflops: float, bandwidth_tbs: float) -> dict[str, Any]:

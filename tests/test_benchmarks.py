@@ -148,6 +148,17 @@ def test_gpu_suite_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work
     assert not (tmp_path / "out").exists()
 
 
+def test_gpu_lease_refuses_a_bad_stage_or_a_machine_without_cuda_before_any_work(tmp_path):
+    lease = [shutil.which("bash"), str(REPO / "benchmarks" / "gpu_lease.sh"), str(tmp_path / "out")]
+    env = {**os.environ, "PYTHON": sys.executable}
+    bad = subprocess.run([*lease, "tests", "plna"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert bad.returncode == 2 and "unknown stage 'plna'" in bad.stderr
+    if not torch.cuda.is_available():       # no wheels unpacked, nothing installed
+        cpu = subprocess.run(lease, capture_output=True, text=True, cwd=REPO, env=env)
+        assert cpu.returncode == 2 and "no CUDA device" in cpu.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_gpu_suite_envs_stage_runs_its_envs_at_once_each_with_its_own_logs(tmp_path):
     """run_envs (the `envs` stage) with run_env replaced by a 1-second stand-in: every env starts
     before any ends, each writes its own <env>[_lr<LR>].jsonl / .log, and one failure fails the stage."""

@@ -430,7 +430,9 @@ def test_cuda_graph_controller_replays_one_graph_per_history_length():
     goal and history reach the graph (its plan's cost is what an eager energy gives its actions)."""
     from worldmodel.energy import GoalEnergy
 
-    model = _image_model().cuda()
+    model = _image_model()
+    torch.nn.init.normal_(model.predictor.adaln.weight, std=0.2)   # AdaLN-zero ignores the actions:
+    model = model.cuda()                                           # every sample would cost the same
     energy = GoalEnergy(model, static=True)
     plan = make_planner("cem", samples=64, iterations=4, elites=8)
     ctrl = MPCController(plan, energy, (LOW, HIGH), horizon=3, receding_horizon=1, frameskip=2,

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU checks that fit one device call of under 10 minutes, most wanted first, sharing one
+# deadline (LEASE_S seconds, default 540): a stage gets what is left, and one that would start with
+# under 20 s left is skipped and recorded so. At most 8 files come back from such a call: OUT gets
+# summary.txt (the GPU, then each stage's exit status and seconds), tests.log, and <file>.jsonl
+# (JSON lines) + <file>.log for plan (plan_compile appends to plan's), train and profile.
+#
+#   bash benchmarks/gpu_lease.sh OUT [STAGE ...]   # on the GPU machine; .whl/ from `gpu_suite.sh
+#                                                  # wheels` here (.gl/ EGL loaders: device README)
+# Stages (default: all, in this order):
+#   tests         pytest -m gpu (every planner on CUDA, the graphed controller, a whole compiled
+#                 `wm train` under CUDA graphs against eager)
+#   train         lewm 224 px, batch 128, compile + CUDA graphs, with the roofline (op floors eager
+#                 and in a CUDA graph)
+#   plan          CEM 300 x 30 in one CUDA graph, the bf16 predictor copy and float32, with the roofline
+#   plan_compile  the bf16 copy compiled inside the graph (compiling: ~50 s)
+#   profile       the train step under torch.profiler: its top kernels in profile.log
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: gpu_lease.sh OUT [STAGE ...]}; shift
+stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(tests train plan plan_compile profile)
+for s in "${stages[@]}"; do
+    case $s in tests|train|plan|plan_compile|profile) ;;
+        *) echo "unknown stage '$s': choose from tests train plan plan_compile profile" >&2; exit 2 ;;
+    esac
+done
+PY=${PYTHON:-python3}                   # the interpreter that holds torch
+"$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null || {
+    echo "torch sees no CUDA device here: these checks measure a GPU (run them on the device machine)" >&2
+    exit 2; }
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+END=$((SECONDS + ${LEASE_S:-540}))
+if [ -d .whl ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+fi
+if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+export PY PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader
+  "$PY" -c "import torch, mujoco, hydra; print('torch', torch.__version__)"; } 2>&1 | tee -a "$OUT/summary.txt"
+
+stage() {   # stage NAME FILE LIMIT_S COMMAND...: stdout to FILE.jsonl, stderr to FILE.log
+    local name=$1 file=$2 lim=$3; shift 3
+    local left=$((END - SECONDS)) t0=$SECONDS
+    if ((left < 20)); then echo "$name skipped (${left}s left)" | tee -a "$OUT/summary.txt"; return; fi
+    ((lim > left)) && lim=$left
+    timeout -k 5 "$lim" "$@" >>"$OUT/$file.jsonl" 2>>"$OUT/$file.log"
+    echo "$name rc=$? $((SECONDS - t0))s (limit ${lim}s)" | tee -a "$OUT/summary.txt"
+}
+
+for s in "${stages[@]}"; do
+    case $s in
+        tests) stage tests tests 240 bash -c '"$PY" -m pytest -q -m gpu -p no:cacheprovider -rf 1>&2' ;;
+        train) stage train train 180 "$PY" benchmarks/train_speed.py --preset lewm --batch 128 --device cuda \
+                   --compile --compile-mode reduce-overhead --roofline ;;
+        plan) stage plan plan 120 "$PY" benchmarks/plan_latency.py --device cuda \
+                  --dtype bfloat16_weights,float32 --cuda-graph --roofline --runs 20 ;;
+        plan_compile) stage plan_compile plan 180 "$PY" benchmarks/plan_latency.py --device cuda \
+                          --dtype bfloat16_weights --cuda-graph --compile --runs 20 ;;
+        profile) stage profile profile 120 "$PY" benchmarks/train_profile.py --preset lewm --batch 128 \
+                     --device cuda --compile --compile-mode reduce-overhead ;;
+    esac
+done
+find "$OUT" -type f -empty -delete

@@ -15,13 +15,19 @@
 #   plan          CEM 300 x 30 in one CUDA graph, the bf16 predictor copy and float32, with the roofline
 #   plan_compile  the bf16 copy compiled inside the graph (compiling: ~50 s)
 #   profile       the train step under torch.profiler: its top kernels in profile.log
+#   pusht, reacher, tworoom   (not in the default) one full-scale results row, seed LEASE_SEED (0):
+#                 reproduce.py --scale full with the whole training under CUDA graphs, LEASE_STEPS
+#                 training steps (default: the recipe's 7,000): collect ~1.6 min on 16 workers, train,
+#                 eval ~0.5 min; <env>.jsonl / <env>.log and <env>_full_steps<N>.json. Run one alone,
+#                 with LEASE_S near the call's limit: a row killed at the deadline keeps nothing
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu_lease.sh OUT [STAGE ...]}; shift
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(tests train plan plan_compile profile)
 for s in "${stages[@]}"; do
-    case $s in tests|train|plan|plan_compile|profile) ;;
-        *) echo "unknown stage '$s': choose from tests train plan plan_compile profile" >&2; exit 2 ;;
+    case $s in tests|train|plan|plan_compile|profile|pusht|reacher|tworoom) ;;
+        *) echo "unknown stage '$s': choose from tests train plan plan_compile profile pusht reacher tworoom" >&2
+           exit 2 ;;
     esac
 done
 PY=${PYTHON:-python3}                   # the interpreter that holds torch
@@ -59,6 +65,10 @@ for s in "${stages[@]}"; do
                           --dtype bfloat16_weights --cuda-graph --compile --runs 20 ;;
         profile) stage profile profile 120 "$PY" benchmarks/train_profile.py --preset lewm --batch 128 \
                      --device cuda --compile --compile-mode reduce-overhead ;;
+        pusht|reacher|tworoom) steps=${LEASE_STEPS:-7000}
+            stage "$s" "$s" 600 "$PY" benchmarks/reproduce.py --env "$s" --scale full --seeds "${LEASE_SEED:-0}" \
+                --steps "$steps" --videos 0 --quiet --out "/tmp/runs/$s" --json "$OUT/${s}_full_steps$steps.json" \
+                --train-extra compile=true compile_mode=reduce-overhead ;;
     esac
 done
 find "$OUT" -type f -empty -delete

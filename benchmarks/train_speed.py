@@ -79,14 +79,15 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
     cfg = load(TrainConfig, "train", ov)
     device = resolve_device(cfg.device, 0)
     if a.data:
-        from worldmodel.clips import ClipDataset, ClipSampler, ClipSpec
+        from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec
         from worldmodel.dataset import load_dataset
 
         ds = load_dataset(a.data, columns=("pixels", "action"))
         cfg.model = dataclasses.replace(cfg.model, action_dim=int(ds.action.shape[1]))
         clips = ClipDataset(ds, ClipSpec(cfg.model.history, cfg.data.n_preds, cfg.model.frameskip))
-        sampler = ClipSampler(len(clips), cfg.batch_size, seed=0)
-        batch = lambda: clips.get_batch(sampler.next_indices())  # noqa: E731
+        loader = ClipLoader(clips, ClipSampler(len(clips), cfg.batch_size, seed=0),  # as `wm train` feeds
+                            prefetch=cfg.data.prefetch, pin_memory=device.type == "cuda")  # its step
+        batch = lambda: next(loader)  # noqa: E731
     else:
         cfg.model = dataclasses.replace(cfg.model, action_dim=a.action_dim)
         t, s, rng = cfg.model.history + cfg.data.n_preds, cfg.model.image_size, np.random.default_rng(0)

@@ -234,6 +234,18 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     r = json.loads((tmp_path / "b" / "results.json").read_text())
     assert (r["precision"], r["config"]["compile"], r["episodes"], len(compiled)) == ("bf16", True, 1, 1)
     monkeypatch.setattr(torch, "compile", compile_)
+    # step_weights=[...]: the energy sums every planned chunk's distance to the goal, so weighted
+    import worldmodel.energy as energy_mod
+    weights = []
+    init = energy_mod.GoalEnergy.__init__
+    monkeypatch.setattr(energy_mod.GoalEnergy, "__init__",
+                        lambda self, *a, **kw: weights.append(kw.get("step_weights")) or init(self, *a, **kw))
+    assert main(["eval", f"checkpoint={ckpt}", "horizon=3", "receding_horizon=3", "step_weights=[1,0.5,2]",
+                 "episodes=1", "random_floor=false", "videos=0", "planner.samples=8", "planner.elites=4",
+                 "planner.iterations=1", f"out={tmp_path / 'w'}", "progress=false"]) == 0
+    assert weights == [[1.0, 0.5, 2.0]]
+    assert json.loads((tmp_path / "w" / "results.json").read_text())["config"]["step_weights"] == [1.0, 0.5, 2.0]
+    monkeypatch.setattr(energy_mod.GoalEnergy, "__init__", init)
     assert main(["eval", f"checkpoint={ckpt}", "precision=fp16", f"out={tmp_path / 'p'}"]) == 2
     assert "precision must be one of ['bf16', 'fp32']" in capsys.readouterr().err
     seed = json.loads((demo_run / "data" / "meta.json").read_text())["seed"]
@@ -332,6 +344,11 @@ def test_eval_refuses_a_bad_time_budget_before_any_output(tmp_path, capsys):
         assert main(["eval", f"checkpoint={tmp_path / 'ck.pt'}", f"time_budget_s={budget}",
                      f"out={tmp_path / 'e'}"]) == 2
         assert "time_budget_s must be > 0" in capsys.readouterr().err
+    for weights, why in (("[1,1]", "5 of them"), ("[1,1,1,1,-1]", "finite weight >= 0"),
+                         ("[0,0,0,0,0]", "not all 0")):
+        assert main(["eval", f"checkpoint={tmp_path / 'ck.pt'}", f"step_weights={weights}",
+                     f"out={tmp_path / 'e'}"]) == 2
+        assert why in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "best.pt").write_bytes(b"")

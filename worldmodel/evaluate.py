@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import math
+
 import numpy as np
 import torch
 
@@ -50,6 +52,9 @@ class EvalConfig:
     goal_offset: int = 25              # goal = state this many steps after the start
     horizon: int = 5                   # planned action chunks
     receding_horizon: int = 5          # chunks executed before replanning (LeWM: the whole plan)
+    step_weights: list[float] | None = None   # null: the energy is the last planned chunk's distance to
+                                       # the goal (LeWM); one weight per chunk (horizon of them): the
+                                       # weighted sum over all steps, e.g. [1,1,1,1,1]
     eval_seed: int = 1_000_003         # base seed of the held-out episodes (never a training seed)
     policy: str | None = None          # held-out episodes' policy; null: the training data's
     episode_len: int | None = None     # held-out episodes' length; null: the training data's
@@ -79,6 +84,12 @@ class EvalConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.receding_horizon > self.horizon:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
+        if self.step_weights is not None:
+            w = self.step_weights
+            if len(w) != self.horizon or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+                raise ValueError(f"step_weights={w}: one finite weight >= 0 per planned chunk, {self.horizon} "
+                                 f"of them (horizon={self.horizon}), not all 0; e.g. "
+                                 f"step_weights=[{','.join(['1'] * self.horizon)}], or null for the last chunk only")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be > 0 seconds (or null: no deadline), got {self.time_budget_s}")
         if self.precision not in PRECISIONS:
@@ -352,7 +363,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)      # after the last refusal: a refused eval leaves no out
     save_resolved(cfg, out)
-    energy = GoalEnergy(model, static=cfg.cuda_graph, dtype=PRECISIONS[cfg.precision], compile=cfg.compile)
+    energy = GoalEnergy(model, static=cfg.cuda_graph, dtype=PRECISIONS[cfg.precision], compile=cfg.compile,
+                        step_weights=cfg.step_weights)
     done = progress["done"] if progress else 0                          # tasks finished before a kill
     results: list[dict[str, Any]] = progress["results"] if progress else []
     floor: list[dict[str, Any]] = progress["floor"] if progress else []

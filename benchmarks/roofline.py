@@ -10,7 +10,8 @@ run eagerly while being watched, with the rates measured on the device at hand:
   shapes, strides, dtype and arguments (a TorchDispatchMode, so under autocast the bf16 calls), then
   each distinct call replayed alone on random inputs of the same layout, back to back, and timed;
   the sum over all calls. On CUDA also with each call's repeats captured in one CUDA graph and
-  replayed ("op_floor_graphed_ms"): the kernels' own time, without Python's and the launches'. Everything else (norms, activations, the optimiser, launch gaps) counts as
+  replayed ("op_floor_graphed_ms"): the kernels' own time, without Python's and the launches'.
+  Everything else (norms, activations, the optimiser, launch gaps) counts as
   free and each heavy op runs at the rate the device's own library gives it alone: a program that
   keeps these ops cannot be faster than this, short of fusing them into each other.
 - the textbook roofline of the same calls: each call's FLOPs at the large-matmul rate or

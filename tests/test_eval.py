@@ -234,7 +234,7 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     r = json.loads((tmp_path / "b" / "results.json").read_text())
     assert (r["precision"], r["config"]["compile"], r["episodes"], len(compiled)) == ("bf16", True, 1, 1)
     monkeypatch.setattr(torch, "compile", compile_)
-    # step_weights=[...]: the energy sums every planned chunk's distance to the goal, so weighted
+    # step_weights=[...] reaches the goal energy: the weighted sum over every planned chunk
     import worldmodel.energy as energy_mod
     weights = []
     init = energy_mod.GoalEnergy.__init__

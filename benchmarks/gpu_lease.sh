@@ -18,8 +18,10 @@
 #   pusht, reacher, tworoom   (not in the default) one full-scale results row, seed LEASE_SEED (0):
 #                 reproduce.py --scale full with the whole training under CUDA graphs, LEASE_STEPS
 #                 training steps (default: the recipe's 7,000): collect ~1.6 min on 16 workers, train,
-#                 eval ~0.5 min; <env>.jsonl / <env>.log and <env>_full_steps<N>.json. Run one alone,
-#                 with LEASE_S near the call's limit: a row killed at the deadline keeps nothing
+#                 eval ~0.5 min; then the same tasks planned with the energy over every chunk
+#                 (step_weights=[1,1,1,1,1]); <env>.jsonl / <env>.log, <env>_full_steps<N>.json and
+#                 <env>_eval_step_weights.json. Run one alone, with LEASE_S near the call's limit: a row
+#                 killed at the deadline keeps nothing
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu_lease.sh OUT [STAGE ...]}; shift
@@ -41,9 +43,20 @@ if [ -d .whl ]; then
         .whl/*.whl || exit 1
 fi
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
-export PY PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
+export OUT PY PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader
   "$PY" -c "import torch, mujoco, hydra; print('torch', torch.__version__)"; } 2>&1 | tee -a "$OUT/summary.txt"
+
+env_row() {  # env_row ENV: a full-scale row (reproduce.py), then its tasks with the every-chunk energy
+    local env=$1 steps=${LEASE_STEPS:-7000} seed=${LEASE_SEED:-0}
+    "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 --quiet \
+        --out "/tmp/runs/$env" --json "$OUT/${env}_full_steps$steps.json" \
+        --train-extra compile=true compile_mode=reduce-overhead || return $?
+    "$PY" -m worldmodel.cli eval checkpoint="/tmp/runs/$env/seed$seed/train/best.pt" "step_weights=[1,1,1,1,1]" \
+        videos=0 random_floor=false progress=false device=cuda out="/tmp/runs/$env/eval_step_weights" \
+        && cp "/tmp/runs/$env/eval_step_weights/results.json" "$OUT/${env}_eval_step_weights.json"
+}
+export -f env_row
 
 stage() {   # stage NAME FILE LIMIT_S COMMAND...: stdout to FILE.jsonl, stderr to FILE.log
     local name=$1 file=$2 lim=$3; shift 3
@@ -65,10 +78,7 @@ for s in "${stages[@]}"; do
                           --dtype bfloat16_weights --cuda-graph --compile --runs 20 ;;
         profile) stage profile profile 120 "$PY" benchmarks/train_profile.py --preset lewm --batch 128 \
                      --device cuda --compile --compile-mode reduce-overhead ;;
-        pusht|reacher|tworoom) steps=${LEASE_STEPS:-7000}
-            stage "$s" "$s" 600 "$PY" benchmarks/reproduce.py --env "$s" --scale full --seeds "${LEASE_SEED:-0}" \
-                --steps "$steps" --videos 0 --quiet --out "/tmp/runs/$s" --json "$OUT/${s}_full_steps$steps.json" \
-                --train-extra compile=true compile_mode=reduce-overhead ;;
+        pusht|reacher|tworoom) stage "$s" "$s" 600 bash -c 'env_row "$1"' _ "$s" ;;
     esac
 done
 find "$OUT" -type f -empty -delete

@@ -39,10 +39,7 @@ PY=${PYTHON:-python3}                   # the interpreter that holds torch
     exit 2; }
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 END=$((SECONDS + ${LEASE_S:-540}))
-if [ -d .whl ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl || exit 1
-fi
+if [ -d .whl ]; then PYTHON=$PY bash benchmarks/gpu_suite.sh install >/dev/null || exit 1; fi   # -> /tmp/site
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
 export OUT PY PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader

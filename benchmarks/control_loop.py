@@ -10,6 +10,10 @@ with no clock) each row gets the exact McNemar test on the tasks both ran.
     python benchmarks/control_loop.py --checkpoint runs/demo/train/best.pt --planner icem_cpu \
         --hz 10 --async-lead 5 --episodes 20 --reference runs/demo/eval/results.json
 
+Replanning after every chunk with the every-chunk energy (README, "The energy"):
+`--receding-horizon 1 --step-weights 1 1 1 1 1 --async-lead 2` (async_lead is at most half of the
+receding_horizon * frameskip actions each plan yields).
+
 stdout: one JSON line per run (success, per-task outcomes, loop rate and overruns, planning
 latency, async stalls, deadline misses); --json also writes it (appends a line).
 """
@@ -42,7 +46,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--goal-offset", type=int, default=25)
     p.add_argument("--eval-seed", type=int, default=1_000_003)
     p.add_argument("--horizon", type=int, default=5)
-    p.add_argument("--receding-horizon", type=int, default=5)
+    p.add_argument("--receding-horizon", type=int, default=5, help="chunks executed before replanning")
+    p.add_argument("--step-weights", type=float, nargs="+", default=None,
+                   help="one weight per planned chunk (e.g. 1 1 1 1 1: every chunk's distance to the goal); "
+                        "default: the last chunk's only (LeWM)")
     p.add_argument("--seed", type=int, default=None, help="planner seed (default: the preset's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--compile", action="store_true",
@@ -84,7 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
                        int(meta.get("episode_len") or 100), a.goal_offset, training_seeds(meta))
     planner = planner_from_config(yaml.safe_load(preset.read_text()),
                                   **({} if a.seed is None else {"seed": a.seed}))
-    energy = GoalEnergy(model, dtype=PRECISIONS[a.precision], compile=a.compile)
+    if a.step_weights is not None and len(a.step_weights) != a.horizon:
+        raise SystemExit(f"control_loop: --step-weights gives {len(a.step_weights)} weights; give one per "
+                         f"planned chunk ({a.horizon}, --horizon), e.g. --step-weights {' '.join(['1'] * a.horizon)}")
+    energy = GoalEnergy(model, dtype=PRECISIONS[a.precision], compile=a.compile, step_weights=a.step_weights)
     ctrl = MPCController(planner, energy, (env.action_space.low, env.action_space.high),
                          horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
                          history=model.cfg.history, time_budget_s=a.time_budget,
@@ -112,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = sum(r["steps"] for r in rows)
     out = {"bench": "control_loop", "checkpoint": a.checkpoint, "env": env_name, "planner": a.planner,
            "planner_settings": {k: v for k, v in vars(planner).items() if not k.startswith("_")},
-           "hz": hz, "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
+           "hz": hz, "horizon": a.horizon, "receding_horizon": a.receding_horizon,
+           "step_weights": a.step_weights, "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
            "compile": a.compile, "precision": a.precision, "warmup_s": round(warmup_s, 1),
            "episodes": len(rows), "successes": outcomes.count("1"), "outcomes": outcomes,
            "steps": steps, "overruns": sum(r["overruns"] for r in rows),

@@ -487,13 +487,17 @@ def test_control_loop_benchmark_runs_evals_tasks_through_the_robot_loop(demo_run
         cl.main([*common, "--planner", "nope"])
     with pytest.raises(SystemExit, match="fewer than 9 tasks"):
         cl.main([*common, "--episodes", "9", "--reference", ref])
+    with pytest.raises(SystemExit, match="one per planned chunk"):
+        cl.main([*common, "--step-weights", "1", "1"])
     out = cl.main([*common, "--planner", "icem_cpu", "--episodes", "2", "--hz", "100", "--async-lead", "2",
-                   "--reference", ref])
+                   "--receding-horizon", "1", "--step-weights", "1", "1", "1", "1", "1", "--reference", ref])
     assert out["episodes"] == 2 and out["successes"] == out["outcomes"].count("1") and out["hz"] == 100
+    assert (out["receding_horizon"], out["step_weights"]) == (1, [1.0] * 5)
     assert (out["compile"], out["precision"]) == (False, "fp32") and out["warmup_s"] > 0
     for r in out["per_episode"]:
         assert 1 <= r["steps"] <= 50 and r["plans"] >= 1
         assert r["success"] or r["steps"] == 50         # a run ends on success or at the budget
+        assert r["plans"] >= -(-r["steps"] // 5) - 1    # replanned after every 5-step chunk
     theirs = json.loads(Path(ref).read_text())["per_episode"][:2]
     assert out["reference"]["successes"] == sum(e["success"] for e in theirs)
     assert json.loads((tmp_path / "cl.jsonl").read_text().splitlines()[-1])["outcomes"] == out["outcomes"]

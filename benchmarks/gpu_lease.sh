@@ -20,8 +20,9 @@
 #                 training steps (default: the recipe's 7,000): collect ~1.6 min on 16 workers, train,
 #                 eval ~0.5 min; then the same tasks planned with the energy over every chunk
 #                 (step_weights=[1,1,1,1,1]), and with it replanning after every chunk
-#                 (receding_horizon=1); <env>.jsonl / <env>.log, <env>_full_steps<N>.json,
-#                 <env>_eval_step_weights.json, <env>_eval_replan.json. Run one alone, with LEASE_S near
+#                 (receding_horizon=1), with CEM and with planner=icem_cpu; <env>.jsonl / <env>.log,
+#                 <env>_full_steps<N>.json, <env>_eval_{step_weights,replan,replan_icem}.json
+#                 (7 files with summary.txt). Run one alone, with LEASE_S near
 #                 the call's limit: a row killed at the deadline keeps nothing
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,13 +47,14 @@ export OUT PY PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
   "$PY" -c "import torch, mujoco, hydra; print('torch', torch.__version__)"; } 2>&1 | tee -a "$OUT/summary.txt"
 
 env_row() {  # env_row ENV: a full-scale row (reproduce.py), then its tasks with the every-chunk energy,
-             # and with that energy replanning after every chunk
+             # and with that energy replanning after every chunk (CEM 300 x 30, then icem_cpu)
     local env=$1 steps=${LEASE_STEPS:-7000} seed=${LEASE_SEED:-0} name extra rc=0
     "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 --quiet \
         --out "/tmp/runs/$env" --json "$OUT/${env}_full_steps$steps.json" \
         --train-extra compile=true compile_mode=reduce-overhead || return $?
-    for name in step_weights replan; do
-        extra=; [ $name = replan ] && extra=receding_horizon=1
+    for name in step_weights replan replan_icem; do
+        case $name in step_weights) extra= ;; replan) extra=receding_horizon=1 ;;
+            replan_icem) extra="receding_horizon=1 planner=icem_cpu" ;; esac
         "$PY" -m worldmodel.cli eval checkpoint="/tmp/runs/$env/seed$seed/train/best.pt" "step_weights=[1,1,1,1,1]" \
             $extra videos=0 random_floor=false progress=false device=cuda out="/tmp/runs/$env/eval_$name" \
             && cp "/tmp/runs/$env/eval_$name/results.json" "$OUT/${env}_eval_$name.json" || rc=1

@@ -62,6 +62,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse(argv)
+    w = a.step_weights
+    if w is not None and (len(w) != a.horizon or not all(np.isfinite(x) and x >= 0 for x in w) or not sum(w) > 0):
+        raise SystemExit(f"control_loop: --step-weights {w}: give one finite weight >= 0 per planned chunk "
+                         f"({a.horizon}, --horizon), not all 0, e.g. --step-weights {' '.join(['1'] * a.horizon)}")
     import torch
 
     from planners import planner_from_config
@@ -91,10 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
                        int(meta.get("episode_len") or 100), a.goal_offset, training_seeds(meta))
     planner = planner_from_config(yaml.safe_load(preset.read_text()),
                                   **({} if a.seed is None else {"seed": a.seed}))
-    if a.step_weights is not None and len(a.step_weights) != a.horizon:
-        raise SystemExit(f"control_loop: --step-weights gives {len(a.step_weights)} weights; give one per "
-                         f"planned chunk ({a.horizon}, --horizon), e.g. --step-weights {' '.join(['1'] * a.horizon)}")
-    energy = GoalEnergy(model, dtype=PRECISIONS[a.precision], compile=a.compile, step_weights=a.step_weights)
+    energy = GoalEnergy(model, dtype=PRECISIONS[a.precision], compile=a.compile, step_weights=w)
     ctrl = MPCController(planner, energy, (env.action_space.low, env.action_space.high),
                          horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
                          history=model.cfg.history, time_budget_s=a.time_budget,
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = sum(r["steps"] for r in rows)
     out = {"bench": "control_loop", "checkpoint": a.checkpoint, "env": env_name, "planner": a.planner,
            "planner_settings": {k: v for k, v in vars(planner).items() if not k.startswith("_")},
-           "hz": hz, "horizon": a.horizon, "receding_horizon": a.receding_horizon,
-           "step_weights": a.step_weights, "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
+           "hz": hz, "horizon": a.horizon, "receding_horizon": a.receding_horizon, "step_weights": w,
+           "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
            "compile": a.compile, "precision": a.precision, "warmup_s": round(warmup_s, 1),
            "episodes": len(rows), "successes": outcomes.count("1"), "outcomes": outcomes,
            "steps": steps, "overruns": sum(r["overruns"] for r in rows),

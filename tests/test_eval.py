@@ -487,8 +487,9 @@ def test_control_loop_benchmark_runs_evals_tasks_through_the_robot_loop(demo_run
         cl.main([*common, "--planner", "nope"])
     with pytest.raises(SystemExit, match="fewer than 9 tasks"):
         cl.main([*common, "--episodes", "9", "--reference", ref])
-    with pytest.raises(SystemExit, match="one per planned chunk"):
-        cl.main([*common, "--step-weights", "1", "1"])
+    for bad in (["1", "1"], ["1", "1", "1", "1", "nan"], ["0", "0", "0", "0", "0"]):
+        with pytest.raises(SystemExit, match="one finite weight >= 0 per planned chunk"):
+            cl.main([*common, "--step-weights", *bad])
     out = cl.main([*common, "--planner", "icem_cpu", "--episodes", "2", "--hz", "100", "--async-lead", "2",
                    "--receding-horizon", "1", "--step-weights", "1", "1", "1", "1", "1", "--reference", ref])
     assert out["episodes"] == 2 and out["successes"] == out["outcomes"].count("1") and out["hz"] == 100

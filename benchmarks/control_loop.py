@@ -62,8 +62,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse(argv)
+    from worldmodel.evaluate import valid_step_weights
+
     w = a.step_weights
-    if w is not None and (len(w) != a.horizon or not all(np.isfinite(x) and x >= 0 for x in w) or not sum(w) > 0):
+    if w is not None and not valid_step_weights(w, a.horizon):
         raise SystemExit(f"control_loop: --step-weights {w}: give one finite weight >= 0 per planned chunk "
                          f"({a.horizon}, --horizon), not all 0, e.g. --step-weights {' '.join(['1'] * a.horizon)}")
     import torch

@@ -42,6 +42,11 @@ from worldmodel.stats import mcnemar, percentile, wilson
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}   # eval precision= -> planning dtype
 
 
+def valid_step_weights(weights: list[float], horizon: int) -> bool:
+    """GoalEnergy's step_weights: one finite weight >= 0 per planned chunk, not all 0."""
+    return len(weights) == horizon and all(math.isfinite(x) and x >= 0 for x in weights) and sum(weights) > 0
+
+
 @dataclass
 class EvalConfig:
     checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
@@ -86,7 +91,7 @@ class EvalConfig:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
         if self.step_weights is not None:
             w = self.step_weights
-            if len(w) != self.horizon or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+            if not valid_step_weights(w, self.horizon):
                 raise ValueError(f"step_weights={w}: one finite weight >= 0 per planned chunk, {self.horizon} "
                                  f"of them (horizon={self.horizon}), not all 0; e.g. "
                                  f"step_weights=[{','.join(['1'] * self.horizon)}], or null for the last chunk only")

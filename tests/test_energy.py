@@ -189,22 +189,26 @@ def test_compiled_energy_equals_eager_across_observations_and_history_lengths():
 
 @pytest.mark.slow
 def test_compiled_bf16_energy_freezes_its_private_copy_only():
-    """compile=True with dtype=bf16 on the CPU: Inductor takes the private copy's weights as constants
-    (freezing: packed once, 1.6 s against 2.2 s per LeWM-scale CEM solve on an AMD EPYC), costs and
-    gradients as eager bf16's; the model's own float32 weights are never frozen (they may change)."""
+    """compile=True with dtype=bf16 on the CPU: Inductor compiles with freezing on, which may take the
+    private copy's weights as constants; costs and gradients stay eager bf16's; the model's own float32
+    weights are never frozen (they may change). Whether a frozen weight is copied (packed for oneDNN)
+    or still aliases the copy depends on the CPU: oneDNN packs bf16 weights only where it supports
+    bf16 (AVX512-BF16 / AMX), so "not read again" is checked only there."""
     torch._dynamo.reset()
     model = small_model(pred_depth=1)
     torch.nn.init.normal_(model.predictor.adaln.weight, std=0.05)     # candidates' costs differ
     obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, 6), pixels(2, 1, 32, seed=6)[:, 0]
     compiled, eager = (GoalEnergy(model, obs, past, goal, compile=c, dtype=torch.bfloat16) for c in (True, False))
-    assert compiled._freeze and not GoalEnergy(model, obs, past, goal, compile=True)._freeze
+    assert compiled._freeze and compiled.planner_model is not model
+    assert not GoalEnergy(model, obs, past, goal, compile=True)._freeze
     actions = torch.randn(2, 6, 4, 6)
     with torch.no_grad():
         before = compiled(actions)
         torch.testing.assert_close(before, eager(actions), rtol=0.03, atol=1e-5)
-        compiled.planner_model.predictor.projector.fc2.weight.mul_(3.0)   # frozen: not read again
-        torch.testing.assert_close(compiled(actions), before, rtol=0, atol=0)
-        compiled.planner_model.predictor.projector.fc2.weight.div_(3.0)
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():              # packed: the copy is not read again
+            compiled.planner_model.predictor.projector.fc2.weight.mul_(3.0)
+            torch.testing.assert_close(compiled(actions), before, rtol=0, atol=0)
+            compiled.planner_model.predictor.projector.fc2.weight.div_(3.0)
     a1, a2 = (actions.clone().requires_grad_(True) for _ in range(2))     # gradient planners: not frozen
     compiled(a1).sum().backward()
     eager(a2).sum().backward()

@@ -4,9 +4,9 @@ Runs `wm check` on a checkpoint whose `wm eval` results exist and prints the che
 figures next to the simulator's success rate and random floor, so that several checkpoints (envs,
 training lengths, seeds) can be lined up:
 
-    python benchmarks/check_vs_eval.py --checkpoint runs/demo/train/best.pt \
+    python -m benchmarks.check_vs_eval --checkpoint runs/demo/train/best.pt \
         --eval runs/demo/eval/results.json
-    python benchmarks/check_vs_eval.py --checkpoint ... --eval ... --plan   # + the planner (slow on CPU)
+    python -m benchmarks.check_vs_eval --checkpoint ... --eval ... --plan   # + the planner (slow on CPU)
 
 stdout: one JSON line (bench "check_vs_eval").
 """
@@ -18,9 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
 
-    from worldmodel import check
+    from worldmodel.evaluation.check import check
+    from worldmodel.evaluation.config import CheckConfig
     from worldmodel.config import load
 
     ev = json.loads(Path(a.eval).read_text())
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"note: {a.eval} evaluated {ev.get('checkpoint')!r}, not {a.checkpoint!r}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         out = a.out or str(Path(tmp) / "check")
-        res = check.run(load(check.CONFIG, check.CONFIG_NAME, [
+        res = check(load(CheckConfig, "check", [
             f"checkpoint={a.checkpoint}", f"tasks={a.tasks}", f"goal_offset={a.goal_offset}",
             f"plan={str(a.plan).lower()}", f"out={out}", f"device={a.device}", "overwrite=true",
             "progress=false"]))

@@ -1,6 +1,6 @@
 """Collection throughput: real `wm collect` runs, 64 px, workers=1 and workers=2.
 
-    PYTHONPATH=. python benchmarks/collect_speed.py [--envs tworoom pusht] [--workers 1 2] [--repeats 3]
+    python -m benchmarks.collect_speed [--envs tworoom pusht] [--workers 1 2] [--repeats 3]
 
 Prints one JSON line per (env, workers): the median over `--repeats` runs (after one warm-up run
 that also starts the fork server) of frames written per second of collection wall time, and per
@@ -15,17 +15,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from worldmodel.collect import CollectConfig, run  # noqa: E402
+from worldmodel.data.collector import collect  # noqa: E402
+from worldmodel.data.config import CollectConfig  # noqa: E402
 from worldmodel.config import load  # noqa: E402
-from worldmodel.dataset import load_dataset  # noqa: E402
+from worldmodel.data.dataset import load_dataset  # noqa: E402
 
 
 def collect_once(env: str, workers: int, frames_per_worker: int, episode_len: int, image_size: int,
@@ -34,7 +33,7 @@ def collect_once(env: str, workers: int, frames_per_worker: int, episode_len: in
     cfg = load(CollectConfig, "collect", [f"env={env}", f"workers={workers}", f"episodes={episodes}",
                                           f"episode_len={episode_len}", f"image_size={image_size}",
                                           f"out={out}", "progress=false", "seed=0"])
-    return run(cfg)
+    return collect(cfg)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ overruns. The run stops when the env's success test holds (the protocol's "at an
 the step budget. Against `--reference` (the checkpoint's offline `wm eval` results.json, planned
 with no clock) each row gets the exact McNemar test on the tasks both ran.
 
-    python benchmarks/control_loop.py --checkpoint runs/demo/train/best.pt --planner icem_cpu \
+    python -m benchmarks.control_loop --checkpoint runs/demo/train/best.pt --planner icem_cpu \
         --hz 10 --async-lead 5 --episodes 20 --reference runs/demo/eval/results.json
 
 Replanning after every chunk with the every-chunk energy (README, "The energy"):
@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recipes as R  # noqa: E402
-from worldmodel.config import CONFIG_DIR, group_options  # noqa: E402
+from benchmarks import recipes as R  # noqa: E402
+from worldmodel.config import group_options, preset  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +59,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse(argv)
-    from worldmodel.evaluate import valid_step_weights
+    from worldmodel.evaluation.config import valid_step_weights
 
     w = a.step_weights
     if w is not None and not valid_step_weights(w, a.horizon):
@@ -70,18 +67,17 @@ def main(argv: list[str] | None = None) -> dict:
                          f"({a.horizon}, --horizon), not all 0, e.g. --step-weights {' '.join(['1'] * a.horizon)}")
     import torch
 
-    from planners import planner_from_config
-    from planners.loop import ControlLoop
-    from planners.mpc import MPCController
-    from worldmodel.energy import GoalEnergy
-    from worldmodel.evaluate import PRECISIONS, make_env, make_tasks, training_seeds
-    from worldmodel.stats import mcnemar
-    from worldmodel.model import load_trained
+    from worldmodel.planners import planner_from_config
+    from worldmodel.planners.loop import ControlLoop
+    from worldmodel.planners.mpc import MPCController
+    from worldmodel.model.energy import DTYPES, GoalEnergy
+    from worldmodel.evaluation.tasks import make_env, make_tasks, training_seeds
+    from worldmodel.evaluation.stats import mcnemar
+    from worldmodel.model.world_model import load_trained
 
     if a.planner not in group_options("planner"):
         raise SystemExit(f"control_loop: no planner preset configs/planner/{a.planner}.yaml; choose one of "
                          f"{group_options('planner')}")
-    preset = CONFIG_DIR / "planner" / f"{a.planner}.yaml"
     ref = json.loads(Path(a.reference).read_text()) if a.reference else None
     if ref is not None and (len(ref["per_episode"]) < a.episodes or ref["protocol"]["eval_seed"] != a.eval_seed
                             or ref["protocol"]["budget"] != a.budget
@@ -95,9 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     hz = a.hz or float(env.env_info().control_hz)
     tasks = make_tasks(env, meta.get("policy") or "noise", a.eval_seed, a.episodes,
                        int(meta.get("episode_len") or 100), a.goal_offset, training_seeds(meta))
-    planner = planner_from_config(yaml.safe_load(preset.read_text()),
+    planner = planner_from_config(preset("planner", a.planner),
                                   **({} if a.seed is None else {"seed": a.seed}))
-    energy = GoalEnergy(model, dtype=PRECISIONS[a.precision], compile=a.compile, step_weights=w)
+    energy = GoalEnergy(model, dtype=DTYPES[a.precision], compile=a.compile, step_weights=w)
     ctrl = MPCController(planner, energy, (env.action_space.low, env.action_space.high),
                          horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
                          history=model.cfg.history, time_budget_s=a.time_budget,

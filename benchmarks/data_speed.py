@@ -5,7 +5,7 @@ Builds (or takes, --data PATH) a dataset of 64 px frames, then measures 4-frame 
 `ClipLoader` with its prefetch thread. Prints one JSON line per figure (median of --repeats runs).
 Target: >= 20,000 clips/s on a 2-core CPU (REFERENCE.md: LeWM's HDF5 loader ~1,400, Lance ~4,800).
 
-    PYTHONPATH=. python benchmarks/data_speed.py [--data PATH] [--episodes 200] [--seconds 2]
+    python -m benchmarks.data_speed [--data PATH] [--episodes 200] [--seconds 2]
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import numpy as np
 
 def build_dataset(root: Path, episodes: int, length: int, size: int, seed: int = 0) -> Path:
     """A real wm-hdf5-v1 directory written through the dataset module (staged, packed shard)."""
-    from worldmodel.dataset import FORMAT, pack_shard, stage_episode, write_json_atomic
+    from worldmodel.data.dataset import FORMAT, pack_shard, stage_episode
+    from worldmodel.io import write_json_atomic
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -61,8 +62,8 @@ def main() -> None:
 
     import torch
 
-    from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec
-    from worldmodel.dataset import load_dataset
+    from worldmodel.data.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec
+    from worldmodel.data.dataset import load_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(a.data) if a.data else build_dataset(Path(tmp) / "d", a.episodes, a.length, a.size)

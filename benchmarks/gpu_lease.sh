@@ -49,7 +49,7 @@ export OUT PY PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
 env_row() {  # env_row ENV: a full-scale row (reproduce.py), then its tasks with the every-chunk energy,
              # and with that energy replanning after every chunk (CEM 300 x 30, then icem_cpu)
     local env=$1 steps=${LEASE_STEPS:-7000} seed=${LEASE_SEED:-0} name extra rc=0
-    "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 --quiet \
+    "$PY" -m benchmarks.reproduce --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 --quiet \
         --out "/tmp/runs/$env" --json "$OUT/${env}_full_steps$steps.json" \
         --train-extra compile=true compile_mode=reduce-overhead || return $?
     for name in step_weights replan replan_icem; do
@@ -75,13 +75,13 @@ stage() {   # stage NAME FILE LIMIT_S COMMAND...: stdout to FILE.jsonl, stderr t
 for s in "${stages[@]}"; do
     case $s in
         tests) stage tests tests 240 bash -c '"$PY" -m pytest -q -m gpu -p no:cacheprovider -rf 1>&2' ;;
-        train) stage train train 180 "$PY" benchmarks/train_speed.py --preset lewm --batch 128 --device cuda \
+        train) stage train train 180 "$PY" -m benchmarks.train_speed --preset lewm --batch 128 --device cuda \
                    --compile --compile-mode reduce-overhead --roofline ;;
-        plan) stage plan plan 120 "$PY" benchmarks/plan_latency.py --device cuda \
+        plan) stage plan plan 120 "$PY" -m benchmarks.plan_latency --device cuda \
                   --dtype bfloat16_weights,float32 --cuda-graph --roofline --runs 20 ;;
-        plan_compile) stage plan_compile plan 180 "$PY" benchmarks/plan_latency.py --device cuda \
+        plan_compile) stage plan_compile plan 180 "$PY" -m benchmarks.plan_latency --device cuda \
                           --dtype bfloat16_weights --cuda-graph --compile --runs 20 ;;
-        profile) stage profile profile 120 "$PY" benchmarks/train_profile.py --preset lewm --batch 128 \
+        profile) stage profile profile 120 "$PY" -m benchmarks.train_profile --preset lewm --batch 128 \
                      --device cuda --compile --compile-mode reduce-overhead ;;
         pusht|reacher|tworoom) stage "$s" "$s" 600 bash -c 'env_row "$1"' _ "$s" ;;
     esac

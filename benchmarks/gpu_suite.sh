@@ -96,11 +96,11 @@ run_env() {  # run_env ENV[@LR]: the full recipe (at learning rate LR if given) 
              # under CUDA graphs, then iCEM; its files are named <ENV>[_lr<LR>]
     local env=${1%%@*} name=${1/@/_lr} lr= steps=${SUITE_STEPS:-20000} seed=${SUITE_SEED:-0}
     [[ $1 == *@* ]] && lr=${1#*@}
-    "$PY" benchmarks/reproduce.py --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 \
+    "$PY" -m benchmarks.reproduce --env "$env" --scale full --seeds "$seed" --steps "$steps" --videos 0 \
         ${lr:+--lr "$lr"} --quiet --out "$OUT/runs/$name" --json "$OUT/${name}_full_steps${steps}.json" \
         --train-extra compile=true compile_mode=reduce-overhead || return $?
     local ckpt="$OUT/runs/$name/seed$seed/train/best.pt" rc=0
-    "$PY" benchmarks/planner_table.py --checkpoint "$ckpt" --planners icem --device cuda --videos 0 --quiet \
+    "$PY" -m benchmarks.planner_table --checkpoint "$ckpt" --planners icem --device cuda --videos 0 --quiet \
         --out "$OUT/runs/$name/planners" --json "$OUT/planner_table_${name}_full_steps${steps}.json" || rc=$?
     # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM): with the fp32 and the bf16
     # predictor (success and plan latency), and at planner seeds 1 and 2 (a seed alone moves a 50-task
@@ -140,7 +140,7 @@ oracles() {  # state and latent oracles on each eval the env stages wrote
     for ev in "$OUT"/runs/*/seed*/eval/results.json; do
         [ -e "$ev" ] || continue
         env=${ev#"$OUT"/runs/}; env=${env%%/*}
-        "$PY" benchmarks/oracle_ceiling.py --eval "$ev" --device cuda --json "$OUT/oracle_ceiling_${env}_full.json" \
+        "$PY" -m benchmarks.oracle_ceiling --eval "$ev" --device cuda --json "$OUT/oracle_ceiling_${env}_full.json" \
             || rc=$?
     done
     return $rc
@@ -166,8 +166,7 @@ run() {
     export OUT MUJOCO_GL=egl PYTHONUNBUFFERED=1
     "$PY" - >"$OUT/machine.json" <<'EOF'
 import datetime, json, sys
-sys.path.insert(0, "benchmarks")
-import recipes
+from benchmarks import recipes
 print(json.dumps({"date": datetime.date.today().isoformat(), "git": recipes.git_commit(),
                   "machine": recipes.machine("cuda")}))
 EOF
@@ -179,15 +178,15 @@ EOF
                            "--dtype float32,bfloat16,bfloat16_weights --cuda-graph --roofline" \
                            "--planner icem --samples 300 --iterations 5 --cuda-graph" \
                            "--dtype bfloat16_weights,bfloat16 --cuda-graph --compile"; do
-                    "$PY" benchmarks/plan_latency.py --device cuda $opt || rc=$?
+                    "$PY" -m benchmarks.plan_latency --device cuda $opt || rc=$?
                 done; exit $rc' ;;
             train) stage train 600 bash -c 'rc=0
                 for px in "" "model.patch_size=8 model.image_size=64"; do
                     for opt in "" "--compile" "--compile --compile-mode reduce-overhead"; do
-                        "$PY" benchmarks/train_profile.py --preset lewm --batch 128 --device cuda $opt $px || rc=$?
+                        "$PY" -m benchmarks.train_profile --preset lewm --batch 128 --device cuda $opt $px || rc=$?
                     done
                 done
-                "$PY" benchmarks/train_speed.py --preset lewm --batch 128 --device cuda --compile \
+                "$PY" -m benchmarks.train_speed --preset lewm --batch 128 --device cuda --compile \
                     --compile-mode reduce-overhead --roofline || rc=$?
                 exit $rc' ;;
             pusht|reacher|tworoom) stage "$s" 1800 bash -c 'run_env "$1"' _ "$s" ;;

@@ -7,8 +7,8 @@ Push-T's pusher) by a fixed displacement in a random direction, and reports the 
 latent distance per displacement next to that of unrelated state pairs. A distance that saturates
 near the random-pair level at small displacements means an energy that is flat beyond them.
 
-    python benchmarks/latent_geometry.py --checkpoint runs/demo/train/best.pt
-    python benchmarks/latent_geometry.py --checkpoint runs/pusht/best.pt --dims 2 3 --scales 0.02 0.05 0.1
+    python -m benchmarks.latent_geometry --checkpoint runs/demo/train/best.pt
+    python -m benchmarks.latent_geometry --checkpoint runs/pusht/best.pt --dims 2 3 --scales 0.02 0.05 0.1
 
 Two references put those numbers in context:
 - pixels: the same displacements measured on the rendered images themselves (median squared pixel
@@ -32,14 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,9 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from worldmodel.collect import rollout
-    from worldmodel.evaluate import make_env
-    from worldmodel.model import load_trained
+    from worldmodel.data.rollout import rollout
+    from worldmodel.evaluation.tasks import make_env
+    from worldmodel.model.world_model import load_trained
 
     model, meta, env_name = load_trained(a.checkpoint, a.device, a.env)
     env = make_env(env_name, meta, model.cfg.image_size)

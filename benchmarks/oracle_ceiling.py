@@ -20,9 +20,9 @@ eval's compute, as benchmarks/planner_table.py counts it). `--state-cost sumsq` 
 oracle by the sum of the criterion's squared errors instead of their max: a smooth distance, as
 the latent energy is. The planner still only sees an energy; the oracle's energy reads simulator state.
 
-    python benchmarks/oracle_ceiling.py --eval runs/pusht/eval/results.json           # state + latent
-    python benchmarks/oracle_ceiling.py --eval ... --costs state --planner icem --state-cost sumsq
-    python benchmarks/oracle_ceiling.py --env pusht --costs state --episodes 20       # no model
+    python -m benchmarks.oracle_ceiling --eval runs/pusht/eval/results.json           # state + latent
+    python -m benchmarks.oracle_ceiling --eval ... --costs state --planner icem --state-cost sumsq
+    python -m benchmarks.oracle_ceiling --env pusht --costs state --episodes 20       # no model
 
 stdout: one JSON line (bench "oracle_ceiling"); --json also writes it to a file.
 """
@@ -38,9 +38,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 class SimEnergy:
@@ -109,13 +106,14 @@ def latent_cost(model, render_env, chunk: int = 2048) -> Callable[[np.ndarray, n
 
 def planner_file(name: str) -> dict:
     """configs/planner/<name>.yaml: the planner group `wm eval planner=<name>` selects."""
-    import yaml
-    return yaml.safe_load((ROOT / "configs" / "planner" / f"{name}.yaml").read_text())
+    from worldmodel.config import preset
+
+    return preset("planner", name)
 
 
 def protocol(a) -> dict:
     """The eval's protocol and planner settings: from its results.json, or the eval defaults."""
-    from worldmodel.evaluate import CONFIG
+    from worldmodel.evaluation.config import EvalConfig as CONFIG
 
     if a.eval:
         ev = json.loads(Path(a.eval).read_text())
@@ -128,11 +126,11 @@ def protocol(a) -> dict:
                 "episodes": min(a.episodes or ev["episodes"], ev["episodes"]),
                 "per_episode": ev["per_episode"]}
     import dataclasses
-    import yaml
+
+    from worldmodel.config import group_options, preset
 
     d = {f.name: f.default for f in dataclasses.fields(CONFIG)}
-    env_yaml = ROOT / "configs" / "env" / f"{a.env}.yaml"
-    env_cfg = yaml.safe_load(env_yaml.read_text()) if env_yaml.exists() else {}
+    env_cfg = preset("env", a.env) if a.env in group_options("env") else {}
     return {"checkpoint": a.checkpoint, "env": a.env, "planner": planner_file("cem"),
             "budget": d["budget"], "goal_offset": d["goal_offset"], "eval_seed": d["eval_seed"],
             "policy": env_cfg.get("policy", "noise"), "episode_len": int(env_cfg.get("episode_len", 100)),
@@ -144,8 +142,8 @@ def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int, desc: 
     """`wm eval`'s episode loop with an MPCController whose observations are simulator states."""
     from tqdm import tqdm
 
-    from planners.mpc import MPCController
-    from worldmodel.evaluate import goal_images, plan_seed, run_tasks
+    from worldmodel.planners.mpc import MPCController
+    from worldmodel.evaluation.tasks import goal_images, plan_seed, run_tasks
 
     B = len(tasks)
     low, high = env_list[0].action_space.low, env_list[0].action_space.high
@@ -165,7 +163,7 @@ def run_oracle(env_list, tasks, energy, planner, p: dict, frameskip: int, desc: 
 
 
 def summarise(results: list[dict], eval_per_episode: list[dict] | None, wall_s: float) -> dict:
-    from worldmodel.stats import wilson
+    from worldmodel.evaluation.stats import wilson
 
     n, k = len(results), sum(r["success"] for r in results)
     out = {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n),
@@ -208,16 +206,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default=None, help="also write the JSON line here")
     a = p.parse_args(argv)
 
-    from envs.sim_rollout import SimRollout
-    from planners import planner_from_config
-    from worldmodel.evaluate import make_env, make_tasks, training_seeds
+    from worldmodel.envs.sim_rollout import SimRollout
+    from worldmodel.planners import planner_from_config
+    from worldmodel.evaluation.tasks import make_env, make_tasks, training_seeds
 
     pr = protocol(a)
     costs = a.costs or (["state", "latent"] if pr["checkpoint"] else ["state"])
     model, meta, frameskip = None, {}, a.frameskip
     if pr["checkpoint"]:
-        from worldmodel.distributed import resolve_device
-        from worldmodel.model import load_trained
+        from worldmodel.machine import resolve_device
+        from worldmodel.model.world_model import load_trained
         model, meta, _ = load_trained(pr["checkpoint"], resolve_device(a.device, 0), pr["env"])
         frameskip = model.cfg.frameskip
     elif "latent" in costs:
@@ -226,8 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {k: v for k, v in (("samples", a.samples), ("iterations", a.iterations)) if v}
     planner_cfg = dict(pr["planner"])
     if a.planner:             # another planner at the eval's compute, counted as planner_table.py does
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from planner_table import equal_compute
+        from benchmarks.planner_table import equal_compute
         planner_cfg = planner_file(a.planner)
         overrides = equal_compute(a.planner, a.budget_sequences)[0] | overrides
     planner_cfg |= overrides

@@ -16,8 +16,8 @@ solve: its FLOP count over this device's rate on a large square matmul in the sa
 the CPU, 8192^3 on CUDA), and the "op floor", the solve's own matmul / attention calls each replayed
 alone and summed.
 
-  PYTHONPATH=. python benchmarks/plan_latency.py                       # CPU, float32
-  PYTHONPATH=. python benchmarks/plan_latency.py --device cuda --dtype float32,bfloat16 --cuda-graph
+  python -m benchmarks.plan_latency                       # CPU, float32
+  python -m benchmarks.plan_latency --device cuda --dtype float32,bfloat16 --cuda-graph
 CPU option: int8 = the predictor's Linear layers dynamically quantized (torch.ao quantize_dynamic),
 with "final_cost_fp32" the float32 energy of the plan it returns (also for bfloat16_weights).
 bfloat16 = autocast around each energy call (the planner itself stays float32): it casts every
@@ -36,21 +36,18 @@ import contextlib
 import datetime
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from planners import Bounds, make_planner
-from planners.graph import GraphedPlanner
-from worldmodel.distributed import keep_freed_host_memory
-from worldmodel.energy import GoalEnergy
-from worldmodel.model import ModelConfig, WorldModel
+from worldmodel.planners import Bounds, make_planner
+from worldmodel.planners.graph import GraphedPlanner
+from worldmodel.machine import keep_freed_host_memory
+from worldmodel.model.energy import GoalEnergy
+from worldmodel.model.world_model import ModelConfig, WorldModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recipes as R  # noqa: E402
-from roofline import HeavyOps, roofline, sync  # noqa: E402
+from benchmarks import recipes as R  # noqa: E402
+from benchmarks.roofline import HeavyOps, roofline, sync  # noqa: E402
 
 
 def build_energy(args, device: torch.device, dtype: torch.dtype | None = None, compile: bool = False

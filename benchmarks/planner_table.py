@@ -1,8 +1,8 @@
 """Planners at equal compute: `wm eval` with CEM, iCEM, MPPI and gradient on one checkpoint, each
 given the same number of energy evaluations (action sequences scored) per plan.
 
-    python benchmarks/planner_table.py --checkpoint runs/repro/tworoom_cpu/seed0/train/best.pt
-    python benchmarks/planner_table.py --checkpoint ... --budget-sequences 3000 --planners cem icem
+    python -m benchmarks.planner_table --checkpoint runs/repro/tworoom_cpu/seed0/train/best.pt
+    python -m benchmarks.planner_table --checkpoint ... --budget-sequences 3000 --planners cem icem
 
 Equivalence (per plan and per episode; `--budget-sequences` B, default 9000 = LeWM's CEM 300 x 30):
   cem       iterations 30 (LeWM), samples = B / 30, elites 30.
@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recipes as R  # noqa: E402
-from worldmodel.dataset import write_json_atomic  # noqa: E402
-from worldmodel.stats import mcnemar  # noqa: E402
+from benchmarks import recipes as R  # noqa: E402
+from worldmodel.io import write_json_atomic  # noqa: E402
+from worldmodel.evaluation.stats import mcnemar  # noqa: E402
 
 ITERATIONS = {"cem": 30, "mppi": 6, "icem": 10, "gradient": 50}
 ELITES = {"cem": 30, "mppi": 64, "icem": 20}
@@ -43,7 +42,7 @@ ELITES = {"cem": 30, "mppi": 64, "icem": 20}
 
 def icem_sequences(samples: int, iterations: int, elites: int) -> int:
     """Sequences scored by one iCEM solve: ICEM.population summed over its iterations."""
-    from planners.icem import ICEM
+    from worldmodel.planners.icem import ICEM
 
     icem = ICEM(samples=samples, iterations=iterations, elites=elites)
     return sum(icem.population(i) for i in range(iterations))
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     if not Path(a.checkpoint).is_file():
         raise SystemExit(f"planner_table: no checkpoint at {a.checkpoint}; train one with "
-                         "`python benchmarks/reproduce.py` or `wm train`")
+                         "`python -m benchmarks.reproduce` or `wm train`")
     ref = load_reference(a.reference, a.episodes) if a.reference else None
     if a.threads:
         import torch

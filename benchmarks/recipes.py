@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:                       # runnable as `python benchmarks/<script>.py`
-    sys.path.insert(0, str(ROOT))
 
 SCALE_LABELS = {"cpu": "cpu-reduced", "full": "full"}
 
@@ -222,23 +220,26 @@ def command(name: str, args: list[str]) -> str:
     return shlex.join(["wm", name, *args])
 
 
-STAGES = {"collect": "worldmodel.collect", "train": "worldmodel.train", "eval": "worldmodel.evaluate"}
+# stage -> (its config class, its library call): the same config load and call as `wm <stage>`
+STAGES = {"collect": ("worldmodel.data.config:CollectConfig", "worldmodel.data.collector:collect"),
+          "train": ("worldmodel.training.config:TrainConfig", "worldmodel.training.trainer:train"),
+          "eval": ("worldmodel.evaluation.config:EvalConfig", "worldmodel.evaluation.evaluator:evaluate")}
 
 
 def run_stage(name: str, args: list[str]) -> dict[str, Any]:
-    """Run `wm <name> <args>` in-process (same config load and `run` as the CLI). The stage's own
+    """Run `wm <name> <args>` in-process (the same config load and library call as the CLI). The stage's own
     stdout is sent to stderr so that the caller's JSON lines are all that stdout carries."""
     import importlib
 
     from worldmodel.config import load
-    from worldmodel.distributed import keep_freed_host_memory
+    from worldmodel.machine import keep_freed_host_memory
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     keep_freed_host_memory()                              # as `wm` does
-    module = importlib.import_module(STAGES[name])
-    cfg = load(module.CONFIG, module.CONFIG_NAME, args)
+    (cfg_mod, cfg_cls), (lib_mod, fn) = (ref.split(":") for ref in STAGES[name])
+    cfg = load(getattr(importlib.import_module(cfg_mod), cfg_cls), name, args)
     with contextlib.redirect_stdout(sys.stderr):
-        return module.run(cfg)
+        return getattr(importlib.import_module(lib_mod), fn)(cfg)
 
 
 def resolve_device(device: str) -> str:
@@ -253,7 +254,7 @@ def machine(device: str) -> dict[str, Any]:
     """Device / GPU name, CPU model, core count and bf16 instructions, torch version."""
     import torch
 
-    from worldmodel.distributed import cpu_bf16_instructions
+    from worldmodel.machine import cpu_bf16_instructions
 
     dev = resolve_device(device)
     cpu = platform.processor() or platform.machine()
@@ -290,7 +291,7 @@ def git_commit() -> dict[str, Any]:
 
 def dataset_size(path: Path | str) -> dict[str, int]:
     """Episodes and frames (rows) of a collected dataset, read from its episode index."""
-    from worldmodel.dataset import load_dataset
+    from worldmodel.data.dataset import load_dataset
 
     ds = load_dataset(path, columns=())
     return {"episodes": int(ds.num_episodes), "frames": int(ds.ep_len.sum())}

@@ -1,8 +1,8 @@
 """Reproduce one row of the results table from an empty disk: collect -> (train -> eval) per seed.
 
-    python benchmarks/reproduce.py --env tworoom --scale cpu                 # ~15 min per seed, 2 cores
-    python benchmarks/reproduce.py --env pusht --scale full --seeds 0 1 2    # one H100 (NOT run yet)
-    python benchmarks/reproduce.py --env reacher --scale cpu --dry-run       # print the wm commands
+    python -m benchmarks.reproduce --env tworoom --scale cpu                 # ~15 min per seed, 2 cores
+    python -m benchmarks.reproduce --env pusht --scale full --seeds 0 1 2    # one H100 (NOT run yet)
+    python -m benchmarks.reproduce --env reacher --scale cpu --dry-run       # print the wm commands
 
 The recipe (benchmarks/recipes.py) fixes every setting; any flag below overrides a field, and a
 run with an override is recorded with `"verified": false` and its `overrides`. A result file that
@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recipes as R  # noqa: E402
-from worldmodel.dataset import write_json_atomic  # noqa: E402
+from benchmarks import recipes as R  # noqa: E402
+from worldmodel.io import write_json_atomic  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,7 +81,7 @@ def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[st
 def aggregate(env: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean / min / max success over seeds, pooled successes with a Wilson interval, and the floor;
     with more planner seeds, the same pooled over every (training seed, planner seed) eval."""
-    from worldmodel.stats import wilson
+    from worldmodel.evaluation.stats import wilson
 
     rates = [r["success_rate"] for r in rows]
     k, n = sum(r["successes"] for r in rows), sum(r["eval_episodes"] for r in rows)

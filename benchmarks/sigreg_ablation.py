@@ -1,8 +1,8 @@
 """SIGReg ablation: the same recipe trained with sigreg_weight=0 and 0.09 (LeWM's lambda), both
 evaluated under the LeWM protocol, with the collapse diagnostics next to the success rate.
 
-    python benchmarks/sigreg_ablation.py --env tworoom --scale cpu            # collects, 2 x train + eval
-    python benchmarks/sigreg_ablation.py --env tworoom --data runs/repro/tworoom_cpu/data --steps 300
+    python -m benchmarks.sigreg_ablation --env tworoom --scale cpu            # collects, 2 x train + eval
+    python -m benchmarks.sigreg_ablation --env tworoom --data runs/repro/tworoom_cpu/data --steps 300
 
 Without SIGReg nothing stops the encoder from collapsing: the prediction loss can go to ~0 while the
 embeddings lose rank. Each row reports, from the held-out clips at the checkpoint that `wm eval`
@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recipes as R  # noqa: E402
-from worldmodel.dataset import write_json_atomic  # noqa: E402
+from benchmarks import recipes as R  # noqa: E402
+from worldmodel.io import write_json_atomic  # noqa: E402
 
 DIAGNOSTICS = ("step", "val_pred", "val_nochange", "val_ratio", "val_sigreg", "eff_rank", "std_min",
                "std_mean", "probe_r2")
@@ -48,7 +47,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def best_metrics(checkpoint: Path) -> dict[str, Any]:
     """The validation metrics stored with a checkpoint (those of the model that is evaluated)."""
-    from worldmodel.checkpoint import load_checkpoint
+    from worldmodel.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     metrics = {**((ckpt.get("extra") or {}).get("metrics") or {}), "step": int(ckpt["step"])}

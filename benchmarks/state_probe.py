@@ -1,12 +1,12 @@
 """State probe of a trained checkpoint on its held-out clips, read two ways; prints one JSON line.
 
-    python benchmarks/state_probe.py --checkpoint runs/repro/reacher_cpu_r2/seed0/train/best.pt
+    python -m benchmarks.state_probe --checkpoint runs/repro/reacher_cpu_r2/seed0/train/best.pt
 
-`probe_r2` (worldmodel/validation.py) is the held-out R^2 of a ridge map from latents to the
+`probe_r2` (worldmodel/training/validation.py) is the held-out R^2 of a ridge map from latents to the
 simulator state. Until 2026-11-23 it read the raw state: every coordinate, velocities included
 (one frame does not show them) and angles as numbers (a linear map cannot read a wrapping angle),
 so on Reacher, whose state is two joint angles and their velocities, it came out below 0 for
-models that plan. It now reads the env's pose features (`worldmodel.clips.pose_features`). This
+models that plan. It now reads the env's pose features (`worldmodel.data.clips.pose_features`). This
 script scores the same latents both ways (`raw_state`, `pose_features`) on the validation split
 and clip subset the training used, so the two definitions can be compared on any checkpoint.
 """
@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,12 +27,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from worldmodel.checkpoint import load_checkpoint
-    from worldmodel.clips import ClipDataset, ClipSpec, split_episodes
-    from worldmodel.dataset import load_dataset
-    from worldmodel.evaluate import make_env
-    from worldmodel.model import WorldModel
-    from worldmodel.validation import evaluate
+    from worldmodel.model.checkpoint import load_checkpoint
+    from worldmodel.data.clips import ClipDataset, ClipSpec, split_episodes
+    from worldmodel.data.dataset import load_dataset
+    from worldmodel.evaluation.tasks import make_env
+    from worldmodel.model.world_model import WorldModel
+    from worldmodel.training.validation import evaluate
 
     torch.set_num_threads(a.threads)
     ckpt = load_checkpoint(a.checkpoint, map_location="cpu")

@@ -2,7 +2,7 @@
 and the torch.profiler table of the heaviest ops (host time first: on a GPU the eager step is bound
 by launching ~1,500 small kernels, not by the kernels themselves).
 
-    python benchmarks/train_profile.py --preset lewm --batch 128 --device cuda model.patch_size=8 model.image_size=64
+    python -m benchmarks.train_profile --preset lewm --batch 128 --device cuda model.patch_size=8 model.image_size=64
     ... --compile [--compile-mode reduce-overhead]
 
 Same model, optimiser, random clips and `train_step` as train_speed.py (its arguments). Measures
@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.roofline import sync  # noqa: E402
 from benchmarks.train_speed import parser, setup  # noqa: E402
 
@@ -35,7 +33,7 @@ def main() -> None:
     a = p.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
-    from worldmodel.step import train_step
+    from worldmodel.training.step import train_step
 
     cfg, device, model, opt, sched, loss_mod, amp, batch = setup(a)
     step = 0

@@ -2,11 +2,11 @@
 
 Builds the model and optimiser exactly as `wm train` does for a preset (configs/model/<preset>),
 feeds random clips of the preset's shape (or clips of a real dataset, --data PATH), and times
-`worldmodel.step.train_step` (forward, SIGReg, backward, clip, AdamW, LR step) with a device sync
+`worldmodel.training.step.train_step` (forward, SIGReg, backward, clip, AdamW, LR step) with a device sync
 at each timing window. Prints one JSON line: the median over windows.
 
-    PYTHONPATH=. python benchmarks/train_speed.py --preset tiny                  # CPU, fp32
-    PYTHONPATH=. python benchmarks/train_speed.py --preset lewm --batch 128      # CUDA: bf16 autocast
+    python -m benchmarks.train_speed --preset tiny                  # CPU, fp32
+    python -m benchmarks.train_speed --preset lewm --batch 128      # CUDA: bf16 autocast
     ... --compile [--compile-mode reduce-overhead]   (as `wm train compile=true compile_mode=...`)
     ... --roofline   also benchmarks/roofline.py's floors for one eager step of the same math: its
                      FLOPs at this device's large-matmul rate, and its own matmul / attention calls
@@ -24,15 +24,12 @@ import dataclasses
 import datetime
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.roofline import datasheet, roofline, sync  # noqa: E402
 
 
@@ -65,12 +62,12 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
         torch.set_num_threads(a.threads)
 
     from worldmodel.config import load
-    from worldmodel.distributed import keep_freed_host_memory, resolve_device
+    from worldmodel.machine import keep_freed_host_memory, resolve_device
 
     a.malloc_tuned = keep_freed_host_memory()             # as `wm` does (WM_MALLOC_TUNING=0: off)
-    from worldmodel.model import WorldModel
-    from worldmodel.step import autocast_for, build_optimizer, clip_loss, compile_loss
-    from worldmodel.train import TrainConfig
+    from worldmodel.model.world_model import WorldModel
+    from worldmodel.training.step import autocast_for, build_optimizer, clip_loss, compile_loss
+    from worldmodel.training.trainer import TrainConfig
 
     ov = [f"model={a.preset}", f"device={a.device}", f"precision={a.precision}",
           f"compile={str(a.compile).lower()}", f"compile_mode={a.compile_mode}", *a.override]
@@ -79,8 +76,8 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
     cfg = load(TrainConfig, "train", ov)
     device = resolve_device(cfg.device, 0)
     if a.data:
-        from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec
-        from worldmodel.dataset import load_dataset
+        from worldmodel.data.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec
+        from worldmodel.data.dataset import load_dataset
 
         ds = load_dataset(a.data, columns=("pixels", "action"))
         cfg.model = dataclasses.replace(cfg.model, action_dim=int(ds.action.shape[1]))
@@ -117,7 +114,7 @@ def main() -> None:
     p.add_argument("--datasheet", default=None, metavar="TFLOPS,TBS",
                    help="no timing: the step's heavy-call roofline at these published rates")
     a = p.parse_args()
-    from worldmodel.step import clip_loss, train_step
+    from worldmodel.training.step import clip_loss, train_step
 
     cfg, device, model, opt, sched, loss_mod, amp, batch = setup(a)
     eager = clip_loss(model, cfg)                  # the same math, uncompiled: what the floors watch

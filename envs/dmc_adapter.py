@@ -16,7 +16,7 @@ actions to controls as the suite does, and one env step is the suite's control s
 - State (nq + nv + na,) = (qpos, qvel, act) (act: actuator activations, e.g. dog's and
   quadruped's filtered actuators; empty in most tasks). Whatever a task randomises outside them
   (e.g. the position of reacher's target geom) is not part of the state: it stays as the last
-  reset left it, so a goal is rendered after resetting to its episode (worldmodel.evaluate).
+  reset left it, so a goal is rendered after resetting to its episode (worldmodel.evaluation.evaluator).
 - Rendering: the model's camera 0 (the suite's default view; quadruped's camera 2, which follows
   the body, as pixel-based work on the suite uses it: camera 0 shows it a few pixels wide) through
   the shared fast renderer, or `camera` (a camera name or id; -1 = MuJoCo's free camera). The
@@ -35,9 +35,9 @@ from typing import Any, Iterator, Sequence
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, StateGoalEnv, step_dm_physics
-from envs.registry import register_env
-from envs.render import FastRenderer
+from worldmodel.envs.base import EnvInfo, StateGoalEnv, step_dm_physics
+from worldmodel.envs.registry import register_env
+from worldmodel.envs.render import FastRenderer
 
 
 # Domains whose camera 0 shows too little at 64 px: the camera pixel-based work on the suite uses.

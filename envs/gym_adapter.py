@@ -23,9 +23,9 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, StateGoalEnv
-from envs.registry import register_env
-from envs.render import FastRenderer
+from worldmodel.envs.base import EnvInfo, StateGoalEnv
+from worldmodel.envs.registry import register_env
+from worldmodel.envs.render import FastRenderer
 
 
 def _default_camera(env: Any, model: mujoco.MjModel, data: mujoco.MjData) -> mujoco.MjvCamera:

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from envs import pusht, reacher, tworoom
-from envs.base import GoalEnv
-from envs.registry import ENVS
+from worldmodel.envs import pusht, reacher, tworoom
+from worldmodel.envs.base import GoalEnv
+from worldmodel.envs.registry import ENVS
 
 POLICIES: dict[str, type["Policy"]] = {}
 EXPERTS: dict[str, type["Policy"]] = {}      # env short name -> its scripted expert

@@ -24,9 +24,9 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, MujocoGoalEnv, wrap_angle
-from envs.registry import register_env
-from envs.render import FastRenderer
+from worldmodel.envs.base import EnvInfo, MujocoGoalEnv, wrap_angle
+from worldmodel.envs.registry import register_env
+from worldmodel.envs.render import FastRenderer
 
 HALF = 0.5                        # workspace half-width (m)
 WALL = 0.02                       # wall half-thickness (m)

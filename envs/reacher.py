@@ -17,9 +17,9 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, MujocoGoalEnv, step_dm_physics, wrap_angle
-from envs.registry import register_env
-from envs.render import FastRenderer
+from worldmodel.envs.base import EnvInfo, MujocoGoalEnv, step_dm_physics, wrap_angle
+from worldmodel.envs.registry import register_env
+from worldmodel.envs.render import FastRenderer
 
 JOINT_TOL = 0.05      # rad
 CAMERA_HEIGHT = 0.6   # the suite's "fixed" camera, lowered from 0.75 m so the arm fills the frame

@@ -26,7 +26,7 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
-from envs.base import MujocoGoalEnv, state_size
+from worldmodel.envs.base import MujocoGoalEnv, state_size
 
 _SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS     # time, qpos, qvel, act, plugin state
 

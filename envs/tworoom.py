@@ -19,9 +19,9 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from envs.base import EnvInfo, MujocoGoalEnv
-from envs.registry import register_env
-from envs.render import FastRenderer
+from worldmodel.envs.base import EnvInfo, MujocoGoalEnv
+from worldmodel.envs.registry import register_env
+from worldmodel.envs.render import FastRenderer
 
 HALF = 1.0                 # arena interior half-width (m)
 WALL = 0.05                # wall half-thickness (m)

@@ -3,11 +3,11 @@
 Importing the package registers every planner: `make_planner("cem", samples=300, ...)`; the controller
 (`MPCController`) and the fixed-rate loop (`ControlLoop`) come with it.
 """
-from planners.base import (Bounds, Energy, Planner, PlanResult, make_planner,  # noqa: F401
+from worldmodel.planners.base import (Bounds, Energy, Planner, PlanResult, make_planner,  # noqa: F401
                            planner_from_config, register_planner, PLANNERS)
-from planners.cem import CEM  # noqa: F401
-from planners.gradient import GradientPlanner  # noqa: F401
-from planners.icem import ICEM, colored_noise  # noqa: F401
-from planners.loop import ControlLoop  # noqa: F401
-from planners.mpc import MPCController  # noqa: F401
-from planners.mppi import MPPI  # noqa: F401
+from worldmodel.planners.cem import CEM  # noqa: F401
+from worldmodel.planners.gradient import GradientPlanner  # noqa: F401
+from worldmodel.planners.icem import ICEM, colored_noise  # noqa: F401
+from worldmodel.planners.loop import ControlLoop  # noqa: F401
+from worldmodel.planners.mpc import MPCController  # noqa: F401
+from worldmodel.planners.mppi import MPPI  # noqa: F401

@@ -14,7 +14,7 @@ graph's static buffers and replay. `key` names whatever else decides the energy'
 controller passes the history length T).
 
 What the energy must do: read its inputs (goal, observation history) from tensors that stay at
-the same addresses between solves and take new values in place (worldmodel.energy.GoalEnergy
+the same addresses between solves and take new values in place (worldmodel.model.energy.GoalEnergy
 with `static=True` does). What changes: the planner's random stream is registered with the graph
 (fresh samples at each replay), every iteration always runs (a deadline cannot cut a graph short:
 `deadline_missed` then means the solve took longer than `deadline_s`), and the result's tensors
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import Bounds, Energy, Planner, PlanResult
+from worldmodel.planners.base import Bounds, Energy, Planner, PlanResult
 
 
 class StaticBuffers:

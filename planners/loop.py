@@ -30,7 +30,7 @@ class LoopReport:
     truncated: bool = False
     infos: list[dict] = field(default_factory=list, repr=False)  # env info per step (env mode)
     # record=True: every observation (steps + 1, the one after the last action included) and every
-    # action sent (steps), ready for worldmodel.recorder.DatasetWriter.add_episode(frames, actions)
+    # action sent (steps), ready for worldmodel.data.recorder.DatasetWriter.add_episode(frames, actions)
     frames: list[np.ndarray] = field(default_factory=list, repr=False)
     actions: list[np.ndarray] = field(default_factory=list, repr=False)
 

@@ -1,7 +1,7 @@
 """Receding-horizon MPC controller: goal in, one environment action per call out.
 
 The controller is model-agnostic. It talks to a *goal energy* (protocol `GoalEnergyLike`, what
-worldmodel.energy.GoalEnergy offers) with numpy observations and plans with any optimiser from
+worldmodel.model.energy.GoalEnergy offers) with numpy observations and plans with any optimiser from
 planners/. One plan step is an action *chunk* of width frameskip * A (the world model predicts one
 latent per chunk); the first `receding_horizon` chunks of a plan are split into env actions of
 width A and queued; `act(obs)` pops one per call and replans when the queue runs dry.
@@ -49,8 +49,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from planners.base import Bounds, Planner, PlanResult
-from planners.graph import GraphedPlanner, StaticBuffers
+from worldmodel.planners.base import Bounds, Planner, PlanResult
+from worldmodel.planners.graph import GraphedPlanner, StaticBuffers
 
 
 class GoalEnergyLike(Protocol):
@@ -242,7 +242,7 @@ class MPCController:
         if obs.shape != want:
             raise ValueError(f"{where}: expected observation shape {want} (the goal's layout"
                              f"{', with the batch axis' if self.batch else ''}), got {obs.shape}; fit "
-                             "camera frames with worldmodel.video.fit_frame(frame, image_size)")
+                             "camera frames with worldmodel.report.video.fit_frame(frame, image_size)")
         if obs.dtype != self._goal_dtype:
             raise TypeError(f"{where}: expected dtype {self._goal_dtype} like the goal, got "
                             f"{obs.dtype}; convert observations and goal the same way")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import (BestSoFar, Bounds, Deadline, Energy, Planner, PlanResult, Problem,
+from worldmodel.planners.base import (BestSoFar, Bounds, Deadline, Energy, Planner, PlanResult, Problem,
                            finish, register_planner, take)
 
 

@@ -86,7 +86,6 @@ def test_plan_latency_roofline_counts_the_solve_flops():
 
 
 def test_compute_op_count_skips_views_and_allocations():
-    sys.path.insert(0, str(REPO))
     from benchmarks.roofline import HeavyOps
 
     x, rec = torch.randn(4, 6), HeavyOps()
@@ -97,7 +96,6 @@ def test_compute_op_count_skips_views_and_allocations():
 
 
 def test_roofline_counts_and_records_every_heavy_call_with_its_shapes():
-    sys.path.insert(0, str(REPO))
     from benchmarks.roofline import HeavyOps, at_rates, count_flops, datasheet, op_floor
 
     lin, x = torch.nn.Linear(32, 16), torch.randn(8, 32)
@@ -190,9 +188,9 @@ def test_gpu_suite_env_stage_commands(tmp_path):
     out = subprocess.run([shutil.which("bash"), "-c", f"{run_env}run_env reacher@3e-4"], capture_output=True,
                          text=True, env={**os.environ, "OUT": str(tmp_path), "PY": "echo", "SUITE_STEPS": "9"})
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("benchmarks/reproduce.py --env reacher --scale full --seeds 0 --steps 9")
+    assert lines[0].startswith("-m benchmarks.reproduce --env reacher --scale full --seeds 0 --steps 9")
     assert "--lr 3e-4" in lines[0] and f"--out {tmp_path}/runs/reacher_lr3e-4" in lines[0]
-    assert lines[1].startswith("benchmarks/planner_table.py") and "--planners icem" in lines[1]
+    assert lines[1].startswith("-m benchmarks.planner_table") and "--planners icem" in lines[1]
     evals = [x for x in lines if " eval " in f" {x} "]
     assert [x.split(" out=")[1].split()[0].rsplit("/", 1)[1] for x in evals] == \
         ["eval_cuda_graph", "eval_cuda_graph_bf16", "eval_cuda_graph_seed1", "eval_cuda_graph_seed2"]
@@ -206,8 +204,7 @@ def test_gpu_suite_env_stage_commands(tmp_path):
 
 
 def test_git_commit_outside_git_uses_wm_git_commit(monkeypatch, tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import recipes
+    from benchmarks import recipes
 
     monkeypatch.setattr(recipes, "ROOT", tmp_path)                    # not a git checkout
     monkeypatch.delenv("WM_GIT_COMMIT", raising=False)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel import dataset as D
-from worldmodel.check import make_windows
+from worldmodel.data import dataset as D
+from worldmodel.evaluation.check import make_windows
 from worldmodel.cli import main
-from worldmodel.recorder import DatasetWriter
+from worldmodel.data.recorder import DatasetWriter
 
 BOUNDS = dict(action_low=[-1.0, -1.0], action_high=[1.0, 1.0], control_hz=10.0, image_size=16)
 MODEL = ["model.image_size=16", "model.patch_size=8", "model.enc_width=32", "model.enc_depth=1",
@@ -59,7 +59,7 @@ def test_windows_hold_history_goal_and_moving_scene(tmp_path):
 
 
 def test_rank_auc_counts_ties_half():
-    from worldmodel.check import rank_auc
+    from worldmodel.evaluation.check import rank_auc
 
     e_true = torch.tensor([1.0, 1.0, 5.0])
     e_other = torch.tensor([[2.0, 3.0], [1.0, 0.5], [1.0, 2.0]])              # first, tie + beaten, last
@@ -69,8 +69,8 @@ def test_rank_auc_counts_ties_half():
 def test_check_on_held_out_episodes_matches_the_goal_energy(trained, capsys):
     """Every figure is there, and the recorded actions' energy is the public GoalEnergy's on the
     same history, goal and chunks (the window/chunk bookkeeping rebuilt independently)."""
-    from worldmodel.energy import GoalEnergy
-    from worldmodel.model import WorldModel
+    from worldmodel.model.energy import GoalEnergy
+    from worldmodel.model.world_model import WorldModel
 
     out = trained / "chk"
     assert main(["check", f"checkpoint={trained / 'run' / 'best.pt'}", "tasks=12", "goal_offset=4",

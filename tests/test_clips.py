@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, split_episodes
+from worldmodel.data.clips import ClipDataset, ClipLoader, ClipSampler, ClipSpec, split_episodes
 
 
 def write_dataset(root: Path, ep_lens: list[int], action_dim: int = 2, image_size: int = 8,
@@ -57,7 +57,7 @@ def write_dataset(root: Path, ep_lens: list[int], action_dim: int = 2, image_siz
 
 
 def load(path: Path):
-    from worldmodel.dataset import load_dataset
+    from worldmodel.data.dataset import load_dataset
 
     return load_dataset(path, columns=("pixels", "action"))
 
@@ -95,7 +95,7 @@ def test_gather_layout_matches_rows(ds):
 
 
 def test_frame_states_align_with_frames(tmp_path):
-    from worldmodel.dataset import load_dataset
+    from worldmodel.data.dataset import load_dataset
 
     path = write_dataset(tmp_path / "d", [20, 7, 16, 3, 30], shards=2)
     clips = ClipDataset(load_dataset(path, columns=("pixels", "action", "state")), SPEC)
@@ -106,7 +106,7 @@ def test_frame_states_align_with_frames(tmp_path):
 
 
 def test_pose_features_drop_velocities_and_unwrap_angles():
-    from worldmodel.clips import pose_features
+    from worldmodel.data.clips import pose_features
 
     state = np.array([[0.5, -0.2, 2 * np.pi + 0.3, 9.0], [0.1, 0.0, -np.pi, -9.0]])    # x, y, theta, v
     meta = {"env_info": {"pose_dims": [0, 1, 2], "angle_dims": [2]}}

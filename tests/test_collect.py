@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worldmodel import dataset as D
-from worldmodel import video
+from worldmodel.io import exclusive_lock
+from worldmodel.data import dataset as D
+from worldmodel.report import video
 from worldmodel.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +147,7 @@ def test_existing_output_and_changed_config_refused(two_workers, capsys):
     assert _collect(two_workers, "resume=true", "episodes=6") == 2
     assert "not grown in place" in capsys.readouterr().err
     assert sorted(p.name for p in two_workers.rglob("*")) == before
-    busy = D.exclusive_lock(two_workers / ".lock-shard000", "busy")   # a collector still writing it
+    busy = exclusive_lock(two_workers / ".lock-shard000", "busy")   # a collector still writing it
     try:
         assert _collect(two_workers, "overwrite=true") == 2
         assert "another `wm collect` is writing" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from worldmodel.cli import main
-from worldmodel.compare import compare, default_names, task_keys
-from worldmodel.stats import mcnemar, two_proportion
+from worldmodel.evaluation.compare import compare, default_names, task_keys
+from worldmodel.evaluation.stats import mcnemar, two_proportion
 
 
 def results(outcomes: str, seeds=None, protocol=None, env="tworoom", random=None):

@@ -7,7 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from worldmodel import dataset as D
+from worldmodel.io import write_json_atomic
+from worldmodel.data import dataset as D
 
 ATTRS = {"format": D.FORMAT, "key": {"env": "test", "seed": 0}}
 
@@ -26,7 +27,7 @@ def _make_dir(tmp_path, n: int = 7):
     """A dataset dir with n staged episodes of varied length; returns (dir, episodes, staged paths)."""
     rng = np.random.default_rng(0)
     eps = [_episode(rng, i, int(rng.integers(3, 9))) for i in range(n)]
-    D.write_json_atomic(tmp_path / D.META, ATTRS)
+    write_json_atomic(tmp_path / D.META, ATTRS)
     return tmp_path, eps, [D.stage_episode(tmp_path, e) for e in eps]
 
 

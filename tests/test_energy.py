@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worldmodel.energy import GoalEnergy
+from worldmodel.model.energy import GoalEnergy
 from test_model import pixels, small_model  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
@@ -156,7 +156,7 @@ def test_bfloat16_planning_copy_scores_like_float32():
 def test_cpu_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
     """Whether a bf16 predictor copy pays on this CPU: x86's avx512_bf16 / amx_bf16, Arm's bf16;
     [] when the flags list none (bf16 is emulated there), None when there are no flags to read."""
-    from worldmodel.distributed import cpu_bf16_instructions
+    from worldmodel.machine import cpu_bf16_instructions
 
     f = tmp_path / "cpuinfo"
     f.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n\n"

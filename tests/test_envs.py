@@ -15,10 +15,10 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import envs  # noqa: E402
-from envs.base import StateGoalEnv, hinge_qpos_dims, quat_qpos_starts  # noqa: E402
-from envs.registry import ENVS  # noqa: E402
-from envs.render import FastRenderer  # noqa: E402
+from worldmodel import envs  # noqa: E402
+from worldmodel.envs.base import StateGoalEnv, hinge_qpos_dims, quat_qpos_starts  # noqa: E402
+from worldmodel.envs.registry import ENVS  # noqa: E402
+from worldmodel.envs.render import FastRenderer  # noqa: E402
 
 # (name, kwargs): every registered env; the generic adapters on two cheap gymnasium MuJoCo envs
 # and three dm_control suite tasks (walker: a planar root of 3 qpos; quadruped: a free joint and
@@ -202,7 +202,7 @@ def test_sim_rollout_replays_step_exactly(env):
     """The batched simulator replay (envs.sim_rollout, the oracles' dynamics) is env.step itself
     (to the contact solver's tolerance): from two different states, out-of-bounds actions clipped
     as step clips them."""
-    from envs.sim_rollout import SimRollout
+    from worldmodel.envs.sim_rollout import SimRollout
 
     sim = SimRollout(env, nthread=2)            # refuses an env whose replay differs from step
     starts, refs, acts = [], [], []
@@ -219,7 +219,7 @@ def test_sim_rollout_replays_step_exactly(env):
 
 
 def test_sim_rollout_refuses_a_replay_that_is_not_step(made, monkeypatch):
-    from envs.sim_rollout import SimRollout
+    from worldmodel.envs.sim_rollout import SimRollout
 
     env = made.setdefault("pusht", envs.make("pusht", image_size=64))
     env.reset(seed=0)
@@ -272,7 +272,7 @@ def test_dm_control_adapter_is_the_suite_task(made):
 def test_pusht_success_is_one_norm_over_agent_and_block_positions(made):
     """LeWM / DINO-WM's PushT.eval_state: ||(agent, block) - goal|| < 20 px and angle < pi/9. Errors
     of 18 px on the agent and 18 px on the block each pass 20 px, but together they make 25 px."""
-    from envs.pusht import POS_TOL
+    from worldmodel.envs.pusht import POS_TOL
 
     env = made["pusht"]
     env.reset(seed=0)
@@ -385,7 +385,7 @@ def test_every_suite_task_and_gymnasium_mujoco_env_keeps_the_contract(name):
     """Every task the generic adapters promise (51 dm_control suite tasks, gymnasium's MuJoCo
     envs): a state that round-trips and renders as the observation it came with, and a simulator
     replay equal to `step` (SimRollout checks itself on construction)."""
-    from envs.sim_rollout import SimRollout
+    from worldmodel.envs.sim_rollout import SimRollout
 
     env = envs.make(name, image_size=32, **({"action_limit": 1.0} if "lqr" in name else {}))
     env.reset(seed=1)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import envs
+from worldmodel import envs
 from worldmodel.cli import main
-from worldmodel.distributed import bf16_matmul_speedup, precision_note
-from worldmodel.evaluate import env_kwargs, make_env, make_tasks
-from worldmodel.stats import wilson
+from worldmodel.machine import bf16_matmul_speedup, precision_note
+from worldmodel.evaluation.tasks import env_kwargs, make_env, make_tasks
+from worldmodel.evaluation.stats import wilson
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def test_wilson_interval_matches_known_values():
 def test_plan_seed_keeps_seed_0_evals_and_separates_other_planner_seeds():
     """planner.seed=0 reseeds each batch from its first task's seed, as every recorded eval did;
     other planner seeds give other, reproducible streams on the same tasks (they used to be ignored)."""
-    from worldmodel.evaluate import plan_seed
+    from worldmodel.evaluation.tasks import plan_seed
 
     assert plan_seed(123456789, 0) == 123456789
     seeds = {plan_seed(123456789, k) for k in (0, 1, 2)} | {plan_seed(987654321, 1)}
@@ -51,8 +51,8 @@ def test_precision_note_points_to_the_faster_precision_on_this_cpu():
 
 
 def test_tasks_follow_protocol_and_refuse_training_seeds():
-    import envs
-    from worldmodel.collect import episode_seed
+    from worldmodel import envs
+    from worldmodel.data.rollout import episode_seed
 
     env = envs.make("tworoom", image_size=32)
     tasks = make_tasks(env, "expert", eval_seed=123, episodes=3, episode_len=40, goal_offset=25,
@@ -62,7 +62,7 @@ def test_tasks_follow_protocol_and_refuse_training_seeds():
         assert 0 <= t.start_step < 40 - 25
         assert t.seed == episode_seed(123, t.index)
     # The goal is the state 25 steps after the start in the same held-out episode.
-    from worldmodel.collect import rollout
+    from worldmodel.data.rollout import rollout
     ep = rollout(env, "expert", 123, 1, 40)
     np.testing.assert_allclose(tasks[1].goal_state, ep["state"][tasks[1].start_step + 25])
     with pytest.raises(ValueError, match="used for training"):
@@ -74,8 +74,8 @@ def test_tasks_follow_protocol_and_refuse_training_seeds():
 
 def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):
     """A window where the data policy idles (start meets the goal) is not a task: redraw it."""
-    import envs
-    import worldmodel.collect as collect
+    from worldmodel import envs
+    import worldmodel.data.rollout as collect
 
     env = envs.make("tworoom", image_size=32)
     env.reset(seed=0)
@@ -97,7 +97,7 @@ def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):
 
 def test_an_episode_whose_physics_diverges_ends_there():
     """run_tasks goes on with the other episodes; the diverged one keeps what it had reached."""
-    from worldmodel.evaluate import Task, run_tasks
+    from worldmodel.evaluation.tasks import Task, run_tasks
 
     env_list = [envs.make("tworoom", image_size=16) for _ in range(2)]
     env_list[0].reset(seed=0)
@@ -116,7 +116,7 @@ def test_an_episode_whose_physics_diverges_ends_there():
 def test_goal_images_show_the_tasks_own_episode():
     """dm_control's reacher-easy draws its target marker at each reset, outside the state: a goal
     image must show the marker of the task's episode, not of whatever ran in that env before."""
-    from worldmodel.evaluate import goal_images
+    from worldmodel.evaluation.tasks import goal_images
 
     env = envs.make("dm_control/reacher-easy", image_size=32)
     tasks = make_tasks(env, "noise", eval_seed=7, episodes=2, episode_len=40, goal_offset=25,
@@ -235,7 +235,7 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     assert (r["precision"], r["config"]["compile"], r["episodes"], len(compiled)) == ("bf16", True, 1, 1)
     monkeypatch.setattr(torch, "compile", compile_)
     # step_weights=[...] reaches the goal energy: the weighted sum over every planned chunk
-    import worldmodel.energy as energy_mod
+    import worldmodel.model.energy as energy_mod
     weights = []
     init = energy_mod.GoalEnergy.__init__
     monkeypatch.setattr(energy_mod.GoalEnergy, "__init__",
@@ -287,7 +287,7 @@ def test_killed_eval_resumes_after_its_finished_batches(demo_run, tmp_path, caps
     rest and ends with the same results as an eval never interrupted."""
     import shutil
 
-    import worldmodel.evaluate as E
+    import worldmodel.evaluation.evaluator as E
 
     ckpt = tmp_path / "best.pt"
     shutil.copy(demo_run / "train" / "best.pt", ckpt)
@@ -377,7 +377,7 @@ def test_demo_refuses_existing_output(tmp_path, capsys):
 
 
 def test_paired_test_against_random_on_the_same_tasks():
-    from worldmodel.evaluate import paired_vs_random
+    from worldmodel.evaluation.tasks import paired_vs_random
 
     # 17 vs 7 successes where random's successes are a subset of the planner's: 10 discordant, all
     # the planner's, p = 2 / 2^10.
@@ -418,8 +418,8 @@ def test_oracle_energy_scores_the_recorded_actions_zero(load_bench):
     """The simulator oracle's energy: a held-out episode's own 25 recorded actions reach its goal
     state exactly (state cost 0), standing still does not; the chunk layout is the controller's."""
     import torch
-    from envs.sim_rollout import SimRollout
-    from worldmodel.collect import rollout
+    from worldmodel.envs.sim_rollout import SimRollout
+    from worldmodel.data.rollout import rollout
 
     oracle = load_bench("oracle_ceiling")
     env = envs.make("tworoom", image_size=32)
@@ -507,7 +507,7 @@ def test_control_loop_benchmark_runs_evals_tasks_through_the_robot_loop(demo_run
 def test_run_tasks_hands_each_step_its_own_frames():
     """The policy keeps what it is handed (MPCController's history) and the video keeps every frame:
     a step must not overwrite an earlier step's observation array in place."""
-    from worldmodel.evaluate import Task, run_tasks
+    from worldmodel.evaluation.tasks import Task, run_tasks
 
     class Counter:                                  # frame value = steps taken since reset
         def reset(self, seed=None, options=None):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from worldmodel.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from worldmodel.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from worldmodel.config import from_dict
-from worldmodel.model import ModelConfig, WorldModel
+from worldmodel.model.world_model import ModelConfig, WorldModel
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"
 
@@ -102,7 +102,7 @@ def test_cpu_bf16_autocast_attends_in_float32(monkeypatch):
     with float32 to bf16's precision."""
     import torch.nn.functional as F
 
-    from worldmodel.encoder import ViTBlock
+    from worldmodel.model.encoder import ViTBlock
 
     torch.manual_seed(0)
     block = ViTBlock(64, 4, 128)
@@ -293,7 +293,7 @@ def test_checkpoint_refuses_corrupt_and_foreign_files(tmp_path):
 
 
 def test_load_trained_names_the_env_and_refuses_mismatches(tmp_path):
-    from worldmodel.model import load_trained
+    from worldmodel.model.world_model import load_trained
 
     model = small_model()
     meta = {"env": "tworoom", "image_size": 32, "policy": "expert"}

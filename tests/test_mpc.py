@@ -1,6 +1,6 @@
 """MPC controller and control loop against an analytic world: a point with z' = z + dt * a.
 
-The energy factory below plays the role of worldmodel.energy.GoalEnergy: it receives the goal and
+The energy factory below plays the role of worldmodel.model.energy.GoalEnergy: it receives the goal and
 the observation history through the GoalEnergyLike protocol and rolls the exact dynamics out.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from planners import make_planner
-from planners.loop import ControlLoop
-from planners.mpc import MPCController
+from worldmodel.planners import make_planner
+from worldmodel.planners.loop import ControlLoop
+from worldmodel.planners.mpc import MPCController
 
 DT = 0.1
 LOW, HIGH = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
@@ -358,9 +358,9 @@ def test_control_loop_records_frames_and_actions_for_a_dataset(mode):
 
 
 def test_controller_with_real_goal_energy_on_images():
-    """The protocol as worldmodel.energy.GoalEnergy implements it: uint8 images, history, chunks."""
-    wm = pytest.importorskip("worldmodel.model")
-    from worldmodel.energy import GoalEnergy
+    """The protocol as worldmodel.model.energy.GoalEnergy implements it: uint8 images, history, chunks."""
+    wm = pytest.importorskip("worldmodel.model.world_model")
+    from worldmodel.model.energy import GoalEnergy
 
     torch.manual_seed(0)
     cfg = wm.ModelConfig(image_size=16, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2,
@@ -390,7 +390,7 @@ def test_controller_with_real_goal_energy_on_images():
 
 
 def _image_model(history: int = 3):
-    wm = pytest.importorskip("worldmodel.model")
+    wm = pytest.importorskip("worldmodel.model.world_model")
     torch.manual_seed(0)
     cfg = wm.ModelConfig(image_size=16, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2,
                          enc_mlp=64, latent_dim=16, proj_hidden=32, pred_depth=1, pred_heads=2,
@@ -400,9 +400,9 @@ def _image_model(history: int = 3):
 
 
 def test_cuda_graph_mode_is_refused_without_cuda_or_a_static_energy():
-    from planners.graph import GraphedPlanner
-    from planners import Bounds
-    from worldmodel.energy import GoalEnergy
+    from worldmodel.planners.graph import GraphedPlanner
+    from worldmodel.planners import Bounds
+    from worldmodel.model.energy import GoalEnergy
 
     model = _image_model()
     with pytest.raises(ValueError, match="needs device='cuda'"):
@@ -428,7 +428,7 @@ def test_cuda_graph_controller_replays_one_graph_per_history_length():
     """cuda_graph=True: warmup captures cold and warm graphs for each history length; an episode
     then only replays them, with fresh samples each plan, and its actions stay in bounds; a new
     goal and history reach the graph (its plan's cost is what an eager energy gives its actions)."""
-    from worldmodel.energy import GoalEnergy
+    from worldmodel.model.energy import GoalEnergy
 
     model = _image_model()
     torch.nn.init.normal_(model.predictor.adaln.weight, std=0.2)   # AdaLN-zero ignores the actions:
@@ -468,7 +468,7 @@ def test_cuda_graph_controller_plans_with_a_bfloat16_predictor(compile):
     """GoalEnergy(dtype=torch.bfloat16) under a captured graph, also compiled (`wm eval cuda_graph=true
     precision=bf16 compile=true`): bf16 buffers in place, float32 costs, and the graph's plan costs
     what an eager bf16 energy gives its actions."""
-    from worldmodel.energy import GoalEnergy
+    from worldmodel.model.energy import GoalEnergy
 
     model = _image_model().cuda()
     energy = GoalEnergy(model, static=True, dtype=torch.bfloat16, compile=compile)
@@ -491,7 +491,7 @@ def test_cuda_graph_controller_plans_with_a_bfloat16_predictor(compile):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_controller_in_async_mode_captures_nothing_inside_the_episode():
-    from worldmodel.energy import GoalEnergy
+    from worldmodel.model.energy import GoalEnergy
 
     model = _image_model().cuda()
     plan = make_planner("cem", samples=64, iterations=4, elites=8)

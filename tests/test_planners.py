@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from planners import PLANNERS, Bounds, colored_noise, make_planner, planner_from_config
+from worldmodel.planners import PLANNERS, Bounds, colored_noise, make_planner, planner_from_config
 
 # fast settings per planner that still solve a 6-dim quadratic (H=3, A=2) to ~1e-2
 FAST = {

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
 
-from worldmodel import plots
+from worldmodel.report import plots
 from worldmodel.cli import main
-from worldmodel.stats import wilson
-from worldmodel.logger import RunLogger
+from worldmodel.evaluation.stats import wilson
+from worldmodel.training.logger import RunLogger
 
 
 def write_run(out, steps=40):

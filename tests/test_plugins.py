@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worldmodel import dataset as D
+from worldmodel.data import dataset as D
 from worldmodel.cli import main
 
 REPO = Path(__file__).resolve().parent.parent

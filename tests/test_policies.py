@@ -8,8 +8,8 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import envs  # noqa: E402
-from envs.policies import NoisePolicy, PushTExpert, ReacherExpert, TwoRoomExpert  # noqa: E402
+from worldmodel import envs  # noqa: E402
+from worldmodel.envs.policies import NoisePolicy, PushTExpert, ReacherExpert, TwoRoomExpert  # noqa: E402
 
 ENV_SPECS = [("tworoom", {}), ("pusht", {}), ("reacher", {}),
              ("gym", {"gym_id": "InvertedPendulum-v5"}), ("dmc", {"domain": "cartpole", "task": "swingup"})]
@@ -84,8 +84,8 @@ def test_pusht_expert_keeps_the_block_moving(made):
     Before the expert stopped parking beside the block and behind walls, only 46% of windows moved
     it and 24% moved nothing at all (measured over 20 episodes of 200 steps).
     """
-    from envs.pusht import ANGLE_TOL, POS_TOL, wrap_angle
-    from worldmodel.collect import rollout
+    from worldmodel.envs.pusht import ANGLE_TOL, POS_TOL, wrap_angle
+    from worldmodel.data.rollout import rollout
 
     env = made["pusht"]
     moved, idle = [], []

@@ -17,8 +17,8 @@ def _python_blocks() -> list[str]:
 def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     import torch
 
-    from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.model import ModelConfig, WorldModel
+    from worldmodel.model.checkpoint import save_checkpoint
+    from worldmodel.model.world_model import ModelConfig, WorldModel
 
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=32, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2, enc_mlp=64,
@@ -42,7 +42,7 @@ def test_readme_recorder_example_runs(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from worldmodel.dataset import load_dataset
+    from worldmodel.data.dataset import load_dataset
 
     (block,) = [b for b in _python_blocks() if "DatasetWriter" in b]
     rng = np.random.default_rng(0)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worldmodel import dataset as D
+from worldmodel.data import dataset as D
 from worldmodel.cli import main
-from worldmodel.recorder import DatasetWriter
+from worldmodel.data.recorder import DatasetWriter
 
 REPO = Path(__file__).resolve().parent.parent
 BOUNDS = dict(action_low=[-1.0, -0.5], action_high=[1.0, 0.5], control_hz=10.0, image_size=16)
@@ -108,7 +108,7 @@ def test_killed_recording_keeps_its_episodes_and_resumes(tmp_path):
 import os, signal, numpy as np, sys
 sys.path.insert(0, {str(REPO / 'tests')!r})
 from test_recorder import BOUNDS, episode
-from worldmodel.recorder import DatasetWriter
+from worldmodel.data.recorder import DatasetWriter
 w = DatasetWriter({str(out)!r}, shard_every=2, **BOUNDS)
 rng = np.random.default_rng(2)
 for _ in range(5):
@@ -130,7 +130,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_fit_frame_crops_the_centre_square_and_averages():
-    from worldmodel.video import fit_frame
+    from worldmodel.report.video import fit_frame
 
     cam = np.zeros((48, 64, 3), np.uint8)
     cam[:, 8:56] = 200                               # the centre 48 x 48 square is bright, the sides dark

@@ -7,19 +7,13 @@ the checks are on the JSON they print and write, and on the equal-compute arithm
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import planner_table  # noqa: E402
-import recipes  # noqa: E402
-import reproduce  # noqa: E402
-import sigreg_ablation  # noqa: E402
+from benchmarks import planner_table, recipes, reproduce, sigreg_ablation
 
 TINY = ["--episodes", "6", "--episode-len", "40", "--steps", "2", "--batch-size", "8", "--image-size", "32",
         "--eval-episodes", "2", "--plan-samples", "8", "--plan-iterations", "2", "--videos", "0",
@@ -82,7 +76,7 @@ def test_dry_run_prints_pasteable_commands(capsys):
 
 
 def test_equal_compute_budgets():
-    from planners import make_planner
+    from worldmodel.planners import make_planner
 
     assert planner_table.equal_compute("cem", 9000) == ({"samples": 300, "iterations": 30, "elites": 30}, 9000)
     assert planner_table.equal_compute("mppi", 9000)[1] == 9000
@@ -125,7 +119,7 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert saved["aggregate"]["success_min"] <= saved["aggregate"]["success_mean"] <= saved["aggregate"]["success_max"]
     assert rec["per_seed"][0]["commands"][1].startswith("wm train ")
     # the record names its tasks: `wm compare` pairs it with its own eval directory task by task
-    from worldmodel.compare import compare, load_results
+    from worldmodel.evaluation.compare import compare, load_results
     assert len(saved["tasks"]) == 2 and saved["protocol"]["goal_offset"] == 25
     (_, (as_record,)), (_, (as_eval,)) = load_results(js), load_results(out / "seed0" / "eval")
     same = compare([as_record, as_eval], ["record", "eval"])
@@ -202,7 +196,7 @@ def test_icem_cpu_preset_is_the_measured_1500_sequence_setting():
     with equal_compute's samples, iterations and elites), the setting the README recommends."""
     import yaml
 
-    from planners import ICEM, planner_from_config
+    from worldmodel.planners import ICEM, planner_from_config
 
     cfg_dir = ROOT / "configs" / "planner"
     preset = yaml.safe_load((cfg_dir / "icem_cpu.yaml").read_text())

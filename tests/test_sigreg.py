@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from worldmodel.sigreg import sigreg
+from worldmodel.model.sigreg import sigreg
 
 
 def reference_sigreg(z: torch.Tensor, dirs: torch.Tensor, num_knots: int = 17, t_max: float = 3.0) -> torch.Tensor:
@@ -73,7 +73,7 @@ def test_gradients_flow_and_reduce_the_statistic():
 
 
 def test_trig_sums_hand_written_backward_is_exact():
-    from worldmodel.sigreg import _TrigSums
+    from worldmodel.model.sigreg import _TrigSums
 
     p = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)   # (T, M, N) projections
     t = torch.linspace(0.2, 3.0, 6, dtype=torch.float64)                 # (K,) knots

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from test_clips import write_dataset
-from worldmodel.checkpoint import load_checkpoint
+from worldmodel.model.checkpoint import load_checkpoint
 from worldmodel.config import from_dict
-from worldmodel.logger import read_metrics
-from worldmodel.model import ModelConfig, WorldModel
-from worldmodel.step import build_optimizer, clip_loss, train_step
-from worldmodel.train import DivergedError, TrainConfig, check_resume, run
+from worldmodel.training.logger import read_metrics
+from worldmodel.model.world_model import ModelConfig, WorldModel
+from worldmodel.training.step import build_optimizer, clip_loss, train_step
+from worldmodel.training.config import TrainConfig
+from worldmodel.training.trainer import DivergedError, check_resume, train
 
 REPO = Path(__file__).resolve().parent.parent
 # A model small enough for ~10 ms steps on 2 CPU cores (16 px frames, 4 patches, 1+1 blocks).
@@ -70,7 +71,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def test_run_writes_outputs_and_metrics(data, tmp_path):
-    res = run(make_cfg(data, tmp_path / "r", plots=True))
+    res = train(make_cfg(data, tmp_path / "r", plots=True))
     for key in ("val_pred", "val_nochange", "eff_rank", "std_min", "val_sigreg", "loss", "probe_r2"):
         assert key in res and res[key] == res[key], key              # present and not NaN
     assert res["step"] == 16
@@ -81,14 +82,14 @@ def test_run_writes_outputs_and_metrics(data, tmp_path):
     rows = read_metrics(out)
     assert [int(r["step"]) for r in rows if r["loss"]] == [4, 8, 12, 16]
     with pytest.raises(FileExistsError, match="resume=true"):
-        run(make_cfg(data, out))
+        train(make_cfg(data, out))
 
 
 def test_resume_is_bit_exact(data, tmp_path):
-    run(make_cfg(data, tmp_path / "straight"))
-    run(make_cfg(data, tmp_path / "split", stop_at=8))
+    train(make_cfg(data, tmp_path / "straight"))
+    train(make_cfg(data, tmp_path / "split", stop_at=8))
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 8
-    run(make_cfg(data, tmp_path / "split", resume=True))
+    train(make_cfg(data, tmp_path / "split", resume=True))
     assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
     a = load_checkpoint(tmp_path / "straight" / "last.pt")["optimizer"]["state"]
     b = load_checkpoint(tmp_path / "split" / "last.pt")["optimizer"]["state"]
@@ -99,11 +100,11 @@ def test_resume_is_bit_exact(data, tmp_path):
     # the run is left as it was.
     before = load_checkpoint(tmp_path / "split" / "last.pt")["step"]
     with pytest.raises(ValueError, match=r"'lr': \(0\.001, 0\.0003\).*overwrite=true"):
-        run(make_cfg(data, tmp_path / "split", resume=True, steps=24, lr=3e-4))
+        train(make_cfg(data, tmp_path / "split", resume=True, steps=24, lr=3e-4))
     with pytest.raises(ValueError, match=r"data\.val_fraction"):
-        run(make_cfg(data, tmp_path / "split", resume=True, steps=24, data=dict(val_fraction=0.3)))
+        train(make_cfg(data, tmp_path / "split", resume=True, steps=24, data=dict(val_fraction=0.3)))
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == before
-    run(make_cfg(data, tmp_path / "split", resume=True, steps=20))     # more steps: allowed
+    train(make_cfg(data, tmp_path / "split", resume=True, steps=20))     # more steps: allowed
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 20
 
 
@@ -172,26 +173,26 @@ def test_accumulated_step_averages_its_batches(data, tmp_path):
 
 def test_accumulated_training_resumes_bit_exactly(data, tmp_path):
     kw = dict(accum_steps=2, steps=8, eval_every=4, ckpt_every=4, log_every=2)
-    res = run(make_cfg(data, tmp_path / "straight", **kw))
+    res = train(make_cfg(data, tmp_path / "straight", **kw))
     assert res["step"] == 8
-    run(make_cfg(data, tmp_path / "split", stop_at=4, **kw))
-    run(make_cfg(data, tmp_path / "split", resume=True, **kw))
+    train(make_cfg(data, tmp_path / "split", stop_at=4, **kw))
+    train(make_cfg(data, tmp_path / "split", resume=True, **kw))
     assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
     with pytest.raises(ValueError, match=r"'accum_steps': \(2, 1\)"):
-        run(make_cfg(data, tmp_path / "split", resume=True, **{**kw, "accum_steps": 1, "steps": 12}))
+        train(make_cfg(data, tmp_path / "split", resume=True, **{**kw, "accum_steps": 1, "steps": 12}))
 
 
 def test_open_loop_weight_trains_on_rollouts_and_is_refused_without_predicted_frames(data, tmp_path):
     with pytest.raises(ValueError, match="data.n_preds >= 2"):
         make_cfg(data, tmp_path / "bad", open_loop_weight=1.0)                # n_preds 1: refused
     assert not (tmp_path / "bad").exists()
-    res = run(make_cfg(data, tmp_path / "ol", open_loop_weight=1.0, data=dict(n_preds=3)))
+    res = train(make_cfg(data, tmp_path / "ol", open_loop_weight=1.0, data=dict(n_preds=3)))
     assert res["open_loop"] > 0 and res["loss"] > res["pred"]                 # the term is in the loss
     assert 0 < res["val_open_loop"] < math.inf and 0 < res["val_open_loop_ratio"] < math.inf
     rows = [r for r in read_metrics(tmp_path / "ol") if r["loss"]]
     assert all(float(r["open_loop"]) > 0 for r in rows)
     with pytest.raises(ValueError, match="open_loop_weight"):                 # fixed across a resume
-        run(make_cfg(data, tmp_path / "ol", resume=True, steps=20, open_loop_weight=0.5, data=dict(n_preds=3)))
+        train(make_cfg(data, tmp_path / "ol", resume=True, steps=20, open_loop_weight=0.5, data=dict(n_preds=3)))
     # A checkpoint written before these settings existed resumes with their defaults.
     ck = load_checkpoint(tmp_path / "ol" / "last.pt")
     for k in ("open_loop_weight", "open_loop_detach"):
@@ -201,7 +202,7 @@ def test_open_loop_weight_trains_on_rollouts_and_is_refused_without_predicted_fr
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
-    import worldmodel.step as T
+    import worldmodel.training.step as T
 
     calls = {"n": 0}
     forward = T._ClipLoss.forward
@@ -213,7 +214,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
 
     monkeypatch.setattr(T._ClipLoss, "forward", poisoned)
     with pytest.raises(DivergedError, match="NaN/Inf.*last good checkpoint"):
-        run(make_cfg(data, tmp_path / "r", steps=40, ckpt_every=8, log_every=1, eval_every=100))
+        train(make_cfg(data, tmp_path / "r", steps=40, ckpt_every=8, log_every=1, eval_every=100))
     ck = load_checkpoint(tmp_path / "r" / "last.pt")
     assert ck["step"] == 8
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
@@ -221,17 +222,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
 
 def test_refuses_data_that_does_not_fit(data, tmp_path):
     with pytest.raises(ValueError, match="model.image_size=16"):
-        run(make_cfg(data, tmp_path / "a", model=dict(image_size=32)))
+        train(make_cfg(data, tmp_path / "a", model=dict(image_size=32)))
     with pytest.raises(ValueError, match=r"model.image_size=16 with a model.patch_size dividing it \(e.g. 2"):
-        run(make_cfg(data, tmp_path / "a", model=dict(image_size=28, patch_size=14)))   # lewm's patch
+        train(make_cfg(data, tmp_path / "a", model=dict(image_size=28, patch_size=14)))   # lewm's patch
     with pytest.raises(ValueError, match="longer episodes"):
-        run(make_cfg(data, tmp_path / "b", model=dict(frameskip=12)))
+        train(make_cfg(data, tmp_path / "b", model=dict(frameskip=12)))
     with pytest.raises(ValueError, match="data=PATH"):
-        run(make_cfg(data, tmp_path / "c", data=dict(path=None)))
+        train(make_cfg(data, tmp_path / "c", data=dict(path=None)))
     assert not (tmp_path / "a").exists()                             # refused before any output
     for flag in ("overwrite", "resume"):                              # a dataset's files are not a run's
         with pytest.raises(FileExistsError, match="is a dataset"):
-            run(make_cfg(data, data, **{flag: True}))
+            train(make_cfg(data, data, **{flag: True}))
     assert (data / "meta.json").exists()
 
 
@@ -245,12 +246,12 @@ def test_refuses_out_of_bounds_actions_and_a_batch_above_the_clip_count(tmp_path
     with h5py.File(d / "shard_00000.h5", "r+") as f:
         f["action"][30] = [float("nan"), 0.0]                         # inside episode 1
     with pytest.raises(ValueError, match="batch_size<="):
-        run(make_cfg(d, tmp_path / "a", batch_size=4096))
+        train(make_cfg(d, tmp_path / "a", batch_size=4096))
     meta = json.loads((d / "meta.json").read_text())
     meta["action_low"], meta["action_high"] = [-50.0, -50.0], [50.0, 50.0]   # actions are (row, -row): rows 51-94 but for the NaN row 71
     (d / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"outside the recorded bounds .* \(first: episode 2, step 3\)"):
-        run(make_cfg(d, tmp_path / "a"))
+        train(make_cfg(d, tmp_path / "a"))
     assert not (tmp_path / "a").exists()                             # refused before any output
     capsys.readouterr()
     assert main(["inspect", str(d), "json=true", "metrics=false"]) == 0
@@ -286,7 +287,7 @@ def test_kill9_then_resume_continues_from_checkpoint(data, tmp_path):
     killed_at = load_checkpoint(out / "last.pt")["step"]
     assert 0 < killed_at < 3000
     # resume in-process (same code path as the CLI after config loading; saves a torch start-up)
-    res = run(make_cfg(data, out, steps=3000, ckpt_every=5, eval_every=1000, log_every=5, resume=True,
+    res = train(make_cfg(data, out, steps=3000, ckpt_every=5, eval_every=1000, log_every=5, resume=True,
                        stop_at=killed_at + 5))
     assert res["step"] == killed_at + 5
     assert load_checkpoint(out / "last.pt")["step"] == killed_at + 5
@@ -311,30 +312,30 @@ def test_ctrl_c_saves_last_pt_and_resume_continues(data, tmp_path):
     assert proc.returncode == 130 and "resume=true continues from it" in log, log
     stopped_at = load_checkpoint(out / "last.pt")["step"]
     assert 0 < stopped_at < 3000
-    res = run(make_cfg(data, out, steps=3000, ckpt_every=5, eval_every=1000, log_every=5, resume=True,
+    res = train(make_cfg(data, out, steps=3000, ckpt_every=5, eval_every=1000, log_every=5, resume=True,
                        stop_at=stopped_at + 2))
     assert res["start_step"] == stopped_at and res["step"] == stopped_at + 2
 
 
 def test_one_training_per_out_at_a_time(data, tmp_path):
-    from worldmodel.dataset import exclusive_lock
+    from worldmodel.io import exclusive_lock
 
     out = tmp_path / "r"
     out.mkdir()
     held = exclusive_lock(out / ".train.lock", "held by the test")   # as a running `wm train` holds it
     with pytest.raises(FileExistsError, match="another `wm train` is writing"):
-        run(make_cfg(data, out, steps=2, resume=True))
+        train(make_cfg(data, out, steps=2, resume=True))
     held.close()
-    assert run(make_cfg(data, out, steps=2, eval_every=2, ckpt_every=2, log_every=2))["step"] == 2
+    assert train(make_cfg(data, out, steps=2, eval_every=2, ckpt_every=2, log_every=2))["step"] == 2
 
 
 def test_resume_refuses_a_best_pt_without_last_pt(data, tmp_path):
     out = tmp_path / "r"
-    run(make_cfg(data, out, steps=4, eval_every=2, ckpt_every=4, log_every=2))
+    train(make_cfg(data, out, steps=4, eval_every=2, ckpt_every=4, log_every=2))
     assert load_checkpoint(out / "last.pt")["step"] == 4
     (out / "last.pt").unlink()
     with pytest.raises(FileExistsError, match="best.pt and no last.pt"):
-        run(make_cfg(data, out, steps=8, eval_every=2, ckpt_every=4, log_every=2, resume=True))
+        train(make_cfg(data, out, steps=8, eval_every=2, ckpt_every=4, log_every=2, resume=True))
     assert (out / "best.pt").exists()
 
 
@@ -362,7 +363,7 @@ def _on_two_gloo_ranks(body, *args) -> None:
 
 def _ddp_worker(rank: int, data: str, out: str, ret: str) -> None:
     cfg = make_cfg(Path(data), Path(out), steps=6, eval_every=6, ckpt_every=6, log_every=2)
-    res = run(cfg)
+    res = train(cfg)
     torch.save({"val_pred": res["val_pred"], "in_sync": res["ddp_in_sync"]}, f"{ret}.{rank}")
 
 
@@ -419,7 +420,7 @@ def test_ddp_accumulation_all_reduces_once_per_step_and_averages_every_batch(dat
 
 
 def test_host_allocator_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
-    from worldmodel.distributed import keep_freed_host_memory
+    from worldmodel.machine import keep_freed_host_memory
 
     monkeypatch.setenv("WM_MALLOC_TUNING", "0")
     assert keep_freed_host_memory() is False
@@ -429,7 +430,7 @@ def test_host_allocator_tuning_applies_on_glibc_and_can_be_switched_off(monkeypa
 
 
 def test_state_probe_reads_a_linearly_coded_state_and_not_noise():
-    from worldmodel.validation import state_probe
+    from worldmodel.training.validation import state_probe
 
     g = torch.Generator().manual_seed(0)
     states = torch.randn(200, 4, 3, generator=g, dtype=torch.float64)          # (M, T, S)
@@ -441,7 +442,7 @@ def test_state_probe_reads_a_linearly_coded_state_and_not_noise():
 
 
 def test_compile_mode_is_validated_and_cuda_graphs_refused_under_ddp(data, tmp_path):
-    from worldmodel.train import check_compile
+    from worldmodel.training.trainer import check_compile
 
     with pytest.raises(ValueError, match="compile_mode must be one of"):
         make_cfg(data, tmp_path, compile=True, compile_mode="fast")
@@ -454,8 +455,8 @@ def test_compile_mode_is_validated_and_cuda_graphs_refused_under_ddp(data, tmp_p
 
 def _compiled_matches_eager(data: Path, tmp_path: Path, device: str) -> None:
     kw = dict(steps=4, eval_every=4, ckpt_every=4, device=device)
-    eager = run(make_cfg(data, tmp_path / "eager", **kw))
-    compiled = run(make_cfg(data, tmp_path / "compiled", compile=True, compile_mode="reduce-overhead", **kw))
+    eager = train(make_cfg(data, tmp_path / "eager", **kw))
+    compiled = train(make_cfg(data, tmp_path / "compiled", compile=True, compile_mode="reduce-overhead", **kw))
     rel = 1e-3 if device == "cpu" else 3e-2                            # fp32 / bf16 autocast
     for k in ("loss", "pred", "sigreg"):                               # the same computation
         assert compiled[k] == pytest.approx(eager[k], rel=rel), k
@@ -476,7 +477,7 @@ def test_compiled_training_with_cuda_graphs_matches_eager(data, tmp_path):
 
 
 def test_collapse_note_flags_collapse_and_shrinking_not_healthy_latents():
-    from worldmodel.validation import collapse_note
+    from worldmodel.training.validation import collapse_note
 
     assert "COLLAPSED" in collapse_note({"std_mean": 2.3e-5})        # CPU TwoRoom, sigreg_weight=0
     assert "SHRINKING" in collapse_note({"std_mean": 0.031})          # full Push-T, sigreg_weight=0

@@ -14,15 +14,15 @@ import sys
 
 RESUMABLE = {"collect", "train", "eval", "demo"}   # commands whose resume=true continues a killed run
 COMMANDS = {
-    "collect": ("worldmodel.collect", "collect simulator rollouts into HDF5 shards"),
-    "inspect": ("worldmodel.inspection", "summarise a dataset (episodes, frames, statistics)"),
-    "preview": ("worldmodel.preview", "write an MP4/GIF of a few dataset episodes"),
-    "train": ("worldmodel.train", "train a JEPA world model with SIGReg"),
-    "eval": ("worldmodel.evaluate", "zero-shot goal-reaching evaluation (LeWM protocol)"),
-    "check": ("worldmodel.check", "simulator-free planning checks on recorded held-out episodes"),
-    "plot": ("worldmodel.plots", "draw a training run's curves or an evaluation's summary as PNG"),
-    "compare": ("worldmodel.compare", "evaluations of the same tasks side by side, with paired tests"),
-    "demo": ("worldmodel.demo", "collect -> train -> eval on TwoRoom, end to end"),
+    "collect": ("worldmodel.commands.collect", "collect simulator rollouts into HDF5 shards"),
+    "inspect": ("worldmodel.commands.inspect", "summarise a dataset (episodes, frames, statistics)"),
+    "preview": ("worldmodel.commands.preview", "write an MP4/GIF of a few dataset episodes"),
+    "train": ("worldmodel.commands.train", "train a JEPA world model with SIGReg"),
+    "eval": ("worldmodel.commands.eval", "zero-shot goal-reaching evaluation (LeWM protocol)"),
+    "check": ("worldmodel.commands.check", "simulator-free planning checks on recorded held-out episodes"),
+    "plot": ("worldmodel.commands.plot", "draw a training run's curves or an evaluation's summary as PNG"),
+    "compare": ("worldmodel.commands.compare", "evaluations of the same tasks side by side, with paired tests"),
+    "demo": ("worldmodel.commands.demo", "collect -> train -> eval on TwoRoom, end to end"),
 }
 
 USAGE = "usage: wm <command> [key=value ...]   (wm <command> --help for its keys)\n\ncommands:\n" + "\n".join(
@@ -38,7 +38,7 @@ def _quoted(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from worldmodel.distributed import keep_freed_host_memory
+    from worldmodel.machine import keep_freed_host_memory
 
     keep_freed_host_memory()            # CPU steps stop re-faulting their activations' pages
     if not argv or argv[0] in ("-h", "--help", "help"):

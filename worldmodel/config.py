@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import inspect
-import os
 import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(importlib.util.find_spec("worldmodel.configs").submodule_search_locations[0])
 T = TypeVar("T")
 
 
@@ -27,6 +27,22 @@ class ConfigError(ValueError):
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def preset(group: str, choice: str) -> dict[str, Any]:
+    """The values of configs/<group>/<choice>.yaml, as a typed Python call takes them:
+    `ModelConfig(**preset("model", "tiny"))`, `EnvConfig(**preset("env", "Hopper-v5"))`. An env
+    that names no preset is a shorthand, as on the command line: a gymnasium MuJoCo id, or
+    dm_control/<domain>-<task>."""
+    import yaml
+
+    if group == "env" and choice not in group_options("env"):
+        generic = "dmc" if choice.startswith("dm_control/") else "gym"
+        return {**preset("env", generic), "name": choice}
+    path = CONFIG_DIR / group / f"{choice}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{group}={choice!r}: choose one of {', '.join(group_options(group))}")
+    return yaml.safe_load(path.read_text()) or {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,7 +85,7 @@ def _plugin_planner(config_name: str, overrides: list[str]) -> tuple[list[str], 
     choice = [ov.partition("=")[2] for ov in overrides if ov.partition("=")[0] == "planner"]
     if not choice or not _uses_group(config_name, "planner") or choice[-1] in group_options("planner"):
         return overrides, None
-    from planners import PLANNERS
+    from worldmodel.planners import PLANNERS
 
     if choice[-1] not in PLANNERS:
         return overrides, None                      # Hydra refuses it, listing the choices
@@ -222,18 +238,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def save_resolved(cfg: Any, out_dir: str | os.PathLike, name: str = "config.json") -> Path:
-    """Write the resolved config next to a run's outputs (atomically)."""
-    from worldmodel.dataset import write_json_atomic
-
-    path = Path(out_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_json_atomic(path, to_dict(cfg))
-
-
 def _describe_planner(group: dict[str, Any], prefix: str) -> list[str]:
     """The planner group's keys with the registered planner's types and notes (its YAML's values)."""
-    from planners import PLANNERS
+    from worldmodel.planners import PLANNERS
 
     cls = PLANNERS.get(group["name"])
     head = f"  {prefix}name = {group['name']}"
@@ -242,27 +249,6 @@ def _describe_planner(group: dict[str, Any], prefix: str) -> list[str]:
     if not dataclasses.is_dataclass(cls):
         return lines + [f"  {prefix}{k} = {v}" for k, v in group.items() if k != "name"]
     return lines + describe(cls, group, prefix)
-
-
-def check_output(out: Path, overwrite: bool, writes: set[str], command: str) -> bool:
-    """Before any work: may `wm <command>` write to `out`? True when it holds an earlier output to
-    delete (the caller deletes it after its last refusal, so a refused run loses nothing). Refused:
-    an existing output without overwrite=true, and with it a folder holding anything the command does
-    not write (a training run, a dataset, your files), which overwrite=true must never delete."""
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise FileExistsError(f"out={out} is a file; choose a directory path")
-    if not any(out.iterdir()):
-        return False
-    if not overwrite:
-        raise FileExistsError(f"output {out} already exists; pass overwrite=true or another out=")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in writes and not p.name.endswith(".tmp"))
-    if foreign:
-        raise FileExistsError(f"out={out} holds {', '.join(foreign[:4])}{' ...' if len(foreign) > 4 else ''}, "
-                              f"which `wm {command}` does not write: overwrite=true replaces only an earlier "
-                              f"`wm {command}` output, never other files. Choose another out=")
-    return True
 
 
 def _field_comments(cls: type) -> dict[str, list[str]]:

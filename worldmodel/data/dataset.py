@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+
 FORMAT = "wm-hdf5-v1"
 META = "meta.json"
 STAGING = ".staging"
@@ -40,40 +41,6 @@ _STAGED_RE = re.compile(r"^ep_(\d+)\.npz$")
 # ------------------------------------------------------------------------------------------------
 # writing
 # ------------------------------------------------------------------------------------------------
-def _json_default(x: Any) -> Any:
-    """numpy / torch scalars as numbers, anything else (paths, ...) as its string."""
-    return x.item() if hasattr(x, "item") and getattr(x, "ndim", None) == 0 else str(x)
-
-
-def exclusive_lock(path: Path, busy: str) -> Any:
-    """Hold an exclusive lock on `path` (created) until the returned handle is closed or the process
-    ends, kill -9 included (the kernel releases it); `busy`: the error when another process holds it."""
-    import fcntl
-
-    fh = open(path, "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise FileExistsError(busy) from None
-    return fh
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON via temp file + fsync + rename (parent made if missing), so readers never see a
-    partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def stage_episode(out_dir: str | os.PathLike, episode: dict[str, Any]) -> Path:
     """Atomically stage one finished episode as `.staging/ep_<index>.npz`.
 

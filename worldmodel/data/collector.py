@@ -3,7 +3,7 @@
     wm collect env=tworoom episodes=1000 workers=2 out=data/tworoom seed=0 image_size=64
 
 Each worker process owns a contiguous block of global episode indices, stages every finished
-episode atomically and packs its episodes into one shard at the end (see `worldmodel.dataset`).
+episode atomically and packs its episodes into one shard at the end (see `worldmodel.data.dataset`).
 Episode i is seeded by `episode_seed(seed, i)` alone, so the data do not depend on the number of
 workers, and `shard=i num_shards=n` lets n machines each collect a disjoint index range into
 shards that merge, by copying into one directory, into the dataset a single machine would make.
@@ -24,94 +24,17 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from worldmodel import dataset as D
-from worldmodel.config import ConfigError, save_resolved
+from worldmodel.data import dataset as D
+from worldmodel.data.config import CollectConfig
+from worldmodel.data.rollout import rollout
+from worldmodel.io import exclusive_lock, save_resolved, write_json_atomic
 
 
-@dataclass
-class EnvConfig:
-    """configs/env/<name>.yaml: which simulator, its default episode length and data policy."""
-
-    name: str = "tworoom"         # tworoom | pusht | reacher | a gymnasium MuJoCo id | dm_control/<domain>-<task>
-    episode_len: int = 100        # default rows per episode for this env
-    policy: str = "expert"        # default data policy for this env
-    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor kwargs: +env.kwargs.success_threshold=0.2
-
-
-@dataclass
-class CollectConfig:
-    env: EnvConfig = field(default_factory=EnvConfig)
-    episodes: int = 100
-    workers: int = 2
-    out: str | None = None            # null -> data/<env name>
-    seed: int = 0
-    image_size: int = 64
-    policy: str | None = None         # null -> env.policy
-    episode_len: int | None = None    # null -> env.episode_len (rows per episode)
-    shard: int = 0                    # this machine's part of a multi-machine collection ...
-    num_shards: int = 1               # ... out of num_shards
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.env, dict):
-            self.env = EnvConfig(**self.env)
-        self.policy = self.policy or self.env.policy
-        self.episode_len = self.episode_len if self.episode_len is not None else self.env.episode_len
-        self.out = self.out or f"data/{self.env.name}"
-        checks = [
-            (self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}"),
-            (self.workers >= 1, f"workers must be >= 1, got {self.workers}; e.g. workers={os.cpu_count() or 1}"),
-            (self.episode_len >= 2, f"episode_len must be >= 2 (rows per episode), got {self.episode_len}"),
-            (self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-            (self.num_shards >= 1, f"num_shards must be >= 1, got {self.num_shards}"),
-            (0 <= self.shard < self.num_shards,
-             f"shard must be in [0, num_shards={self.num_shards}), got shard={self.shard}"),
-            (self.num_shards <= self.episodes, f"num_shards={self.num_shards} > episodes={self.episodes}"),
-            (not (self.resume and self.overwrite), "pass only one of resume=true / overwrite=true"),
-        ]
-        ram = physical_memory()
-        per_worker = self.episode_len * self.image_size ** 2 * 3     # one episode's frames, held until it ends
-        if ram and min(self.workers, self.episodes) * per_worker > ram // 2:
-            checks.append((False, f"episode_len={self.episode_len} at image_size={self.image_size} holds "
-                                  f"{per_worker / 2 ** 30:.1f} GiB of frames per worker ({min(self.workers, self.episodes)} "
-                                  f"workers), over half of this machine's {ram / 2 ** 30:.0f} GiB: lower episode_len, "
-                                  "image_size or workers"))
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
-
-    def key(self) -> dict[str, Any]:
-        """What defines the data: a resume must match it exactly (workers may differ)."""
-        return {"env": self.env.name, "env_kwargs": self.env.kwargs, "policy": self.policy,
-                "episode_len": self.episode_len, "seed": self.seed, "image_size": self.image_size,
-                "episodes": self.episodes, "num_shards": self.num_shards}
-
-    def command(self) -> list[str]:
-        """A `wm collect` command line reproducing this collection."""
-        kw = [f"+env.kwargs.{k}={v}" for k, v in self.env.kwargs.items()]
-        return ["wm", "collect", f"env={self.env.name}", *kw, f"episodes={self.episodes}",
-                f"workers={self.workers}", f"out={self.out}", f"seed={self.seed}",
-                f"image_size={self.image_size}", f"policy={self.policy}", f"episode_len={self.episode_len}",
-                f"shard={self.shard}", f"num_shards={self.num_shards}"]
-
-
-CONFIG = CollectConfig
-CONFIG_NAME = "collect"
-
-
-def episode_seed(seed: int, index: int) -> int:
-    """Seed of global episode `index`: a function of (seed, index) only, so worker count and
-    sharding never change the data."""
-    return int(np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def shard_range(episodes: int, shard: int, num_shards: int) -> range:
@@ -119,56 +42,12 @@ def shard_range(episodes: int, shard: int, num_shards: int) -> range:
     return range(shard * episodes // num_shards, (shard + 1) * episodes // num_shards)
 
 
-def physical_memory() -> int | None:
-    """Bytes of RAM on this machine, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def rollout(env: Any, policy_name: str, seed: int, index: int, length: int) -> dict[str, Any]:
-    """One episode of up to `length` rows. Row t: observation/state at step t and the (clipped)
-    action applied at t; the last row's action is NaN. Ends early if the env terminates, or at the
-    last valid row if a step makes the physics diverge (`"diverged"`: True)."""
-    import envs
-
-    s = episode_seed(seed, index)
-    obs, info = env.reset(seed=s)
-    policy = envs.make_policy(policy_name, env, np.random.default_rng([s, 1]))
-    policy.reset(obs, info)
-    A = env.action_space.shape[0]
-    st, pr = np.asarray(info["state"]), np.asarray(info["proprio"])
-    pixels = np.empty((length, *obs.shape), np.uint8)                 # (L, H, W, 3)
-    action = np.full((length, A), np.nan, np.float32)                 # (L, A)
-    state = np.empty((length, st.shape[0]), np.float64)               # (L, S)
-    proprio = np.empty((length, pr.shape[0]), np.float32)             # (L, P)
-    n, diverged = length, False
-    for t in range(length):
-        pixels[t], state[t], proprio[t] = obs, info["state"], info["proprio"]
-        if t == length - 1:
-            break
-        a = env.clip_action(policy.act(obs, info))
-        try:
-            obs, _, terminated, truncated, info = env.step(a)
-        except envs.SimulationDiverged:
-            n, diverged = t + 1, True           # row t stays, with no action: nothing followed it
-            break
-        action[t] = a
-        if terminated or truncated:
-            pixels[t + 1], state[t + 1], proprio[t + 1] = obs, info["state"], info["proprio"]
-            n = t + 2
-            break
-    return {"pixels": pixels[:n], "action": action[:n], "state": state[:n], "proprio": proprio[:n],
-            "ep_index": index, "ep_seed": s, "diverged": diverged}
-
-
 # ------------------------------------------------------------------------------------------------
 # workers
 # ------------------------------------------------------------------------------------------------
 def _collect_block(job: dict[str, Any], report: Callable[[tuple], None]) -> None:
     """Collect the episodes `job["indices"]`, staging each, then pack them into one shard."""
-    import envs
+    from worldmodel import envs
 
     writing = _writer_lock(Path(job["out"]), job["shard"])    # held while this process may write
     try:
@@ -263,7 +142,7 @@ def _context() -> Any:
     ctx = mp.get_context("forkserver")
     from worldmodel import plugins
 
-    ctx.set_forkserver_preload(["worldmodel.collect", "envs", *plugins.names()])   # + your envs
+    ctx.set_forkserver_preload(["worldmodel.data.collector", "worldmodel.envs", *plugins.names()])   # + your envs
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
@@ -319,8 +198,8 @@ def _versions() -> dict[str, str]:
 
 def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
     """Check env and policy names and kwargs by building them once; returns (name, id, EnvInfo)."""
-    import envs
-    from envs.registry import IDS
+    from worldmodel import envs
+    from worldmodel.envs.registry import IDS
 
     short, named = envs.resolve(cfg.env.name)   # ValueError listing the envs
     if cfg.policy not in envs.list_policies():
@@ -334,7 +213,7 @@ def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
         info = env.env_info()
     finally:
         env.close()
-    from envs.policies import ExpertPolicy, NoisePolicy
+    from worldmodel.envs.policies import ExpertPolicy, NoisePolicy
 
     if isinstance(policy, ExpertPolicy) and isinstance(policy.inner, NoisePolicy):
         print(f"note: {cfg.env.name} has no scripted expert; policy=expert collects correlated noise",
@@ -358,7 +237,7 @@ def _prepare_out(cfg: CollectConfig, out: Path) -> None:
         held = []                               # every shard's lock: never delete a collection being written
         try:
             for lock in sorted(out.glob(".lock-shard*")):
-                held.append(D.exclusive_lock(lock, f"another `wm collect` is writing {out}; overwrite=true would "
+                held.append(exclusive_lock(lock, f"another `wm collect` is writing {out}; overwrite=true would "
                                              "delete its data under it: wait for it to finish, or kill it first"))
             shutil.rmtree(out)
         finally:
@@ -387,11 +266,11 @@ def _prepare_out(cfg: CollectConfig, out: Path) -> None:
 
 def _lock(out: Path, shard: int) -> Any:
     """One collector per shard of a directory at a time (released by the kernel even on kill -9)."""
-    return D.exclusive_lock(out / f".lock-shard{shard:03d}", f"another `wm collect` is writing shard {shard} of "
+    return exclusive_lock(out / f".lock-shard{shard:03d}", f"another `wm collect` is writing shard {shard} of "
                             f"{out}; wait for it to finish (or kill it and re-run with resume=true)")
 
 
-def run(cfg: CollectConfig) -> dict[str, Any]:
+def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Collect `cfg.episodes` episodes (this machine's shard of them) into `cfg.out`."""
     if cfg.workers > 1:
         _context()                              # start importing in the fork server now
@@ -424,7 +303,7 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
         if not pid.isdigit() or not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
     if not (out / D.META).exists():
-        D.write_json_atomic(out / D.META, meta)
+        write_json_atomic(out / D.META, meta)
     save_resolved(cfg, out, "config.json" if cfg.num_shards == 1 else f"config_shard{cfg.shard:03d}.json")
     attrs = {"format": D.FORMAT, "key": key}
     block = shard_range(cfg.episodes, cfg.shard, cfg.num_shards)
@@ -479,5 +358,4 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
     return summary
 
 
-__all__ = ["CollectConfig", "EnvConfig", "CONFIG", "CONFIG_NAME", "run", "rollout", "episode_seed",
-           "shard_range"]
+__all__ = ["collect", "shard_range"]

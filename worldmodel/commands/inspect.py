@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from worldmodel.clips import action_problems
+from worldmodel.data.clips import action_problems
 from worldmodel.config import ConfigError
-from worldmodel.dataset import load_dataset
+from worldmodel.data.dataset import load_dataset
 
 
 @dataclass
@@ -58,7 +58,7 @@ def disk_bytes(path: Path) -> int:
 
 def episode_metrics(meta: dict[str, Any], ds: Any) -> dict[str, dict[str, float]]:
     """Aggregate `env.episode_metrics(states)` over episodes: mean, and whether it is a 0/1 flag."""
-    import envs
+    from worldmodel import envs
 
     env = envs.make(meta["env"], image_size=int(meta.get("image_size", 64)), **meta.get("env_kwargs", {}))
     try:

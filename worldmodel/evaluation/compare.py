@@ -24,40 +24,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worldmodel.stats import mcnemar, percentile, two_proportion, wilson
+from worldmodel.evaluation.config import CompareConfig
+from worldmodel.evaluation.stats import mcnemar, percentile, two_proportion, wilson
 
 COMPARE_JSON, COMPARE_PNG = "compare.json", "compare.png"
 # Protocol fields that change what a task is; a results.json lacking one (an older file) is not checked on it.
 SAME_TASKS = ("budget", "goal_offset", "policy", "episode_len", "env_kwargs")
 
 
-@dataclass
-class CompareConfig:
-    """wm compare: several `wm eval` results on the same tasks, with paired tests against the first."""
-
-    runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs, results.json or reproduce.py records
-    names: list[str] | None = None  # a label per run (repeat one to pool seeds); null: from the paths
-    out: str | None = None          # a directory for compare.json and compare.png; null: print only
-    planner_seeds: bool = False     # a reproduce.py record: all its (training seed, planner seed) evals
-    seeds: list[int] | None = None  # a reproduce.py record's training seeds to take; null: all it holds
-
-    def __post_init__(self) -> None:
-        from worldmodel.config import ConfigError
-
-        if len(self.runs) < 2:
-            raise ConfigError("compare needs two or more evaluations: wm compare runs/a/eval runs/b/eval")
-        if self.names is not None and len(self.names) != len(self.runs):
-            raise ConfigError(f"names has {len(self.names)} labels for {len(self.runs)} runs; give one per run")
-        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            raise ConfigError(f"seeds={self.seeds}: list the training seeds to take from each record once, "
-                              "e.g. seeds=[0], or leave it null for all")
-
-
-CONFIG, CONFIG_NAME = CompareConfig, "compare"
 
 
 def load_results(path: str | os.PathLike, planner_seeds: bool = False,
@@ -283,7 +260,7 @@ def format_table(cmp: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: CompareConfig) -> dict[str, Any]:
+def compare_runs(cfg: CompareConfig) -> dict[str, Any]:
     loaded = [load_results(p, cfg.planner_seeds, cfg.seeds) for p in cfg.runs]
     if cfg.seeds is not None and all("by_order" not in rs[0] for _, rs in loaded):  # only records set by_order
         raise ValueError(f"seeds={cfg.seeds} picks a reproduce.py record's training seeds, and none of the runs "
@@ -294,9 +271,8 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     cmp["files"] = [str(f) for f, _ in loaded]
     print(format_table(cmp))
     if cfg.out:
-        from worldmodel.config import save_resolved
-        from worldmodel.dataset import write_json_atomic
-        from worldmodel.plots import plot_compare, safe_draw
+        from worldmodel.io import save_resolved, write_json_atomic
+        from worldmodel.report.plots import plot_compare, safe_draw
 
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """One optimisation step of `wm train`: the loss module, the LR schedule, the optimiser, autocast,
 and `train_step` itself (forward, SIGReg, backward, clip, AdamW, LR step; no host sync).
 
-`wm train` (worldmodel/train.py) runs it in its loop; benchmarks/train_speed.py, train_profile.py
+`wm train` (worldmodel/training/trainer.py) runs it in its loop; benchmarks/train_speed.py, train_profile.py
 and roofline.py time exactly this code.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from worldmodel.model import WorldModel
+from worldmodel.model.world_model import WorldModel
+from worldmodel.training.config import CUDA_GRAPH_MODES
 
 if TYPE_CHECKING:
-    from worldmodel.train import TrainConfig
+    from worldmodel.training.config import TrainConfig
 
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")    # the torch.compile modes that capture CUDA graphs
 
 
 class _ClipLoss(nn.Module):
@@ -78,7 +78,7 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     TwoRoom (README): 4 x 32 accumulated this way planned 36/50 like batch 128's 35/50; unscaled
     (the pull of batch 32) 19/50. The returned sigreg is the unscaled per-batch statistic.
     """
-    from worldmodel.sigreg import sigreg
+    from worldmodel.model.sigreg import sigreg
 
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step))

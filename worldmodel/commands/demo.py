@@ -3,9 +3,10 @@
     wm demo                      # TwoRoom, 64 px: collect -> train (tiny) -> eval (CEM) -> table + videos
     wm demo out=runs/demo2 train_steps=4000 device=cuda
 
-Each stage is the same code as its own command (`wm collect`, `wm train`, `wm eval`) with the
-overrides below; the demo only wires them. Killed midway? `wm demo resume=true` finishes the
-collection, resumes training from its last checkpoint, and re-runs the evaluation.
+Each stage is the library call behind its own command (`wm collect`, `wm train`, `wm eval`), given
+a typed config built here from the presets; the demo only wires them. Killed midway?
+`wm demo resume=true` finishes the collection, resumes training from its last checkpoint, and
+re-runs the evaluation.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worldmodel import collect, evaluate, train
-from worldmodel.config import load, save_resolved
-from worldmodel.dataset import write_json_atomic
-from worldmodel.plots import CURVES, EVAL_SUMMARY
+from worldmodel.config import ConfigError, group_options, preset
+from worldmodel.data.config import CollectConfig, EnvConfig
+from worldmodel.evaluation.config import EvalConfig
+from worldmodel.model.config import ModelConfig
+from worldmodel.training.config import DataConfig, TrainConfig
 
 
 @dataclass
@@ -30,24 +32,23 @@ class DemoConfig:
     seed: int = 0
     model: str = "tiny"
     train_steps: int = 2000
-    batch_size: int = 128               # LeWM's (configs/demo.yaml)
-    lr: float | None = 1e-4             # TwoRoom's (configs/demo.yaml); null: the model preset's
+    batch_size: int = 128               # LeWM's
+    lr: float | None = 1e-4             # TwoRoom's (docs/results.md); null: the model preset's
     eval_episodes: int = 50
     planner: str = "cem"
-    plan_samples: int | None = None     # null: the planner config's (CEM: 300, LeWM's setting)
-    plan_iterations: int | None = None  # null: the planner config's (CEM: 30)
+    plan_samples: int | None = None     # null: the planner config's
+    plan_iterations: int | None = None  # null: the planner config's
     device: str = "auto"
     precision: str = "auto"             # training and planning: auto (training bf16 on CUDA; fp32 otherwise) |
-                                        # fp32 | bf16 (on a CPU that multiplies bf16 in hardware, ~1.7x faster)
+                                        # fp32 | bf16 (faster on a CPU that multiplies bf16 in hardware)
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        import envs
-        from planners import planner_from_config
-        from worldmodel.config import ConfigError, compose, group_options
-        from worldmodel.distributed import check_device
+        from worldmodel import envs
+        from worldmodel.machine import check_device
+        from worldmodel.planners import planner_from_config
 
         if self.resume and self.overwrite:
             raise ValueError("choose one of resume=true (continue) and overwrite=true (start over)")
@@ -62,29 +63,42 @@ class DemoConfig:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be > 0 (or null: the model preset's), got {self.lr}")
-        envs.resolve(load(collect.CONFIG, collect.CONFIG_NAME, self.collect_overrides()).env.name)
-        planner_from_config(compose(evaluate.CONFIG_NAME, self.planner_overrides())["planner"])
+        envs.resolve(self.collect_config().env.name)
+        planner_from_config(self.planner_config())
         out = Path(self.out)
         if out.exists() and any(out.iterdir()) and not (self.resume or self.overwrite):
             raise FileExistsError(f"{out} already exists; pass resume=true to continue it or "
                                   "overwrite=true to start over (or another out=)")
 
-    def collect_overrides(self) -> list[str]:
-        return [f"env={self.env}", f"episodes={self.episodes}", f"workers={self.workers}",
-                f"out={Path(self.out) / 'data'}", f"seed={self.seed}", f"image_size={self.image_size}", *_flags(self)]
+    def collect_config(self) -> CollectConfig:
+        return CollectConfig(env=EnvConfig(**preset("env", self.env)), episodes=self.episodes,
+                             workers=self.workers, out=str(Path(self.out) / "data"), seed=self.seed,
+                             image_size=self.image_size, **self._flags())
 
-    def planner_overrides(self) -> list[str]:
-        return [f"planner={self.planner}",
-                *([f"planner.samples={self.plan_samples}"] if self.plan_samples else []),
-                *([f"planner.iterations={self.plan_iterations}"] if self.plan_iterations else [])]
+    def train_config(self) -> TrainConfig:
+        model = ModelConfig(**{**preset("model", self.model), "image_size": self.image_size})
+        optim = preset("optim", self.model) if self.model in group_options("optim") else {}
+        lr = self.lr if self.lr is not None else optim.get("lr", TrainConfig.lr)
+        return TrainConfig(model=model, data=DataConfig(path=str(Path(self.out) / "data")),
+                           steps=self.train_steps, batch_size=self.batch_size, lr=lr,
+                           out=str(Path(self.out) / "train"), seed=self.seed, device=self.device,
+                           precision=self.precision, **self._flags())
+
+    def planner_config(self) -> dict[str, Any]:
+        extra = {"samples": self.plan_samples, "iterations": self.plan_iterations}
+        return {**preset("planner", self.planner), **{k: v for k, v in extra.items() if v}}
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(checkpoint=str(Path(self.out) / "train" / "best.pt"), planner=self.planner_config(),
+                          episodes=self.eval_episodes, out=str(Path(self.out) / "eval"), device=self.device,
+                          precision="bf16" if self.precision == "bf16" else "fp32", overwrite=True,
+                          progress=self.progress)
+
+    def _flags(self) -> dict[str, bool]:
+        return {"resume": self.resume, "overwrite": self.overwrite, "progress": self.progress}
 
 
 CONFIG, CONFIG_NAME = DemoConfig, "demo"
-
-
-def _flags(cfg: DemoConfig) -> list[str]:
-    return [f"resume={str(cfg.resume).lower()}", f"overwrite={str(cfg.overwrite).lower()}",
-            f"progress={str(cfg.progress).lower()}"]
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
@@ -111,38 +125,37 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
+    from worldmodel.data.collector import collect
+    from worldmodel.evaluation.evaluator import evaluate
+    from worldmodel.io import save_resolved, write_json_atomic
+    from worldmodel.report.plots import CURVES, EVAL_SUMMARY
+    from worldmodel.training.trainer import train
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out, "demo_config.json")
     timings: dict[str, float] = {}
-    data, run_dir, eval_dir = out / "data", out / "train", out / "eval"
-
-    t = time.perf_counter()
-    col = collect.run(load(collect.CONFIG, collect.CONFIG_NAME, cfg.collect_overrides()))
-    timings["collect_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    tr = train.run(load(train.CONFIG, train.CONFIG_NAME, [
-        f"data={data}", f"model={cfg.model}", f"model.image_size={cfg.image_size}", f"steps={cfg.train_steps}",
-        f"batch_size={cfg.batch_size}", *([f"lr={cfg.lr}"] if cfg.lr is not None else []),
-        f"out={run_dir}", f"seed={cfg.seed}", f"device={cfg.device}", f"precision={cfg.precision}", *_flags(cfg)]))
-    timings["train_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    ev = evaluate.run(load(evaluate.CONFIG, evaluate.CONFIG_NAME, [
-        f"checkpoint={run_dir / 'best.pt'}", f"episodes={cfg.eval_episodes}", *cfg.planner_overrides(),
-        f"out={eval_dir}", f"device={cfg.device}", f"precision={'bf16' if cfg.precision == 'bf16' else 'fp32'}",
-        "overwrite=true", f"progress={str(cfg.progress).lower()}"]))
-    timings["eval_s"] = time.perf_counter() - t
-
+    stages = (("collect", collect, cfg.collect_config), ("train", train, cfg.train_config),
+              ("eval", evaluate, cfg.eval_config))
+    results: dict[str, Any] = {}
+    for name, call, config in stages:
+        t = time.perf_counter()
+        results[name] = call(config())
+        timings[f"{name}_s"] = time.perf_counter() - t
+    ev = results["eval"]
     ev["train_minutes"] = timings["train_s"] / 60
     table = results_table([ev])
-    summary = {"collect": col, "train": tr, "eval": {k: v for k, v in ev.items() if k != "per_episode"},
+    summary = {"collect": results["collect"], "train": results["train"],
+               "eval": {k: v for k, v in ev.items() if k != "per_episode"},
                "timings_s": timings, "total_s": sum(timings.values())}
     write_json_atomic(out / "summary.json", summary)
+    run_dir, eval_dir = Path(cfg.train_config().out), Path(cfg.eval_config().out)
     pictures = [p.relative_to(out).as_posix() for p in (run_dir / CURVES, eval_dir / EVAL_SUMMARY) if p.exists()]
     (out / "results.md").write_text(table + "\n\n" + "".join(f"![{p}]({p})\n" for p in pictures))
     print("\n" + table)
     print(f"\ndemo done in {summary['total_s'] / 60:.1f} min: {out / 'results.md'}, "
           f"pictures {', '.join(str(out / p) for p in pictures)}, videos in {eval_dir / 'videos'}")
     return summary
+
+
+__all__ = ["DemoConfig", "CONFIG", "CONFIG_NAME", "run", "results_table"]

@@ -1,9 +1,5 @@
-"""Process-group, device and allocator plumbing for `wm train` (single process, torchrun DDP, or a
-test's own group).
-
-`torchrun --nproc_per_node=N -m worldmodel.cli train ...` sets RANK/WORLD_SIZE/LOCAL_RANK; we then
-initialise the default group from those variables (NCCL on CUDA, gloo on CPU). A caller that has
-already initialised a group (a test spawning gloo ranks) keeps ownership of it.
+"""The machine the toolkit runs on: which device to use, whether bf16 pays on it, its RAM, and
+how the host allocator should treat a training loop's memory. Imports torch only when asked.
 """
 from __future__ import annotations
 
@@ -12,26 +8,24 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-from torch import nn
+if TYPE_CHECKING:
+    import torch
 
 
-def init_distributed() -> tuple[int, int, int, bool]:
-    """(rank, world_size, local_rank, we_initialised) from an existing group or torchrun env vars."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)                               # env:// from torchrun
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True
-    return 0, 1, 0, False
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_device(name: str | torch.device) -> None:
     """Refuse a device torch does not know, or CUDA on a machine (or torch build) without it."""
+    import torch
+
     if str(name) == "auto":
         return
     try:
@@ -45,6 +39,8 @@ def check_device(name: str | torch.device) -> None:
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
     """auto -> this rank's GPU if CUDA is available, else CPU; refuses cuda without CUDA."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(name)
@@ -53,33 +49,6 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
         torch.cuda.set_device(dev)
         return dev
     return torch.device(name)
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's global torch RNG states (dropout draws from them): exact resume restores them."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def gather_rng_states(device: torch.device, world: int) -> list[dict[str, Any]]:
-    """Every rank's `rng_state`, indexed by rank (a collective: all ranks must call it)."""
-    mine = rng_state(device)
-    if world == 1:
-        return [mine]
-    allstates: list[Any] = [None] * world
-    dist.all_gather_object(allstates, mine)
-    return allstates
-
-
-def ranks_in_sync(model: nn.Module, world: int) -> bool:
-    """Whether every rank ends with bit-identical weights (DDP's invariant; checked once at the end)."""
-    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
-    mine = torch.stack([flat.sum(), (flat * torch.arange(len(flat), device=flat.device)).sum()])
-    every = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(every, mine)
-    return all(torch.equal(e, every[0]) for e in every)
 
 
 def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str] | None:
@@ -104,11 +73,15 @@ def bf16_matmul_speedup(device: str | torch.device = "cpu") -> float:
     bf16 runs in hardware (GPUs; ~6 on a 2-core AMD EPYC with AVX512-BF16), below 1 where it is
     emulated: whether `wm eval precision=bf16` / GoalEnergy(dtype=torch.bfloat16) pays here.
     Measured once per process and device ("cpu" and torch.device("cpu") are one device)."""
+    import torch
+
     return _bf16_matmul_speedup(str(torch.device(device)))
 
 
 @functools.lru_cache(maxsize=None)
 def _bf16_matmul_speedup(device_name: str, reps: int = 8) -> float:
+    import torch
+
     import time
 
     device = torch.device(device_name)

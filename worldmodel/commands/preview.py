@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from worldmodel.config import ConfigError
-from worldmodel.dataset import load_dataset
-from worldmodel.video import write_video
+from worldmodel.data.dataset import load_dataset
+from worldmodel.report.video import write_video
 
 
 @dataclass

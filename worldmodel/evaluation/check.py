@@ -38,54 +38,17 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from worldmodel.config import check_output, save_resolved, to_dict
-from worldmodel.dataset import write_json_atomic
+from worldmodel.config import to_dict
+from worldmodel.evaluation.config import CheckConfig
+from worldmodel.io import check_output, save_resolved, write_json_atomic
 
 
-@dataclass
-class CheckConfig:
-    checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
-    data: str | None = None            # null: the training data's held-out episodes; a path: all its episodes
-    tasks: int = 100                   # (start, goal) windows scored
-    goal_offset: int = 25              # goal = the frame this many env steps after the start
-    decoys: int = 31                   # other tasks' recorded actions each task's own are ranked against
-    noise: list = field(default_factory=lambda: [0.1, 0.3, 1.0])   # noisy copies' stds (x half-range)
-    planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
-    batch: int = 50                    # tasks planned together
-    seed: int = 0                      # task windows and decoys (the planner has planner.seed)
-    plan: bool = True                  # also run the planner on every task (false: the model alone, fast)
-    grid: int = 8                      # tasks drawn in check.png
-    device: str = "auto"
-    out: str = "runs/check"
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        from worldmodel.checkpoint import require_checkpoint
-
-        require_checkpoint(self.checkpoint, "check")
-        for k in ("tasks", "goal_offset", "decoys", "batch"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if not self.noise or not all(isinstance(x, (int, float)) and x > 0 for x in self.noise):
-            raise ValueError(f"noise must be a list of stds > 0 (fractions of the action bounds' half-range), "
-                             f"e.g. noise=[0.1,0.3,1.0]; got {self.noise}")
-        if self.tasks < 2:
-            raise ValueError("tasks must be >= 2: each task's actions are ranked against other tasks'")
-        if self.planner:
-            from planners import planner_from_config
-
-            planner_from_config(self.planner)       # an unknown planner, key or value is refused here
-
-
-CONFIG, CONFIG_NAME = CheckConfig, "check"
 OUTPUTS = {"config.json", "results.json", "check.png"}   # what a check writes in out=
 
 
@@ -97,7 +60,7 @@ def origin(meta: dict | None) -> str:
 
 def same_origin(a: dict, b: dict) -> bool:
     """Whether two datasets' metadata name the same env or recorded system (True where either names none)."""
-    from worldmodel.evaluate import same_env
+    from worldmodel.evaluation.tasks import same_env
 
     if a.get("env") and b.get("env"):
         return same_env(b["env"], a)
@@ -109,8 +72,8 @@ def same_origin(a: dict, b: dict) -> bool:
 def load_episodes(cfg: CheckConfig, train_cfg: dict, history: int, frameskip: int) -> tuple[Any, str]:
     """The episodes to check on and a note saying which: the training data's held-out split (the
     same seeded split `wm train` validated on) unless `data=` names another recording."""
-    from worldmodel.clips import ClipSpec, split_episodes
-    from worldmodel.dataset import load_dataset
+    from worldmodel.data.clips import ClipSpec, split_episodes
+    from worldmodel.data.dataset import load_dataset
 
     dcfg = train_cfg.get("data") or {}
     train_path = dcfg.get("path")
@@ -186,12 +149,12 @@ def nearest_step(z: torch.Tensor, z_win: torch.Tensor, valid: torch.Tensor) -> t
     return d.masked_fill(~valid, float("inf")).argmin(1)
 
 
-def run(cfg: CheckConfig) -> dict[str, Any]:
-    from planners import Bounds, planner_from_config
-    from worldmodel.distributed import resolve_device
-    from worldmodel.checkpoint import load_checkpoint
-    from worldmodel.energy import GoalEnergy
-    from worldmodel.model import WorldModel
+def check(cfg: CheckConfig) -> dict[str, Any]:
+    from worldmodel.planners import Bounds, planner_from_config
+    from worldmodel.machine import resolve_device
+    from worldmodel.model.checkpoint import load_checkpoint
+    from worldmodel.model.energy import GoalEnergy
+    from worldmodel.model.world_model import WorldModel
 
     out = Path(cfg.out)
     replace = check_output(out, cfg.overwrite, OUTPUTS, "check")
@@ -384,7 +347,7 @@ def draw_grid(path: Path, pixels: np.ndarray, starts: np.ndarray, goals: np.ndar
     (without a plan: the first three)."""
     import imageio.v2 as iio
 
-    from worldmodel.video import label, side_by_side, upscale
+    from worldmodel.report.video import label, side_by_side, upscale
 
     def panel(row: int, text: str) -> np.ndarray:
         return label(upscale(pixels[row], size), text)

@@ -90,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"{path} is not a readable worldmodel checkpoint (torch.load with weights_only=True "
             f"failed: {first}). It may be truncated or corrupt, or not a checkpoint at all; "
-            f"re-save it with worldmodel.checkpoint.save_checkpoint.") from None
+            f"re-save it with worldmodel.model.checkpoint.save_checkpoint.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a torch file but not a worldmodel checkpoint (no format={FORMAT!r} marker); "

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldmodel.encoder import BNProjector, init_weights
+from worldmodel.model.encoder import BNProjector, init_weights
 
 # One cached token at one layer: key and value, each (B, 1 or S, heads, head_dim).
 KV = tuple[Tensor, Tensor]

@@ -8,7 +8,7 @@ planners.base.Energy: actions (B, S, Hz, chunk) in raw env units -> costs (B, S)
 dtype=torch.bfloat16 plans with a bfloat16 copy of the predictor and action encoder
 (WorldModel.planning_copy): the goal and history are still encoded in float32, the costs come back
 in float32. On CUDA that is about half the predictor's memory traffic and no weight casts per call.
-On a CPU it depends on the CPU (worldmodel.distributed.bf16_matmul_speedup measures it): a 2-core
+On a CPU it depends on the CPU (worldmodel.machine.bf16_matmul_speedup measures it): a 2-core
 AMD EPYC with AVX512-BF16 solved a LeWM-scale CEM plan 2.5-3x faster than in float32 (4.5x
 compiled), an Intel Xeon with AVX512-BF16 but no AMX more slowly (benchmarks/results/plan_latency_cpu.jsonl).
 """
@@ -18,8 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from planners.graph import StaticBuffers
-from worldmodel.model import WorldModel
+from worldmodel.planners.graph import StaticBuffers
+from worldmodel.model.world_model import WorldModel
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}   # precision= names -> the planning dtype
 
 
 def _tensor(x, device, dtype=None) -> Tensor:

@@ -3,7 +3,7 @@
 `RunLogger` writes one CSV row per logged step (train rows and eval rows share one wide table;
 missing cells stay empty) and mirrors every scalar to TensorBoard when it is installed. On resume it
 drops rows newer than the checkpoint, so replayed steps are not logged twice. Collapse diagnostics
-live in worldmodel/validation.py.
+live in worldmodel/training/validation.py.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 `wm collect` needs an env in `envs/`. A robot's control loop has none: it has camera frames and the
 commands it sent. `DatasetWriter` turns those into the same crash-safe dataset `wm collect` writes
-(meta.json + HDF5 shards, worldmodel/dataset.py), so `wm train data=...`, `wm inspect` and
+(meta.json + HDF5 shards, worldmodel/data/dataset.py), so `wm train data=...`, `wm inspect` and
 `wm preview` work on it unchanged.
 
-    from worldmodel.recorder import DatasetWriter
+    from worldmodel.data.recorder import DatasetWriter
 
     with DatasetWriter("data/arm", action_low=[-1, -1], action_high=[1, 1], control_hz=10,
                        image_size=64, name="my-arm") as w:
@@ -20,7 +20,7 @@ training's state probe (default: every coordinate as it is).
 - Crash safety: every `add_episode` is staged atomically at once; `close()` (or every
   `shard_every` episodes) packs staged episodes into a shard. A killed process loses at most the
   episode being added; `DatasetWriter(..., resume=True)` packs what was staged and appends after it.
-- Camera frames of another size: `worldmodel.video.fit_frame(frame, image_size)` (centre square,
+- Camera frames of another size: `worldmodel.report.video.fit_frame(frame, image_size)` (centre square,
   area-averaged), the same call at control time.
 - Refused, with the fix named: frames that are not (T, image_size, image_size, 3) uint8, actions
   with the wrong length or dimension, NaN/Inf values, actions outside the bounds (a dataset should
@@ -39,7 +39,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from worldmodel import dataset as D
+from worldmodel.data import dataset as D
+from worldmodel.io import write_json_atomic
 
 
 class DatasetWriter:
@@ -70,7 +71,7 @@ class DatasetWriter:
                      "action_dim": int(self.low.size), "frameskip": 1, "episodes": 0, **fixed,
                      "state_names": list(state_names) if state_names else None,
                      "proprio_names": list(proprio_names) if proprio_names else None, "key": key}
-        if pose_dims is not None:       # what the training's state probe reads (worldmodel.clips.pose_features)
+        if pose_dims is not None:       # what the training's state probe reads (worldmodel.data.clips.pose_features)
             if not set(angle_dims) <= set(pose_dims):
                 raise ValueError(f"angle_dims {list(angle_dims)} must be among pose_dims {list(pose_dims)}")
             self.meta["env_info"] = {"pose_dims": [int(d) for d in pose_dims],
@@ -106,7 +107,7 @@ class DatasetWriter:
                     self.meta.update(episodes=have.num_episodes, columns=sorted(have.available))
         self.out.mkdir(parents=True, exist_ok=True)
         self._next = max(D.committed_indices(self.out), default=-1) + 1
-        D.write_json_atomic(self.out / D.META, self.meta)
+        write_json_atomic(self.out / D.META, self.meta)
 
     def add_episode(self, pixels: np.ndarray, action: np.ndarray, state: np.ndarray | None = None,
                     proprio: np.ndarray | None = None) -> int:
@@ -118,7 +119,7 @@ class DatasetWriter:
         pixels = np.asarray(pixels)
         n = self.image_size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (n, n, 3) or len(pixels) < 2:
-            raise ValueError(f"pixels must be (T >= 2, {n}, {n}, 3) uint8 (fit camera frames with worldmodel.video.fit_frame(frame, {n})), "
+            raise ValueError(f"pixels must be (T >= 2, {n}, {n}, 3) uint8 (fit camera frames with worldmodel.report.video.fit_frame(frame, {n})), "
                              f"got {pixels.shape} {pixels.dtype}")
         T = len(pixels)
         action = np.asarray(action, np.float32)
@@ -158,7 +159,7 @@ class DatasetWriter:
         """Pack the staged episodes into a shard and update meta.json's episode count."""
         D.pack_shard(self.out, self._staged, self._attrs)
         self._staged = []
-        D.write_json_atomic(self.out / D.META, self.meta)
+        write_json_atomic(self.out / D.META, self.meta)
 
     def close(self) -> None:
         if not self._closed:

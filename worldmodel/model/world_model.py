@@ -2,68 +2,20 @@
 
 Trained end-to-end from pixels with a teacher-forced next-latent MSE (`loss`; optionally plus the
 error of an open-loop rollout over the clip, as the planner uses the predictor) plus SIGReg on the
-latents (worldmodel/sigreg.py, applied by the trainer). Planning uses `rollout` (or GoalEnergy in
-worldmodel/energy.py), which keeps a KV cache so each step costs one token per candidate.
+latents (worldmodel/model/sigreg.py, applied by the trainer). Planning uses `rollout` (or GoalEnergy in
+worldmodel/model/energy.py), which keeps a KV cache so each step costs one token per candidate.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldmodel.encoder import ViTEncoder
-from worldmodel.predictor import KV, ActionEncoder, Predictor
-
-
-@dataclass
-class ModelConfig:
-    """Architecture. YAML presets in configs/model/ set every field except action_dim (from data)."""
-
-    image_size: int = 64
-    patch_size: int = 8
-    enc_width: int = 192
-    enc_depth: int = 12
-    enc_heads: int = 3
-    enc_mlp: int = 768
-    latent_dim: int = 192
-    proj_hidden: int = 2048
-    action_dim: int = 2            # env action width A (filled from the dataset by the trainer)
-    frameskip: int = 5             # env steps per action chunk
-    history: int = 3               # predictor attention window (tokens)
-    pred_depth: int = 6
-    pred_heads: int = 16
-    pred_head_dim: int = 64
-    pred_mlp: int = 2048
-    pred_dropout: float = 0.1
-    action_embed: int = 10         # width of the 1x1 action map before the action MLP
-    action_hidden: int = 768       # hidden width of the action MLP
-    num_patches: int = field(init=False)
-    chunk_dim: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        positive = ["image_size", "patch_size", "enc_width", "enc_depth", "enc_heads", "enc_mlp",
-                    "latent_dim", "proj_hidden", "action_dim", "frameskip", "history", "pred_depth",
-                    "pred_heads", "pred_head_dim", "pred_mlp", "action_embed", "action_hidden"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
-                             f"model.patch_size {self.patch_size}")
-        if self.enc_width % self.enc_heads:
-            raise ValueError(f"model.enc_width {self.enc_width} must be divisible by "
-                             f"model.enc_heads {self.enc_heads}")
-        if not 0.0 <= self.pred_dropout < 1.0:
-            raise ValueError(f"model.pred_dropout must be in [0, 1), got {self.pred_dropout}")
-        self.num_patches = (self.image_size // self.patch_size) ** 2
-        self.chunk_dim = self.frameskip * self.action_dim
-
-    def to_dict(self) -> dict:
-        """Constructor arguments only (JSON-able), as stored in checkpoints."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("num_patches", "chunk_dim")}
+from worldmodel.model.config import ModelConfig
+from worldmodel.model.encoder import ViTEncoder
+from worldmodel.model.predictor import KV, ActionEncoder, Predictor
 
 
 class WorldModel(nn.Module):
@@ -221,7 +173,7 @@ class WorldModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> "WorldModel":
         """Rebuild the model (config + weights + action stats) from a checkpoint; returned in eval mode."""
-        from worldmodel.checkpoint import load_checkpoint
+        from worldmodel.model.checkpoint import load_checkpoint
 
         return cls.from_loaded(load_checkpoint(path, map_location=device), device, source=str(path))
 
@@ -229,7 +181,7 @@ class WorldModel(nn.Module):
     def from_loaded(cls, ckpt: dict, device: str | torch.device = "cpu", source: str = "checkpoint"
                     ) -> "WorldModel":
         """Same as from_checkpoint, from a dict `load_checkpoint` already returned (no second read)."""
-        from worldmodel.checkpoint import CheckpointError
+        from worldmodel.model.checkpoint import CheckpointError
 
         try:
             model = cls(ModelConfig(**ckpt["model_config"]))
@@ -245,7 +197,7 @@ def load_trained(path, device: str | torch.device = "cpu", env: str | None = Non
     """A `wm train` checkpoint's model (eval mode), the metadata of the dataset it was trained on,
     and the env to run it in (`env`, else the dataset's). Refused before any work: a checkpoint
     that names no env when none is given, a dataset whose image size is not the model's."""
-    from worldmodel.checkpoint import load_checkpoint
+    from worldmodel.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, map_location=device)
     meta = (ckpt.get("extra") or {}).get("dataset_meta") or {}

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from worldmodel.clips import ClipDataset
+from worldmodel.data.clips import ClipDataset
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, devi
     """val_pred, val_nochange, val_ratio, val_sigreg, std_mean, std_min, eff_rank (and
     val_open_loop, val_open_loop_ratio when n_preds >= 2) on up to `max_clips` clips spread evenly
     over `val` (the same clips every time)."""
-    from worldmodel.sigreg import sigreg
+    from worldmodel.model.sigreg import sigreg
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     m = min(len(val), max_clips)

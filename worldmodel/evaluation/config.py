@@ -1,0 +1,128 @@
+"""Typed configs of `wm eval`, `wm check` and `wm compare` (planner presets in configs/planner/). No torch."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+PRECISIONS = ("fp32", "bf16")    # eval precision=: the predictor's dtype while planning
+
+
+def valid_step_weights(weights: list[float], horizon: int) -> bool:
+    """GoalEnergy's step_weights: one finite weight >= 0 per planned chunk, not all 0."""
+    return len(weights) == horizon and all(math.isfinite(x) and x >= 0 for x in weights) and sum(weights) > 0
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
+    env: str | None = None             # null: the env of the checkpoint's training data
+    planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
+    episodes: int = 50
+    budget: int = 50                   # env steps per episode
+    goal_offset: int = 25              # goal = state this many steps after the start
+    horizon: int = 5                   # planned action chunks
+    receding_horizon: int = 5          # chunks executed before replanning (LeWM: the whole plan)
+    step_weights: list[float] | None = None   # null: the energy is the last planned chunk's distance to
+                                       # the goal (LeWM); one weight per chunk (horizon of them): the
+                                       # weighted sum over all steps, e.g. [1,1,1,1,1]
+    eval_seed: int = 1_000_003         # base seed of the held-out episodes (never a training seed)
+    policy: str | None = None          # held-out episodes' policy; null: the training data's
+    episode_len: int | None = None     # held-out episodes' length; null: the training data's
+    batch: int = 50                    # episodes planned together
+    time_budget_s: float | None = None # per-plan deadline (anytime planning); null: none
+    cuda_graph: bool = False           # replay each solve as one captured CUDA graph (CUDA only)
+    precision: str = "fp32"            # the predictor's dtype while planning: fp32 | bf16 (a bf16 copy:
+                                       # faster on GPUs and on CPUs that multiply bf16 in hardware, slower
+                                       # on others; on a CPU, wm eval says which this one is)
+    compile: bool = False              # torch.compile the energy (compiled before the first episode)
+    random_floor: bool = True          # also run uniform random actions on the same tasks
+    videos: int = 50                   # episodes that get a video (observation | goal)
+    device: str = "auto"
+    out: str = "runs/eval"
+    overwrite: bool = False
+    resume: bool = False               # continue a killed eval after its finished batches (progress.json)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from worldmodel.model.checkpoint import require_checkpoint
+
+        require_checkpoint(self.checkpoint, "eval")
+        if self.resume and self.overwrite:
+            raise ValueError("pass only one of resume=true (continue) / overwrite=true (start over)")
+        for k in ("episodes", "budget", "goal_offset", "horizon", "receding_horizon", "batch"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.receding_horizon > self.horizon:
+            raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
+        if self.step_weights is not None:
+            w = self.step_weights
+            if not valid_step_weights(w, self.horizon):
+                raise ValueError(f"step_weights={w}: one finite weight >= 0 per planned chunk, {self.horizon} "
+                                 f"of them (horizon={self.horizon}), not all 0; e.g. "
+                                 f"step_weights=[{','.join(['1'] * self.horizon)}], or null for the last chunk only")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0 seconds (or null: no deadline), got {self.time_budget_s}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.planner:
+            from worldmodel.planners import planner_from_config
+
+            planner_from_config(self.planner)       # an unknown planner, key or value is refused here
+
+
+@dataclass
+class CheckConfig:
+    checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
+    data: str | None = None            # null: the training data's held-out episodes; a path: all its episodes
+    tasks: int = 100                   # (start, goal) windows scored
+    goal_offset: int = 25              # goal = the frame this many env steps after the start
+    decoys: int = 31                   # other tasks' recorded actions each task's own are ranked against
+    noise: list = field(default_factory=lambda: [0.1, 0.3, 1.0])   # noisy copies' stds (x half-range)
+    planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
+    batch: int = 50                    # tasks planned together
+    seed: int = 0                      # task windows and decoys (the planner has planner.seed)
+    plan: bool = True                  # also run the planner on every task (false: the model alone, fast)
+    grid: int = 8                      # tasks drawn in check.png
+    device: str = "auto"
+    out: str = "runs/check"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from worldmodel.model.checkpoint import require_checkpoint
+
+        require_checkpoint(self.checkpoint, "check")
+        for k in ("tasks", "goal_offset", "decoys", "batch"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if not self.noise or not all(isinstance(x, (int, float)) and x > 0 for x in self.noise):
+            raise ValueError(f"noise must be a list of stds > 0 (fractions of the action bounds' half-range), "
+                             f"e.g. noise=[0.1,0.3,1.0]; got {self.noise}")
+        if self.tasks < 2:
+            raise ValueError("tasks must be >= 2: each task's actions are ranked against other tasks'")
+        if self.planner:
+            from worldmodel.planners import planner_from_config
+
+            planner_from_config(self.planner)       # an unknown planner, key or value is refused here
+
+
+@dataclass
+class CompareConfig:
+    """wm compare: several `wm eval` results on the same tasks, with paired tests against the first."""
+
+    runs: list[str] = field(default_factory=list)  # `wm eval` out= dirs, results.json or reproduce.py records
+    names: list[str] | None = None  # a label per run (repeat one to pool seeds); null: from the paths
+    out: str | None = None          # a directory for compare.json and compare.png; null: print only
+    planner_seeds: bool = False     # a reproduce.py record: all its (training seed, planner seed) evals
+    seeds: list[int] | None = None  # a reproduce.py record's training seeds to take; null: all it holds
+
+    def __post_init__(self) -> None:
+        from worldmodel.config import ConfigError
+
+        if len(self.runs) < 2:
+            raise ConfigError("compare needs two or more evaluations: wm compare runs/a/eval runs/b/eval")
+        if self.names is not None and len(self.names) != len(self.runs):
+            raise ConfigError(f"names has {len(self.names)} labels for {len(self.runs)} runs; give one per run")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ConfigError(f"seeds={self.seeds}: list the training seeds to take from each record once, "
+                              "e.g. seeds=[0], or leave it null for all")

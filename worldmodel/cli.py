@@ -35,6 +35,15 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _page(text: str) -> int:
+    """Print help text; a reader that leaves early (`wm train --help | head`) is no error."""
+    try:
+        print(text)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -42,26 +51,26 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_host_memory()            # CPU steps stop re-faulting their activations' pages
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
+        return _page(USAGE)
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"wm: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     from worldmodel import plugins
-    from worldmodel.config import ConfigError, compose, describe, load
+    from worldmodel.config import ConfigError, compose, load
+    from worldmodel.help import describe
 
     if any(a in ("-h", "--help") for a in args):         # with the overrides given (planner=icem --help)
         try:
             plugins.load()
-            values = compose(module.CONFIG_NAME, [a for a in args if "=" in a])
+            values = compose(module.CONFIG, module.CONFIG_NAME, [a for a in args if "=" in a])
         except ConfigError as e:
             print(f"wm {name}: config error: {e}", file=sys.stderr)
             return 2
-        print(f"wm {name}: {COMMANDS[name][1]}\n\nkeys (defaults from configs/{module.CONFIG_NAME}.yaml):")
-        print("\n".join(describe(module.CONFIG, values)))
-        return 0
+        text = "\n".join(describe(module.CONFIG, values))
+        return _page(f"wm {name}: {COMMANDS[name][1]}\n\nkeys ({module.CONFIG.__name__}'s defaults, with the "
+                     f"presets configs/{module.CONFIG_NAME}.yaml picks and your overrides):\n{text}")
     if name in ("inspect", "preview", "plot") and args and "=" not in args[0]:
         args = [f"path={args[0]}", *args[1:]]
     if name == "compare" and any("=" not in a for a in args):

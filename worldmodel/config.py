@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import inspect
 import re
 import types
 import typing
@@ -59,7 +58,7 @@ def _uses_group(config_name: str, group: str) -> bool:
     return group in _groups_used(config_name)
 
 
-def _rewrite_shorthands(config_name: str, overrides: list[str]) -> list[str]:
+def _rewrite_shorthands(schema: type, config_name: str, overrides: list[str]) -> list[str]:
     """Values that name no config of their group are shorthands:
     `env=Hopper-v5` -> `env=gym env.name=Hopper-v5` (any gymnasium MuJoCo id),
     `env=dm_control/walker-walk` -> `env=dmc env.name=dm_control/walker-walk` (a suite task) and
@@ -67,11 +66,10 @@ def _rewrite_shorthands(config_name: str, overrides: list[str]) -> list[str]:
     out = []
     for ov in overrides:
         key, _, value = ov.partition("=")
-        if key in ("env", "data") and value and _uses_group(config_name, key) and value not in group_options(key):
-            if key == "data":
-                out.append(f"data.path={value}")
-            else:
-                out += ["env=dmc" if value.startswith("dm_control/") else "env=gym", f"env.name={value}"]
+        if key == "data" and value and dataclasses.is_dataclass(_field_types(schema).get("data")):
+            out.append(f"data.path={value}")
+        elif key == "env" and value and _uses_group(config_name, key) and value not in group_options(key):
+            out += ["env=dmc" if value.startswith("dm_control/") else "env=gym", f"env.name={value}"]
         else:
             out.append(ov)
     return out
@@ -100,10 +98,32 @@ def _plugin_planner(config_name: str, overrides: list[str]) -> tuple[list[str], 
     return rest, group
 
 
-def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
-    """Compose configs/<config_name>.yaml with Hydra-style overrides into a plain dict."""
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def schema_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of dataclass `cls` as a plain dict (nested dataclasses too), read from its fields:
+    the one source of every command's root defaults, which the YAML in configs/ does not repeat."""
+    hints, out = _field_types(cls), {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]) and f.default is dataclasses.MISSING:
+            out[f.name] = schema_defaults(hints[f.name])
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def compose(schema: type, config_name: str, overrides: list[str]) -> dict[str, Any]:
+    """Compose `schema`'s defaults, the presets configs/<config_name>.yaml selects (model/, env/,
+    planner/, optim/) and Hydra-style overrides into a plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -112,13 +132,15 @@ def compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
         key, eq, _ = ov.partition("=")
         if not eq or not key or key.startswith("="):
             raise ConfigError(f"malformed override {ov!r}: write key=value, e.g. episodes=100")
-    overrides = _rewrite_shorthands(config_name, overrides)
+    overrides = _rewrite_shorthands(schema, config_name, overrides)
     overrides, plugin_planner = _plugin_planner(config_name, overrides)
     # A plain key that shares its name with a config group this config does not use (demo's
     # `env=tworoom`, `model=tiny`) would be read by Hydra as a group choice: apply it afterwards.
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not _uses_group(config_name, p.name)}
     late = [ov for ov in overrides if ov.partition("=")[0] in groups]
     overrides = [ov for ov in overrides if ov not in late]
+    # configs/<config_name>.yaml's defaults list starts with this node: the dataclass's own defaults
+    ConfigStore.instance().store(name=f"_{config_name}_defaults", node=schema_defaults(schema))
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
@@ -231,69 +253,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 def load(cls: type[T], config_name: str, overrides: list[str]) -> T:
     """compose + from_dict: the one way every command gets its config."""
-    return from_dict(cls, compose(config_name, list(overrides)))
+    return from_dict(cls, compose(cls, config_name, list(overrides)))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def _describe_planner(group: dict[str, Any], prefix: str) -> list[str]:
-    """The planner group's keys with the registered planner's types and notes (its YAML's values)."""
-    from worldmodel.planners import PLANNERS
-
-    cls = PLANNERS.get(group["name"])
-    head = f"  {prefix}name = {group['name']}"
-    head = f"{head:<44}  # planner=NAME picks one: {', '.join(group_options('planner'))}, or a plugin's;"
-    lines = [head, f"{'':<44}  # `wm ... planner=NAME --help` lists its keys"]
-    if not dataclasses.is_dataclass(cls):
-        return lines + [f"  {prefix}{k} = {v}" for k, v in group.items() if k != "name"]
-    return lines + describe(cls, group, prefix)
-
-
-def _field_comments(cls: type) -> dict[str, list[str]]:
-    """The trailing `# comment` of each field line in the dataclass source (a base class's where the
-    subclass has none), with the comment-only lines that continue it (`--help`, one entry per line)."""
-    field = r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$((?:\n[ \t]+#.*)*)"
-    notes: dict[str, list[str]] = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
-        try:
-            src = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        notes.update({m[1]: [m[2].strip(), *(ln.strip().lstrip("#").strip() for ln in m[3].splitlines()
-                                            if ln.strip())] for m in re.finditer(field, src, flags=re.M)})
-    return notes
-
-
-def describe(cls: type, values: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
-    """Lines `key: type = value  # what it does` for `--help`; values from the composed YAML where given."""
-    lines = []
-    hints = typing.get_type_hints(cls)
-    notes = _field_comments(cls)
-    values = values or {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += describe(tp, values.get(f.name), f"{prefix}{f.name}.")
-            continue
-        if f.name in values:
-            value = values[f.name]
-        elif f.default is not dataclasses.MISSING:
-            value = f.default
-        else:
-            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>"
-        if f.name == "planner" and isinstance(value, dict) and value.get("name"):
-            lines += _describe_planner(value, f"{prefix}{f.name}.")
-            continue
-        if isinstance(value, dict) and value:
-            lines += [f"  {prefix}{f.name}.{k} = {v}" for k, v in value.items()]
-            continue
-        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        line = f"  {prefix}{f.name}: {tname} = {value}"
-        first, *more = notes.get(f.name) or [None]
-        lines.append(line if first is None else f"{line:<44}  # {first}")
-        lines += [f"{'':<44}  # {text}" for text in more]
-    return lines

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from worldmodel.data.clips import action_problems
 from worldmodel.config import ConfigError
 from worldmodel.data.dataset import load_dataset
 
@@ -77,6 +76,8 @@ def episode_metrics(meta: dict[str, Any], ds: Any) -> dict[str, dict[str, float]
 def inspect(path: str | Path, metrics: bool = True) -> dict[str, Any]:
     """Summary dict of the dataset at `path` (no pixels are loaded)."""
     path = Path(path)
+    from worldmodel.data.clips import action_problems
+
     ds = load_dataset(path, columns=("action", "state", "proprio"))
     meta = ds.meta
     lens = ds.ep_len

@@ -13,7 +13,7 @@ from worldmodel.model.sigreg import sigreg
 
 
 def reference_sigreg(z: torch.Tensor, dirs: torch.Tensor, num_knots: int = 17, t_max: float = 3.0) -> torch.Tensor:
-    """Float64, loop-based Epps-Pulley statistic written from the definition (REFERENCE.md):
+    """Float64, loop-based Epps-Pulley statistic written from its definition:
     N * integral_{-t_max}^{t_max} |ecf(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt (trapezoid), mean over
     directions and time steps."""
     z, dirs = z.double(), dirs.double()

@@ -22,7 +22,8 @@ from worldmodel.training.logger import read_metrics
 from worldmodel.model.world_model import ModelConfig, WorldModel
 from worldmodel.training.step import build_optimizer, clip_loss, train_step
 from worldmodel.training.config import TrainConfig
-from worldmodel.training.trainer import DivergedError, check_resume, train
+from worldmodel.training.run_dir import check_resume
+from worldmodel.training.trainer import DivergedError, train
 
 REPO = Path(__file__).resolve().parent.parent
 # A model small enough for ~10 ms steps on 2 CPU cores (16 px frames, 4 patches, 1+1 blocks).

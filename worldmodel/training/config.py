@@ -47,8 +47,8 @@ class TrainConfig:
     sigreg_knots: int = 17
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32 (bf16 autocast; on a CPU
-                                     # with bf16 hardware 1.78x faster, and wm train says so)
+    precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32 (bf16 autocast; faster
+                                     # on a CPU with bf16 hardware, and wm train says so there)
     compile: bool = False
     compile_mode: str = "default"    # torch.compile mode; reduce-overhead adds CUDA graphs (one GPU only)
     threads: int = 0                 # torch intra-op CPU threads (0: torch's default)

@@ -1,8 +1,7 @@
 """One optimisation step of `wm train`: the loss module, the LR schedule, the optimiser, autocast,
 and `train_step` itself (forward, SIGReg, backward, clip, AdamW, LR step; no host sync).
 
-`wm train` (worldmodel/training/trainer.py) runs it in its loop; benchmarks/train_speed.py, train_profile.py
-and roofline.py time exactly this code.
+The `Trainer` (trainer.py) runs it in its loop; the training benchmarks time exactly this code.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from worldmodel.training.config import CUDA_GRAPH_MODES
 
 if TYPE_CHECKING:
     from worldmodel.training.config import TrainConfig
-
 
 
 class _ClipLoss(nn.Module):
@@ -57,7 +55,8 @@ def step_seed(seed: int, step: int) -> int:
 
 def compile_loss(loss_mod: nn.Module, mode: str) -> nn.Module:
     """torch.compile the training computation. The CUDA-graph modes replay the whole compiled step
-    with one launch instead of its ~1,500 kernel launches (lewm preset), which bound it on a GPU."""
+    with one launch instead of one per kernel: a step of many small kernels is bound by their
+    launches on a GPU."""
     return torch.compile(loss_mod, mode=None if mode == "default" else mode)
 
 
@@ -74,9 +73,9 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
 
     SIGReg's statistic is N x a squared distance, so its pull toward the Gaussian grows with the
     batch. Each accumulated batch's statistic enters the loss scaled by accum_steps, i.e. counted at
-    the step's N = batch_size x accum_steps, so accumulating keeps the full batch's pull. Measured on
-    TwoRoom (README): 4 x 32 accumulated this way planned 36/50 like batch 128's 35/50; unscaled
-    (the pull of batch 32) 19/50. The returned sigreg is the unscaled per-batch statistic.
+    the step's N = batch_size x accum_steps, so accumulating keeps the full batch's pull (unscaled,
+    it would pull like the small batch, and the README shows planning suffers). The returned sigreg
+    is the unscaled per-batch statistic.
     """
     from worldmodel.model.sigreg import sigreg
 

@@ -1,24 +1,10 @@
 """Validation of a world model on held-out clips, with collapse diagnostics.
 
 The prediction loss alone cannot tell learning from collapse (a constant encoder predicts itself
-perfectly), so it is always reported next to:
-  - the "predict no change" baseline mse(z_t, z_{t+1}) with the same encoder: a useful model beats it;
-  - with clips of n_preds >= 2, the open-loop error (`val_open_loop`: the predictor rolled out on its
-    own outputs over the n_preds chunks, as the planner runs it) and its ratio to holding the last
-    observed latent over the same chunks (`val_open_loop_ratio`);
-  - the SIGReg statistic of the held-out latents (small when they look isotropic Gaussian);
-  - per-dimension std (mean, min) and the effective rank of the embedding matrix
-    (exp of the entropy of its normalised singular values; 1 = collapsed to a line, D = isotropic);
-  - where the data has a `state` column, a linear state probe (`probe_r2`): how much of the
-    pose (the env's `pose_dims`: positions, angles as sin/cos; `clips.pose_features`) a linear map
-    reads off the latents on held-out episodes. A model can predict its own latents well while they
-    barely hold the state (measured on TwoRoom, `tiny` after 2,000 CPU steps: prediction 0.028 x
-    the no-change baseline, yet a linear read-out of the agent's position off by ~0.6 m in a 2 m
-    arena), and then planning on latent distances is weak; the probe shows it. The state is only
-    read to score, never to train. (Before 2026-11-23 the probe read the raw state, velocities and
-    wrapping angles included; benchmarks/state_probe.py compares the two readings.)
-Under torch.distributed every rank evaluates its slice of the same fixed clip subset and the
-results are reduced, so all ranks return identical numbers.
+perfectly), so `evaluate` reports it next to the "predict no change" baseline, the open-loop error
+(n_preds >= 2), the SIGReg statistic, per-dimension std, effective rank and, where the data has
+states, a linear state probe. Under DDP every rank evaluates its slice of the same fixed clips and
+the results are reduced, so all ranks return identical numbers.
 """
 from __future__ import annotations
 
@@ -36,9 +22,13 @@ from worldmodel.data.clips import ClipDataset
 @torch.no_grad()
 def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, device: torch.device,
              amp: Any, sigreg_directions: int = 1024, sigreg_knots: int = 17) -> dict[str, float]:
-    """val_pred, val_nochange, val_ratio, val_sigreg, std_mean, std_min, eff_rank (and
-    val_open_loop, val_open_loop_ratio when n_preds >= 2) on up to `max_clips` clips spread evenly
-    over `val` (the same clips every time)."""
+    """Held-out metrics on up to `max_clips` clips spread evenly over `val` (the same clips every time):
+
+    val_pred, val_nochange (mse(z_t, z_{t+1}) with the same encoder: a useful model beats it),
+    val_ratio, val_sigreg, std_mean, std_min, eff_rank; with n_preds >= 2 val_open_loop (the
+    predictor rolled out on its own outputs, as the planner runs it) and val_open_loop_ratio (to
+    holding the last observed latent); probe_r2 where the data has states (`state_probe`).
+    """
     from worldmodel.model.sigreg import sigreg
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -92,7 +82,9 @@ def evaluate(model: Any, val: ClipDataset, max_clips: int, batch_size: int, devi
 @torch.no_grad()
 def state_probe(z: torch.Tensor, states: np.ndarray, ridge: float = 1e-3) -> dict[str, float]:
     """Ridge-regress the state from the latents: fit on the first half of the clips, score R^2 on
-    the second (clips are ordered by episode, so the halves share few episodes).
+    the second (clips are ordered by episode, so the halves share few episodes). A model can predict
+    its own latents well while they barely hold the state, and then planning on latent distances is
+    weak: the probe shows it. The state is only read to score, never to train.
 
     z (M, T, D), states (M, T, F) -> probe_r2: mean R^2 over the features that vary in the scored
     half (the pose features of `ClipDataset.frame_states`, or raw states for data without a pose record).
@@ -124,8 +116,7 @@ def embedding_diagnostics(z: torch.Tensor) -> dict[str, float]:
     std_mean / std_min: per-dimension standard deviation (SIGReg drives it towards 1);
     eff_rank: exp(entropy of the normalised singular values of the centred embedding matrix),
     between 1 (all embeddings on a line) and D (isotropic). It ignores scale, so read it with the
-    std: a collapsed encoder's leftover numerical noise can look high-rank (measured without
-    SIGReg on TwoRoom: eff_rank 52.7 at std_mean 2e-5).
+    std: a collapsed encoder's leftover numerical noise can look high-rank.
     """
     x = z.reshape(-1, z.shape[-1]).float()                                # (N, D)
     std = x.std(dim=0)                                                    # (D,)
@@ -144,9 +135,8 @@ def recalibrate_batchnorm(model: Any, clips: ClipDataset, batches: int, batch_si
     """Recompute every BatchNorm's running statistics for the current weights.
 
     BatchNorm's running averages lag an encoder that is still moving, and eval mode (planning,
-    validation) uses them: measured on TwoRoom at step 250, the held-out prediction loss was 6.1 with
-    the lagging statistics and 0.43 after recalibration (0.45 with batch statistics). So before each
-    validation and checkpoint the statistics are re-estimated as a plain average over `batches`
+    validation) uses them, so a model looks far worse held out than it is. Before each validation
+    and checkpoint the statistics are therefore re-estimated as a plain average over `batches`
     training batches (dropout off, no gradients). Deterministic in `seed`; training itself is
     unaffected (train mode normalises with batch statistics).
     """
@@ -172,13 +162,13 @@ def recalibrate_batchnorm(model: Any, clips: ClipDataset, batches: int, batch_si
 
 
 COLLAPSED_STD = 1e-3   # held-out per-dim std (mean) below this: the encoder ignores its input
-SHRUNK_STD = 0.1       # below this SIGReg is not holding the latents near unit scale (healthy runs: ~0.9-1)
+SHRUNK_STD = 0.1       # below this SIGReg is not holding the latents near unit scale
 
 
 def collapse_note(metrics: dict[str, float]) -> str:
     """A warning for the validation line when the latents collapse or shrink. The effective rank is
-    blind to scale: Push-T trained with sigreg_weight=0 kept eff_rank 178/192 while its latents
-    shrank to std 0.03 and planning fell to the random floor."""
+    blind to scale (latents can shrink while keeping a high rank, and planning then fails), so the
+    std decides."""
     std = metrics["std_mean"]
     if std < COLLAPSED_STD:
         return " COLLAPSED: latents ~constant (raise sigreg_weight)"

@@ -5,7 +5,7 @@ import inspect
 import itertools
 
 from worldmodel.cli import COMMANDS, main
-from worldmodel.training.trainer import TrainConfig
+from worldmodel.training.config import TrainConfig
 
 
 def test_usage_and_unknown_command(capsys):

@@ -59,7 +59,7 @@ def test_windows_hold_history_goal_and_moving_scene(tmp_path):
 
 
 def test_rank_auc_counts_ties_half():
-    from worldmodel.evaluation.check import rank_auc
+    from worldmodel.evaluation.check_scoring import rank_auc
 
     e_true = torch.tensor([1.0, 1.0, 5.0])
     e_other = torch.tensor([[2.0, 3.0], [1.0, 0.5], [1.0, 2.0]])              # first, tie + beaten, last

@@ -1,13 +1,15 @@
-"""Files the toolkit writes: atomic JSON, exclusive locks, a command's output directory.
+"""Files the toolkit writes: atomic JSON, exclusive locks, a command's output directory and summary.
 
 Everything here writes by temp file + rename, so a reader never sees a partial file, and refuses
-before any work rather than clobber what another command (or the user) wrote.
+before any work rather than clobber what another command (or the user) wrote. No torch.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,46 @@ def check_output(out: Path, overwrite: bool, writes: set[str], command: str) -> 
                               f"which `wm {command}` does not write: overwrite=true replaces only an earlier "
                               f"`wm {command}` output, never other files. Choose another out=")
     return True
+
+
+class OutputDir:
+    """A command's out= directory, in two steps around the command's refusals: `prepare()` before any
+    work refuses an out= the command may not write (`check_output`), `open(cfg)` after the last
+    refusal deletes the earlier output being replaced, creates the folder and saves the resolved
+    config (config.json). A refused run leaves out= as it found it."""
+
+    def __init__(self, path: str | os.PathLike, command: str, writes: set[str], overwrite: bool) -> None:
+        self.path, self.command, self.writes, self.overwrite = Path(path), command, set(writes), overwrite
+        self._replace: bool | None = None          # None: not prepared yet
+
+    def prepare(self, resuming: bool = False) -> OutputDir:
+        """Refuse an out= this command may not write. `resuming`: out= holds this command's unfinished
+        run, to be continued: neither checked nor replaced."""
+        self._replace = not resuming and check_output(self.path, self.overwrite, self.writes, self.command)
+        return self
+
+    def open(self, cfg: Any) -> Path:
+        """After the last refusal: replace an earlier output, create out= and write config.json."""
+        if self._replace is None:
+            raise RuntimeError(f"OutputDir({self.path}).open() before prepare(): nothing was checked")
+        if self._replace:
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, self.path)
+        return self.path
+
+
+def write_summary(out: Path, summary: dict[str, Any], picture: str, draw: Callable[[dict[str, Any], Path], Any],
+                  line: str, supersedes: Iterable[str] = ()) -> Path:
+    """A command's last step: `summary` as out/results.json (atomically), then the files it
+    supersedes deleted (an unfinished run's progress), `picture` drawn by draw(summary, path) (a
+    picture that cannot be drawn only warns: the results are on disk), and `line` printed with where
+    both are. Returns the results.json path."""
+    from worldmodel.report.plots import safe_draw
+
+    results = write_json_atomic(out / "results.json", summary)
+    for name in supersedes:
+        (out / name).unlink()
+    safe_draw(draw, summary, out / picture)
+    print(f"{line}; results in {results}, picture in {out / picture}")
+    return results

@@ -1,24 +1,10 @@
-"""`wm compare A B ...`: evaluations of the same tasks side by side, with paired tests.
+"""`wm compare A B ...`: `wm eval` results of the same tasks side by side, with paired tests.
 
-    wm compare runs/a/eval runs/b/eval                     # the first is the baseline
-    wm compare runs/*/eval names=[cem,icem,mppi] out=runs/cmp   # + compare.json, compare.png
-    wm compare runs/a/seed{0,1,2}/eval runs/b/seed{0,1,2}/eval names=[a,a,a,b,b,b]   # seeds pooled
-    wm compare benchmarks/results/reacher_cpu_batch128.json benchmarks/results/reacher_cpu_steps6000.json
-                                       # two reproduce.py records (results-table rows), seeds pooled
-
-Two checkpoints, planners or recipes evaluated by `wm eval` on the same tasks (same held-out
-episodes, start steps, goal offset and budget) differ only where one solved a task the other did
-not. The exact McNemar test counts those discordant tasks; it is sharper than comparing two Wilson
-intervals, which may overlap while the paired p is small. Tasks are matched by (held-out episode
-seed, start step), so evaluations of different lengths are compared on the tasks they share. Runs
-given the same name are the training seeds of one recipe: pooled, and paired seed by seed with the
-other names' runs, so the test counts discordant tasks over every seed (pooled runs also get the
-unpaired two-proportion z-test of the two rates). Evaluations that posed
-different tasks (another env, env kwargs, goal offset, budget or held-out policy) are refused
-before anything is printed. A benchmarks/reproduce.py record (a row of the results table) counts as
-its training seeds under one name, so rows are compared from their committed JSON alone
-(`planner_seeds=true`: every (training seed, planner seed) eval the record holds; `seeds=[0]`: only
-the training seeds listed, e.g. to set a one-seed record beside seed 0 of a three-seed one).
+Tasks are matched by (held-out episode seed, start step); the exact McNemar test against the first
+run counts the tasks one run solved and the other did not. Runs given the same name (a recipe's
+training seeds) are pooled and paired seed by seed. Evaluations that posed different tasks (env,
+env kwargs, goal offset, budget, held-out policy) are refused before anything is printed. A
+benchmarks/reproduce.py record counts as its training seeds under one name.
 """
 from __future__ import annotations
 
@@ -33,8 +19,6 @@ from worldmodel.evaluation.stats import mcnemar, percentile, two_proportion, wil
 COMPARE_JSON, COMPARE_PNG = "compare.json", "compare.png"
 # Protocol fields that change what a task is; a results.json lacking one (an older file) is not checked on it.
 SAME_TASKS = ("budget", "goal_offset", "policy", "episode_len", "env_kwargs")
-
-
 
 
 def load_results(path: str | os.PathLike, planner_seeds: bool = False,

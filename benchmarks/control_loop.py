@@ -1,21 +1,15 @@
 """Real-time goal reaching: `wm eval`'s tasks, one robot at a time, through the robot-stack path.
 
-Each task (the same held-out starts and goals as `wm eval`, same eval_seed) is run by
-`ControlLoop(MPCController(...), env, hz)` at a fixed rate in wall-clock time: one env (no batch),
-the planner in a background thread (`async_lead`), the loop sleeping between ticks and counting
-overruns. The run stops when the env's success test holds (the protocol's "at any step") or after
-the step budget. Against `--reference` (the checkpoint's offline `wm eval` results.json, planned
-with no clock) each row gets the exact McNemar test on the tasks both ran.
+Each of `wm eval`'s tasks is run by `ControlLoop(MPCController(...), env, hz)` at a fixed
+wall-clock rate, one env at a time, the planner in a background thread (`async_lead`), until the
+env's success test holds or the step budget runs out. `--reference` (the checkpoint's offline
+`wm eval` results.json) adds the exact McNemar test on the tasks both ran.
 
     python -m benchmarks.control_loop --checkpoint runs/demo/train/best.pt --planner icem_cpu \
         --hz 10 --async-lead 5 --episodes 20 --reference runs/demo/eval/results.json
 
-Replanning after every chunk with the every-chunk energy (README, "The energy"):
-`--receding-horizon 1 --step-weights 1 1 1 1 1 --async-lead 2` (async_lead is at most half of the
-receding_horizon * frameskip actions each plan yields).
-
-stdout: one JSON line per run (success, per-task outcomes, loop rate and overruns, planning
-latency, async stalls, deadline misses); --json also writes it (appends a line).
+stdout: one JSON line per run (success, outcomes, loop rate, overruns, latency, stalls); --json
+also appends it to a file.
 """
 from __future__ import annotations
 

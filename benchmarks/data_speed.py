@@ -3,7 +3,6 @@
 Builds (or takes, --data PATH) a dataset of 64 px frames, then measures 4-frame clips (history 3 +
 1 prediction, frameskip 5) in batches of 128: the bare `ClipDataset.get_batch` gather, and the
 `ClipLoader` with its prefetch thread. Prints one JSON line per figure (median of --repeats runs).
-Target: >= 20,000 clips/s on a 2-core CPU (REFERENCE.md: LeWM's HDF5 loader ~1,400, Lance ~4,800).
 
     python -m benchmarks.data_speed [--data PATH] [--episodes 200] [--seconds 2]
 """

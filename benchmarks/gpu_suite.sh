@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README on one CUDA machine, each stage with its own time limit, into one
+# The GPU figures of docs/speed.md and docs/results.md on one CUDA machine, each stage with its own time limit, into one
 # folder (<stage>.jsonl: the JSON lines it printed; <stage>.log; result files; summary.tsv: stage,
 # exit status, seconds); a failed or timed-out stage is recorded and the next one runs.
 #
@@ -104,7 +104,7 @@ run_env() {  # run_env ENV[@LR]: the full recipe (at learning rate LR if given) 
         --out "$OUT/runs/$name/planners" --json "$OUT/planner_table_${name}_full_steps${steps}.json" || rc=$?
     # the controller's CUDA-graph path on the same 50 tasks (LeWM's CEM): with the fp32 and the bf16
     # predictor (success and plan latency), and at planner seeds 1 and 2 (a seed alone moves a 50-task
-    # eval by ~6 tasks: benchmarks/results/ANALYSIS.md)
+    # eval by several tasks: docs/analysis.md)
     local p ev extra evs=()
     for p in fp32 bf16 seed1 seed2; do
         case $p in

@@ -1,32 +1,17 @@
 """Latent geometry: does the goal energy grow with the distance to the goal, and how far out?
 
-Planning minimises ||z_hat - z_goal||^2, so it can only steer toward a goal from as far away as the
-latent distance keeps growing with the true distance. This script renders goal images of held-out
-expert states, moves chosen state coordinates (default: the first two, TwoRoom's agent x, y;
-Push-T's pusher) by a fixed displacement in a random direction, and reports the median squared
-latent distance per displacement next to that of unrelated state pairs. A distance that saturates
-near the random-pair level at small displacements means an energy that is flat beyond them.
+Planning can only steer toward a goal from as far as the latent distance keeps growing with the
+true distance. This script displaces chosen state coordinates of held-out expert states and
+reports the median squared latent distance per displacement next to that of unrelated pairs, with
+two references: the same on the rendered pixels (what the encoder could have seen), and the
+predictor's open-loop error up to the planning horizon. With `--tolerance` (the env's success
+radius in those coordinates) `resolution_ratio` = that error at the horizon / the energy of a
+tolerance-sized displacement: above 1, success is lost in the model's error.
 
     python -m benchmarks.latent_geometry --checkpoint runs/demo/train/best.pt
     python -m benchmarks.latent_geometry --checkpoint runs/pusht/best.pt --dims 2 3 --scales 0.02 0.05 0.1
 
-Two references put those numbers in context:
-- pixels: the same displacements measured on the rendered images themselves (median squared pixel
-  distance, as a fraction of unrelated pairs'). A displacement the pixels show plainly but the
-  latents barely register is lost by the encoder, not by the image resolution.
-- rollout error: the predictor run open loop from held-out frames with the actions that were really
-  taken, chunk by chunk up to `--horizon` chunks (the planning horizon), against the encoded true
-  frames, as a fraction of unrelated pairs ("no_change": the last observed latent held fixed). When
-  the error at the planning horizon is larger than the energy of a displacement, the planner cannot
-  tell plans that end that far apart: the model's resolution, not the optimiser's. With
-  `--tolerance` (the success radius in the displaced coordinates: TwoRoom 0.157 m on dims 0 1,
-  Push-T 0.039 m on the block, dims 2 3, Reacher 0.05 rad on dims 0 1) the script reports
-  `resolution_ratio` = that error at the horizon / the energy of a tolerance-sized displacement:
-  well below 1, success is visible to the planner through the model; above 1, it is lost in the
-  model's error.
-
-stdout: one JSON line. The states come from expert rollouts with seeds never used for training
-(the eval seeds); only images are encoded, the model never sees a state.
+stdout: one JSON line. Only images are encoded; the states come from eval-seed rollouts.
 """
 from __future__ import annotations
 

@@ -1,27 +1,12 @@
 """Oracle ceilings: what the planner achieves on `wm eval`'s own tasks when prediction is perfect.
 
-A world model's success rate mixes three things: whether the protocol's tasks can be solved by
-this planner at all (horizon, budget, CEM's search), whether the model's goal energy points the
-right way, and whether its predictor foresees what actions do. This script swaps the learned
-parts for the simulator, one at a time, on exactly the tasks `wm eval` scored:
-
-  state   simulator dynamics (envs.sim_rollout) + the env's own success measure of the predicted
-          final state (`goal_error`): the ceiling of planner + protocol. No model involved.
-  latent  simulator dynamics + the model's energy on what the simulator would show: the encoder's
-          squared latent distance between the rendered final state and the goal image. Below
-          `state`: the encoder's energy is misleading; near `state` and far above `wm eval`: the
-          predictor is what fails.
-
-Everything else is `wm eval`'s: the same held-out tasks (eval seed, policy, episode length, goal
-offset), budget, horizon and receding horizon, the same MPCController (chunking, warm start) and
-planner settings (`--samples` / `--iterations` change them, to look quickly or to ask whether more
-search would solve what failed; the JSON says so; `--planner icem|mppi` swaps the planner at the
-eval's compute, as benchmarks/planner_table.py counts it). `--state-cost sumsq` scores the state
-oracle by the sum of the criterion's squared errors instead of their max: a smooth distance, as
-the latent energy is. The planner still only sees an energy; the oracle's energy reads simulator state.
+The learned parts are swapped for the simulator, one at a time, on exactly the tasks, budget and
+controller `wm eval` used: `state` plans on simulator dynamics scored by the env's own success
+measure (the ceiling of planner + protocol, no model); `latent` plans on simulator dynamics scored
+by the model's encoder energy on the rendered states. Below `state`, the encoder's energy misleads;
+near it and far above `wm eval`, the predictor is what fails.
 
     python -m benchmarks.oracle_ceiling --eval runs/pusht/eval/results.json           # state + latent
-    python -m benchmarks.oracle_ceiling --eval ... --costs state --planner icem --state-cost sumsq
     python -m benchmarks.oracle_ceiling --env pusht --costs state --episodes 20       # no model
 
 stdout: one JSON line (bench "oracle_ceiling"); --json also writes it to a file.
@@ -41,7 +26,7 @@ import torch
 
 
 class SimEnergy:
-    """planners.mpc.GoalEnergyLike on the simulator. Observations and goals are env states (B, S);
+    """planners.goal.GoalEnergyLike on the simulator. Observations and goals are env states (B, S);
     a candidate's cost is `cost(final states (N, S), goal states (N, S)) -> (N,)` of the state the
     simulator reaches at the end of its action chunks."""
 

@@ -1,33 +1,12 @@
 """Latency of one full planning solve at LeWM scale, through the real predictor and GoalEnergy.
 
-The world model has LeWM's predictor (6 AdaLN blocks, 16 heads x 64, MLP 2048, latent 192,
-history 3; random weights, eval mode); the solve is CEM 300 samples x 30 iterations x horizon 5
-chunks of 5 x 2 actions (all configurable). The observation history is encoded once, outside the
-timed region, as a controller does once per plan; the timed region is exactly `planner.solve`.
-
-Prints one JSON line per (planner, dtype) config:
-  {"bench": "plan_latency", "device", "dtype", "planner", "samples", "iterations", "horizon",
-   "median_ms", "p95_ms", "runs", "first_solve_s" (the untimed first solve: with --compile or
-   --cuda-graph, compilation / capture included; 0 with --warmup 0), ...}
-With --profile also the split between the energy (predictor) and the planner's own work. With
---count-ops also how many ops (kernel launches: not views or allocations) one eager solve computes,
-in all and by op; with --roofline that too, and benchmarks/roofline.py's two floors for one (eager)
-solve: its FLOP count over this device's rate on a large square matmul in the same dtype (2048^3 on
-the CPU, 8192^3 on CUDA), and the "op floor", the solve's own matmul / attention calls each replayed
-alone and summed.
+The model has LeWM's predictor (random weights, eval mode); the solve defaults to CEM 300 samples x
+30 iterations x horizon 5. The history is encoded outside the timed region, which is exactly
+`planner.solve`. Prints one JSON line per (planner, dtype): "median_ms", "p95_ms", "first_solve_s"
+(the untimed first solve, compilation or capture included), ...
 
   python -m benchmarks.plan_latency                       # CPU, float32
-  python -m benchmarks.plan_latency --device cuda --dtype float32,bfloat16 --cuda-graph
-CPU option: int8 = the predictor's Linear layers dynamically quantized (torch.ao quantize_dynamic),
-with "final_cost_fp32" the float32 energy of the plan it returns (also for bfloat16_weights).
-bfloat16 = autocast around each energy call (the planner itself stays float32): it casts every
-weight at every call, and under --cuda-graph (its cast cache off) at every use; bfloat16_weights =
-GoalEnergy(dtype=torch.bfloat16): the predictor as a bf16 copy, what `wm eval precision=bf16` plans
-with (no weight casts), costs in float32. Both also run on the CPU.
-CUDA option: --cuda-graph captures the whole solve as one CUDA graph and replays it.
---compile (CPU or CUDA) times GoalEnergy(compile=True), what `wm eval compile=true` runs:
-torch.compile of each call (compiled in the untimed warm-up; counts and roofline stay eager); with
-bfloat16_weights on the CPU the bf16 copy's weights are frozen into the compiled code.
+  python -m benchmarks.plan_latency --device cuda --dtype float32,bfloat16_weights --cuda-graph
 """
 from __future__ import annotations
 
@@ -192,7 +171,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32",
-                    help="comma list: float32,bfloat16 (autocast),bfloat16_weights,int8 (CPU only)")
+                    help="comma list: float32, bfloat16 (autocast around each energy call), "
+                         "bfloat16_weights (GoalEnergy(dtype=torch.bfloat16), what `wm eval precision=bf16` "
+                         "plans with), int8 (CPU only: dynamically quantized predictor linears)")
     ap.add_argument("--planner", default="cem", help="comma list: cem,icem,mppi,gradient")
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--iterations", type=int, default=30)
@@ -207,7 +188,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--cuda-graph", action="store_true")
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="GoalEnergy(compile=True), compiled in the warm-up")
     ap.add_argument("--profile", action="store_true", help="also split energy vs planner time")
     ap.add_argument("--roofline", action="store_true",
                     help="also the solve's FLOPs, its FLOP rate, this device's matmul rate "

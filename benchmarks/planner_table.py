@@ -1,28 +1,12 @@
 """Planners at equal compute: `wm eval` with CEM, iCEM, MPPI and gradient on one checkpoint, each
-given the same number of energy evaluations (action sequences scored) per plan.
+given the same number of energy evaluations (action sequences scored) per plan (`equal_compute`).
 
     python -m benchmarks.planner_table --checkpoint runs/repro/tworoom_cpu/seed0/train/best.pt
     python -m benchmarks.planner_table --checkpoint ... --budget-sequences 3000 --planners cem icem
 
-Equivalence (per plan and per episode; `--budget-sequences` B, default 9000 = LeWM's CEM 300 x 30):
-  cem       iterations 30 (LeWM), samples = B / 30, elites 30.
-  mppi      iterations 6 (TD-MPC2), samples = B / 6, elites 64.
-  icem      iterations 10, elites 20, decay 1.25: the population of iteration i is
-            max(floor(S * 1.25^-i), 2 * elites); S is the largest first population whose sum over
-            the iterations is <= B. Elites carried to the next iteration keep their cost (no
-            re-evaluation), so they cost nothing.
-  gradient  iterations I = 50 energy calls on S parallel restarts, with I - 1 backward passes
-            through the predictor. A backward pass costs about two forwards (the usual rule for
-            dense layers), so one restart costs I + 2 (I - 1) = 3 I - 2 sequence-equivalents and
-            S = B / (3 I - 2) (9000 -> 60 restarts, 8880 equivalents).
-Each planner's actual count is reported as `sequences_per_plan`. Every run uses the same tasks
-(eval_seed), the same checkpoint and the LeWM protocol; the random floor runs once (first planner).
-Each row keeps its per-task `outcomes` ("1" = solved, in task order). `--reference results.json`
-(an earlier `wm eval` of the same checkpoint on the same tasks, e.g. the recipe's CEM 300 x 30)
-adds its outcomes and, per row, the exact McNemar test against it (`vs_reference`); an eval whose
-protocol or tasks differ is refused.
-
-stdout: one JSON line per planner; the whole table goes to --json (atomic write).
+Every row plans the same tasks under the LeWM protocol and keeps its per-task `outcomes`;
+`--reference results.json` adds an exact McNemar test of each row against an earlier eval of the
+same tasks. stdout: one JSON line per planner; the whole table goes to --json (atomic write).
 """
 from __future__ import annotations
 
@@ -49,7 +33,12 @@ def icem_sequences(samples: int, iterations: int, elites: int) -> int:
 
 
 def equal_compute(planner: str, budget: int) -> tuple[dict[str, Any], int]:
-    """Planner overrides spending about `budget` sequence evaluations per plan, and the exact count."""
+    """Planner overrides spending about `budget` sequence evaluations per plan, and the exact count.
+
+    cem and mppi keep their iterations (LeWM's 30, TD-MPC2's 6) and get samples = budget / iterations.
+    icem: the largest first population whose decaying populations sum to <= budget (carried elites
+    keep their costs, so cost nothing). gradient: a backward pass costs about two forwards (the usual
+    rule for dense layers), so a restart of I energy calls costs 3 I - 2 sequences."""
     it = ITERATIONS[planner]
     if planner == "gradient":
         s = max(1, budget // (3 * it - 2))

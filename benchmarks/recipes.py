@@ -2,18 +2,11 @@
 of the results table, and helpers that turn a recipe into `wm` overrides, run them in-process and
 describe the machine. Shared by reproduce.py, planner_table.py and sigreg_ablation.py.
 
-Scales:
-  "cpu"  ("cpu-reduced"): runnable on the 2-core dev CPU in about 15-25 minutes per env per seed:
-         model=tiny at 64 px, 300 episodes, 2,000 steps at batch 128 for TwoRoom (`wm demo`'s
-         settings) and Reacher, 32 for the others, eval 50 episodes with LeWM's CEM (300 samples x
-         30 iterations).
-  "full": the GPU recipe meant for one H100 in ~15-20 minutes per env per seed (collect ~2 min on
-         16 workers, train 7,000 steps ~10 min, eval under a minute; stage speeds measured on an H100
-         at smaller sizes, see budget_note). A result file records `"verified": true` only when
-         its recipe ran as written; a run with any override records `"verified": false`.
-The full recipes use the LeWM model (18M parameters) at 64 px with patch 8 (64 tokens instead of
-LeWM's 256 at 224 px / patch 14) so that 2,000-5,000 episodes fit in RAM and disk; this is a
-deliberate difference from the paper, stated in every result file through the recipe.
+Scales: "cpu" ("cpu-reduced"), sized for a 2-core CPU (model=tiny at 64 px), and "full", the GPU
+recipe (the LeWM model at 64 px with patch 8, 64 tokens instead of LeWM's 256, so that the datasets
+fit in RAM and disk: a deliberate difference from the paper, recorded in every result file). Both
+evaluate with LeWM's CEM (300 samples x 30 iterations). A result file records `"verified": true`
+only when its recipe ran as written.
 """
 from __future__ import annotations
 
@@ -33,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SCALE_LABELS = {"cpu": "cpu-reduced", "full": "full"}
 
-# Published success rates (%) from REFERENCE.md (LeWM paper, Table: TwoRoom / Reacher / Push-T).
+# Published success rates (%) of the LeWM paper's results table (TwoRoom / Reacher / Push-T).
 REFERENCE = {
     "tworoom": {"LeWM": 87, "DINO-WM": 100, "PLDM": 97, "random (users; paper: 0)": 26},
     "reacher": {"LeWM": 86, "DINO-WM": 79, "PLDM": 78, "random": 10},
@@ -65,7 +58,7 @@ class Recipe:
     plan_elites: int = 30           # capped at plan_samples (only tiny smoke runs hit the cap)
     eval_batch: int = 50            # episodes planned together in one batched solve
     videos: int = 10
-    budget_note: str = ""           # the intended wall-time budget, and whether it was measured
+    budget_note: str = ""           # the machine the recipe is sized for
 
     @property
     def scale_label(self) -> str:
@@ -74,32 +67,17 @@ class Recipe:
 
 _CPU = dict(scale="cpu", episodes=300, steps=2000, batch_size=32, model="tiny", image_size=64,
             workers=2, device="cpu",
-            budget_note="2-core CPU, ~12-14 min per env per seed (measured on Reacher and Push-T): "
-                        "collect ~0.5 min, train 2,000 x ~0.27 s, eval 50 episodes CEM 300x30 ~1.5-3 min")
+            budget_note="a 2-core CPU")
 # LeWM model at 64 px / patch 8; batch 128, lr 5e-5 (configs/optim/lewm.yaml), bf16 on CUDA.
 _FULL = dict(scale="full", batch_size=128, model="lewm", image_size=64,
              model_overrides=("model.patch_size=8",), workers=16, device="cuda",
-             budget_note="one H100, ~15-20 min per env per seed. Measured on an H100 (reproduce.py "
-                         "smoke, tworoom, 400 episodes, 300 steps): collect 4,600 frames/s on 16 workers, "
-                         "train 83 ms/step incl. validation (68 ms/step bare, train_speed.py), eval 50 "
-                         "episodes CEM 300x30 in 14 s. So ~2 min collect, 7,000 steps ~10 min, eval <1 min. "
-                         "Full runs: TwoRoom 10.3 min end to end alone; Push-T and Reacher run together "
-                         "on one H100 were done 11.4 and 12.6 min after the start")
+             budget_note="one H100-class GPU with 16 CPU cores")
 
 RECIPES: dict[tuple[str, str], Recipe] = {
-    # lr 1e-4 (the tiny preset's is 1e-3): TwoRoom seeds 0-2 21/17/18 of 50 vs 16/13/11 at 1e-3
-    # (tworoom_cpu_lr1e-4.json); Reacher and Push-T do worse at 1e-4 and keep the preset's.
-    # Batch 128 (LeWM's): seeds 0-2 35/47/38 of 50 vs 21/17/18 at 32 (tworoom_cpu_batch128.json).
-    ("tworoom", "cpu"): Recipe(env="tworoom", lr=1e-4, **{
-        **_CPU, "batch_size": 128,
-        "budget_note": "2-core CPU, ~10-23 min per seed (the same as `wm demo`): collect ~0.3 min, "
-                       "train 2,000 x 0.37-0.61 s before the 1.4x faster CPU step of 2026-11-24 (x 0.24 s "
-                       "after it, `wm demo` that day), eval 50 episodes CEM 300x30 ~1.5-2 min"}),
-    # Reacher at batch 128 (lr 1e-3 kept): seeds 0-2 21/19/12 of 50 vs 8/6/10 at 32 (reacher_cpu_batch128.json).
-    ("reacher", "cpu"): Recipe(env="reacher", **{
-        **_CPU, "batch_size": 128,
-        "budget_note": "2-core CPU, ~16-19 min per seed (measured before the CPU step got 1.4x faster on "
-                       "2026-11-24): collect ~0.5 min, train 2,000 x 0.40-0.50 s, eval ~2 min"}),
+    # TwoRoom succeeds more often at lr 1e-4 than at the tiny preset's 1e-3 (Reacher and Push-T do
+    # worse at 1e-4 and keep the preset's), and TwoRoom and Reacher at batch 128 (LeWM's) than at 32.
+    ("tworoom", "cpu"): Recipe(env="tworoom", lr=1e-4, **{**_CPU, "batch_size": 128}),
+    ("reacher", "cpu"): Recipe(env="reacher", **{**_CPU, "batch_size": 128}),
     ("pusht", "cpu"): Recipe(env="pusht", **_CPU),
     # A dm_control suite task through the generic adapter with its defaults (noise-policy data,
     # success = L2 over the 3 qpos < 0.1 rad): the finger must also turn the spinner it touches.

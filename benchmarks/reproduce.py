@@ -1,30 +1,14 @@
 """Reproduce one row of the results table from an empty disk: collect -> (train -> eval) per seed.
 
-    python -m benchmarks.reproduce --env tworoom --scale cpu                 # ~15 min per seed, 2 cores
-    python -m benchmarks.reproduce --env pusht --scale full --seeds 0 1 2    # one H100 (NOT run yet)
+    python -m benchmarks.reproduce --env tworoom --scale cpu --seeds 0 1 2
     python -m benchmarks.reproduce --env reacher --scale cpu --dry-run       # print the wm commands
 
-The recipe (benchmarks/recipes.py) fixes every setting; any flag below overrides a field, and a
-run with an override is recorded with `"verified": false` and its `overrides`. A result file that
-already holds other seeds of the same recipe and dataset keeps them (`--seeds 1 2 --resume` adds
-rows to a seed-0 file). Each stage is the
-same code as `wm collect` / `wm train` / `wm eval`, run in-process; the exact `wm ...` lines are
-recorded so a user can paste them. The dataset is collected once (collection seed 0); the training
-seeds vary the model's init, data order and SIGReg directions. Evaluation follows the LeWM
-protocol (50 episodes, start at a random step of a held-out episode, goal 25 steps later, 50-step
-budget, CEM 300 x 30) and runs the random-action floor on the same tasks. `--planner-seeds N` also
-plans each training seed's tasks with planner seeds 1..N-1 (`planner.seed`, into seed<S>/eval_planner<K>):
-one planner seed alone moves a 50-task eval by about 6 tasks (benchmarks/results/ANALYSIS.md), so a
-row that pools them says more than seed 0's draw. To add them to a finished row, rerun it with
-`--resume` (training then has nothing left to do and the row keeps its training time; a finished run
-that the --json file does not hold gets none, null).
-
-stdout: one JSON line per seed, then one aggregate line (with the published LeWM / DINO-WM / PLDM
-numbers as "reference"). The whole record goes to --json (atomic write, after every seed, so a
-killed run keeps its finished seeds: `pending_seeds` lists the rest; `tasks` and `protocol` say which
-tasks the outcomes strings follow, so `wm compare A.json B.json` pairs two records), by default
-benchmarks/results/<env>_<scale>.json. `train_from_step` > 0 says training resumed from a checkpoint
-at that step and `train_s` counts only the steps after it.
+The recipe (benchmarks/recipes.py) fixes every setting; a flag that overrides one records the run
+as `"verified": false`. Each stage is the code of its `wm` command, run in-process; evaluation
+follows the LeWM protocol and runs the random-action floor on the same tasks. stdout: one JSON line
+per seed, then an aggregate line with the published numbers as "reference". The record goes to
+--json after every seed, so a killed run keeps its finished seeds (`train_from_step` > 0: training
+resumed at that step, and `train_s` counts only the steps after it).
 """
 from __future__ import annotations
 
@@ -107,7 +91,7 @@ def summary(env: str, rows: list[dict[str, Any]], head: dict[str, Any]) -> dict[
     """The record's rows, their aggregate line and the published reference numbers."""
     agg = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "aggregate": True,
            **aggregate(env, rows),
-           "reference": {"source": "REFERENCE.md (LeWM paper), success %", **(R.REFERENCE.get(env) or {})}}
+           "reference": {"source": "LeWM paper, success %", **(R.REFERENCE.get(env) or {})}}
     return {"per_seed": rows, "aggregate": agg, "reference": agg["reference"]}
 
 

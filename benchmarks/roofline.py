@@ -1,22 +1,8 @@
 """Rooflines: how fast a workload could run on this device, from its own FLOPs and its own heavy ops.
 
-Floors for a workload given as a function of no arguments (one training step, one planning solve),
-run eagerly while being watched, with the rates measured on the device at hand:
-
-- floor at peak: its FLOP count (torch's FLOP formulas, as FlopCounterMode applies them; attention
-  included, CPU flash attention too) over this device's rate on one large square matmul in the same dtype, about the best rate
-  the device gives. Small or skinny matmuls run well below it, so this floor is loose.
-- op floor: every call those formulas count (matmuls, convolutions, attention), recorded with its exact
-  shapes, strides, dtype and arguments (a TorchDispatchMode, so under autocast the bf16 calls), then
-  each distinct call replayed alone on random inputs of the same layout, back to back, and timed;
-  the sum over all calls. On CUDA also with each call's repeats captured in one CUDA graph and
-  replayed ("op_floor_graphed_ms"): the kernels' own time, without Python's and the launches'.
-  Everything else (norms, activations, the optimiser, launch gaps) counts as
-  free and each heavy op runs at the rate the device's own library gives it alone: a program that
-  keeps these ops cannot be faster than this, short of fusing them into each other.
-- the textbook roofline of the same calls: each call's FLOPs at the large-matmul rate or
-  its bytes (inputs read once, outputs written once) at this device's copy bandwidth, whichever is
-  slower, summed ("roofline_ms"), and the bytes alone ("memory_floor_ms").
+A workload (one training step, one planning solve) runs once eagerly under a dispatch mode that
+records its heavy calls (those with a FLOP formula); `roofline` turns them into lower bounds on
+its time from rates measured on the device at hand, `datasheet` from a device's published rates.
 
     from benchmarks.roofline import roofline
     out = roofline(lambda: train_step(...), device, torch.bfloat16)   # dict of the figures
@@ -156,8 +142,8 @@ def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
 
 def time_call_graphed(func, args, kwargs, device: torch.device, n: int = 50, repeats: int = 5) -> float:
     """Seconds per call of func(*args, **kwargs) on CUDA, n calls captured in one CUDA graph and the
-    graph replayed (median of `repeats`, CUDA events): the kernel's own time, without the ~10-20 us
-    of Python and launch each eager call costs. A planning solve replayed in one graph sees that."""
+    graph replayed (median of `repeats`, CUDA events): the kernel's own time, without the Python and
+    launch overhead each eager call costs. A planning solve replayed in one graph sees that."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):                        # warm up on a side stream, as capture needs
@@ -277,7 +263,15 @@ def datasheet(fn: Callable[[], Any], peak_tflops: float, bandwidth_tbs: float) -
 def roofline(fn: Callable[[], Any], device: torch.device, dtype: torch.dtype, peak_size: int = 0,
              seconds: float | None = None) -> dict[str, Any]:
     """The floors for fn (run once, eagerly, recorded). With `seconds`, the measured time of one fn,
-    also the FLOP rate it reached."""
+    also the FLOP rate it reached.
+
+    - "floor_ms_at_peak": its FLOPs over this device's rate on one large square matmul in `dtype`
+      (loose: small or skinny matmuls run well below that rate);
+    - "op_floor_ms": every heavy call replayed alone with its exact layout and summed, all else
+      counted as free (on CUDA also "op_floor_graphed_ms", each call's repeats in one CUDA graph):
+      a program that keeps these ops cannot be faster, short of fusing them;
+    - "roofline_ms": each call at its FLOPs at the matmul rate or its bytes at the copy bandwidth,
+      whichever is slower, summed; "memory_floor_ms" the bytes alone."""
     rec = HeavyOps()
     with rec:
         fn()

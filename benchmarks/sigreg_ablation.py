@@ -4,15 +4,10 @@ evaluated under the LeWM protocol, with the collapse diagnostics next to the suc
     python -m benchmarks.sigreg_ablation --env tworoom --scale cpu            # collects, 2 x train + eval
     python -m benchmarks.sigreg_ablation --env tworoom --data runs/repro/tworoom_cpu/data --steps 300
 
-Without SIGReg nothing stops the encoder from collapsing: the prediction loss can go to ~0 while the
-embeddings lose rank. Each row reports, from the held-out clips at the checkpoint that `wm eval`
-plans with (best.pt): val_pred, val_nochange (the "predict no change" baseline), their ratio,
-effective rank (1 = collapsed to a line, latent_dim = isotropic), per-dimension std (min, mean),
-the linear state probe (probe_r2, where the data has states),
-val_sigreg, and the planning success with its Wilson interval and the random floor.
-
-stdout: one JSON line per weight; the whole record goes to --json (atomic write), by default
-benchmarks/results/sigreg_ablation_<env>_<scale>.json.
+Without SIGReg nothing stops the encoder from collapsing: the prediction loss can fall toward zero
+while the embeddings lose rank. Each row reports best.pt's held-out diagnostics (DIAGNOSTICS) and
+the planning success with its Wilson interval and the random floor. stdout: one JSON line per
+weight; the whole record goes to --json (atomic write).
 """
 from __future__ import annotations
 

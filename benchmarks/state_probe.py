@@ -2,13 +2,11 @@
 
     python -m benchmarks.state_probe --checkpoint runs/repro/reacher_cpu_r2/seed0/train/best.pt
 
-`probe_r2` (worldmodel/training/validation.py) is the held-out R^2 of a ridge map from latents to the
-simulator state. Until 2026-11-23 it read the raw state: every coordinate, velocities included
-(one frame does not show them) and angles as numbers (a linear map cannot read a wrapping angle),
-so on Reacher, whose state is two joint angles and their velocities, it came out below 0 for
-models that plan. It now reads the env's pose features (`worldmodel.data.clips.pose_features`). This
-script scores the same latents both ways (`raw_state`, `pose_features`) on the validation split
-and clip subset the training used, so the two definitions can be compared on any checkpoint.
+`probe_r2` (worldmodel/training/validation.py) is the held-out R^2 of a ridge map from latents to
+the env's pose features (`worldmodel.data.clips.pose_features`: no velocities, which one frame does
+not show, and angles as (sin, cos), which a linear map can read). This script scores the same
+latents against those and against the raw state (`raw_state`, `pose_features`) on the validation
+split and clip subset the training used.
 """
 from __future__ import annotations
 

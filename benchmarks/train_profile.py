@@ -1,6 +1,6 @@
 """Where a training step's time goes: wall time per step, kernel launches and dtype casts per step,
-and the torch.profiler table of the heaviest ops (host time first: on a GPU the eager step is bound
-by launching ~1,500 small kernels, not by the kernels themselves).
+and the torch.profiler table of the heaviest ops (host time first: on a GPU the eager step can be
+bound by launching its many small kernels rather than by the kernels themselves).
 
     python -m benchmarks.train_profile --preset lewm --batch 128 --device cuda model.patch_size=8 model.image_size=64
     ... --compile [--compile-mode reduce-overhead]

@@ -7,15 +7,9 @@ at each timing window. Prints one JSON line: the median over windows.
 
     python -m benchmarks.train_speed --preset tiny                  # CPU, fp32
     python -m benchmarks.train_speed --preset lewm --batch 128      # CUDA: bf16 autocast
-    ... --compile [--compile-mode reduce-overhead]   (as `wm train compile=true compile_mode=...`)
-    ... --roofline   also benchmarks/roofline.py's floors for one eager step of the same math: its
-                     FLOPs at this device's large-matmul rate, and its own matmul / attention calls
-                     replayed alone ("op_floor_ms"), each with the samples/s it would allow
-    ... --datasheet 989.4,3.35 --device cpu --precision bf16
-                     no timing: the roofline of one step's heavy calls at a device's published peak
-                     (TFLOP/s) and memory bandwidth (TB/s), recorded here without computing anything
-                     (FakeTensorMode): an estimate for a GPU this machine does not have
-REFERENCE.md: LeWM's library does 1,488 samples/s (86 ms/step) at batch 128, bf16, on one H100.
+
+--roofline adds benchmarks/roofline.py's floors for one eager step; --datasheet TFLOPS,TBS gives,
+without timing anything, the roofline at a device's published peak rates (a GPU not at hand).
 """
 from __future__ import annotations
 
@@ -91,7 +85,7 @@ def setup(a: argparse.Namespace) -> tuple[Any, torch.device, Any, Any, Any, Any,
         pixels = torch.from_numpy(rng.integers(0, 256, (cfg.batch_size, t, s, s, 3), dtype=np.uint8))
         actions = torch.from_numpy(rng.normal(size=(cfg.batch_size, t - 1, cfg.model.chunk_dim)).astype(np.float32))
         if device.type == "cuda":     # pinned, as `wm train`'s loader hands batches to the step: a
-            pixels, actions = pixels.pin_memory(), actions.pin_memory()   # pageable copy blocks (~10 ms)
+            pixels, actions = pixels.pin_memory(), actions.pin_memory()   # pageable copy blocks the host
         batch = lambda: (pixels, actions)  # noqa: E731
 
     torch.manual_seed(0)

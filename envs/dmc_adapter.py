@@ -1,31 +1,10 @@
 """Generic adapter: any dm_control suite task (cartpole-swingup, walker-walk, ...) as a GoalEnv.
 
-    env = envs.make("dm_control/cartpole-swingup")                  # resolved to "dmc"
+    env = envs.make("dm_control/cartpole-swingup")     # Shimmy's id, `-v0` optional; resolved to "dmc"
     env = envs.make("dmc", domain="walker", task="walk", success_dims=[1, 2], success_threshold=0.2)
-    wm collect env=dmc env.name=dm_control/walker-walk out=data/walker
 
-Names follow Shimmy's gymnasium ids for the suite (`dm_control/<domain>-<task>-v0`; the `-v0` may
-be left out). The env is the suite's own: its model, physics and task, so `task.before_step` maps
-actions to controls as the suite does, and one env step is the suite's control step
-(`control_timestep()`, e.g. 100 Hz for cartpole, 40 Hz for walker).
-
-- Actions: the task's `action_spec()` bounds, clipped; narrowed to +-`action_limit` if given. Bounds
-  beyond +-1e6 (LQR's +-1e10) are refused without one: nothing can sample inside them.
-- Resets: the task's own `initialize_episode`, its randomness seeded from `reset(seed=...)`.
-- The suite's reward, termination and time limit are ignored: episodes never end early.
-- State (nq + nv + na,) = (qpos, qvel, act) (act: actuator activations, e.g. dog's and
-  quadruped's filtered actuators; empty in most tasks). Whatever a task randomises outside them
-  (e.g. the position of reacher's target geom) is not part of the state: it stays as the last
-  reset left it, so a goal is rendered after resetting to its episode (worldmodel.evaluation.evaluator).
-- Rendering: the model's camera 0 (the suite's default view; quadruped's camera 2, which follows
-  the body, as pixel-based work on the suite uses it: camera 0 shows it a few pixels wide) through
-  the shared fast renderer, or `camera` (a camera name or id; -1 = MuJoCo's free camera). The
-  renderer stands in for the physics' own rendering contexts, so a task that edits render data at
-  reset (quadruped-escape's random terrain) uploads it to the frames we draw, and dm_control opens
-  no GL context of its own.
-- Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
-  indices `success_dims` (default: every qpos coordinate) below `success_threshold` (default 0.1),
-  hinge angles compared modulo 2 pi and quaternions up to sign (StateGoalEnv).
+The env is the suite's own model, physics and task (its `before_step`, `initialize_episode` and
+control step); its reward, termination and time limit are ignored. Goals are states.
 """
 from __future__ import annotations
 
@@ -46,7 +25,15 @@ DEFAULT_CAMERA = {"quadruped": 2}
 
 @register_env("dmc", "wm/DMC-v0")
 class DMCSuite(StateGoalEnv):
-    """Wraps a dm_control suite task: pixels from its model, state = (qpos, qvel, act)."""
+    """Wraps a dm_control suite task: pixels from its model, state = (qpos, qvel, act).
+
+    Actions: the task's `action_spec()` bounds, clipped, narrowed to +-`action_limit` if given
+    (required where the bounds exceed MAX_ACTION_BOUND, as LQR's do). Whatever a task randomises
+    outside the state (e.g. reacher's target geom) stays as the last reset left it, so a goal is
+    rendered after resetting to its episode. Rendering: camera 0 (DEFAULT_CAMERA per domain) or
+    `camera`, through the shared fast renderer, which also stands in for the physics' own
+    contexts (a task's render-data edits at reset reach our frames). Success: StateGoalEnv's
+    distance over `success_dims` below `success_threshold`."""
 
     def __init__(
         self,
@@ -59,7 +46,7 @@ class DMCSuite(StateGoalEnv):
         action_limit: float | None = None,
         camera: str | int | None = None,
     ):
-        from dm_control import suite   # lazy: importing the suite costs ~2 s
+        from dm_control import suite   # lazy: importing the suite is slow
 
         if (domain, task) not in suite.ALL_TASKS:
             tasks = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS)

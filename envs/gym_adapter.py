@@ -3,17 +3,8 @@
     env = envs.make("Hopper-v5")                          # resolved to "gym" with gym_id
     env = envs.make("gym", gym_id="Reacher-v5", success_dims=[0, 1], success_threshold=0.05)
 
-- State (nq + nv + na,) = concat(qpos, qvel, act) read from the wrapped env's MuJoCo data;
-  `set_state` goes through the env's own `set_state` (which calls mj_forward).
-- Actions: the wrapped env's action space (narrowed to +-`action_limit` if given; bounds beyond
-  +-1e6 are refused without one), clipped; one env step = the env's own frame skip
-  (`control_hz` = 1 / env.dt). Its reward and termination are ignored: episodes never end early.
-- Rendering: the shared fast renderer on the env's model at `image_size`, with the env's default
-  camera (its `default_camera_config`; a `trackbodyid` there becomes a tracking camera), or a
-  model camera given by `camera` (name or id).
-- Goals are states (e.g. reached later in a rollout). Success: Euclidean distance over the state
-  indices `success_dims` (default: all qpos dims) below `success_threshold` (default 0.1), hinge
-  angles compared modulo 2 pi and quaternions up to sign (StateGoalEnv).
+State = (qpos, qvel, act) of the wrapped env's MuJoCo data; one env step is the env's own frame
+skip; its reward and termination are ignored. Goals are states, scored by StateGoalEnv.
 """
 from __future__ import annotations
 

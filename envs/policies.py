@@ -198,8 +198,7 @@ class PushTExpert(Policy):
     The push line aims `offset` beside the block's centre so pushes also rotate it; a new target is
     drawn when the block gets there or after `patience` steps. Targets whose push start ("behind"
     the block) lies outside the walls are not drawn, and the way round the block ends behind it:
-    either would park the pusher (measured before both fixes: 24% of 25-step windows had nothing
-    moving at all, and the block moved in only 46%).
+    either would park the pusher, leaving many training windows with nothing moving.
     """
 
     def __init__(self, env: GoalEnv, rng: np.random.Generator, noise: float = 0.3,

@@ -1,21 +1,14 @@
 """Push-T: push a T-shaped block with a round pusher on a table, seen from above (MuJoCo).
 
-The LeWM / Diffusion-Policy Push-T task rebuilt in metric units on MuJoCo (1 m = 512 px of the
-original 512 px workspace):
+The LeWM / Diffusion-Policy Push-T task rebuilt in metric units (the original 512 px workspace is
+1 m; sizes below in the constants), with real pusher-block and block-wall contacts and table
+friction as joint `frictionloss`, so the block stops when released.
 
-- Workspace: [-0.5, 0.5] m square with walls; camera orthographic, top-down, 1.04 m field of view.
-- Pusher: cylinder, radius 0.029 m (15 px), on slide x / slide y joints, velocity actuators.
-- T block: one body of two boxes (bar 0.234 x 0.059 m, stem 0.059 x 0.176 m, as the original
-  120x30 / 30x90 px) on slide x, slide y and hinge z joints. Pusher-block and block-wall contacts are
-  real MuJoCo contacts with friction; table friction is the joints' Coulomb `frictionloss` plus a
-  little viscous damping (the block has no vertical degree of freedom), so it stops when released.
-- Action (2,) in [-1, 1]: commanded pusher velocity / `MAX_SPEED` (0.4 m/s). 10 Hz, 10 substeps.
-- State (10,) = qpos + qvel: (agent_x, agent_y, block_x, block_y, block_theta,
-  agent_vx, agent_vy, block_vx, block_vy, block_omega). The block frame sits at the T's centre
-  of area (on its axis, 0.05 m below the bar's centre toward the stem); theta = rotation about z
-  (0: bar on top). Proprio: agent (x, y, vx, vy).
-- Success (LeWM / DINO-WM PushT.eval_state): the L2 norm of the agent and block position errors
-  taken together (4 coordinates) < 20/512 m (0.039 m) and wrapped block angle error < pi/9.
+- Action (2,) in [-1, 1]: commanded pusher velocity / `MAX_SPEED`.
+- State (10,) = qpos + qvel: agent (x, y), block (x, y, theta) at the T's centre of area, then their
+  velocities. Proprio: agent (x, y, vx, vy).
+- Success (LeWM / DINO-WM's PushT.eval_state): the L2 norm of the agent and block position errors
+  taken together < `POS_TOL` and wrapped block angle error < `ANGLE_TOL`.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ class Reacher(MujocoGoalEnv):
     """dm_control reacher arm; goal = joint configuration; success = every joint within 0.05 rad."""
 
     def __init__(self, image_size: int = 64, render_mode: str = "rgb_array"):
-        from dm_control.suite import reacher as dmc_reacher   # lazy: importing the suite costs ~2 s
+        from dm_control.suite import reacher as dmc_reacher   # lazy: importing the suite is slow
 
         self.physics = dmc_reacher.Physics.from_xml_string(*dmc_reacher.get_model_and_assets())
         self.model: mujoco.MjModel = self.physics.model.ptr

@@ -2,9 +2,8 @@
 
 Data collection renders one frame per env step, so rendering dominates its cost. `FastRenderer`
 wraps `mujoco.Renderer` with everything that costs time and adds nothing to a 64 px frame turned
-off: shadows, reflections, skybox, fog/haze, textures and multisampling. On this project's CPU
-machines (Mesa llvmpipe through EGL) a simple 64x64 scene then renders in ~0.3-0.6 ms. Env models
-also draw their floor as a thin box, not a plane (llvmpipe draws a plane as a grid: ~30% slower).
+off: shadows, reflections, skybox, fog/haze, textures and multisampling. Env models also draw
+their floor as a thin box, not a plane (Mesa's llvmpipe draws a plane as a grid, more slowly).
 
     r = FastRenderer(model, size=64, camera="top")
     img = r.render(data)      # (size, size, 3) uint8
@@ -46,8 +45,8 @@ def _close_renderer(renderer: mujoco.Renderer) -> None:
     """Close a `mujoco.Renderer` without breaking the other renderers of this thread.
 
     mujoco's EGL `GLContext.free()` ends with `eglReleaseThread()`; on Mesa (this project's CPU
-    machines) every renderer still alive in the thread then returns garbage frames (measured:
-    a second env's frame no longer matched its own earlier render after the first env closed).
+    machines) every renderer still alive in the thread then returns garbage frames (a second env's
+    frame no longer matches its own earlier render once the first env has closed).
     So for EGL we free the MuJoCo context and destroy the EGL context ourselves, without
     releasing the thread. Other backends use the stock `close()`.
     """

@@ -1,22 +1,12 @@
 """Batched open-loop rollouts of an env's own simulator: the exact dynamics, for oracles.
 
-A world model predicts what a sequence of actions does; the simulator knows. `SimRollout` runs
-many candidate action sequences from many start states through MuJoCo's multithreaded C rollout
-(`mujoco.rollout`), with the env's own mapping from actions to controls
-(`MujocoGoalEnv.physics_controls`), so a sampling planner can plan on the true dynamics. That is
-the reference a learned model is measured against (benchmarks/oracle_ceiling.py): what the planner
-and the protocol achieve when prediction is perfect.
+`SimRollout` runs many candidate action sequences from many start states through MuJoCo's
+multithreaded `mujoco.rollout`, with the env's own action-to-control mapping, so a sampling planner
+can plan on the true dynamics: what the planner and protocol achieve when prediction is perfect
+(benchmarks/oracle_ceiling.py).
 
     sim = SimRollout(envs.make("pusht"))        # checks itself against env.step first
     states = sim(start_states, actions)         # (N, S), (N, T, A) -> (N, T, S)
-
-The replay must equal `env.step`, or an oracle built on it would be an oracle of something else:
-the constructor steps the env and the rollout side by side on random actions and refuses an env
-whose replay differs (an env whose step does more than write ctrl and step physics). "Equal" is to
-the constraint solver's tolerance: MuJoCo warm-starts its solver from the previous step's
-accelerations, which an env state (qpos, qvel, act) does not carry, so a replay from a state can differ
-from the env's own continuation where contacts are active (~1e-8 in Push-T, ~1e-6 in the
-walker's fast impacts); the check's measure is |difference| / (1 + |value|) < 1e-5.
 """
 from __future__ import annotations
 
@@ -32,7 +22,12 @@ _SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS     # time, qpos, qvel, act, plugin 
 
 
 class SimRollout:
-    """Replays (N, T, A) env actions from (N, S) env states on `nthread` MuJoCo threads."""
+    """Replays (N, T, A) env actions from (N, S) env states on `nthread` MuJoCo threads.
+
+    The constructor refuses an env whose replay differs from `env.step` by more than `tol`
+    (|difference| / (1 + |value|)): an oracle of something else. Exact equality is not expected
+    where contacts are active: MuJoCo warm-starts its solver from the previous step's
+    accelerations, which an env state does not carry."""
 
     def __init__(self, env: MujocoGoalEnv, nthread: int | None = None, verify_steps: int = 20,
                  tol: float = 1e-5):

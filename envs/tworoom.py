@@ -1,16 +1,11 @@
 """TwoRoom: a point agent in two rooms joined by a door, seen from above (MuJoCo).
 
-The planar navigation task of LeWM / PLDM, rebuilt on MuJoCo so walls are real contacts:
+The planar navigation task of LeWM / PLDM, rebuilt on MuJoCo so walls are real contacts: an
+arena split by a wall at x = 0 with one door, a velocity-driven cylinder agent.
 
-- Arena: interior [-1, 1] m x [-1, 1] m, outer walls, and a dividing wall at x = 0 (0.1 m thick)
-  with a door of `DOOR_WIDTH` m centred at y = `DOOR_Y`.
-- Agent: a cylinder of radius 0.08 m on slide x / slide y joints, driven by velocity actuators
-  (the action is the commanded velocity in units of `MAX_SPEED`), with joint damping.
-- Action (2,) in [-1, 1]: commanded (vx, vy) / MAX_SPEED. 10 Hz control, 10 physics steps each.
-- State (4,): (x, y, vx, vy) = qpos + qvel. Proprio: the same four numbers.
-- Camera: orthographic, top-down, 2.2 m field of view (arena plus walls).
-- Success: agent within `SUCCESS_DIST` = 16/224 of the 2.2 m field of view = 0.157 m of the goal
-  position (LeWM's 16 px of a 224 px frame, in metres).
+- Action (2,) in [-1, 1]: commanded (vx, vy) / MAX_SPEED. State (4,) = proprio = (x, y, vx, vy).
+- Success: agent within `SUCCESS_DIST` of the goal position (LeWM's 16 px of a 224 px frame,
+  in metres of the camera's field of view).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The S restarts are the "samples" axis, so one energy call scores all of them; after every Adam
 step the actions are projected back into the bounds. Restart 0 starts at the initial mean (the
 controller's warm start), the others at the mean plus Gaussian noise (unit coordinates, 1 = bound
-half-range). LeWM's solver ablation on Push-T: CEM 96 %, Adam 84 %: gradients through a learned
+half-range). In LeWM's solver ablation on Push-T, CEM beat Adam: gradients through a learned
 predictor are useful but noisier than sampling. The energy must be differentiable: do not wrap
 it in torch.no_grad / torch.inference_mode.
 """

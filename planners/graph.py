@@ -1,24 +1,11 @@
 """A planner's whole solve as one CUDA graph, replayed at every plan.
 
-A LeWM-scale CEM solve is ~150 sequential predictor steps of small kernels: launching them costs
-more than computing them. Captured once as a CUDA graph and replayed, the solve launches as one
-unit (benchmarks/plan_latency.py --cuda-graph measures it). `GraphedPlanner` wraps any planner
-with the same `solve` signature:
+A sampling solve is many sequential predictor steps of small kernels, where launching them can
+cost more than computing them. Captured once as a CUDA graph and replayed, the solve launches as
+one unit (benchmarks/plan_latency.py --cuda-graph times it):
 
     graphed = GraphedPlanner(make_planner("cem"))
     res = graphed.solve(energy, bounds, horizon, batch, init_mean, init_elites, key=T)
-
-One graph per signature (key, horizon, batch, shapes of init_mean / init_elites); the first
-solve of a signature warms up on a side stream and captures, later ones copy the inputs into the
-graph's static buffers and replay. `key` names whatever else decides the energy's shapes (the
-controller passes the history length T).
-
-What the energy must do: read its inputs (goal, observation history) from tensors that stay at
-the same addresses between solves and take new values in place (worldmodel.model.energy.GoalEnergy
-with `static=True` does). What changes: the planner's random stream is registered with the graph
-(fresh samples at each replay), every iteration always runs (a deadline cannot cut a graph short:
-`deadline_missed` then means the solve took longer than `deadline_s`), and the result's tensors
-are copies, safe to keep across replays.
 """
 from __future__ import annotations
 
@@ -56,7 +43,15 @@ class _Captured:
 
 
 class GraphedPlanner:
-    """`planner.solve` captured per input signature and replayed (CUDA only)."""
+    """`planner.solve` captured per input signature and replayed (CUDA only).
+
+    One graph per signature (key, horizon, batch, shapes of init_mean / init_elites): the first
+    solve of a signature warms up on a side stream and captures, later ones copy the inputs into
+    static buffers and replay. `key` names whatever else decides the energy's shapes (the
+    controller passes the history length T). The energy must read its inputs from tensors at fixed
+    addresses updated in place (GoalEnergy(static=True)). The planner's random stream is registered
+    with the graph (fresh samples each replay); every iteration always runs (`deadline_missed` then
+    means the solve took longer than `deadline_s`); the result's tensors are copies."""
 
     def __init__(self, planner: Planner, warmup: int = 2) -> None:
         if not callable(getattr(planner, "solve", None)):

@@ -1,100 +1,49 @@
 """Receding-horizon MPC controller: goal in, one environment action per call out.
 
-The controller is model-agnostic. It talks to a *goal energy* (protocol `GoalEnergyLike`, what
-worldmodel.model.energy.GoalEnergy offers) with numpy observations and plans with any optimiser from
-planners/. One plan step is an action *chunk* of width frameskip * A (the world model predicts one
-latent per chunk); the first `receding_horizon` chunks of a plan are split into env actions of
-width A and queued; `act(obs)` pops one per call and replans when the queue runs dry.
-
-History: the energy gets the last `history` observations spaced `frameskip` env steps apart
-(oldest first, the current one last) and the action chunks executed between consecutive ones.
-At an episode's start fewer frames exist; the energy then receives T < history of them.
-
-Time budget: `time_budget_s` bounds a whole plan, encoding the history included: the optimiser
-gets what encoding left of it as its anytime deadline and stops iterating when it runs out. In
-`stats()`, `deadline_misses` counts plans that still took longer than the budget (one iteration
-can overrun it) and `budget_cut_plans` those whose iterations the budget cut short.
-
-Warm start: the previous plan's mean (and elites, for planners that keep them) is shifted by the
-number of env steps elapsed since that plan started, padded with the box centre, and passed as
-init_mean / init_elites.
-
-Async mode (`async_lead=k`): when only k actions are left in the queue, planning of the next
-chunk starts in a background thread from the latest observation (time t0) while the queued
-actions keep executing. Those k actions are committed: every candidate the planner scores starts
-with them (the energy sees them in place of the candidate's first k env actions), so the plan
-optimises what follows them from where they will leave the robot. When the queue runs dry the new
-plan is adopted minus its first k env actions (the committed ones), and, if only k are left, the
-next plan starts at once. If the plan is not ready yet, `act` waits for it and counts a stall.
-Planning latency up to k control periods is thus hidden; each plan yields receding_horizon *
-frameskip - k env actions, so k is at most half of receding_horizon * frameskip (else the next
-plan would have to start with fewer than k actions left); k = 0: plan only when the queue is
-empty, in the worker thread; the first plan of an episode is always waited for. A plan that
-fails in the thread raises from the `act` that would have adopted it; the controller stays usable.
-Do not call `plan()` yourself while async planning is in flight.
-
-CUDA graph (`cuda_graph=True`, CUDA only): every solve is one captured graph replayed
-(planners.graph.GraphedPlanner), one graph per history length; the energy must keep its inputs
-in place (GoalEnergy(model, static=True)). Capture happens at the first plan of each history
-length: call `warmup()` first. A time budget can no longer stop iterations early; a plan that
-takes longer than it is still counted as a deadline miss.
+`MPCController` plans action chunks with any optimiser from planners/ against a goal energy
+(`GoalEnergyLike`, what worldmodel.model.energy.GoalEnergy offers), queues the first few as env
+actions and replans when the queue runs dry, optionally in a background thread (async mode).
 """
 from __future__ import annotations
 
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
-
 import numpy as np
 import torch
 
 from worldmodel.planners.base import Bounds, Planner, PlanResult
-from worldmodel.planners.graph import GraphedPlanner, StaticBuffers
-
-
-class GoalEnergyLike(Protocol):
-    """What the controller needs from a world model. Arrays always carry a leading batch axis B.
-    Optional: an int attribute `max_history`, the most frames the model reads (the controller refuses
-    a longer `history`)."""
-
-    def set_goal(self, goal_obs: np.ndarray) -> None:
-        """goal_obs (B, *obs_shape), same layout and dtype as the observations."""
-
-    def set_observation(self, obs_history: np.ndarray, past_actions: np.ndarray) -> None:
-        """obs_history (B, T, *obs_shape), 1 <= T <= history, oldest first, current last;
-        past_actions (B, T-1, frameskip*A) float32 raw chunks executed between those frames."""
-
-    def __call__(self, actions: torch.Tensor) -> torch.Tensor:
-        """actions (B, S, H, frameskip*A) raw, on the controller's device -> costs (B, S)."""
-
-
-class CommittedPrefix:
-    """The energy of candidates whose first k env actions are replaced by committed ones (async
-    mode: actions already queued for the robot while the next plan is made). One buffer per shape,
-    overwritten in place, so a captured CUDA graph sees each new prefix."""
-
-    def __init__(self, energy: GoalEnergyLike, frameskip: int, device, dtype) -> None:
-        self.energy, self.fs, self.device, self.dtype = energy, frameskip, device, dtype
-        self._buffers = StaticBuffers()
-        self.prefix: torch.Tensor | None = None
-
-    def set(self, committed: np.ndarray) -> None:
-        """committed (B, k, A) env actions, raw."""
-        x = torch.as_tensor(committed, dtype=self.dtype, device=self.device)
-        self.prefix = self._buffers.keep(("prefix",), x)
-
-    def __call__(self, actions: torch.Tensor) -> torch.Tensor:
-        B, S, H, C = actions.shape                                     # C = frameskip * A
-        k, A = self.prefix.shape[1], C // self.fs
-        steps = actions.reshape(B, S, H * self.fs, A)                   # (B, S, H*fs, A)
-        fixed = self.prefix[:, None].to(actions.dtype).expand(B, S, k, A)
-        steps = torch.cat([fixed, steps[:, :, k:]], dim=2)              # (B, S, H*fs, A)
-        return self.energy(steps.reshape(B, S, H, C))
+from worldmodel.planners.goal import CommittedPrefix, GoalEnergyLike
+from worldmodel.planners.graph import GraphedPlanner
 
 
 class MPCController:
-    """`reset(goal)`, then `act(obs) -> action` at every control step. See the module docstring."""
+    """`reset(goal)`, then `act(obs) -> action` at every control step.
+
+    One plan step is an action chunk of width frameskip * A (the world model predicts one latent
+    per chunk); the first `receding_horizon` chunks of a plan are split into env actions and queued.
+    The energy gets the last `history` observations spaced `frameskip` env steps apart (fewer at an
+    episode's start) and the chunks executed between them.
+
+    Time budget: `time_budget_s` bounds a whole plan, encoding included; the optimiser gets what
+    is left as its anytime deadline. `stats()` counts `deadline_misses` (plans over budget) and
+    `budget_cut_plans` (plans whose iterations the budget cut short).
+
+    Warm start: the previous plan's mean (and elites) shifted by the env steps elapsed, padded
+    with the box centre, passed as init_mean / init_elites.
+
+    Async mode (`async_lead=k`, at most half of receding_horizon * frameskip): when k queued
+    actions are left, the next plan starts in a worker thread from the latest observation; those k
+    actions are committed (every candidate starts with them, CommittedPrefix) and dropped from the
+    new plan when it is adopted. `act` waits for a plan not yet ready and counts a stall; a plan
+    that failed raises from the `act` that would adopt it. k = 0 plans in the thread only when the
+    queue is empty. Do not call `plan()` yourself while async planning is in flight.
+
+    CUDA graph (`cuda_graph=True`): every solve is one captured graph replayed
+    (planners.graph.GraphedPlanner), one per history length, captured at its first plan (call
+    `warmup()` first); the energy must keep its inputs in place (GoalEnergy(model, static=True)).
+    A time budget can then no longer stop iterations early.
+    """
 
     def __init__(self, planner: Planner, energy_fn: GoalEnergyLike, bounds, horizon: int = 5,
                  receding_horizon: int = 5, action_dim: int | None = None, frameskip: int = 1,
@@ -106,7 +55,7 @@ class MPCController:
             raise TypeError("planner must offer solve(...); build one with planners.make_planner")
         for m in ("set_goal", "set_observation", "__call__"):
             if not callable(getattr(energy_fn, m, None)):
-                raise TypeError(f"energy_fn lacks {m}(); it must follow planners.mpc.GoalEnergyLike")
+                raise TypeError(f"energy_fn lacks {m}(); it must follow worldmodel.planners.goal.GoalEnergyLike")
         if cuda_graph:
             if torch.device(device).type != "cuda":
                 raise ValueError(f"cuda_graph=True needs device='cuda', got device={device!r}")

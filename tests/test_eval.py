@@ -190,6 +190,33 @@ def test_demo_writes_table_results_and_videos(demo_run):
 
 
 @pytest.mark.slow
+def test_training_task_draw_starts_and_ends_in_the_training_episodes(demo_run, tmp_path, capsys):
+    """tasks=training is LeWM's draw: each start and goal a recorded state of an episode the model
+    trained on (its split), goal_offset steps apart, the env reset with that episode's seed."""
+    from worldmodel.data.dataset import load_dataset
+    from worldmodel.evaluation.tasks import training_episodes
+
+    ckpt, out = demo_run / "train" / "best.pt", tmp_path / "ev"
+    assert main(["eval", f"checkpoint={ckpt}", "tasks=training", "episodes=3", "planner.samples=8",
+                 "planner.elites=4", "planner.iterations=1", "videos=0", f"out={out}", "progress=false"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["tasks"] == "training" and res["episodes"] == 3
+    train_cfg = json.loads((demo_run / "train" / "config.json").read_text())
+    path, train, _ = training_episodes(train_cfg, 3, 5)
+    ds = load_dataset(path, columns=("state",), episodes=train.tolist())
+    for e in res["per_episode"]:
+        (ep,) = np.flatnonzero(ds.ep_seed == e["seed"])             # one training episode, by its seed
+        assert e["start_step"] + 25 < ds.ep_len[ep]
+    # The held-out draw poses other tasks: compare refuses to pair the two.
+    assert main(["compare", str(demo_run / "eval"), str(out)]) == 2
+    assert "tasks" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={ckpt}", "tasks=train", f"out={tmp_path / 'x'}"]) == 2
+    assert "tasks must be one of heldout, training" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={ckpt}", f"data={demo_run / 'data'}", f"out={tmp_path / 'y'}"]) == 2
+    assert "pass tasks=training" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeypatch):
     ckpt = demo_run / "train" / "best.pt"
     out = tmp_path / "ev"
@@ -258,9 +285,9 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
 
 
 def test_readme_plugin_planner_plans_from_the_cli(demo_run, tmp_path, capsys, monkeypatch):
-    """The README's random-shooting planner, named by WM_PLUGINS, is chosen with planner=NAME (no YAML
+    """docs/extending.md's random-shooting planner, named by WM_PLUGINS, is chosen with planner=NAME (no YAML
     of its own), takes planner.KEY= settings, lists them in --help; a key it lacks is refused up front."""
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", (REPO / "docs" / "extending.md").read_text(), flags=re.S)
                 if '@register_planner("shooting")' in b]
     (tmp_path / "my_planners.py").write_text(block)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -1,4 +1,4 @@
-"""Plugins: the README's own-env example, named by WM_PLUGINS, collects in parallel and keeps the
+"""Plugins: docs/extending.md's own-env example, named by WM_PLUGINS, collects in parallel and keeps the
 env contract; a plugin that cannot be imported stops the command before any work."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _plugin(tmp_path: Path) -> dict[str, str]:
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", (REPO / "docs" / "extending.md").read_text(), flags=re.S)
                 if '@register_env("puck"' in b]
     (tmp_path / "my_envs.py").write_text(block)
     return {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "WM_PLUGINS": "my_envs",

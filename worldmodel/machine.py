@@ -54,8 +54,8 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str] | None:
     """The CPU's bf16 instructions listed in Linux's /proc/cpuinfo flags: x86's avx512_bf16 (bf16 dot
     products in AVX-512) and amx_bf16 (matrix tiles), Arm's bf16; None where the flags cannot be read.
-    For the record only: having them is no promise of speed (an Intel Xeon with avx512_bf16 and no AMX
-    planned slower in bf16 than in float32), so decisions use bf16_matmul_speedup, which measures."""
+    For the record only: having them is no promise of speed (avx512_bf16 without AMX may still run
+    bf16 slower than float32), so decisions use bf16_matmul_speedup, which measures."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -69,9 +69,8 @@ def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str] | 
 
 def bf16_matmul_speedup(device: str | torch.device = "cpu") -> float:
     """How many times faster this device multiplies bf16 matrices than float32 ones, timed on one
-    predictor-sized product (512 x 192 @ 192 x 2048, a few ms in all on a 2-core CPU). Above 1 where
-    bf16 runs in hardware (GPUs; ~6 on a 2-core AMD EPYC with AVX512-BF16), below 1 where it is
-    emulated: whether `wm eval precision=bf16` / GoalEnergy(dtype=torch.bfloat16) pays here.
+    predictor-sized product (512 x 192 @ 192 x 2048). Above 1 where bf16 runs in hardware (GPUs,
+    CPUs with fast bf16 instructions), below 1 where it is emulated: whether `wm eval precision=bf16` / GoalEnergy(dtype=torch.bfloat16) pays here.
     Measured once per process and device ("cpu" and torch.device("cpu") are one device)."""
     import torch
 
@@ -127,11 +126,9 @@ def print_precision_note(command: str, precision: str, device: torch.device, gai
 def keep_freed_host_memory() -> bool:
     """Let glibc keep freed heap memory instead of handing it back to the OS (M_TRIM_THRESHOLD 2 GB,
     M_TOP_PAD 1 GB): a CPU training step frees and re-allocates the same large activations every
-    step, and memory returned to the OS comes back as page faults. On the 2-core CPU the tiny
-    preset's step at batch 128 went from a median 250 to 215 ms, with the same peak memory
-    (benchmarks/results/train_speed_cpu_tiny_b128_ab.jsonl); a LeWM-scale CEM solve from 8.4 to
-    7.5 s (plan_latency_cpu.jsonl). Process-wide and for later allocations only: `wm` calls it
-    first. Linux glibc only; WM_MALLOC_TUNING=0 leaves the allocator alone. Returns whether it
+    step, and memory returned to the OS comes back as page faults; keeping it speeds up training
+    steps and CPU plans without raising peak memory. Process-wide and for later allocations only:
+    `wm` calls it first. Linux glibc only; WM_MALLOC_TUNING=0 leaves the allocator alone. Returns whether it
     applied."""
     if os.environ.get("WM_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False

@@ -1,19 +1,9 @@
 """Training clips from a loaded dataset: index, split, batch-gather, sample.
 
-A clip is `history + n_preds` frames taken `frameskip` rows apart inside one episode; the
-`frameskip` actions between two kept frames are concatenated into one action chunk
-(`frameskip * A`). Every valid clip start is precomputed once as a flat int64 array of rows, so a
-batch is two `np.take` gathers on the in-memory arrays (no per-clip Python loop), and an
-index into that array is all a sampler needs to hand out.
-
-    train_eps, val_eps = split_episodes(ds, val_fraction=0.1, seed=0)
-    clips = ClipDataset(ds, ClipSpec(history=3, n_preds=1, frameskip=5), episodes=train_eps)
-    sampler = ClipSampler(len(clips), batch_size=128, seed=0, rank=0, world_size=1)
-    for pixels, actions in ClipLoader(clips, sampler, prefetch=2): ...   # (B,T,H,W,3), (B,T-1,chunk)
-
-The sampler is an infinite stream of seeded epoch permutations with a (epoch, pos) cursor, so a
-resumed run draws exactly the batches the interrupted run would have drawn; under DDP each rank
-reads a disjoint, equally long slice of every epoch's permutation.
+A clip is `history + n_preds` frames taken `frameskip` rows apart inside one episode, the actions
+between two kept frames concatenated into one chunk. Every valid clip start is precomputed once,
+so a batch is two `np.take` gathers (no per-clip Python loop). ClipSampler is a seeded, resumable,
+DDP-sharded stream of clip indices; ClipLoader gathers its batches ahead on a thread.
 """
 from __future__ import annotations
 
@@ -196,8 +186,8 @@ class ClipDataset:
     def get_batch(self, idx: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather clips `idx` (B,) -> pixels (B, T, H, W, 3) uint8, actions (B, T-1, chunk) float32.
 
-        np.take is single-threaded and releases the GIL: on a busy 2-core machine it beats
-        torch.index_select (whose OpenMP threads fight the training step) by ~3x.
+        np.take is single-threaded and releases the GIL: on a busy CPU it beats
+        torch.index_select, whose OpenMP threads fight the training step.
         """
         s = self.starts[np.asarray(idx, dtype=np.int64)]                     # (B,)
         b, t = s.shape[0], self.spec.num_frames

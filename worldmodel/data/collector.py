@@ -1,17 +1,10 @@
 """`wm collect`: roll out a scripted policy in a simulator into a crash-safe HDF5 dataset.
 
-    wm collect env=tworoom episodes=1000 workers=2 out=data/tworoom seed=0 image_size=64
-
-Each worker process owns a contiguous block of global episode indices, stages every finished
-episode atomically and packs its episodes into one shard at the end (see `worldmodel.data.dataset`).
-Episode i is seeded by `episode_seed(seed, i)` alone, so the data do not depend on the number of
-workers, and `shard=i num_shards=n` lets n machines each collect a disjoint index range into
-shards that merge, by copying into one directory, into the dataset a single machine would make.
-A `kill -9` loses only the episodes in flight; `resume=true` finishes the rest.
-
-Workers are forked from a fork server that imported the simulators once (fast start-up); they
-die with the collection (PR_SET_PDEATHSIG plus a parent check per episode) and hold a shared
-"writers" lock, so a resume first waits until no writer of a killed run is left.
+Each worker process collects a contiguous block of episode indices, stages every episode
+atomically and packs its block into one shard (worldmodel.data.dataset). Episode i is seeded by
+`episode_seed(seed, i)` alone, so the data depend neither on the worker count nor on a
+`shard=`/`num_shards=` split across machines. A killed run loses only the episodes in flight;
+`resume=true` finishes the rest.
 """
 from __future__ import annotations
 
@@ -135,8 +128,8 @@ def _worker(job: dict[str, Any], q: Any) -> None:
 
 
 def _context() -> Any:
-    """A forkserver context that has imported the simulators once, so each worker starts in
-    milliseconds instead of re-importing MuJoCo / dm_control (seconds) like `spawn` would.
+    """A forkserver context that has imported the simulators once, so each worker starts without
+    re-importing MuJoCo / dm_control as it would under `spawn`.
     Calling it early overlaps that import with the main process's own start-up work."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     ctx = mp.get_context("forkserver")

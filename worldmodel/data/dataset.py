@@ -5,19 +5,11 @@ holding per-column arrays over all its rows (`pixels` (N,H,W,3) uint8, `action` 
 `state` (N,S) float64, `proprio` (N,P) float32) and per-episode arrays (`ep_len`, `ep_offset`,
 `ep_seed`, `ep_index`) -- the LeWM / stable-worldmodel layout, so one of their `.h5` files loads too.
 
-Crash safety (a `kill -9` at any moment must lose at most the episode in flight):
-  1. every finished episode is *staged*: written to `.staging/ep_<index>.npz.<pid>.tmp`, renamed to
-     `ep_<index>.npz` (a rename is atomic, so a staged file is always a whole episode);
-  2. a worker *packs* its staged episodes into one shard at its end: the HDF5 file is written under
-     a temporary name, fsynced, and renamed; only then are the staged files deleted. A shard is
-     therefore written exactly once and never modified, so it can never be left half-written;
-  3. the reader returns shards plus staged episodes not already in a shard (deduplicated by the
-     global `ep_index`), ignoring `*.tmp`; `recover()` (run by `resume=true`) deletes temporaries and
-     packs leftover staged episodes, so a resumed collection never duplicates an episode.
+A `kill -9` at any moment loses at most the episode in flight: each finished episode is staged
+atomically (`stage_episode`), shards are written once under a temporary name and renamed
+(`pack_shard`), and the reader and `recover()` deduplicate by the global `ep_index`.
 """
 from __future__ import annotations
-
-from abc import ABC, abstractmethod
 
 import json
 import os
@@ -28,14 +20,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from worldmodel.data.sources import (EPISODE_KEYS, ROW_COLUMNS, STAGING, H5Source, NpzSource,  # noqa: F401
+                                     Source, close_all, scan, staged_index)
 
 FORMAT = "wm-hdf5-v1"
 META = "meta.json"
-STAGING = ".staging"
-EPISODE_KEYS = ("ep_len", "ep_offset", "ep_seed", "ep_index")
-ROW_COLUMNS = ("pixels", "action", "state", "proprio")
-_SHARD_RE = re.compile(r"^shard_(\d+)\.h5$")
-_STAGED_RE = re.compile(r"^ep_(\d+)\.npz$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,7 +63,7 @@ def pack_shard(out_dir: str | os.PathLike, staged: Sequence[Path], attrs: dict[s
 
     if not staged:
         return None
-    staged = sorted(staged, key=_staged_index)
+    staged = sorted(staged, key=staged_index)
     index, seed, lens, members = [], [], [], []
     for p in staged:                                     # pass 1: sizes only (npz loads lazily)
         with np.load(p) as z:
@@ -110,8 +99,8 @@ def pack_shard(out_dir: str | os.PathLike, staged: Sequence[Path], attrs: dict[s
 
 def committed_indices(out_dir: str | os.PathLike) -> set[int]:
     """Global indices of every finished episode (in shards or staged)."""
-    shards, staged = _scan(Path(out_dir))
-    _close(shards)
+    shards, staged = scan(Path(out_dir))
+    close_all(shards)
     return {i for s in shards if s.ep_index is not None for i in s.ep_index.tolist()} | set(staged)
 
 
@@ -126,8 +115,8 @@ def recover(out_dir: str | os.PathLike, index_range: range, attrs: dict[str, Any
             m = re.match(r"^(?:shard|ep)_(\d+)\.", tmp.name)
             if m and int(m.group(1)) in index_range:
                 tmp.unlink(missing_ok=True)
-    shards, staged = _scan(out_dir)
-    _close(shards)
+    shards, staged = scan(out_dir)
+    close_all(shards)
     in_shards = {i for s in shards if s.ep_index is not None for i in s.ep_index.tolist()}
     leftovers = []
     for idx, p in staged.items():
@@ -220,23 +209,23 @@ def load_dataset(
             what = "no episodes yet" if meta else "no meta.json and no shard_*.h5 files"
             raise ValueError(f"{path} holds {what}; is it a dataset directory made by `wm collect`?")
     else:
-        sources = [_H5Source(path)]
+        sources = [H5Source(path)]
         meta = sources[0].attrs or {"format": "external-hdf5", "source": str(path)}
     try:
         return _assemble(path, meta, sources, tuple(columns), episodes)
     finally:
-        _close(sources)
+        close_all(sources)
 
 
-def _dir_sources(path: Path, attempts: int = 5) -> list["_Source"]:
+def _dir_sources(path: Path, attempts: int = 5) -> list["Source"]:
     """Shards plus staged episodes not yet packed; retried if a concurrent pack deletes a staged file."""
     for attempt in range(attempts):
-        shards, staged = _scan(path)
+        shards, staged = scan(path)
         in_shards = {i for s in shards if s.ep_index is not None for i in s.ep_index.tolist()}
         try:
-            return [*shards, *(_NpzSource(p) for i, p in sorted(staged.items()) if i not in in_shards)]
+            return [*shards, *(NpzSource(p) for i, p in sorted(staged.items()) if i not in in_shards)]
         except FileNotFoundError:
-            _close(shards)
+            close_all(shards)
             if attempt == attempts - 1:
                 raise ValueError(f"{path} keeps changing under the reader; retry when collection finishes") from None
     return []
@@ -254,124 +243,11 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def _staged_index(p: Path) -> int:
-    return int(_STAGED_RE.match(p.name).group(1))  # type: ignore[union-attr]
-
-
-def _scan(out_dir: Path) -> tuple[list["_H5Source"], dict[int, Path]]:
-    """Open every shard and list staged episodes. Staged files are listed first so that a pack
-    running concurrently can only make an episode appear twice (deduplicated), never vanish."""
-    staging = out_dir / STAGING
-    staged = {}
-    if staging.is_dir():
-        for p in staging.iterdir():
-            if _STAGED_RE.match(p.name):
-                staged[_staged_index(p)] = p
-    shards = [_H5Source(p) for p in sorted(out_dir.glob("shard_*.h5")) if _SHARD_RE.match(p.name)]
-    return shards, staged
-
-
-def _close(sources: Iterable["_Source"]) -> None:
-    for s in sources:
-        if isinstance(s, _H5Source):
-            s.f.close()
-
-
-class _Source(ABC):
-    """One file's episodes: per-episode arrays plus a way to copy row ranges of a column."""
-
-    ep_len: np.ndarray
-    ep_offset: np.ndarray
-    ep_index: np.ndarray | None
-    ep_seed: np.ndarray | None
-    row_columns: dict[str, tuple[tuple[int, ...], np.dtype]]   # name -> (row shape, dtype)
-    name: str
-
-    @abstractmethod
-    def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
-        """Copy rows [start, stop) of column `col` into `out`."""
-
-
-class _H5Source(_Source):
-    """A shard or foreign .h5 file: metadata read at open, rows copied straight into `out`."""
-
-    def __init__(self, path: Path):
-        import h5py
-
-        self.name = str(path)
-        try:
-            self.f = h5py.File(path, "r")
-        except OSError as e:
-            raise ValueError(f"{path} is not a readable HDF5 file ({e}); delete it or re-collect") from None
-        f = self.f
-        for key in ("ep_len", "ep_offset"):
-            if key not in f:
-                raise ValueError(f"{path} has no {key!r} dataset; not a LeWM/wm-style episode file "
-                                 f"(it has: {sorted(f.keys())})")
-        self.ep_len = f["ep_len"][()].astype(np.int64)
-        self.ep_offset = f["ep_offset"][()].astype(np.int64)
-        self.ep_index = f["ep_index"][()].astype(np.int64) if "ep_index" in f else None
-        self.ep_seed = f["ep_seed"][()].astype(np.int64) if "ep_seed" in f else None
-        self.attrs = json.loads(f.attrs["wm_meta"]) if "wm_meta" in f.attrs else None
-        self.row_columns = {k: (v.shape[1:], v.dtype) for k, v in f.items()
-                            if isinstance(v, h5py.Dataset) and k not in EPISODE_KEYS and v.ndim >= 1}
-        self._nchw = False
-        if "pixels" in self.row_columns:
-            shape, dt = self.row_columns["pixels"]
-            if len(shape) == 3 and shape[0] in (1, 3) and shape[-1] not in (1, 3):   # (C, H, W) rows
-                self._nchw = True
-                self.row_columns["pixels"] = ((shape[1], shape[2], shape[0]), dt)
-        _check_episodes(self)
-
-    def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
-        d = self.f[col]
-        if col == "pixels" and self._nchw:
-            out[...] = d[start:stop].transpose(0, 2, 3, 1)
-        elif out.dtype == d.dtype and out.flags.c_contiguous:
-            d.read_direct(out, source_sel=np.s_[start:stop])
-        else:
-            out[...] = d[start:stop]
-
-
-class _NpzSource(_Source):
-    """A staged episode (.npz): one episode, arrays loaded eagerly."""
-
-    def __init__(self, path: Path):
-        self.name = str(path)
-        try:
-            with np.load(path) as z:
-                self.arrays = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any decode failure means a damaged file
-            raise ValueError(f"staged episode {path} is unreadable ({e}); delete it and resume") from None
-        rows = [k for k in self.arrays if k in ROW_COLUMNS]
-        n = len(self.arrays[rows[0]])
-        self.ep_len = np.array([n], np.int64)
-        self.ep_offset = np.zeros(1, np.int64)
-        self.ep_index = np.array([int(self.arrays["ep_index"])], np.int64)
-        self.ep_seed = np.array([int(self.arrays["ep_seed"])], np.int64)
-        self.row_columns = {k: (self.arrays[k].shape[1:], self.arrays[k].dtype) for k in rows}
-
-    def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
-        out[...] = self.arrays[col][start:stop]
-
-
-def _check_episodes(s: _Source) -> None:
-    n_rows = {k: None for k in s.row_columns}
-    if isinstance(s, _H5Source):
-        n_rows = {k: s.f[k].shape[0] for k in s.row_columns}
-    end = s.ep_offset + s.ep_len
-    if (s.ep_len.shape != s.ep_offset.shape or (s.ep_len < 1).any() or (s.ep_offset < 0).any()
-            or any(n is not None and len(end) and end.max() > n for n in n_rows.values())):
-        raise ValueError(f"{s.name}: ep_len/ep_offset are inconsistent with the row arrays; corrupt file")
-
-
-def _assemble(path: Path, meta: dict, sources: list[_Source], want: tuple[str, ...],
+def _assemble(path: Path, meta: dict, sources: list[Source], want: tuple[str, ...],
               episodes: int | Sequence[int] | None) -> Dataset:
     """Order episodes by ep_index, select, and copy each column into one contiguous array."""
     for s in sources:
-        if isinstance(s, _H5Source) and s.attrs and meta and s.attrs.get("key") != meta.get("key"):
+        if isinstance(s, H5Source) and s.attrs and meta and s.attrs.get("key") != meta.get("key"):
             raise ValueError(f"{s.name} was collected with a different config than {path / META} "
                              f"({s.attrs.get('key')} vs {meta.get('key')}); keep one collection per directory")
     # (source id, local episode) for every episode, in global order
@@ -414,7 +290,7 @@ def _assemble(path: Path, meta: dict, sources: list[_Source], want: tuple[str, .
     return Dataset(meta, out, lens, offsets, idx, seeds, path, tuple(available))
 
 
-def _runs(sources: list[_Source], refs: list[tuple[int, int]], offsets: np.ndarray, lens: np.ndarray):
+def _runs(sources: list[Source], refs: list[tuple[int, int]], offsets: np.ndarray, lens: np.ndarray):
     """Merge consecutive episodes that are contiguous in one source into single copies."""
     run = None
     for k, (si, e) in enumerate(refs):

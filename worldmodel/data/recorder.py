@@ -1,33 +1,10 @@
 """Record episodes from outside the toolkit (a real robot, another simulator, old logs) as a dataset.
 
-`wm collect` needs an env in `envs/`. A robot's control loop has none: it has camera frames and the
-commands it sent. `DatasetWriter` turns those into the same crash-safe dataset `wm collect` writes
-(meta.json + HDF5 shards, worldmodel/data/dataset.py), so `wm train data=...`, `wm inspect` and
-`wm preview` work on it unchanged.
+`DatasetWriter` turns camera frames and the commands sent into the same crash-safe dataset
+`wm collect` writes (worldmodel.data.dataset), so training and inspection work on it unchanged:
 
-    from worldmodel.data.recorder import DatasetWriter
-
-    with DatasetWriter("data/arm", action_low=[-1, -1], action_high=[1, 1], control_hz=10,
-                       image_size=64, name="my-arm") as w:
-        for episode in my_logs:
-            w.add_episode(pixels=episode.frames,      # (T, 64, 64, 3) uint8, frame t before action t
-                          action=episode.commands,    # (T - 1, A): the command sent after frame t
-                          state=episode.joints)       # optional (T, S): only scores latents (probe_r2)
-
-`pose_dims` / `angle_dims` say which state coordinates a frame shows and which are angles, for the
-training's state probe (default: every coordinate as it is).
-
-- Crash safety: every `add_episode` is staged atomically at once; `close()` (or every
-  `shard_every` episodes) packs staged episodes into a shard. A killed process loses at most the
-  episode being added; `DatasetWriter(..., resume=True)` packs what was staged and appends after it.
-- Camera frames of another size: `worldmodel.report.video.fit_frame(frame, image_size)` (centre square,
-  area-averaged), the same call at control time.
-- Refused, with the fix named: frames that are not (T, image_size, image_size, 3) uint8, actions
-  with the wrong length or dimension, NaN/Inf values, actions outside the bounds (a dataset should
-  only hold commands the system accepts), an existing dataset without `resume=True`, a resume with
-  different bounds, image size or control rate.
-- `wm eval` needs a simulator to score success: a recorded dataset has none, so evaluate a model
-  trained on it in the loop with `MPCController`, or pass `env=` when a matching env exists.
+    with DatasetWriter("data/arm", action_low=[-1, -1], action_high=[1, 1], control_hz=10, image_size=64) as w:
+        w.add_episode(pixels=frames, action=commands)     # (T, 64, 64, 3) uint8, (T - 1, A)
 """
 from __future__ import annotations
 
@@ -44,7 +21,15 @@ from worldmodel.io import write_json_atomic
 
 
 class DatasetWriter:
-    """Append recorded episodes to a wm dataset directory (see the module docstring)."""
+    """Append recorded episodes to a wm dataset directory.
+
+    Every `add_episode` is staged atomically; `close()` (or every `shard_every` episodes) packs the
+    staged episodes into a shard, and `resume=True` packs what a killed run staged and appends after
+    it. Frames of another size: `worldmodel.report.video.fit_frame(frame, image_size)`. `pose_dims` /
+    `angle_dims` say which state coordinates a frame shows and which are angles (the state probe's
+    input; default: every coordinate as it is). Refused, with the fix named: malformed frames or
+    actions, NaN/Inf, actions outside the bounds, an existing dataset without `resume=True`, a resume
+    with other settings."""
 
     def __init__(self, out: str | Path, *, action_low: Sequence[float], action_high: Sequence[float],
                  control_hz: float, image_size: int, name: str = "recorded",

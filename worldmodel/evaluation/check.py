@@ -20,6 +20,7 @@ import torch
 from worldmodel.config import to_dict
 from worldmodel.evaluation.check_scoring import TaskRows, score_tasks, task_rows
 from worldmodel.evaluation.config import CheckConfig
+from worldmodel.evaluation.tasks import training_episodes
 from worldmodel.io import OutputDir, write_summary
 
 PICTURE = "check.png"
@@ -156,24 +157,15 @@ def same_origin(a: dict, b: dict) -> bool:
 def load_episodes(cfg: CheckConfig, train_cfg: dict, history: int, frameskip: int) -> tuple[Any, str]:
     """The episodes to check on and a note saying which: the training data's held-out split (the
     same seeded split `wm train` validated on) unless `data=` names another recording."""
-    from worldmodel.data.clips import ClipSpec, split_episodes
     from worldmodel.data.dataset import load_dataset
 
-    dcfg = train_cfg.get("data") or {}
-    train_path = dcfg.get("path")
-    path = cfg.data or train_path
-    if not path:
-        raise ValueError(f"{cfg.checkpoint} records no training data path; pass data=PATH")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"dataset {path} does not exist here; pass data=PATH (of another path than "
-                                "the training data's, every episode is used: give episodes the model did not "
-                                "train on)")
-    held_out = train_path is not None and Path(path).resolve() == Path(train_path).resolve()
-    if not held_out:
+    try:
+        path, _, val = training_episodes(train_cfg, history, frameskip, cfg.data)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (of another path than the training data's, every episode is used: give "
+                                "episodes the model did not train on)") from None
+    if val is None:
         return load_dataset(path, columns=("pixels", "action")), f"every episode of {path}"
-    lens = load_dataset(path, columns=("action",), episodes=dcfg.get("episodes")).ep_len
-    spec = ClipSpec(history, int(dcfg.get("n_preds", 1)), frameskip)
-    _, val = split_episodes(lens, spec, float(dcfg.get("val_fraction", 0.1)), int(dcfg.get("split_seed", 0)))
     if len(val) == 0:
         raise ValueError(f"the run held out no episodes of {path} (data.val_fraction=0): pass data=PATH "
                          "of episodes the model was not trained on")

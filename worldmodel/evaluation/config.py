@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+TASK_DRAWS = ("heldout", "training")   # eval tasks=: where starts and goals come from
 PRECISIONS = ("fp32", "bf16")    # eval precision=: the predictor's dtype while planning
 
 
@@ -25,6 +26,9 @@ class EvalConfig:
     step_weights: list[float] | None = None   # null: the energy is the last planned chunk's distance to
                                        # the goal (LeWM); one weight per chunk (horizon of them): the
                                        # weighted sum over all steps, e.g. [1,1,1,1,1]
+    tasks: str = "heldout"             # heldout: starts and goals from fresh episodes never trained on |
+                                       # training: from the training data's own episodes (LeWM's draw)
+    data: str | None = None            # tasks=training: the dataset (null: the one the checkpoint trained on)
     eval_seed: int = 1_000_003         # base seed of the held-out episodes (never a training seed)
     policy: str | None = None          # held-out episodes' policy; null: the training data's
     episode_len: int | None = None     # held-out episodes' length; null: the training data's
@@ -62,6 +66,10 @@ class EvalConfig:
                                  f"step_weights=[{','.join(['1'] * self.horizon)}], or null for the last chunk only")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be > 0 seconds (or null: no deadline), got {self.time_budget_s}")
+        if self.tasks not in TASK_DRAWS:
+            raise ValueError(f"tasks must be one of {', '.join(TASK_DRAWS)}, got {self.tasks!r}")
+        if self.data is not None and self.tasks != "training":
+            raise ValueError("data= names the dataset of tasks=training; drop it, or pass tasks=training")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.planner:

@@ -22,7 +22,8 @@ from worldmodel.config import to_dict
 from worldmodel.evaluation.config import EvalConfig
 from worldmodel.evaluation.stats import percentile, wilson
 from worldmodel.evaluation.tasks import (Task, env_kwargs, goal_error_summary, goal_images, make_env, make_tasks,
-                                         paired_vs_random, plan_seed, run_tasks, same_env, training_seeds)
+                                         paired_vs_random, plan_seed, recorded_tasks, run_tasks, same_env,
+                                         training_episodes, training_seeds)
 from worldmodel.io import OutputDir, write_json_atomic, write_summary
 from worldmodel.report.plots import EVAL_SUMMARY, plot_eval
 
@@ -108,10 +109,25 @@ def prepare(cfg: EvalConfig) -> Evaluation:
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
     t0 = time.perf_counter()
-    tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
-                       training_seeds(meta))
+    if cfg.tasks == "training":
+        tasks = training_tasks(cfg, model.cfg)
+    else:
+        tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
+                           training_seeds(meta))
     return Evaluation(cfg, out, device, fp, model, meta, env_name, planner, planner.seed, env_list, policy,
                       episode_len, tasks, t0, saved or Progress(), saved.done if saved else None)
+
+
+def training_tasks(cfg: EvalConfig, model_cfg: Any) -> list[Task]:
+    """tasks=training: LeWM's draw from the episodes the checkpoint trained on (or data=)."""
+    from worldmodel.data.dataset import load_dataset
+    from worldmodel.model.checkpoint import load_checkpoint
+
+    train_cfg = (load_checkpoint(cfg.checkpoint, map_location="cpu").get("extra") or {}).get("config") or {}
+    path, train, _ = training_episodes(train_cfg, model_cfg.history, model_cfg.frameskip, cfg.data)
+    ds = load_dataset(path, columns=("state",), episodes=None if train is None else train.tolist())
+    seeds = ds.ep_seed if ds.ep_seed is not None else np.arange(ds.num_episodes)   # a foreign file has none
+    return recorded_tasks(ds.state, ds.ep_len, ds.ep_offset, seeds, cfg.episodes, cfg.goal_offset, cfg.eval_seed)
 
 
 def load_model(cfg: EvalConfig, device: torch.device) -> tuple[Any, dict[str, Any], str]:
@@ -259,7 +275,7 @@ class Evaluation:
             "diverged": {"planner": sum(r["diverged_at"] is not None for r in results),
                          "random": sum(r["diverged_at"] is not None for r in floor),
                          "note": "episodes whose physics diverged; each ended there, with what it had reached"},
-            "protocol": {"budget": cfg.budget, "goal_offset": cfg.goal_offset, "eval_seed": cfg.eval_seed,
+            "protocol": {"tasks": cfg.tasks, "budget": cfg.budget, "goal_offset": cfg.goal_offset, "eval_seed": cfg.eval_seed,
                          "policy": self.policy, "episode_len": self.episode_len,
                          "env_kwargs": env_kwargs(self.env_name, self.meta)},
             "wall_s": time.perf_counter() - self.t0, "resumed_after": self.resumed_after or 0,

@@ -9,6 +9,7 @@ policy would "solve" it). The policy sees only pixels; simulator state sets up t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ from worldmodel.evaluation.stats import mcnemar
 @dataclass
 class Task:
     index: int
-    seed: int                 # held-out episode seed
+    seed: int                 # its episode's seed (reset with it, the env draws what the state leaves out)
     start_step: int
     start_state: np.ndarray   # (S,)
     goal_state: np.ndarray    # (S,)
@@ -80,6 +81,47 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
             s = int(rng.integers(0, n - goal_offset))
         tasks.append(Task(i, seed, s, ep["state"][s].copy(), ep["state"][s + goal_offset].copy()))
     return tasks
+
+
+def recorded_tasks(state: np.ndarray, ep_len: np.ndarray, ep_offset: np.ndarray, ep_seed: np.ndarray,
+                   episodes: int, goal_offset: int, seed: int) -> list[Task]:
+    """LeWM's draw as released: each task a random window of a recorded episode (the training
+    data's), its start the recorded state at a random step and its goal the state `goal_offset`
+    steps later. Windows are not redrawn, so a start that already meets its goal stays a task
+    (the random floor, run on the same tasks, shows how many there are)."""
+    eligible = np.flatnonzero(ep_len > goal_offset)
+    if len(eligible) == 0:
+        raise ValueError(f"no recorded episode is longer than goal_offset={goal_offset} steps; lower goal_offset=")
+    rng = np.random.default_rng([seed, 42])
+    tasks = []
+    for i in range(episodes):
+        e = int(rng.choice(eligible))
+        s = int(rng.integers(0, ep_len[e] - goal_offset))
+        row = int(ep_offset[e]) + s
+        tasks.append(Task(i, int(ep_seed[e]), s, state[row].copy(), state[row + goal_offset].copy()))
+    return tasks
+
+
+def training_episodes(train_cfg: dict[str, Any], history: int, frameskip: int, path: str | None = None
+                      ) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """The recording a run trained on (or `path`) and that run's seeded split of it into (train,
+    held-out) episode indices, as `wm train` made it; for another recording: (path, None, None)."""
+    from worldmodel.data.clips import ClipSpec, split_episodes
+    from worldmodel.data.dataset import load_dataset
+
+    dcfg = train_cfg.get("data") or {}
+    trained_on = dcfg.get("path")
+    path = path or trained_on
+    if not path:
+        raise ValueError("the checkpoint records no training data path; pass data=PATH")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"dataset {path} does not exist here; pass data=PATH")
+    if trained_on is None or Path(path).resolve() != Path(trained_on).resolve():
+        return path, None, None
+    lens = load_dataset(path, columns=("action",), episodes=dcfg.get("episodes")).ep_len
+    spec = ClipSpec(history, int(dcfg.get("n_preds", 1)), frameskip)
+    train, val = split_episodes(lens, spec, float(dcfg.get("val_fraction", 0.1)), int(dcfg.get("split_seed", 0)))
+    return path, train, val
 
 
 def goal_images(env_list: list, tasks: list[Task]) -> np.ndarray:

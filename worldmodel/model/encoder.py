@@ -3,7 +3,7 @@
 Pixels (..., H, W, 3) -> patches -> pre-LN transformer -> final LayerNorm -> CLS -> projector
 (Linear -> BatchNorm1d -> GELU -> Linear). The projector ends the encoder with BatchNorm rather than
 LayerNorm because a LayerNorm output lies on a sphere-like set, which works against SIGReg's
-isotropic-Gaussian target (REFERENCE.md, LeWM).
+isotropic-Gaussian target (LeWM's design).
 """
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ class ViTBlock(nn.Module):
         qkv = self.qkv(self.norm1(x)).reshape(n, t, 3, self.heads, w // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)   # each (N, heads, T, hd)
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # On the CPU, bf16 attention's backward ran 6x slower than float32's (train_profile.py
-            # --precision bf16, 2-core AMD EPYC): attend in float32; the linears stay bf16 (autocast).
+            # On the CPU, bf16 attention's backward is much slower than float32's (no fused bf16
+            # kernel): attend in float32; the linears stay bf16 (autocast).
             with torch.autocast("cpu", enabled=False):
                 a = F.scaled_dot_product_attention(q.float(), k.float(), v.float())   # (N, heads, T, hd)
         else:
@@ -102,8 +102,8 @@ class ViTEncoder(nn.Module):
         computed as one matmul on the patches cut straight from the channels-last pixels, with the
         normalisation folded into the weights (no pass over the images but the cast). The same
         function as Conv2d on the normalised (N, 3, H, W) image (tests/test_model.py), and the same
-        parameters, so checkpoints keep their layout; on the 2-core CPU the convolution's backward
-        alone took 4x its forward."""
+        parameters, so checkpoints keep their layout; on the CPU the convolution's backward costs
+        several times its forward, the matmul's does not."""
         if pixels.dim() != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected pixels (N, H, W, 3) channels-last, got {tuple(pixels.shape)}")
         if pixels.shape[1] != self.image_size or pixels.shape[2] != self.image_size:

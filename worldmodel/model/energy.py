@@ -7,10 +7,9 @@ planners.base.Energy: actions (B, S, Hz, chunk) in raw env units -> costs (B, S)
 
 dtype=torch.bfloat16 plans with a bfloat16 copy of the predictor and action encoder
 (WorldModel.planning_copy): the goal and history are still encoded in float32, the costs come back
-in float32. On CUDA that is about half the predictor's memory traffic and no weight casts per call.
-On a CPU it depends on the CPU (worldmodel.machine.bf16_matmul_speedup measures it): a 2-core
-AMD EPYC with AVX512-BF16 solved a LeWM-scale CEM plan 2.5-3x faster than in float32 (4.5x
-compiled), an Intel Xeon with AVX512-BF16 but no AMX more slowly (benchmarks/results/plan_latency_cpu.jsonl).
+in float32. On CUDA that halves the predictor's weight traffic and avoids weight casts per call.
+On a CPU whether bf16 pays depends on the CPU's bf16 support (worldmodel.machine.bf16_matmul_speedup
+measures it on the machine at hand).
 """
 from __future__ import annotations
 
@@ -53,11 +52,10 @@ class GoalEnergy:
     copies the predictor once, here: build a new energy after changing the model's weights.
 
     compile=True runs each call through torch.compile (Inductor): one compilation per history
-    length, plus one with a dynamic sample count where it changes between calls (iCEM); about a
-    minute each for LeWM's predictor on a 2-core CPU, all done by MPCController.warmup(); then
-    fused kernels: 1.1-1.3x per CEM solve on that CPU in float32 (benchmarks/plan_latency.py
-    --compile). With dtype=torch.bfloat16 on a CPU the copy's weights are also frozen into the
-    compiled code as constants (packed once): on the AMD EPYC 2.5-3.1 s eager -> 1.6-1.7 s.
+    length, plus one with a dynamic sample count where it changes between calls (iCEM), all done
+    by MPCController.warmup(); then fused kernels (benchmarks/plan_latency.py --compile times both).
+    With dtype=torch.bfloat16 on a CPU the copy's weights are also frozen into the compiled code as
+    constants, packed once rather than at every call.
 
     static=True keeps the goal latent and the history's latent + KV cache at fixed addresses, one
     set of buffers per shape, and copies new values into them: a CUDA graph captured over __call__

@@ -1,14 +1,8 @@
-"""Plots people would rather look at than read: training curves and an evaluation summary.
+"""PNG plots drawn from a run's files: training curves, an evaluation summary, a comparison.
 
-`plot_training(run_dir)` draws a run's metrics.csv into `curves.png` (train loss terms, held-out
-prediction loss against the "predict no change" baseline, collapse diagnostics, learning rate and
-speed); `wm train` refreshes it at every `last.pt` save, so a killed run still has its picture.
-`plot_eval(results, path)` draws an evaluation's results.json into `summary.png` (success against
-the random floor with Wilson intervals, how close every episode came to its goal, steps to
-success); `wm eval` writes it next to results.json. `plot_compare(cmp, path)` draws `wm compare`'s
-runs side by side. `wm plot PATH` redraws a training run or an evaluation from its files.
-
-matplotlib runs on its non-interactive Agg backend, so this works on headless machines.
+`plot_training` draws metrics.csv (loss terms, held-out loss against the "predict no change"
+baseline, collapse diagnostics), `plot_eval` an evaluation's results.json, `plot_compare` a
+`wm compare` result. matplotlib runs on its Agg backend, so this works on headless machines.
 """
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     SIGReg's statistic is N x a squared distance, so its pull toward the Gaussian grows with the
     batch. Each accumulated batch's statistic enters the loss scaled by accum_steps, i.e. counted at
     the step's N = batch_size x accum_steps, so accumulating keeps the full batch's pull (unscaled,
-    it would pull like the small batch, and the README shows planning suffers). The returned sigreg
+    it would pull like the small batch, and docs/results.md shows planning suffers). The returned sigreg
     is the unscaled per-batch statistic.
     """
     from worldmodel.model.sigreg import sigreg

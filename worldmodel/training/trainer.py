@@ -37,7 +37,7 @@ from worldmodel.training.validation import collapse_note, evaluate, recalibrate_
 
 __all__ = ["Trainer", "train", "TrainConfig", "DivergedError", "check_compile", "check_resume"]
 
-# what precision_note says bf16 gives `wm train` on a CPU where it pays (the README has the measurements)
+# what precision_note says bf16 gives `wm train` on a CPU where it pays (docs/speed.md has the measurements)
 TRAIN_BF16_GAIN = "bf16 autocast speeds up the whole training step on such a CPU"
 
 

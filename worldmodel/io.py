@@ -104,7 +104,7 @@ class OutputDir:
 
 
 def write_summary(out: Path, summary: dict[str, Any], picture: str, draw: Callable[[dict[str, Any], Path], Any],
-                  line: str, supersedes: Iterable[str] = ()) -> Path:
+                  line: str, supersedes: Iterable[str] = (), redraw: str = "redraw it later with `wm plot`") -> Path:
     """A command's last step: `summary` as out/results.json (atomically), then the files it
     supersedes deleted (an unfinished run's progress), `picture` drawn by draw(summary, path) (a
     picture that cannot be drawn only warns: the results are on disk), and `line` printed with where
@@ -114,6 +114,6 @@ def write_summary(out: Path, summary: dict[str, Any], picture: str, draw: Callab
     results = write_json_atomic(out / "results.json", summary)
     for name in supersedes:
         (out / name).unlink()
-    safe_draw(draw, summary, out / picture)
+    safe_draw(draw, summary, out / picture, redraw=redraw)
     print(f"{line}; results in {results}, picture in {out / picture}")
     return results

@@ -41,7 +41,8 @@ def check(cfg: CheckConfig) -> dict[str, Any]:
     scores = score_tasks(run.model, rows, run.low, run.high, cfg.noise, run.planner, cfg.batch, cfg.seed,
                          device, cfg.progress)
     summary = run.summary(rows, scores, t0)
-    write_summary(out.path, summary, PICTURE, run.draw, summary_line(summary))
+    write_summary(out.path, summary, PICTURE, run.draw, summary_line(summary),
+                  redraw="re-run `wm check ... overwrite=true` to draw it")
     return summary
 
 

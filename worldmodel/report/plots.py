@@ -125,15 +125,14 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
         plt.close(fig)
 
 
-def safe_draw(draw: Callable[..., Any], *args: Any) -> float:
+def safe_draw(draw: Callable[..., Any], *args: Any, redraw: str = "redraw it later with `wm plot`") -> float:
     """Call a plot function; a picture that cannot be drawn only warns, it must never fail a training
     run or an evaluation whose results are already on disk. Returns the seconds it took."""
     t0 = time.perf_counter()
     try:
         draw(*args)
     except Exception as e:   # noqa: BLE001 -- a picture is not worth a lost run
-        print(f"warning: {draw.__name__} failed ({type(e).__name__}: {e}); the run's files are intact, "
-              "redraw later with `wm plot`")
+        print(f"warning: {draw.__name__} failed ({type(e).__name__}: {e}); the run's files are intact, {redraw}")
     return time.perf_counter() - t0
 
 

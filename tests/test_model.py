@@ -308,3 +308,31 @@ def test_load_trained_names_the_env_and_refuses_mismatches(tmp_path):
     other = save_checkpoint(tmp_path / "other.pt", model, extra={"dataset_meta": {**meta, "image_size": 64}})
     with pytest.raises(ValueError, match="image_size 64 != model image_size 32"):
         load_trained(other)
+
+
+def test_cnn_encoder_keeps_the_layout_and_plans_like_the_vit():
+    """model.encoder=cnn: latents of the model's width, gradients through the encoder, the same
+    rollout/energy path as the ViT; a shifted image gives another latent (the layout is not pooled away)."""
+    from worldmodel.model.energy import GoalEnergy
+
+    model = small_model(encoder="cnn", enc_width=32)
+    assert type(model.encoder).__name__ == "ConvEncoder"
+    obs = pixels(2, 3, 32, seed=1)
+    z = model.encode(obs)                                          # (B, T, D)
+    assert z.shape == (2, 3, model.cfg.latent_dim) and torch.isfinite(z).all()
+    img = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
+    left, right = img.clone(), img.clone()
+    left[:, 8:16, 2:10], right[:, 8:16, 22:30] = 255, 255
+    with torch.no_grad():
+        assert not torch.allclose(model.encoder(left), model.encoder(right), atol=1e-4)
+    model.train()
+    out = model.loss(pixels(4, 4, 32, seed=2), torch.randn(4, 3, model.cfg.chunk_dim))
+    out["pred"].backward()
+    assert model.encoder.body[0].weight.grad.abs().sum() > 0
+    model.eval()
+    energy = GoalEnergy(model, obs, torch.randn(2, 2, model.cfg.chunk_dim), pixels(2, 1, 32, seed=3)[:, 0])
+    assert energy(torch.randn(2, 5, 4, model.cfg.chunk_dim)).shape == (2, 5)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ModelConfig(**{**SMALL, "encoder": "cnn", "image_size": 40, "patch_size": 8})
+    with pytest.raises(ValueError, match="model.encoder must be one of"):
+        ModelConfig(**{**SMALL, "encoder": "resnet"})

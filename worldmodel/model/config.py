@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ENCODERS = ("vit", "cnn")   # model.encoder=
+
 
 @dataclass
 class ModelConfig:
     """Architecture. YAML presets in configs/model/ set every field except action_dim (from data)."""
 
+    encoder: str = "vit"           # vit: patches -> transformer -> CLS | cnn: strided convolutions whose
+                                   # last feature map, flattened in place, keeps where things are
     image_size: int = 64
     patch_size: int = 8
     enc_width: int = 192
@@ -36,6 +40,11 @@ class ModelConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"model.encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.encoder == "cnn" and (self.image_size % 16 or self.image_size < 32):
+            raise ValueError(f"model.encoder=cnn halves the image four times: model.image_size must be a "
+                             f"multiple of 16 and >= 32, got {self.image_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
                              f"model.patch_size {self.patch_size}")

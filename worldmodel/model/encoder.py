@@ -1,7 +1,9 @@
-"""Image encoder: a ViT whose CLS token, through a BatchNorm projector, is the latent z.
+"""Image encoders: pixels (N, H, W, 3) -> the latent z, through a BatchNorm projector.
 
-Pixels (..., H, W, 3) -> patches -> pre-LN transformer -> final LayerNorm -> CLS -> projector
-(Linear -> BatchNorm1d -> GELU -> Linear). The projector ends the encoder with BatchNorm rather than
+ViTEncoder (model.encoder=vit): patches -> pre-LN transformer -> final LayerNorm -> CLS -> projector
+(Linear -> BatchNorm1d -> GELU -> Linear). ConvEncoder (model.encoder=cnn): strided convolutions
+whose last feature map, flattened in place, goes to the same projector, so where things are in the
+image stays in the latent rather than being pooled into one token. The projector ends the encoder with BatchNorm rather than
 LayerNorm because a LayerNorm output lies on a sphere-like set, which works against SIGReg's
 isotropic-Gaussian target (LeWM's design).
 """
@@ -126,3 +128,52 @@ class ViTEncoder(nn.Module):
             x = blk(x)
         cls = self.norm(x[:, 0])                           # (N, width)
         return self.projector(cls)                         # (N, latent_dim)
+
+
+class ConvBlock(nn.Module):
+    """x + GELU(GroupNorm(conv3x3(x))): one residual convolution at a fixed resolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(8, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + F.gelu(self.norm(self.conv(x)))
+
+
+class ConvEncoder(nn.Module):
+    """Pixels (N, H, W, 3) uint8 or float in [0, 1] -> latent (N, latent_dim).
+
+    A 4x4 stride-4 stem to width/4 channels, then two stride-2 stages (width/2, width), each followed
+    by a residual convolution: the image shrinks 16-fold. The last feature map (N, width, H/16, W/16)
+    is flattened as it lies, so the projector sees each cell's features at its place."""
+
+    def __init__(self, image_size: int, width: int, latent_dim: int, proj_hidden: int):
+        super().__init__()
+        if image_size % 16:
+            raise ValueError(f"image_size {image_size} must be a multiple of 16 for the cnn encoder")
+        if width % 32:
+            raise ValueError(f"enc_width {width} must be a multiple of 32 for the cnn encoder (GroupNorm(8) "
+                             "on width/4 channels)")
+        self.image_size = image_size
+        c1, c2, c3 = width // 4, width // 2, width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, c1, 4, stride=4), nn.GroupNorm(8, c1), nn.GELU(), ConvBlock(c1),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GroupNorm(8, c2), nn.GELU(), ConvBlock(c2),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.GroupNorm(8, c3), nn.GELU(), ConvBlock(c3))
+        self.projector = BNProjector(c3 * (image_size // 16) ** 2, proj_hidden, latent_dim)
+        init_weights(self.projector)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        if pixels.dim() != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"expected pixels (N, H, W, 3) channels-last, got {tuple(pixels.shape)}")
+        if pixels.shape[1] != self.image_size or pixels.shape[2] != self.image_size:
+            raise ValueError(
+                f"pixels are {pixels.shape[1]}x{pixels.shape[2]} but the model expects "
+                f"{self.image_size}x{self.image_size}: collect at that size or set model.image_size")
+        dtype = self.body[0].weight.dtype
+        x = pixels.to(dtype) / (255.0 if pixels.dtype == torch.uint8 else 1.0)   # (N, H, W, 3) in [0, 1]
+        x = ((x - PIXEL_MEAN) / PIXEL_STD).permute(0, 3, 1, 2)                    # (N, 3, H, W), channels-last memory
+        f = self.body(x)                                                         # (N, width, H/16, W/16)
+        return self.projector(f.flatten(1))                                      # (N, latent_dim)

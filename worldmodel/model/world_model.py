@@ -1,4 +1,4 @@
-"""The JEPA world model: ViT encoder + action encoder + AdaLN-zero predictor.
+"""The JEPA world model: image encoder (ViT or CNN) + action encoder + AdaLN-zero predictor.
 
 Trained end-to-end from pixels with a teacher-forced next-latent MSE (`loss`; optionally plus the
 error of an open-loop rollout over the clip, as the planner uses the predictor) plus SIGReg on the
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodel.model.config import ModelConfig
-from worldmodel.model.encoder import ViTEncoder
+from worldmodel.model.encoder import ConvEncoder, ViTEncoder
 from worldmodel.model.predictor import KV, ActionEncoder, Predictor
 
 
@@ -22,8 +22,11 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = ViTEncoder(cfg.image_size, cfg.patch_size, cfg.enc_width, cfg.enc_depth,
-                                  cfg.enc_heads, cfg.enc_mlp, cfg.latent_dim, cfg.proj_hidden)
+        if cfg.encoder == "cnn":
+            self.encoder: nn.Module = ConvEncoder(cfg.image_size, cfg.enc_width, cfg.latent_dim, cfg.proj_hidden)
+        else:
+            self.encoder = ViTEncoder(cfg.image_size, cfg.patch_size, cfg.enc_width, cfg.enc_depth,
+                                      cfg.enc_heads, cfg.enc_mlp, cfg.latent_dim, cfg.proj_hidden)
         self.action_encoder = ActionEncoder(cfg.chunk_dim, cfg.action_embed, cfg.action_hidden,
                                             cfg.latent_dim)
         self.predictor = Predictor(cfg.latent_dim, cfg.pred_depth, cfg.pred_heads, cfg.pred_head_dim,

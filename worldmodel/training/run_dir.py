@@ -70,9 +70,9 @@ def resume_point(cfg: TrainConfig, rank: int) -> Path | None:
 def check_resume(ckpt: dict, model_cfg: ModelConfig, cfg: TrainConfig, path: Path) -> None:
     """Refuse to resume the checkpoint `ckpt` (read from `path`) with another model or with different
     training settings."""
-    if ckpt["model_config"] != model_cfg.to_dict():
-        diff = {k: (ckpt["model_config"].get(k), v) for k, v in model_cfg.to_dict().items()
-                if ckpt["model_config"].get(k) != v}
+    saved_model = ModelConfig(**ckpt["model_config"]).to_dict()     # a field added since: its default then
+    if saved_model != model_cfg.to_dict():
+        diff = {k: (saved_model.get(k), v) for k, v in model_cfg.to_dict().items() if saved_model.get(k) != v}
         raise ValueError(f"resume=true but the model differs from {path} "
                          f"(checkpoint vs now: {diff}); use the run's model overrides or a new out=")
     saved, now = ckpt["extra"]["config"], to_dict(cfg)

@@ -31,6 +31,15 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def check_pixels(pixels: Tensor, image_size: int) -> None:
+    """Refuse anything but channels-last (N, image_size, image_size, 3) pixels, naming the fix."""
+    if pixels.dim() != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected pixels (N, H, W, 3) channels-last, got {tuple(pixels.shape)}")
+    if pixels.shape[1] != image_size or pixels.shape[2] != image_size:
+        raise ValueError(f"pixels are {pixels.shape[1]}x{pixels.shape[2]} but the model expects "
+                         f"{image_size}x{image_size}: collect at that size or set model.image_size")
+
+
 class BNProjector(nn.Module):
     """MLP in_dim -> hidden -> out_dim with BatchNorm1d; accepts (..., in_dim) by flattening leading dims."""
 
@@ -106,12 +115,7 @@ class ViTEncoder(nn.Module):
         function as Conv2d on the normalised (N, 3, H, W) image (tests/test_model.py), and the same
         parameters, so checkpoints keep their layout; on the CPU the convolution's backward costs
         several times its forward, the matmul's does not."""
-        if pixels.dim() != 4 or pixels.shape[-1] != 3:
-            raise ValueError(f"expected pixels (N, H, W, 3) channels-last, got {tuple(pixels.shape)}")
-        if pixels.shape[1] != self.image_size or pixels.shape[2] != self.image_size:
-            raise ValueError(
-                f"pixels are {pixels.shape[1]}x{pixels.shape[2]} but the model expects "
-                f"{self.image_size}x{self.image_size}: collect at that size or set model.image_size")
+        check_pixels(pixels, self.image_size)
         n, p = pixels.shape[0], self.patch.kernel_size[0]
         g = self.image_size // p
         x = pixels.reshape(n, g, p, g, p, 3).transpose(2, 3).reshape(n, g * g, p * p * 3)  # (N, P, p*p*3)
@@ -166,12 +170,7 @@ class ConvEncoder(nn.Module):
         init_weights(self.projector)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        if pixels.dim() != 4 or pixels.shape[-1] != 3:
-            raise ValueError(f"expected pixels (N, H, W, 3) channels-last, got {tuple(pixels.shape)}")
-        if pixels.shape[1] != self.image_size or pixels.shape[2] != self.image_size:
-            raise ValueError(
-                f"pixels are {pixels.shape[1]}x{pixels.shape[2]} but the model expects "
-                f"{self.image_size}x{self.image_size}: collect at that size or set model.image_size")
+        check_pixels(pixels, self.image_size)
         dtype = self.body[0].weight.dtype
         x = pixels.to(dtype) / (255.0 if pixels.dtype == torch.uint8 else 1.0)   # (N, H, W, 3) in [0, 1]
         x = ((x - PIXEL_MEAN) / PIXEL_STD).permute(0, 3, 1, 2)                    # (N, 3, H, W), channels-last memory

@@ -28,6 +28,11 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+def _generic_env(name: str) -> str:
+    """The env preset a name that has none falls to: dmc for a dm_control suite task, else gym."""
+    return "dmc" if name.startswith("dm_control/") else "gym"
+
+
 def preset(group: str, choice: str) -> dict[str, Any]:
     """The values of configs/<group>/<choice>.yaml, as a typed Python call takes them:
     `ModelConfig(**preset("model", "tiny"))`, `EnvConfig(**preset("env", "Hopper-v5"))`. An env
@@ -36,8 +41,7 @@ def preset(group: str, choice: str) -> dict[str, Any]:
     import yaml
 
     if group == "env" and choice not in group_options("env"):
-        generic = "dmc" if choice.startswith("dm_control/") else "gym"
-        return {**preset("env", generic), "name": choice}
+        return {**preset("env", _generic_env(choice)), "name": choice}
     path = CONFIG_DIR / group / f"{choice}.yaml"
     if not path.is_file():
         raise ConfigError(f"{group}={choice!r}: choose one of {', '.join(group_options(group))}")
@@ -69,7 +73,7 @@ def _rewrite_shorthands(schema: type, config_name: str, overrides: list[str]) ->
         if key == "data" and value and dataclasses.is_dataclass(_field_types(schema).get("data")):
             out.append(f"data.path={value}")
         elif key == "env" and value and _uses_group(config_name, key) and value not in group_options(key):
-            out += ["env=dmc" if value.startswith("dm_control/") else "env=gym", f"env.name={value}"]
+            out += [f"env={_generic_env(value)}", f"env.name={value}"]
         else:
             out.append(ov)
     return out

@@ -136,11 +136,13 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     save_resolved(cfg, out, "demo_config.json")
     timings: dict[str, float] = {}
     stages = (("collect", collect, cfg.collect_config), ("train", train, cfg.train_config),
-              ("eval", evaluate, cfg.eval_config))
+              ("eval", evaluate, cfg.eval_config))        # eval's config needs the trained checkpoint
     results: dict[str, Any] = {}
+    configs: dict[str, Any] = {}
     for name, call, config in stages:
         t = time.perf_counter()
-        results[name] = call(config())
+        configs[name] = config()
+        results[name] = call(configs[name])
         timings[f"{name}_s"] = time.perf_counter() - t
     ev = results["eval"]
     ev["train_minutes"] = timings["train_s"] / 60
@@ -149,7 +151,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                "eval": {k: v for k, v in ev.items() if k != "per_episode"},
                "timings_s": timings, "total_s": sum(timings.values())}
     write_json_atomic(out / "summary.json", summary)
-    run_dir, eval_dir = Path(cfg.train_config().out), Path(cfg.eval_config().out)
+    run_dir, eval_dir = Path(configs["train"].out), Path(configs["eval"].out)
     pictures = [p.relative_to(out).as_posix() for p in (run_dir / CURVES, eval_dir / EVAL_SUMMARY) if p.exists()]
     (out / "results.md").write_text(table + "\n\n" + "".join(f"![{p}]({p})\n" for p in pictures))
     print("\n" + table)

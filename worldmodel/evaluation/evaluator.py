@@ -102,7 +102,7 @@ def prepare(cfg: EvalConfig) -> Evaluation:
     if cfg.cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
                          "drop cuda_graph=true on the CPU")
-    model, meta, env_name = load_model(cfg, device)
+    model, meta, env_name, train_cfg = load_model(cfg, device)
     print_precision_note("wm eval", cfg.precision, device, BF16_GAIN)
     planner = planner_from_config(cfg.planner or {"name": "cem"})
     env_list = make_envs(env_name, meta, model.cfg, min(cfg.batch, cfg.episodes))
@@ -110,7 +110,7 @@ def prepare(cfg: EvalConfig) -> Evaluation:
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
     t0 = time.perf_counter()
     if cfg.tasks == "training":
-        tasks = training_tasks(cfg, model.cfg)
+        tasks = training_tasks(cfg, model.cfg, train_cfg)
     else:
         tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
                            training_seeds(meta))
@@ -118,28 +118,29 @@ def prepare(cfg: EvalConfig) -> Evaluation:
                       episode_len, tasks, t0, saved or Progress(), saved.done if saved else None)
 
 
-def training_tasks(cfg: EvalConfig, model_cfg: Any) -> list[Task]:
+def training_tasks(cfg: EvalConfig, model_cfg: Any, train_cfg: dict[str, Any]) -> list[Task]:
     """tasks=training: LeWM's draw from the episodes the checkpoint trained on (or data=)."""
     from worldmodel.data.dataset import load_dataset
-    from worldmodel.model.checkpoint import load_checkpoint
 
-    train_cfg = (load_checkpoint(cfg.checkpoint, map_location="cpu").get("extra") or {}).get("config") or {}
     path, train, _ = training_episodes(train_cfg, model_cfg.history, model_cfg.frameskip, cfg.data)
     ds = load_dataset(path, columns=("state",), episodes=None if train is None else train.tolist())
     seeds = ds.ep_seed if ds.ep_seed is not None else np.arange(ds.num_episodes)   # a foreign file has none
     return recorded_tasks(ds.state, ds.ep_len, ds.ep_offset, seeds, cfg.episodes, cfg.goal_offset, cfg.eval_seed)
 
 
-def load_model(cfg: EvalConfig, device: torch.device) -> tuple[Any, dict[str, Any], str]:
-    """The checkpoint's model, its training data's meta and the env to evaluate in."""
-    from worldmodel.model.world_model import load_trained
+def load_model(cfg: EvalConfig, device: torch.device) -> tuple[Any, dict[str, Any], str, dict[str, Any]]:
+    """The checkpoint's model, its training data's meta, the env to evaluate in and the training
+    config (one read of the checkpoint)."""
+    from worldmodel.model.checkpoint import load_checkpoint
+    from worldmodel.model.world_model import trained_from_loaded
 
-    model, meta, env_name = load_trained(cfg.checkpoint, device, cfg.env)
+    ckpt = load_checkpoint(cfg.checkpoint, map_location=device)
+    model, meta, env_name = trained_from_loaded(ckpt, device, cfg.env, str(cfg.checkpoint))
     if not same_env(env_name, meta):       # allowed (a variant of the env, a transfer test), but say so
         print(f"wm eval: warning: {cfg.checkpoint} was trained on {meta['env']} data and is evaluated in "
               f"{env_name}; the tasks still use that data's policy and episode length unless policy= "
               f"and episode_len= are given", file=sys.stderr)
-    return model, meta, env_name
+    return model, meta, env_name, (ckpt.get("extra") or {}).get("config") or {}
 
 
 def make_envs(env_name: str, meta: dict[str, Any], mcfg: Any, n: int) -> list:

@@ -202,12 +202,17 @@ def load_trained(path, device: str | torch.device = "cpu", env: str | None = Non
     that names no env when none is given, a dataset whose image size is not the model's."""
     from worldmodel.model.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(path, map_location=device)
+    return trained_from_loaded(load_checkpoint(path, map_location=device), device, env, str(path))
+
+
+def trained_from_loaded(ckpt: dict, device: str | torch.device = "cpu", env: str | None = None,
+                        source: str = "checkpoint") -> tuple[WorldModel, dict, str]:
+    """Same as load_trained, from a dict `load_checkpoint` already returned (no second read)."""
     meta = (ckpt.get("extra") or {}).get("dataset_meta") or {}
     env_name = env or meta.get("env")
     if not env_name:
-        raise ValueError(f"{path} records no dataset env; pass env=<name>")
-    model = WorldModel.from_loaded(ckpt, device, source=str(path))
+        raise ValueError(f"{source} records no dataset env; pass env=<name>")
+    model = WorldModel.from_loaded(ckpt, device, source=source)
     image_size = int(meta.get("image_size") or model.cfg.image_size)
     if image_size != model.cfg.image_size:
         raise ValueError(f"data image_size {image_size} != model image_size {model.cfg.image_size}")

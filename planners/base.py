@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 
@@ -63,6 +64,38 @@ class Bounds:
     @property
     def half_range(self) -> torch.Tensor:
         return (self.high - self.low) / 2
+
+
+def float32_box(low, high) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 bounds (A,) inside the box [low, high] as given (any precision): each rounded inward
+    where float32 cannot hold it, so a float32 action clipped to them is inside the bounds as given.
+    Refuses a box so narrow that no float32 value lies inside it (an action could not keep the promise
+    of staying within the bounds)."""
+    f64 = lambda x: (x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor)    # noqa: E731
+                     else np.asarray(x, np.float64)).reshape(-1)          # (not via a float32 tensor)
+    lo, hi = f64(low), f64(high)
+    lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
+    lo32 = np.where(lo32 < lo, np.nextafter(lo32, np.float32(np.inf)), lo32)
+    hi32 = np.where(hi32 > hi, np.nextafter(hi32, np.float32(-np.inf)), hi32)
+    empty = np.flatnonzero(lo32 > hi32)
+    if empty.size:
+        i = int(empty[0])
+        raise ValueError(f"bounds [{float(lo[i])!r}, {float(hi[i])!r}] (dimension {i}) hold no float32 value, "
+                         "the actions' type: no action could stay inside them; widen the box to at least float32's resolution")
+    return lo32, hi32
+
+
+def check_costs(cost: torch.Tensor, who: str) -> None:
+    """Refuse a plan whose best cost (B,) is not finite: the energy gave no finite cost to any candidate
+    of an environment (NaN or Inf everywhere: a model with NaN weights, a broken cost), so its "best"
+    actions are arbitrary (the box centre). One host sync; skipped while a CUDA graph is captured."""
+    if cost.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    bad = ~torch.isfinite(cost)
+    if bool(bad.any()):
+        raise ValueError(f"{who}: the energy was NaN or Inf for every candidate of {int(bad.sum())} of "
+                         f"{cost.numel()} environment(s); nothing to choose from. Check the model (NaN "
+                         "weights?) and the goal and observations it was given")
 
 
 PLANNERS: dict[str, type] = {}
@@ -299,7 +332,8 @@ class Deadline:
 
 def finish(p: Problem, best: BestSoFar, mean_u: torch.Tensor | None, iterations: int,
            planned: int, clock: Deadline, elites_u: torch.Tensor | None = None) -> PlanResult:
-    """Package a solve: raw best actions (clipped), its cost, warm-start material, timing."""
+    """Package a solve: raw best actions (clipped), its cost (inf where no candidate got a finite one:
+    MPCController refuses such a plan, `check_costs`), warm-start material, timing."""
     res = PlanResult(
         actions=p.to_raw(best.u), cost=best.cost, iterations=iterations,
         deadline_missed=iterations < planned,

@@ -161,7 +161,74 @@ def test_existing_output_and_changed_config_refused(two_workers, capsys):
 def test_overwrite_refuses_foreign_directory(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("precious")
     assert _collect(tmp_path, "overwrite=true") == 2
-    assert "not a wm dataset" in capsys.readouterr().err and (tmp_path / "notes.txt").exists()
+    assert "does not write" in capsys.readouterr().err and (tmp_path / "notes.txt").exists()
+
+
+def test_overwrite_needs_the_collection_marker_not_file_names(two_workers, tmp_path, capsys):
+    """Issue #36: a folder holding a `meta.json` (even `{}`) or a `shard_*.h5` beside a document was
+    deleted whole. overwrite=true now needs the marker `wm collect` wrote, and nothing foreign."""
+    for name, text in (("meta.json", "{}"), ("shard_00000.h5", "not hdf5")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / name).write_text(text)
+        assert _collect(d, "overwrite=true") == 2
+        assert ".wm-output.json" in capsys.readouterr().err and (d / name).read_text() == text
+        (d / "report.docx").write_text("unrelated")
+        assert _collect(d, "overwrite=true") == 2
+        assert "report.docx" in capsys.readouterr().err and (d / "report.docx").exists()
+    mine = tmp_path / "mine"
+    shutil.copytree(two_workers, mine)
+    (mine / "notes.txt").write_text("mine")                   # a marked collection with a foreign file
+    assert _collect(mine, "overwrite=true") == 2 and (mine / "notes.txt").exists()
+    (mine / "notes.txt").unlink()
+    assert _collect(mine, "overwrite=true", "episodes=2") == 0   # marked and nothing else: replaced
+    assert D.load_dataset(mine, columns=()).num_episodes == 2
+
+
+def test_a_collection_the_disk_cannot_hold_is_refused_before_any_output(tmp_path, capsys):
+    """Issue #36: episodes=10**12 built a set of 10**12 ints and left a meta.json claiming them."""
+    out = tmp_path / "huge"
+    assert _collect(out, "episodes=1000000000000") == 2
+    err = capsys.readouterr().err
+    assert "GiB free" in err and "lower episodes=" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_damaged_staged_episode_on_resume_is_a_one_line_refusal(two_workers, tmp_path, capsys):
+    """Issue #36: a truncated staged episode on resume gave a 30-50-line traceback."""
+    out = tmp_path / "d"
+    shutil.copytree(two_workers, out)
+    last = max(out.glob("shard_*.h5"))
+    first = int(last.name[6:11])
+    last.unlink()                                              # its episodes: one staged, cut short
+    (out / D.STAGING).mkdir()
+    (out / D.STAGING / f"ep_{first:08d}.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert _collect(out, "resume=true", "workers=1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"ep_{first:08d}.npz is damaged" in err and "resume=true" in err
+    (out / D.STAGING / f"ep_{first:08d}.npz").unlink()         # the fix it names
+    assert _collect(out, "resume=true", "workers=1") == 0
+    _same(D.load_dataset(two_workers, columns=COLS), D.load_dataset(out, columns=COLS))
+
+
+def test_disk_full_during_collection_is_one_line_and_resume_finishes(two_workers, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "d"
+    real, calls = np.savez, []
+
+    def fill_up(*a, **kw):                                     # the third episode finds the disk full
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(*a, **kw)
+
+    monkeypatch.setattr(np, "savez", fill_up)
+    assert _collect(out, "workers=1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "disk full writing" in err and "resume=true" in err
+    monkeypatch.undo()
+    assert len(D.committed_indices(out)) == 2 and not list(out.rglob("*.tmp"))
+    assert _collect(out, "resume=true", "workers=1") == 0
+    _same(D.load_dataset(two_workers, columns=COLS), D.load_dataset(out, columns=COLS))
 
 
 def _children(pid: int) -> list[int]:

@@ -50,7 +50,7 @@ def test_round_trip_trains_and_inspects(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["episodes"] == 6 and report["env"] == "none (recorded: square)"
     run = tmp_path / "run"
-    model = ["model.image_size=16", "model.patch_size=8", "model.enc_width=32", "model.enc_depth=1",
+    model = ["model.encoder=vit", "model.image_size=16", "model.patch_size=8", "model.enc_width=32", "model.enc_depth=1",
              "model.enc_heads=2", "model.enc_mlp=64", "model.latent_dim=32", "model.proj_hidden=64",
              "model.frameskip=2", "model.history=2", "model.pred_depth=1", "model.pred_heads=2",
              "model.pred_head_dim=16", "model.pred_mlp=64", "model.action_hidden=32"]
@@ -93,8 +93,15 @@ def test_bad_episodes_are_refused_with_the_fix(tmp_path):
         assert w.add_episode(**e) == 0
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a wm dataset"):
+    with pytest.raises(FileExistsError, match="does not write"):
         DatasetWriter(tmp_path / "x", overwrite=True, **BOUNDS)
+    (tmp_path / "y").mkdir()                                # looks like a dataset by its names only
+    (tmp_path / "y" / "meta.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="has no .wm-output.json"):
+        DatasetWriter(tmp_path / "y", overwrite=True, **BOUNDS)
+    assert (tmp_path / "y" / "meta.json").read_text() == "{}"
+    with DatasetWriter(tmp_path / "e", overwrite=True, **BOUNDS) as w:   # its own, marked: replaced
+        assert w.add_episode(**e) == 0
     with pytest.raises(ValueError, match="among pose_dims"):
         DatasetWriter(tmp_path / "z", pose_dims=[0], angle_dims=[1], **BOUNDS)
     with pytest.raises(ValueError, match="low < high"):

@@ -27,7 +27,7 @@ from worldmodel.training.trainer import DivergedError, train
 
 REPO = Path(__file__).resolve().parent.parent
 # A model small enough for ~10 ms steps on 2 CPU cores (16 px frames, 4 patches, 1+1 blocks).
-MICRO = dict(image_size=16, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2, enc_mlp=64,
+MICRO = dict(encoder="vit", image_size=16, patch_size=8, enc_width=32, enc_depth=1, enc_heads=2, enc_mlp=64,
              latent_dim=32, proj_hidden=64, frameskip=2, history=2, pred_depth=1, pred_heads=2,
              pred_head_dim=16, pred_mlp=64, action_hidden=32, pred_dropout=0.1, action_embed=10)
 # Every model field is spelled out, so the CLI path (YAML preset + these overrides) and make_cfg
@@ -297,8 +297,10 @@ def test_kill9_then_resume_continues_from_checkpoint(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_last_pt_and_resume_continues(data, tmp_path):
-    """Ctrl-C between checkpoints: the step finishes, last.pt is saved at it, the run stops (130)."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_last_pt_and_resume_continues(data, tmp_path, sig):
+    """Ctrl-C (or SIGTERM, what schedulers send) between checkpoints: the step finishes, last.pt is
+    saved at it, the run stops (130)."""
     out = tmp_path / "r"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli(data, out, "steps=3000", "ckpt_every=100000", "log_every=1"), cwd=REPO, env=env,
@@ -308,7 +310,7 @@ def test_ctrl_c_saves_last_pt_and_resume_continues(data, tmp_path):
         time.sleep(0.05)
     time.sleep(1.0)                                                  # some steps, no checkpoint yet
     assert not (out / "last.pt").exists()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     log = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 130 and "resume=true continues from it" in log, log
     stopped_at = load_checkpoint(out / "last.pt")["step"]
@@ -330,14 +332,38 @@ def test_one_training_per_out_at_a_time(data, tmp_path):
     assert train(make_cfg(data, out, steps=2, eval_every=2, ckpt_every=2, log_every=2))["step"] == 2
 
 
-def test_resume_refuses_a_best_pt_without_last_pt(data, tmp_path):
+def test_resume_continues_from_best_pt_when_it_is_the_newer(data, tmp_path):
+    """Issue #36: a kill -9 between an improving step's best.pt and its last.pt left a run that could
+    only restart from zero, though best.pt holds the whole trainer state: resume=true takes the newer."""
+    kw = dict(steps=6, eval_every=2, ckpt_every=4, log_every=2)
+    train(make_cfg(data, tmp_path / "straight", **kw))
     out = tmp_path / "r"
-    train(make_cfg(data, out, steps=4, eval_every=2, ckpt_every=4, log_every=2))
-    assert load_checkpoint(out / "last.pt")["step"] == 4
-    (out / "last.pt").unlink()
-    with pytest.raises(FileExistsError, match="best.pt and no last.pt"):
-        train(make_cfg(data, out, steps=8, eval_every=2, ckpt_every=4, log_every=2, resume=True))
-    assert (out / "best.pt").exists()
+    train(make_cfg(data, out, stop_at=2, **kw))                   # improving step 2: best.pt, then last.pt
+    assert load_checkpoint(out / "best.pt")["step"] == 2
+    (out / "last.pt").unlink()                                    # killed between the two saves
+    assert train(make_cfg(data, out, resume=True, stop_at=4, **kw))["start_step"] == 2
+    stale = (out / "last.pt").read_bytes()                        # step 4
+    train(make_cfg(data, out, resume=True, stop_at=6, **kw))
+    if load_checkpoint(out / "best.pt")["step"] == 6:             # last.pt behind best.pt: best.pt wins
+        (out / "last.pt").write_bytes(stale)
+        assert train(make_cfg(data, out, resume=True, stop_at=6, **kw))["start_step"] == 6
+    assert_same_weights(tmp_path / "straight" / "last.pt", out / "last.pt")
+
+
+def test_overwrite_deletes_only_a_run_wm_train_marked(data, tmp_path):
+    """Issue #36: overwrite=true deleted a foreign config.json and tb/. It now needs the run's marker."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": 1}')
+    (out / "tb").mkdir()
+    with pytest.raises(FileExistsError, match=r"\.wm-output\.json"):
+        train(make_cfg(data, out, steps=2, overwrite=True))
+    assert (out / "config.json").read_text() == '{"mine": 1}' and (out / "tb").is_dir()
+    run = tmp_path / "run"
+    train(make_cfg(data, run, steps=2, eval_every=2, ckpt_every=2, log_every=2))
+    (run / "notes.txt").write_text("kept")
+    assert train(make_cfg(data, run, steps=2, eval_every=2, ckpt_every=2, log_every=2, overwrite=True))["step"] == 2
+    assert (run / "notes.txt").read_text() == "kept"              # not the run's: never deleted
 
 
 def _gloo_rank(rank: int, port: int, body, args: tuple) -> None:

@@ -22,6 +22,27 @@ def physical_memory() -> int | None:
         return None
 
 
+def available_memory() -> int | None:
+    """Bytes of RAM a new allocation can have now without swapping (Linux's MemAvailable), else the
+    machine's RAM (physical_memory), or None where the OS says neither."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return physical_memory()
+
+
+def check_memory(need: int, what: str, fix: str) -> None:
+    """Refuse, before it is allocated, `need` bytes of host memory for `what` where this machine has
+    less available; the refusal (ValueError, one line) names `fix`."""
+    have = available_memory()
+    if have is not None and need > have:
+        raise ValueError(f"{what} needs {need / 2 ** 30:.3g} GiB of memory and this machine has "
+                         f"{have / 2 ** 30:.3g} GiB available: {fix}")
+
+
 def check_device(name: str | torch.device) -> None:
     """Refuse a device torch does not know, or CUDA on a machine (or torch build) without it."""
     import torch

@@ -25,7 +25,8 @@ import numpy as np
 from worldmodel.data import dataset as D
 from worldmodel.data.config import CollectConfig
 from worldmodel.data.rollout import rollout
-from worldmodel.io import exclusive_lock, save_resolved, write_json_atomic
+from worldmodel.io import (MARKER, check_disk, check_output, exclusive_lock, mark_output, save_resolved,
+                           write_json_atomic)
 
 
 
@@ -122,6 +123,9 @@ def _worker(job: dict[str, Any], q: Any) -> None:
     os.environ["MUJOCO_GL"] = "egl"
     try:
         _collect_block(job, q.put)
+    except (OSError, ValueError) as e:   # a full disk, a damaged file: the one line the parent raises
+        q.put(("refused", "OSError" if isinstance(e, OSError) else "ValueError", str(e)))
+        raise SystemExit(1)
     except BaseException:  # noqa: BLE001 - report everything to the parent
         q.put(("error", traceback.format_exc()))
         raise SystemExit(1)
@@ -161,6 +165,8 @@ def _run_workers(jobs: list[dict[str, Any]], on_msg: Callable[[tuple], None]) ->
                     raise RuntimeError(f"collection worker {dead[0].name} died (exit code {dead[0].exitcode}); "
                                        "finished episodes are kept: re-run with resume=true")
                 continue
+            if msg[0] == "refused":
+                raise (OSError if msg[1] == "OSError" else ValueError)(msg[2])
             if msg[0] == "error":
                 raise RuntimeError(f"a collection worker failed:\n{msg[1]}")
             done += msg[0] == "done"
@@ -216,32 +222,37 @@ def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
     return short, next(i for i, s in IDS.items() if s == short), info
 
 
+# what `wm collect` writes in out= (besides io.MARKER): overwrite=true replaces nothing else
+WRITES = (D.META, "config.json", "config_shard*.json", "shard_*.h5", D.STAGING, ".lock-shard*", ".writers-shard*")
+
+
 def _prepare_out(cfg: CollectConfig, out: Path) -> None:
     """Refuse to clobber or mix data before any work; honour overwrite / resume."""
+    exists = ("pass resume=true to finish that collection or overwrite=true to replace it (or choose "
+              "another out=...)")
+    if cfg.overwrite:
+        if check_output(out, True, WRITES, "collect", exists):
+            held = []                           # every shard's lock: never delete a collection being written
+            try:
+                for lock in sorted(out.glob(".lock-shard*")):
+                    held.append(exclusive_lock(lock, f"another `wm collect` is writing {out}; overwrite=true would "
+                                                     "delete its data under it: wait for it to finish, or kill it first"))
+                shutil.rmtree(out)
+            finally:
+                for fh in held:
+                    fh.close()
+        return
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not out.is_dir():
         raise FileExistsError(f"out={out} is a file; choose a directory path")
     looks_like_data = (out / D.META).exists() or any(out.glob("shard_*.h5")) or (out / D.STAGING).exists()
-    if cfg.overwrite:
-        if not looks_like_data:
-            raise FileExistsError(f"out={out} exists and is not a wm dataset; refusing to delete it with "
-                                  "overwrite=true. Choose another out=...")
-        held = []                               # every shard's lock: never delete a collection being written
-        try:
-            for lock in sorted(out.glob(".lock-shard*")):
-                held.append(exclusive_lock(lock, f"another `wm collect` is writing {out}; overwrite=true would "
-                                             "delete its data under it: wait for it to finish, or kill it first"))
-            shutil.rmtree(out)
-        finally:
-            for fh in held:
-                fh.close()
-        return
     if not cfg.resume:
         raise FileExistsError(f"out={out} already exists; pass resume=true to finish that collection or "
                               "overwrite=true to replace it (or choose another out=...)")
     if not (out / D.META).exists():
-        if not looks_like_data and all(p.name.startswith((".lock", ".writers", D.META, "config")) for p in out.iterdir()):
+        started = (".lock", ".writers", D.META, "config", MARKER)     # what a run killed at start-up leaves
+        if not looks_like_data and all(p.name.startswith(started) for p in out.iterdir()):
             return                              # killed before anything was written: start afresh
         raise FileExistsError(f"out={out} has no {D.META}; it is not a wm dataset to resume. Use another out=...")
     old = D.read_meta(out / D.META).get("key", {})
@@ -257,6 +268,23 @@ def _prepare_out(cfg: CollectConfig, out: Path) -> None:
                          "use the original values, or overwrite=true / another out=... for new data")
 
 
+def _check_disk(cfg: CollectConfig, out: Path) -> None:
+    """Refuse, before anything is written, a collection the disk cannot hold at its peak (each worker's
+    staged episodes plus the shard it packs them into), counting what a resume has already and what
+    overwrite=true would free."""
+    block = shard_range(cfg.episodes, cfg.shard, cfg.num_shards)
+    done = freed = 0
+    if out.is_dir() and cfg.resume and (out / D.META).exists():
+        done = sum(1 for i in D.committed_indices(out) if i in block)
+    if out.is_dir() and cfg.overwrite:
+        freed = sum(p.stat().st_size for p in out.glob("shard_*.h5"))
+    row = cfg.image_size ** 2 * 3 + 256                 # a frame, plus its action/state/proprio row
+    need = 2 * (len(block) - done) * cfg.episode_len * row - freed
+    check_disk(out, need, f"episodes={cfg.episodes} x episode_len={cfg.episode_len} at image_size={cfg.image_size}",
+               "lower episodes=, episode_len= or image_size=, split the collection over disks with "
+               "shard=/num_shards=, or choose an out= on a larger disk")
+
+
 def _lock(out: Path, shard: int) -> Any:
     """One collector per shard of a directory at a time (released by the kernel even on kill -9)."""
     return exclusive_lock(out / f".lock-shard{shard:03d}", f"another `wm collect` is writing shard {shard} of "
@@ -269,8 +297,10 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         _context()                              # start importing in the fork server now
     name, env_id, info = _probe(cfg)
     out = Path(cfg.out)  # type: ignore[arg-type]
+    _check_disk(cfg, out)
     _prepare_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "wm collect")
     lock = _lock(out, cfg.shard)
     try:
         _wait_for_writers(out, cfg.shard)
@@ -301,7 +331,8 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
     attrs = {"format": D.FORMAT, "key": key}
     block = shard_range(cfg.episodes, cfg.shard, cfg.num_shards)
     recovered = D.recover(out, block, attrs)
-    remaining = sorted(set(block) - D.committed_indices(out))
+    committed = D.committed_indices(out)
+    remaining = [i for i in block if i not in committed]
     n_workers = min(cfg.workers, len(remaining))
     chunks = [c.tolist() for c in np.array_split(np.array(remaining, np.int64), n_workers)] if remaining else []
     jobs = [{"out": str(out), "env": name, "env_kwargs": cfg.env.kwargs, "image_size": cfg.image_size,
@@ -336,7 +367,7 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
         (out / D.STAGING).rmdir()               # only succeeds when empty
     except OSError:
         pass
-    total = len(D.committed_indices(out) & set(block))
+    total = sum(1 for i in D.committed_indices(out) if i in block)
     summary = {"out": str(out), "episodes": total, "new_episodes": stats["episodes"],
                "recovered_episodes": recovered, "frames": stats["frames"], "seconds": round(seconds, 3),
                "frames_per_s": round(stats["frames"] / seconds, 1) if stats["frames"] else 0.0,

@@ -7,7 +7,9 @@ holding per-column arrays over all its rows (`pixels` (N,H,W,3) uint8, `action` 
 
 A `kill -9` at any moment loses at most the episode in flight: each finished episode is staged
 atomically (`stage_episode`), shards are written once under a temporary name and renamed
-(`pack_shard`), and the reader and `recover()` deduplicate by the global `ep_index`.
+(`pack_shard`), and the reader and `recover()` deduplicate by the global `ep_index`. Every array
+carries a checksum verified when read (HDF5's fletcher32 filter in shards, the zip CRC-32 in staged
+episodes), so damaged data is refused by name, never trained on.
 """
 from __future__ import annotations
 
@@ -20,11 +22,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from worldmodel.io import writing
+from worldmodel.machine import check_memory
 from worldmodel.data.sources import (EPISODE_KEYS, ROW_COLUMNS, STAGING, H5Source, NpzSource,  # noqa: F401
-                                     Source, close_all, scan, staged_index)
+                                     Source, close_all, damaged_staged, scan, staged_index)
 
 FORMAT = "wm-hdf5-v1"
 META = "meta.json"
+RESUME_FIX = "free space, then re-run with resume=true (finished episodes are kept)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -41,15 +46,26 @@ def stage_episode(out_dir: str | os.PathLike, episode: dict[str, Any]) -> Path:
     index = int(episode["ep_index"])
     final = staging / f"ep_{index:08d}.npz"
     tmp = staging / f"ep_{index:08d}.npz.{os.getpid()}.tmp"     # per-process: writers never share a file
-    try:
-        f = open(tmp, "wb")
-    except FileNotFoundError:                 # staging dir removed by a finishing collector
-        staging.mkdir(parents=True, exist_ok=True)
-        f = open(tmp, "wb")
-    with f:
-        np.savez(f, **{k: np.asarray(v) for k, v in episode.items()})
-    os.replace(tmp, final)
+    with writing(final, tmp, RESUME_FIX):
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:                 # staging dir removed by a finishing collector
+            staging.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
+            np.savez(f, **{k: np.asarray(v) for k, v in episode.items()})   # zip: a CRC-32 per array
+        os.replace(tmp, final)
     return final
+
+
+def _staged(p: Path) -> Any:
+    """Open a staged episode for reading; each array read is checked against its CRC-32."""
+    try:
+        return np.load(p)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decode failure means a damaged file
+        raise damaged_staged(p, e) from None
 
 
 def pack_shard(out_dir: str | os.PathLike, staged: Sequence[Path], attrs: dict[str, Any]) -> Path | None:
@@ -66,11 +82,14 @@ def pack_shard(out_dir: str | os.PathLike, staged: Sequence[Path], attrs: dict[s
     staged = sorted(staged, key=staged_index)
     index, seed, lens, members = [], [], [], []
     for p in staged:                                     # pass 1: sizes only (npz loads lazily)
-        with np.load(p) as z:
-            rows = [k for k in z.files if k in ROW_COLUMNS]
-            index.append(int(z["ep_index"]))
-            seed.append(int(z["ep_seed"]))
-            lens.append(len(z["action"] if "action" in rows else z[rows[0]]))
+        with _staged(p) as z:
+            try:
+                rows = [k for k in z.files if k in ROW_COLUMNS]
+                index.append(int(z["ep_index"]))
+                seed.append(int(z["ep_seed"]))
+                lens.append(len(z["action"] if "action" in rows else z[rows[0]]))
+            except Exception as e:  # noqa: BLE001 - a CRC or decode failure: damaged
+                raise damaged_staged(p, e) from None
             members.append(set(rows))
     cols = sorted(set.intersection(*members))
     lens_a = np.array(lens, np.int64)
@@ -79,19 +98,26 @@ def pack_shard(out_dir: str | os.PathLike, staged: Sequence[Path], attrs: dict[s
     if final.exists():
         raise FileExistsError(f"{final} already exists; run collection with resume=true to recover")
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
-        with np.load(staged[0]) as z:
-            dsets = {c: f.create_dataset(c, (int(lens_a.sum()), *z[c].shape[1:]), dtype=z[c].dtype) for c in cols}
-        for p, off, n in zip(staged, offsets, lens_a):  # pass 2: copy rows
-            with np.load(p) as z:
-                for c in cols:
-                    dsets[c][off:off + n] = z[c]
-        f["ep_len"], f["ep_offset"] = lens_a, offsets
-        f["ep_seed"], f["ep_index"] = np.array(seed, np.int64), np.array(index, np.int64)
-        f.attrs["wm_meta"] = json.dumps(attrs)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    with writing(final, tmp, RESUME_FIX):
+        with h5py.File(tmp, "w") as f:                   # fletcher32: every chunk checksummed, checked on read
+            with _staged(staged[0]) as z:
+                dsets = {c: f.create_dataset(c, (int(lens_a.sum()), *z[c].shape[1:]), dtype=z[c].dtype,
+                                             fletcher32=True) for c in cols}
+            for p, off, n in zip(staged, offsets, lens_a):  # pass 2: copy rows
+                with _staged(p) as z:
+                    for c in cols:
+                        try:
+                            rows = z[c]
+                        except Exception as e:  # noqa: BLE001 - a CRC or decode failure: damaged
+                            raise damaged_staged(p, e) from None
+                        dsets[c][off:off + n] = rows
+            for k, v in (("ep_len", lens_a), ("ep_offset", offsets), ("ep_seed", np.array(seed, np.int64)),
+                         ("ep_index", np.array(index, np.int64))):
+                f.create_dataset(k, data=v, fletcher32=True)
+            f.attrs["wm_meta"] = json.dumps(attrs)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
     for p in staged:
         p.unlink(missing_ok=True)
     return final
@@ -273,11 +299,16 @@ def _assemble(path: Path, meta: dict, sources: list[Source], want: tuple[str, ..
     offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     total = int(lens.sum())
     out: dict[str, np.ndarray] = {}
+    layout = {}
     for c in cols:
         shape = sources[0].row_columns[c][0]
         if any(s.row_columns[c][0] != shape for s in sources):
             raise ValueError(f"{path}: column {c!r} has different shapes across files")
-        dtype = np.result_type(*(s.row_columns[c][1] for s in sources))
+        layout[c] = shape, np.result_type(*(s.row_columns[c][1] for s in sources))
+    need = sum(total * int(np.prod(shape)) * dtype.itemsize for shape, dtype in layout.values())
+    check_memory(need, f"loading {path} ({len(refs)} episodes, {total} frames of {', '.join(cols)})",
+                 "load fewer episodes (wm train: data.episodes=N) or use a machine with more memory")
+    for c, (shape, dtype) in layout.items():
         arr = np.empty((total, *shape), dtype)
         for si, e0, dst, n in _runs(sources, refs, offsets, lens):
             src = int(sources[si].ep_offset[e0])

@@ -17,7 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from worldmodel.data import dataset as D
-from worldmodel.io import write_json_atomic
+from worldmodel.io import check_output, mark_output, write_json_atomic
+
+WRITES = (D.META, "shard_*.h5", D.STAGING)     # what a DatasetWriter writes (besides io.MARKER)
 
 
 class DatasetWriter:
@@ -70,12 +72,13 @@ class DatasetWriter:
     def _open(self, resume: bool, overwrite: bool) -> None:
         """Refuse to mix with or clobber other data; on resume, pack what a killed run staged."""
         meta_path = self.out / D.META
-        if self.out.exists() and any(self.out.iterdir()):
+        if overwrite:                   # only a folder an earlier DatasetWriter marked, holding nothing else
+            if check_output(self.out, True, WRITES, "DatasetWriter"):
+                shutil.rmtree(self.out)
+        elif self.out.exists() and any(self.out.iterdir()):
             if not meta_path.exists():
                 raise FileExistsError(f"{self.out} exists and is not a wm dataset; choose another path")
-            if overwrite:
-                shutil.rmtree(self.out)
-            elif not resume:
+            if not resume:
                 raise FileExistsError(f"{self.out} already exists; pass resume=True to append to it, "
                                       "overwrite=True to replace it, or another path")
             else:
@@ -93,6 +96,7 @@ class DatasetWriter:
         self.out.mkdir(parents=True, exist_ok=True)
         self._next = max(D.committed_indices(self.out), default=-1) + 1
         write_json_atomic(self.out / D.META, self.meta)
+        mark_output(self.out, "DatasetWriter")          # after meta.json: a kill between leaves it resumable
 
     def add_episode(self, pixels: np.ndarray, action: np.ndarray, state: np.ndarray | None = None,
                     proprio: np.ndarray | None = None) -> int:

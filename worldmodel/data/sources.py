@@ -72,17 +72,30 @@ class H5Source(Source):
         except OSError as e:
             raise ValueError(f"{path} is not a readable HDF5 file ({e}); delete it or re-collect") from None
         f = self.f
-        for key in ("ep_len", "ep_offset"):
-            if key not in f:
-                raise ValueError(f"{path} has no {key!r} dataset; not a LeWM/wm-style episode file "
-                                 f"(it has: {sorted(f.keys())})")
-        self.ep_len = f["ep_len"][()].astype(np.int64)
-        self.ep_offset = f["ep_offset"][()].astype(np.int64)
-        self.ep_index = f["ep_index"][()].astype(np.int64) if "ep_index" in f else None
-        self.ep_seed = f["ep_seed"][()].astype(np.int64) if "ep_seed" in f else None
-        self.attrs = json.loads(f.attrs["wm_meta"]) if "wm_meta" in f.attrs else None
-        self.row_columns = {k: (v.shape[1:], v.dtype) for k, v in f.items()
-                            if isinstance(v, h5py.Dataset) and k not in EPISODE_KEYS and v.ndim >= 1}
+        try:
+            for key in ("ep_len", "ep_offset"):
+                if key not in f:
+                    raise ValueError(f"{path} has no {key!r} dataset; not a LeWM/wm-style episode file "
+                                     f"(it has: {sorted(f.keys())})")
+            n = max((v.shape[0] for k, v in f.items()
+                     if isinstance(v, h5py.Dataset) and k not in EPISODE_KEYS and v.ndim), default=0)
+            for key in EPISODE_KEYS:        # declared sizes checked before any table is read: >= 1 row an episode
+                if key in f and (f[key].ndim != 1 or f[key].shape[0] > n):
+                    raise ValueError(f"its {key!r} table declares {f[key].shape} entries for {n} rows")
+            self.ep_len = f["ep_len"][()].astype(np.int64)
+            self.ep_offset = f["ep_offset"][()].astype(np.int64)
+            self.ep_index = f["ep_index"][()].astype(np.int64) if "ep_index" in f else None
+            self.ep_seed = f["ep_seed"][()].astype(np.int64) if "ep_seed" in f else None
+            self.attrs = json.loads(f.attrs["wm_meta"]) if "wm_meta" in f.attrs else None
+            if self.attrs is not None and not isinstance(self.attrs, dict):
+                raise ValueError("wm_meta is not a JSON object")
+            self.row_columns = {k: (v.shape[1:], v.dtype) for k, v in f.items()
+                                if isinstance(v, h5py.Dataset) and k not in EPISODE_KEYS and v.ndim >= 1}
+        except (OSError, KeyError, ValueError, TypeError) as e:   # a checksum, a damaged table or attribute
+            f.close()
+            if str(e).startswith(str(path)):
+                raise
+            raise damaged(path, e) from None
         self._nchw = False
         if "pixels" in self.row_columns:
             shape, dt = self.row_columns["pixels"]
@@ -93,12 +106,15 @@ class H5Source(Source):
 
     def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
         d = self.f[col]
-        if col == "pixels" and self._nchw:
-            out[...] = d[start:stop].transpose(0, 2, 3, 1)
-        elif out.dtype == d.dtype and out.flags.c_contiguous:
-            d.read_direct(out, source_sel=np.s_[start:stop])
-        else:
-            out[...] = d[start:stop]
+        try:
+            if col == "pixels" and self._nchw:
+                out[...] = d[start:stop].transpose(0, 2, 3, 1)
+            elif out.dtype == d.dtype and out.flags.c_contiguous:
+                d.read_direct(out, source_sel=np.s_[start:stop])
+            else:
+                out[...] = d[start:stop]
+        except OSError as e:                   # fletcher32 mismatch, unreadable chunk
+            raise damaged(self.name, e, col) from None
 
 
 class NpzSource(Source):
@@ -111,8 +127,8 @@ class NpzSource(Source):
                 self.arrays = {k: z[k] for k in z.files}
         except FileNotFoundError:
             raise
-        except Exception as e:  # noqa: BLE001 - any decode failure means a damaged file
-            raise ValueError(f"staged episode {path} is unreadable ({e}); delete it and resume") from None
+        except Exception as e:  # noqa: BLE001 - any decode failure (a CRC-32 mismatch, a cut) means a damaged file
+            raise damaged_staged(path, e) from None
         rows = [k for k in self.arrays if k in ROW_COLUMNS]
         n = len(self.arrays[rows[0]])
         self.ep_len = np.array([n], np.int64)
@@ -123,6 +139,20 @@ class NpzSource(Source):
 
     def read(self, col: str, start: int, stop: int, out: np.ndarray) -> None:
         out[...] = self.arrays[col][start:stop]
+
+
+def damaged_staged(p: Path, e: BaseException) -> ValueError:
+    """The one-line refusal of a damaged staged episode (truncated, bytes flipped)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return ValueError(f"staged episode {p} is damaged ({type(e).__name__}: {first}); delete it and re-run "
+                      "with resume=true (`wm collect` collects it again)")
+
+
+def damaged(path: str | Path, e: BaseException, col: str | None = None) -> ValueError:
+    """The one-line refusal of a damaged shard (a checksum mismatch, an unreadable table)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ValueError(f"{path} is damaged{f' in its {col!r} data' if col else ''} ({first}); move it away "
+                      "and re-collect its episodes (`wm collect ... resume=true` collects what is missing)")
 
 
 def check_episodes(s: Source) -> None:

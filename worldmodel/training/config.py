@@ -1,7 +1,8 @@
 """`wm train`'s typed config: the model, the data and how clips are cut, the optimisation. No torch."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
 from worldmodel.model.config import ModelConfig
 
@@ -66,6 +67,12 @@ class TrainConfig:
     warmup: int = field(init=False)
 
     def __post_init__(self) -> None:
+        for f in fields(self):                       # NaN and Inf pass `x > 0`-style checks: refuse them by name
+            v = getattr(self, f.name, None)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v}")
+        if not math.isfinite(self.data.val_fraction):
+            raise ValueError(f"data.val_fraction must be a finite number, got {self.data.val_fraction}")
         bounds = [(k, 1) for k in ("steps", "batch_size", "accum_steps", "eval_every", "ckpt_every", "log_every",
                                    "eval_clips", "sigreg_directions", "stop_at")]
         bounds += [("sigreg_knots", 2), ("threads", 0), ("bn_calibration_batches", 0), ("warmup_steps", 0)]

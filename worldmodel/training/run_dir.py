@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from worldmodel.config import to_dict
-from worldmodel.io import exclusive_lock
+from worldmodel.io import check_owner, exclusive_lock, output_owner
 from worldmodel.model.config import ModelConfig
 from worldmodel.training.config import TrainConfig
 
@@ -29,7 +29,7 @@ def claim_out(cfg: TrainConfig, rank: int) -> Any:
     from worldmodel.data import dataset as D
 
     out = Path(cfg.out)
-    if (out / D.META).exists() or any(out.glob("shard_*.h5")):   # its config.json is the collection's
+    if (out / D.META).exists() or any(out.glob("shard_*.h5")) or output_owner(out) in ("wm collect", "DatasetWriter"):
         raise FileExistsError(f"out={out} is a dataset (meta.json, shards); train into another out=, "
                               f"e.g. out=runs/{out.name}")
     if rank != 0:
@@ -43,28 +43,39 @@ def claim_out(cfg: TrainConfig, rank: int) -> Any:
 
 
 def resume_point(cfg: TrainConfig, rank: int) -> Path | None:
-    """The checkpoint to resume from (last.pt under resume=true), or None for a fresh run. Refuses to
-    clobber a run unless overwrite=true; rank 0 then deletes the old run's files."""
+    """The checkpoint to resume from under resume=true (the newer of last.pt and best.pt: a kill -9
+    between the two saves of an improving step leaves best.pt ahead, and it holds the whole trainer
+    state), or None for a fresh run. Refuses to clobber a run unless overwrite=true, and then only a
+    run `wm train` marked as its own (io.mark_output); rank 0 then deletes that run's files."""
     out = Path(cfg.out)
-    last = out / "last.pt"
     if cfg.resume:
-        if last.exists():
-            return last
-        if (out / "best.pt").exists():
-            raise FileExistsError(f"resume=true but {out} holds best.pt and no last.pt to resume from (a run "
-                                  "killed while saving, or from before every best.pt came with a last.pt); "
-                                  "pass overwrite=true to start over (deletes best.pt), or another out=")
+        found = [p for p in (out / "last.pt", out / "best.pt") if p.exists()]
+        if found:
+            return max(found, key=_saved_step)        # ties: last.pt (listed first)
         if rank == 0:
-            print(f"resume=true but {last} does not exist yet: starting a fresh run")
+            print(f"resume=true but {out / 'last.pt'} does not exist yet: starting a fresh run")
     existing = [n for n in RUN_FILES if (out / n).exists()]
     if existing and not cfg.resume and not cfg.overwrite:
         raise FileExistsError(f"{out} already holds a training run ({', '.join(existing)}); pass "
                               "resume=true to continue it, overwrite=true to start over, or another out=")
+    if existing:
+        check_owner(out, "wm train")
     if rank == 0:
         for n in existing:
             p = out / n
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     return None
+
+
+def _saved_step(path: Path) -> int:
+    """The step a checkpoint was saved at, read without loading its tensors (-1: unreadable, and the
+    full load then names the problem)."""
+    from worldmodel.model.checkpoint import read_mapped
+
+    try:
+        return int(read_mapped(path)["step"])
+    except Exception:  # noqa: BLE001 - any damage: let the other file win
+        return -1
 
 
 def check_resume(ckpt: dict, model_cfg: ModelConfig, cfg: TrainConfig, path: Path) -> None:

@@ -106,6 +106,26 @@ def train_step(loss_mod: nn.Module, model: WorldModel, opt: torch.optim.Optimize
     return torch.stack([loss, pred, reg, gnorm.float(), ol])           # (5,)
 
 
+def check_model_fits(model_cfg: Any, device: torch.device) -> None:
+    """Refuse, before it is built, a model whose training state (weights, gradients and AdamW's two
+    moments: 16 bytes a parameter, activations not counted) exceeds the memory `device` has free;
+    counted on torch's meta device, where building allocates nothing."""
+    from worldmodel.machine import check_memory
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in WorldModel(model_cfg).parameters())
+    fix = "choose a smaller model (model=tiny or smaller model.* widths and depths)"
+    what = f"a {n / 1e6:.1f}M-parameter model's training state"
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if 16 * n > free:
+            raise ValueError(f"{what} needs {16 * n / 2 ** 30:.3g} GiB and {device} has {free / 2 ** 30:.3g} GiB "
+                             f"free: {fix}")
+        check_memory(4 * n, what, fix)                 # built on the host, then moved
+    else:
+        check_memory(16 * n, what, fix)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW + LambdaLR(linear warmup, cosine decay) per `cfg`. The fused AdamW kernel (one pass over
     all parameters) on CPU and CUDA: the same update up to rounding, in a fraction of the per-tensor

@@ -21,7 +21,7 @@ from torch import nn
 
 from worldmodel.config import to_dict
 from worldmodel.data.clips import ClipLoader, ClipSampler
-from worldmodel.io import save_resolved
+from worldmodel.io import mark_output, save_resolved
 from worldmodel.machine import print_precision_note, resolve_device
 from worldmodel.model.checkpoint import load_checkpoint, save_checkpoint
 from worldmodel.model.world_model import WorldModel
@@ -31,7 +31,8 @@ from worldmodel.training.data import prepare_data
 from worldmodel.training.distributed import gather_rng_states, init_distributed, ranks_in_sync
 from worldmodel.training.logger import RunLogger
 from worldmodel.training.run_dir import check_resume, claim_out, resume_point
-from worldmodel.training.step import autocast_for, build_optimizer, clip_loss, compile_loss, step_seed
+from worldmodel.training.step import (autocast_for, build_optimizer, check_model_fits, clip_loss, compile_loss,
+                                      step_seed)
 from worldmodel.training.step import train_step as optimiser_step
 from worldmodel.training.validation import collapse_note, evaluate, recalibrate_batchnorm
 
@@ -103,6 +104,7 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         model_cfg, self.train_clips, self.val_clips, meta = prepare_data(cfg)
+        check_model_fits(model_cfg, self.device)
         self.cfg = dataclasses.replace(cfg, model=model_cfg)
         self.run_cfg, self.meta = to_dict(self.cfg), _jsonable(meta)   # as checkpoints store them
         self.out, self.amp = Path(cfg.out), autocast_for(self.cfg, self.device)
@@ -129,13 +131,14 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         if self.rank == 0:
+            mark_output(self.out, "wm train")                          # overwrite=true's proof of ownership
             save_resolved(cfg, self.out)
         self.loss_mod = self._wrap_loss()
         self.loader = ClipLoader(self.train_clips, self.sampler, prefetch=cfg.data.prefetch,
                                  pin_memory=self.device.type == "cuda")
         self.logger = RunLogger(self.out, enabled=self.rank == 0, tensorboard=cfg.tensorboard,
                                 resume_step=self.step if resume_from is not None else None)
-        self.saved_at = self.step if resume_from is not None else -1  # step of the last last.pt
+        self.saved_at = self.step if resume_from is not None and resume_from.name == "last.pt" else -1  # last.pt's step
         self.calibrated_at = -1                                        # step of the BN statistics
         self.last_train: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
@@ -177,8 +180,9 @@ class Trainer:
     # --------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train from the current step to `steps` (or `stop_at`), logging, validating and saving on
-        the config's schedule; returns (and prints) `result()`. Ctrl-C (one process only) finishes
-        the step, saves last.pt and raises KeyboardInterrupt. Call it once."""
+        the config's schedule; returns (and prints) `result()`. Ctrl-C or SIGTERM (what schedulers and
+        service managers send; one process only) finishes the step, saves last.pt and raises
+        KeyboardInterrupt. Call it once."""
         from tqdm import tqdm
 
         self._print_header()
@@ -340,22 +344,27 @@ def _val_line(step: int, m: dict[str, float]) -> str:
 
 
 class StopAtStepEnd:
-    """Ctrl-C (SIGINT) during single-process training: `requested` turns true, the loop finishes its
-    step, saves last.pt and stops, so the run resumes from there; a second Ctrl-C interrupts at once.
-    Not under DDP (ranks would see the signal at different steps) nor off the main thread."""
+    """Ctrl-C (SIGINT) or SIGTERM during single-process training: `requested` turns true, the loop
+    finishes its step, saves last.pt and stops, so the run resumes from there; a second signal of the
+    same kind acts at once (the previous handler is back). Not under DDP (ranks would see the signal
+    at different steps) nor off the main thread. `close()` restores the previous handlers."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool) -> None:
-        self.requested, self._old = False, None
+        self.requested, self._old = False, {}
         if enabled and threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, self._old)
+        signal.signal(signum, self._old[signum])
 
     def close(self) -> None:
-        if self._old is not None and signal.getsignal(signal.SIGINT) == self._handle:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, old)
+        self._old = {}
 
 
 def check_compile(cfg: TrainConfig, world: int) -> None:

@@ -113,14 +113,25 @@ class GoalEnv(gym.Env, ABC):
         return self.goal_error(state, goal_state) < 1.0
 
     # ---- public contract ---------------------------------------------------------------------
+    goal_state: np.ndarray | None = None     # the episode's goal: info's goal_error and is_success
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """options: `state` (start there), `goal_state` (the goal info scores; without one a goal is
+        drawn from the start distribution by a generator of its own, so starts stay as seeded)."""
         super().reset(seed=seed)
         options = dict(options or {})
+        goal = options.pop("goal_state", None)
+        if goal is None:
+            self._reset_sim(np.random.Generator(self.np_random.bit_generator.jumped()), {})
+            goal = self.get_state()
+        self._reset_sim(self.np_random, options)
         if "state" in options:
-            self._reset_sim(self.np_random, options)
             self.set_state(np.asarray(options["state"], dtype=np.float64))
-        else:
-            self._reset_sim(self.np_random, options)
+        goal, size = np.array(goal, dtype=np.float64), self.get_state().shape
+        if goal.shape != size:
+            raise ValueError(f"reset: options['goal_state'] must be a state of shape {size} "
+                             f"({', '.join(self.env_info().state_names)}), got {goal.shape}")
+        self.goal_state = goal
         return self.render(), self._info()
 
     def step(self, action):
@@ -157,7 +168,12 @@ class GoalEnv(gym.Env, ABC):
         return {}
 
     def _info(self) -> dict[str, Any]:
-        return {"state": self.get_state(), "proprio": self.get_proprio()}
+        state = self.get_state()
+        info = {"state": state, "proprio": self.get_proprio()}
+        if self.goal_state is not None:       # set by reset(); a sim stepped from set_state alone has none
+            info |= {"goal_error": self.goal_error(state, self.goal_state),
+                     "is_success": bool(self.is_success(state, self.goal_state))}
+        return info
 
 
 class SimulationDiverged(RuntimeError):

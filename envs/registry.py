@@ -1,7 +1,12 @@
 """Env registry: `@register_env` adds a `GoalEnv` under a short name and a gymnasium id.
 
-    @register_env("tworoom", "wm/TwoRoom-v0")
+    @register_env("tworoom", "wm/TwoRoom-v0", max_episode_steps=100)
     class TwoRoom(GoalEnv): ...
+
+The gymnasium id's entry point is the class's "module:Class" string (a class defined inside a
+function, which no import path names, is registered as the class itself), so `env.spec.to_json()`
+and `gym.make(EnvSpec.from_json(...))` round-trip, and `gym.make(id)` ends an episode after
+`max_episode_steps` (the env preset's episode_len, configs/env/).
 
 `make(name, image_size=64, **kwargs)` accepts the short name, the `wm/...` id, the id of any
 gymnasium MuJoCo env (e.g. `Hopper-v5`), or a dm_control suite task as Shimmy names it
@@ -20,14 +25,16 @@ DMC = "dmc"                         # short name of the generic dm_control suite
 DMC_PREFIX = "dm_control/"
 
 
-def register_env(name: str, gym_id: str) -> Callable[[type], type]:
+def register_env(name: str, gym_id: str, max_episode_steps: int = 200) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if name in ENVS:
             raise ValueError(f"env {name!r} registered twice")
         ENVS[name] = cls
         IDS[gym_id] = name
         if gym_id not in gym.registry:
-            gym.register(id=gym_id, entry_point=cls)
+            importable = "<locals>" not in cls.__qualname__
+            gym.register(id=gym_id, entry_point=f"{cls.__module__}:{cls.__qualname__}" if importable else cls,
+                         max_episode_steps=max_episode_steps)
         return cls
     return deco
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import weakref
 from typing import Iterator
 
 import mujoco
 import numpy as np
 
-# Headless default: EGL works on the CPU (Mesa) and GPU (NVIDIA) machines this project uses.
-os.environ.setdefault("MUJOCO_GL", "egl")
+# The GL backend (MUJOCO_GL, read by mujoco at its import) is chosen by worldmodel/envs/__init__.py,
+# which runs before this module imports mujoco.
 
 _OFF_FLAGS = (
     mujoco.mjtRndFlag.mjRND_SHADOW,
@@ -51,7 +50,7 @@ def _close_renderer(renderer: mujoco.Renderer) -> None:
     releasing the thread. Other backends use the stock `close()`.
     """
     gl = getattr(renderer, "_gl_context", None)
-    if os.environ.get("MUJOCO_GL") != "egl" or gl is None or not getattr(gl, "_context", None):
+    if type(gl).__module__ != "mujoco.egl" or not getattr(gl, "_context", None):
         renderer.close()
         return
     from OpenGL import EGL   # imported by mujoco.egl already

@@ -80,7 +80,7 @@ def room_of(x: np.ndarray | float) -> np.ndarray:
     return np.where(x < -WALL, -1, np.where(x > WALL, 1, 0))
 
 
-@register_env("tworoom", "wm/TwoRoom-v0")
+@register_env("tworoom", "wm/TwoRoom-v0", max_episode_steps=100)
 class TwoRoom(MujocoGoalEnv):
     """Point agent in two rooms; goal = a state (position); success within 0.157 m."""
 

@@ -6,6 +6,9 @@ samples, 30 iterations, 30 elites, initial std 1. Standard deviations are in *un
 (1 = the bound half-range, see planners.base), the analogue of LeWM's std 1 on normalised
 actions. Warm start (shifting the previous plan) is the controller's job: it passes init_mean.
 
+proposal=True starts the mean at the energy's proposal (a distilled policy's plan, planners/policy.py)
+with std `proposal_std`, and returns that proposal when the deadline passed before the first iteration.
+
 Everything inside the loop stays on the device: sampling, clipping, top-k, gather, refit and the
 best-so-far bookkeeping. The only host sync is the optional anytime-deadline check.
 """
@@ -17,6 +20,7 @@ import torch
 
 from worldmodel.planners.base import (BestSoFar, Bounds, Deadline, Energy, Planner, PlanResult, Problem,
                            finish, register_planner, take)
+from worldmodel.planners.policy import late_fallback, seed_with_proposal
 
 
 @register_planner("cem")
@@ -29,14 +33,16 @@ class CEM(Planner):
     min_std: float = 0.05     # floor so the search never collapses to a point early
     momentum: float = 0.0     # new mean = momentum * old + (1 - momentum) * elite mean
     keep_mean: bool = True    # candidate 0 is the current mean: the warm start is always scored
+    proposal: bool = False    # start at the energy's proposal (a distilled policy's plan: wm eval distilled=)
+    proposal_std: float = 0.5  # the initial std around a proposal (unit coordinates)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 2 <= self.elites <= self.samples:
             raise ValueError(f"cem: need 2 <= elites <= samples, got elites={self.elites}, "
                              f"samples={self.samples}")
-        if self.init_std <= 0 or self.min_std < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("cem: need init_std > 0, min_std >= 0 and 0 <= momentum < 1")
+        if self.init_std <= 0 or self.proposal_std <= 0 or self.min_std < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("cem: need init_std > 0, proposal_std > 0, min_std >= 0 and 0 <= momentum < 1")
 
     @torch.no_grad()
     def solve(self, energy: Energy, bounds: Bounds, horizon: int, batch: int = 1,
@@ -49,6 +55,11 @@ class CEM(Planner):
         mean = p.init_mean(init_mean)                                       # (B, H, A)
         std = torch.full_like(mean, self.init_std)                          # (B, H, A)
         warm = p.init_elites(init_elites)                                   # (B, K, H, A) | None
+        if self.proposal:                  # the previous mean joins the warm candidates, the proposal leads
+            mean, warm = seed_with_proposal(energy, p, mean, warm, "cem")        # (B, H, A), (B, K+1, H, A)
+            std = torch.full_like(mean, self.proposal_std)                  # (B, H, A)
+            if (late := late_fallback(energy, p, mean, clock, self.iterations)) is not None:
+                return late                # no time left for one iteration: the proposal
         best = BestSoFar(p)
         elites = None
         it = 0

@@ -9,6 +9,8 @@ Differences from planners.cem, each one a documented iCEM ingredient:
 - the population shrinks geometrically (samples * decay^-i, never below 2 * elites);
 - warm start by shifting: the controller passes the shifted previous mean (init_mean) and the
   shifted previous elites (init_elites, from PlanResult.elites), which join the first iteration.
+proposal=True starts the mean at the energy's proposal (a distilled policy's plan, planners/policy.py),
+as in planners.cem.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 
 from worldmodel.planners.base import (BestSoFar, Bounds, Deadline, Energy, Planner, PlanResult, Problem,
                            finish, register_planner, take)
+from worldmodel.planners.policy import late_fallback, seed_with_proposal
 
 
 def colored_noise(lead: tuple[int, ...], horizon: int, action_dim: int, beta: float,
@@ -57,6 +60,8 @@ class ICEM(Planner):
     decay: float = 1.25         # population at iteration i: samples * decay^-i
     keep_fraction: float = 0.3  # share of elites carried into the next iteration's pool
     keep_mean: bool = True      # the current mean is always among the candidates
+    proposal: bool = False    # start at the energy's proposal (a distilled policy's plan: wm eval distilled=)
+    proposal_std: float = 0.5  # the initial std around a proposal (unit coordinates)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,8 +69,8 @@ class ICEM(Planner):
             raise ValueError(f"icem: need 2 <= elites <= samples, got {self.elites}, {self.samples}")
         if self.decay < 1 or not 0 <= self.keep_fraction <= 1 or self.beta < 0:
             raise ValueError("icem: need decay >= 1, 0 <= keep_fraction <= 1 and beta >= 0")
-        if self.init_std <= 0 or self.min_std < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("icem: need init_std > 0, min_std >= 0 and 0 <= momentum < 1")
+        if self.init_std <= 0 or self.proposal_std <= 0 or self.min_std < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("icem: need init_std > 0, proposal_std > 0, min_std >= 0 and 0 <= momentum < 1")
 
     def population(self, i: int) -> int:
         """Samples drawn at iteration i (0-based)."""
@@ -83,6 +88,11 @@ class ICEM(Planner):
         mean = p.init_mean(init_mean)                                       # (B, H, A)
         std = torch.full_like(mean, self.init_std)                          # (B, H, A)
         warm = p.init_elites(init_elites)                                   # (B, K, H, A) | None
+        if self.proposal:                  # the previous mean joins the warm candidates, the proposal leads
+            mean, warm = seed_with_proposal(energy, p, mean, warm, "icem")        # (B, H, A), (B, K+1, H, A)
+            std = torch.full_like(mean, self.proposal_std)                  # (B, H, A)
+            if (late := late_fallback(energy, p, mean, clock, self.iterations)) is not None:
+                return late                # no time left for one iteration: the proposal
         best = BestSoFar(p)
         kept_u = kept_c = elites = None
         it = 0

@@ -161,6 +161,49 @@ def recalibrate_batchnorm(model: Any, clips: ClipDataset, batches: int, batch_si
     model.train(was_training)
 
 
+def chunk_windows(ep_len: np.ndarray, ep_offset: np.ndarray, frames: int, frameskip: int) -> np.ndarray:
+    """Dataset rows (n, frames + 1) of every window of `frames` observed frames and the frame after
+    them, spaced `frameskip` env steps apart inside one episode."""
+    span = frames * frameskip
+    rows = [o + s + np.arange(frames + 1) * frameskip
+            for o, n in zip(ep_offset.tolist(), ep_len.tolist()) for s in range(max(n - span, 0))]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, frames + 1)
+
+
+@torch.no_grad()
+def one_step_errors(model: Any, z: torch.Tensor, action: np.ndarray, ep_len: np.ndarray, ep_offset: np.ndarray,
+                    batch: int = 4096) -> np.ndarray:
+    """The world model's one-step prediction error (mean squared per latent dimension) of every
+    frame with `history - 1` observed frames before it (the context the surprise monitor scores a
+    new frame in: MPCController passes `history` frames, the newest is predicted from the others).
+
+    z (N, D) latents of every dataset row, action (N, A) raw -> errors (n,)."""
+    fs, context = model.cfg.frameskip, max(model.cfg.history - 1, 1)
+    rows = chunk_windows(ep_len, ep_offset, context, fs)                     # (n, context + 1)
+    out = []
+    for part in np.array_split(rows, max(1, -(-len(rows) // batch))) if len(rows) else []:
+        zw = z[torch.from_numpy(part)]                                       # (b, context + 1, D)
+        arows = part[:, :context, None] + np.arange(fs)                      # (b, context, fs)
+        acts = torch.from_numpy(action[arows].reshape(len(part), context, -1)).to(z.device)  # (b, context, chunk)
+        z_hat = model.predict(zw[:, :-1], acts)[:, -1].float()               # (b, D)
+        out.append((z_hat - zw[:, -1].float()).square().mean(-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def surprise_reference(errors: np.ndarray) -> dict[str, Any]:
+    """The held-out distribution of one-step errors that a surprise is scored against: the mean and
+    std of their log (the monitor's score is a z-score of the log error) and a few quantiles."""
+    errors = np.asarray(errors, dtype=np.float64)
+    errors = errors[np.isfinite(errors)]
+    if len(errors) < 10:
+        raise ValueError(f"{len(errors)} held-out one-step errors: too few to score surprise against; "
+                         "hold out more episodes (data.val_fraction)")
+    log = np.log(np.maximum(errors, 1e-12))
+    return {"n": int(len(errors)), "log_mean": float(log.mean()), "log_std": float(max(log.std(), 1e-6)),
+            "quantiles": {str(q): float(np.quantile(errors, q / 100)) for q in (50, 90, 99, 99.9)},
+            "note": "one-step latent prediction error (mean squared per dimension) on held-out episodes"}
+
+
 COLLAPSED_STD = 1e-3   # held-out per-dim std (mean) below this: the encoder ignores its input
 SHRUNK_STD = 0.1       # below this SIGReg is not holding the latents near unit scale
 

@@ -40,7 +40,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--receding-horizon", type=int, default=5, help="chunks executed before replanning")
     p.add_argument("--step-weights", type=float, nargs="+", default=None,
                    help="one weight per planned chunk (e.g. 1 1 1 1 1: every chunk's distance to the goal); "
-                        "default: the last chunk's only (LeWM)")
+                        "default: --goal-at's")
+    p.add_argument("--goal-at", default="last_chunk", choices=["every_chunk", "last_chunk"],
+                   help="where the goal distance counts (default last_chunk, LeWM's, as --receding-horizon 5)")
     p.add_argument("--seed", type=int, default=None, help="planner seed (default: the preset's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--compile", action="store_true",
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
                        int(meta.get("episode_len") or 100), a.goal_offset, training_seeds(meta))
     planner = planner_from_config(preset("planner", a.planner),
                                   **({} if a.seed is None else {"seed": a.seed}))
-    energy = GoalEnergy(model, dtype=DTYPES[a.precision], compile=a.compile, step_weights=w)
+    energy = GoalEnergy(model, dtype=DTYPES[a.precision], compile=a.compile, step_weights=w,
+                        goal_at=a.goal_at)
     ctrl = MPCController(planner, energy, (env.action_space.low, env.action_space.high),
                          horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
                          history=model.cfg.history, time_budget_s=a.time_budget,
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"bench": "control_loop", "checkpoint": a.checkpoint, "env": env_name, "planner": a.planner,
            "planner_settings": {k: v for k, v in vars(planner).items() if not k.startswith("_")},
            "hz": hz, "horizon": a.horizon, "receding_horizon": a.receding_horizon, "step_weights": w,
+           "goal_at": a.goal_at,
            "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
            "compile": a.compile, "precision": a.precision, "warmup_s": round(warmup_s, 1),
            "episodes": len(rows), "successes": outcomes.count("1"), "outcomes": outcomes,
@@ -133,11 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         loop_only, ref_only, p = mcnemar([c == "1" for c in outcomes], [c == "1" for c in theirs])
         out["reference"] = {"results": a.reference, "planner": ref["planner"], "successes": theirs.count("1"),
                             "loop_only": loop_only, "reference_only": ref_only, "p_value": p}
-    line = json.dumps(out)
-    print(line, flush=True)
-    if a.json:
-        with open(a.json, "a") as f:
-            f.write(line + "\n")
+    R.emit_line(out, a.json)
     return out
 
 

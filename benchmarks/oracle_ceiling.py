@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         planner_cfg = planner_file(a.planner)
         overrides = equal_compute(a.planner, a.budget_sequences)[0] | overrides
     planner_cfg |= overrides
-    if planner_cfg.get("name") == "cem" and "samples" in overrides:
-        planner_cfg["elites"] = min(int(planner_cfg.get("elites", 30)), max(2, planner_cfg["samples"] // 10))
+    if "samples" in overrides and "elites" in planner_cfg:     # fewer samples: elites capped with them
+        planner_cfg["elites"] = min(int(planner_cfg["elites"]), max(2, planner_cfg["samples"] // 10))
     pick = a.tasks or list(range(pr["episodes"]))
     if min(pick) < 0 or (pr["per_episode"] and max(pick) >= len(pr["per_episode"])):
         raise SystemExit(f"--tasks must index the eval's {len(pr['per_episode'] or [])} tasks, got {pick}")

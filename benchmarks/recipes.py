@@ -4,9 +4,10 @@ describe the machine. Shared by reproduce.py, planner_table.py and sigreg_ablati
 
 Scales: "cpu" ("cpu-reduced"), sized for a 2-core CPU (model=tiny at 64 px), and "full", the GPU
 recipe (the LeWM model at 64 px with patch 8, 64 tokens instead of LeWM's 256, so that the datasets
-fit in RAM and disk: a deliberate difference from the paper, recorded in every result file). Both
-evaluate with LeWM's CEM (300 samples x 30 iterations). A result file records `"verified": true`
-only when its recipe ran as written.
+fit in RAM and disk: a deliberate difference from the paper, recorded in every result file). Every
+checkpoint is planned two ways (`PLANNINGS`): the toolkit's default (`wm eval`'s defaults) and LeWM's
+as released, on two task draws (`DRAWS`). A result file records `"verified": true` only when its
+recipe ran as written.
 """
 from __future__ import annotations
 
@@ -52,10 +53,8 @@ class Recipe:
     threads: int = 0                # torch CPU threads in training (0: torch's default)
     lr: float | None = None         # null: the optim preset of the model
     eval_episodes: int = 50
-    planner: str = "cem"
-    plan_samples: int = 300         # LeWM: CEM 300 samples x 30 iterations, 30 elites
-    plan_iterations: int = 30
-    plan_elites: int = 30           # capped at plan_samples (only tiny smoke runs hit the cap)
+    plan_samples: int | None = None     # null: each planning's preset's (smoke runs shrink both plannings)
+    plan_iterations: int | None = None
     eval_batch: int = 50            # episodes planned together in one batched solve
     videos: int = 10
     budget_note: str = ""           # the machine the recipe is sized for
@@ -90,6 +89,18 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # Push-T: expert episodes of 200 steps (LeWM: ~196); 2,500 x 200 = 500k frames.
     ("pusht", "full"): Recipe(env="pusht", episodes=2500, steps=7000, episode_len=200, **_FULL),
 }
+
+
+# The two plannings every record holds side by side, as `wm eval` overrides: the toolkit's default
+# (wm eval's defaults: icem_cpu, the goal distance at every planned chunk, replanning after each chunk)
+# and LeWM's as released (CEM 300 x 30 x 30, the last chunk's distance, the whole 5-chunk plan run).
+PLANNINGS: dict[str, dict[str, Any]] = {
+    "toolkit": {},
+    "lewm": {"planner": "cem", "receding_horizon": 5, "goal_at": "last_chunk"},
+}
+# The two task draws: starts and goals from held-out episodes (ours), or from the training episodes
+# (LeWM's released evaluation).
+DRAWS = ("heldout", "training")
 
 
 def slug(env: str) -> str:
@@ -159,27 +170,37 @@ def train_args(r: Recipe, data: Path | str, out: Path | str, seed: int, progress
     return args + [*extra, f"resume={_b(resume)}", f"overwrite={_b(not resume)}", f"progress={_b(progress)}"]
 
 
-def wm_eval_args(checkpoint: Path | str, out: Path | str, planner: str, planner_overrides: dict[str, Any],
+def wm_eval_args(checkpoint: Path | str, out: Path | str, planner: str | None, planner_overrides: dict[str, Any],
                  *, episodes: int, batch: int, videos: int, device: str, random_floor: bool = True,
-                 env: str | None = None, progress: bool = True) -> list[str]:
-    """`wm eval` overrides for one planner on one checkpoint: the LeWM protocol (50-step budget, goal
-    25 steps ahead); `env` None means the env of the checkpoint's data."""
-    return [f"checkpoint={checkpoint}", f"planner={planner}",
+                 env: str | None = None, progress: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
+    """`wm eval` overrides for one planner (None: wm eval's default) on one checkpoint: the LeWM protocol
+    (50-step budget, goal 25 steps ahead); `env` None means the env of the checkpoint's data."""
+    return [f"checkpoint={checkpoint}", *([f"planner={planner}"] if planner else []),
             *[f"planner.{k}={v}" for k, v in planner_overrides.items()], *([f"env={env}"] if env else []),
-            f"episodes={episodes}", f"batch={batch}", f"videos={videos}", f"random_floor={_b(random_floor)}",
+            *extra, f"episodes={episodes}", f"batch={batch}", f"videos={videos}", f"random_floor={_b(random_floor)}",
             f"device={device}", f"out={out}", "overwrite=true", f"progress={_b(progress)}"]
 
 
 def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True,
-              planner_seed: int = 0) -> list[str]:
-    """`wm eval` overrides of the recipe: its planner settings, random floor on. Another planner seed
-    plans the same tasks with other samples; it runs no random floor (the same as seed 0's) and no videos."""
-    po = {"samples": r.plan_samples, "iterations": r.plan_iterations, "elites": min(r.plan_elites, r.plan_samples)}
-    more = {"videos": r.videos}
+              planner_seed: int = 0, planning: str = "toolkit", draw: str = "heldout",
+              random_floor: bool = True, videos: bool = True) -> list[str]:
+    """`wm eval` overrides of the recipe for one planning (`PLANNINGS`) on one task draw (`DRAWS`).
+    Another planner seed plans the same tasks with other samples; it runs no random floor (the same as
+    seed 0's) and no videos."""
+    from worldmodel.config import default_choice, preset
+
+    settings = dict(PLANNINGS[planning])
+    planner = settings.pop("planner", None)
+    po: dict[str, Any] = {k: v for k, v in (("samples", r.plan_samples), ("iterations", r.plan_iterations)) if v}
+    if r.plan_samples:               # a smoke run's few samples: elites capped at them
+        elites = preset("planner", planner or default_choice("eval", "planner"))["elites"]
+        po["elites"] = min(elites, r.plan_samples)
+    more = {"videos": r.videos if videos else 0, "random_floor": random_floor}
     if planner_seed:
         po["seed"], more = planner_seed, {"random_floor": False, "videos": 0}
-    return wm_eval_args(checkpoint, out, r.planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
-                        device=r.device, progress=progress, **more)
+    extra = tuple(f"{k}={v}" for k, v in settings.items()) + ((f"tasks={draw}",) if draw != "heldout" else ())
+    return wm_eval_args(checkpoint, out, planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
+                        device=r.device, progress=progress, extra=extra, **more)
 
 
 def outcomes(episodes: list[dict[str, Any]], key: str = "success") -> str:
@@ -278,3 +299,12 @@ def dataset_size(path: Path | str) -> dict[str, int]:
 def line(obj: dict[str, Any]) -> None:
     """One JSON line on stdout, flushed (the scripts' only stdout)."""
     print(json.dumps(obj, default=float), flush=True)
+
+
+def emit_line(obj: dict[str, Any], path: str | None = None) -> None:
+    """One JSON line on stdout (flushed), also appended to `path` when one is given (--json)."""
+    text = json.dumps(obj, default=float)
+    print(text, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(text + "\n")

@@ -5,7 +5,9 @@
 
 The recipe (benchmarks/recipes.py) fixes every setting; a flag that overrides one records the run
 as `"verified": false`. Each stage is the code of its `wm` command, run in-process; evaluation
-follows the LeWM protocol and runs the random-action floor on the same tasks. stdout: one JSON line
+follows the LeWM protocol and runs the random-action floor on the same tasks. Each checkpoint is
+planned with the toolkit's default planning (the row's headline fields) and, unless --plannings and
+--draws say otherwise, with LeWM's and on LeWM's task draw too (the row's "evals"). stdout: one JSON line
 per seed, then an aggregate line with the published numbers as "reference". The record goes to
 --json after every seed, so a killed run keeps its finished seeds (`train_from_step` > 0: training
 resumed at that step, and `train_s` counts only the steps after it).
@@ -33,6 +35,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the wm commands, run nothing")
     p.add_argument("--planner-seeds", type=int, default=1, metavar="N",
                    help="plan each training seed with planner seeds 0..N-1 (default 1: seed 0 only)")
+    p.add_argument("--plannings", nargs="+", default=list(R.PLANNINGS), choices=list(R.PLANNINGS),
+                   help="plannings of every checkpoint (default: all; the first is the row's headline)")
+    p.add_argument("--draws", nargs="+", default=list(R.DRAWS), choices=list(R.DRAWS),
+                   help="task draws (default: both; the first is the row's headline)")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted run in --out (collect and train resume; eval reruns)")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
@@ -46,19 +52,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[str, Any]]:
     """Recipe, overrides, run directory and the stage argument lists (one train/eval per seed)."""
     recipe, changed = R.recipe_from_args(a)
+    plannings, draws = list(dict.fromkeys(a.plannings)), list(dict.fromkeys(a.draws))
     out = Path(a.out or f"runs/repro/{R.slug(a.env)}_{a.scale}")
     progress = not a.quiet
     stages: dict[str, Any] = {"collect": R.collect_args(recipe, out / "data", 0, progress, a.resume),
-                              "seeds": {}}
+                              "plannings": plannings, "draws": draws, "seeds": {}}
     for s in a.seeds:
         run_dir = out / f"seed{s}"
         stages["seeds"][s] = {
             "train": R.train_args(recipe, out / "data", run_dir / "train", s, progress, a.resume,
                                   tuple(a.train_extra)),
-            "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress),
+            "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress,
+                                planning=plannings[0], draw=draws[0]),
             "planner_evals": {k: R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / f"eval_planner{k}",
-                                             progress=progress, planner_seed=k)
-                              for k in range(1, a.planner_seeds)}}
+                                             progress=progress, planner_seed=k, planning=plannings[0], draw=draws[0])
+                              for k in range(1, a.planner_seeds)},
+            # the other (planning, draw) pairs, each in eval_<planning>_<draw>
+            "evals": {f"{p}/{d}": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / f"eval_{p}_{d}",
+                                              progress=progress, planning=p, draw=d, videos=False,
+                                              random_floor=p == plannings[0])   # once per draw
+                      for d in draws for p in plannings if (p, d) != (plannings[0], draws[0])}}
     return recipe, changed, out, stages
 
 
@@ -75,6 +88,16 @@ def aggregate(env: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
            "pooled": {"successes": k, "episodes": n, "success_rate": k / n, "ci95": wilson(k, n)},
            "random_floor_mean": sum(floors) / len(floors) if floors else None,
            "reference_pct": R.REFERENCE.get(env)}
+    by_eval: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        for name, e in r.get("evals", {}).items():
+            by_eval.setdefault(name, []).append(e)
+    if by_eval:                 # each other (planning, draw): its successes per seed and pooled
+        agg["evals"] = {}
+        for name, es in by_eval.items():
+            k, n = sum(e["successes"] for e in es), sum(e["episodes"] for e in es)
+            agg["evals"][name] = {"per_seed": [e["successes"] for e in es], "successes": k, "episodes": n,
+                                  "success_rate": k / n, "ci95": wilson(k, n)}
     evals = [(r["successes"], r["eval_episodes"]) for r in rows]
     evals += [(e["successes"], e["episodes"]) for r in rows for e in r.get("planner_seeds", [])]
     if len(evals) > len(rows):
@@ -114,12 +137,20 @@ def earlier_record(path: Path, recipe: R.Recipe, changed: dict[str, Any],
     return old if same else None
 
 
-def planner_seed_row(k: int, ev: dict[str, Any], eval_s: float, args: list[str]) -> dict[str, Any]:
-    """One extra planner seed's eval of a training seed: its success and per-task outcomes."""
-    return {"planner_seed": k, "successes": ev["successes"], "episodes": ev["episodes"],
-            "success_rate": ev["success_rate"], "ci95": ev["ci95"], "outcomes": R.outcomes(ev["per_episode"]),
-            "plan_latency_ms_p50": ev["latency_ms"]["p50"], "eval_s": round(eval_s, 2),
-            "command": R.command("eval", args), "results": str(Path(ev["config"]["out"]) / "results.json")}
+def eval_row(ev: dict[str, Any], eval_s: float, args: list[str]) -> dict[str, Any]:
+    """One more eval of a training seed (another planner seed, planning or task draw): its success,
+    per-task outcomes (and the random floor's, where it ran), the tasks of a draw of its own."""
+    row = {"successes": ev["successes"], "episodes": ev["episodes"],
+           "success_rate": ev["success_rate"], "ci95": ev["ci95"], "outcomes": R.outcomes(ev["per_episode"]),
+           "planner": ev["planner"], "protocol": ev["protocol"], "plan_latency_ms_p50": ev["latency_ms"]["p50"],
+           "eval_s": round(eval_s, 2), "command": R.command("eval", args),
+           "results": str(Path(ev["config"]["out"]) / "results.json")}
+    if ev["random_floor"]:
+        row |= {"random_floor": ev["random_floor"]["successes"],
+                "random_outcomes": R.outcomes(ev["per_episode"], "random_success")}
+    if ev["protocol"].get("tasks") != "heldout":
+        row["tasks"] = R.tasks(ev["per_episode"])
+    return row
 
 
 def timed(name: str, args: list[str]) -> tuple[dict[str, Any], float]:
@@ -136,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     for s in a.seeds:
         st = stages["seeds"][s]
         commands += [R.command("train", st["train"]), R.command("eval", st["eval"]),
-                     *[R.command("eval", x) for x in st["planner_evals"].values()]]
+                     *[R.command("eval", x) for x in st["planner_evals"].values()],
+                     *[R.command("eval", x) for x in st["evals"].values()]]
     if a.dry_run:
         R.line({"bench": "reproduce", "dry_run": True, "env": a.env, "scale": R.SCALE_LABELS[a.scale],
                 "recipe": dataclasses.asdict(recipe), "overrides": changed, "commands": commands})
@@ -166,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             train_s, train_wall, from_step = was.get("train_s"), was.get("train_wall_s"), was.get("train_from_step", 0)
         ev, eval_s = timed("eval", st["eval"])
         row = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "seed": s,
+               "planning": stages["plannings"][0], "draw": stages["draws"][0],
                "success_rate": ev["success_rate"], "successes": ev["successes"], "ci95": ev["ci95"],
                "random_floor": ev["random_floor"], "eval_episodes": ev["episodes"],
                "goal_error": ev.get("goal_error"),
@@ -186,12 +219,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "git_commit": head["git"]["commit"],
                "results": str(out / f"seed{s}" / "eval" / "results.json")}
         if st["planner_evals"]:
-            row["planner_seeds"] = [planner_seed_row(k, *timed("eval", args), args)
+            row["planner_seeds"] = [{"planner_seed": k, **eval_row(*timed("eval", args), args)}
                                     for k, args in st["planner_evals"].items()]
+        if st["evals"]:
+            row["evals"] = {name: eval_row(*timed("eval", args), args) for name, args in st["evals"].items()}
         R.line(row)
         rows[s] = row
         # written after every seed: a killed run keeps its finished seeds (and their training times)
-        record = {**head, "recipe": dataclasses.asdict(recipe), "commands": commands, "dataset": dataset,
+        record = {**head, "recipe": dataclasses.asdict(recipe), "plannings": {p: R.PLANNINGS[p] for p in stages["plannings"]},
+                  "draws": stages["draws"], "commands": commands, "dataset": dataset,
                   "collect_s": round(collect_s, 2), "pending_seeds": a.seeds[a.seeds.index(s) + 1:],
                   # the tasks every row's outcomes follow, so `wm compare` can pair records task by task
                   "protocol": ev["protocol"], "tasks": R.tasks(ev["per_episode"]),

@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from worldmodel.planners.base import Bounds, Planner, PlanResult
+from worldmodel.planners.base import Bounds, Planner, PlanResult, check_costs, float32_box
 from worldmodel.planners.goal import CommittedPrefix, GoalEnergyLike
 from worldmodel.planners.graph import GraphedPlanner
 
@@ -21,7 +21,8 @@ class MPCController:
     """`reset(goal)`, then `act(obs) -> action` at every control step.
 
     One plan step is an action chunk of width frameskip * A (the world model predicts one latent
-    per chunk); the first `receding_horizon` chunks of a plan are split into env actions and queued.
+    per chunk); the first `receding_horizon` chunks of a plan are split into env actions and queued
+    (1 by default: a new plan after every chunk; LeWM runs its whole 5-chunk plan).
     The energy gets the last `history` observations spaced `frameskip` env steps apart (fewer at an
     episode's start) and the chunks executed between them.
 
@@ -46,7 +47,7 @@ class MPCController:
     """
 
     def __init__(self, planner: Planner, energy_fn: GoalEnergyLike, bounds, horizon: int = 5,
-                 receding_horizon: int = 5, action_dim: int | None = None, frameskip: int = 1,
+                 receding_horizon: int = 1, action_dim: int | None = None, frameskip: int = 1,
                  history: int = 1, batch: int | None = None, time_budget_s: float | None = None,
                  async_lead: int | None = None, warm_start: bool = True,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -98,12 +99,7 @@ class MPCController:
         self.chunk_bounds = Bounds(self.env_bounds.low.repeat(frameskip),
                                    self.env_bounds.high.repeat(frameskip))  # (frameskip*A,)
         # float32 bounds rounded inward: an action clipped to them is inside the bounds as given
-        low64 = np.broadcast_to(torch.as_tensor(low).detach().cpu().double().numpy(), (A,))
-        high64 = np.broadcast_to(torch.as_tensor(high).detach().cpu().double().numpy(), (A,))
-        self._low = np.where(low64.astype(np.float32) < low64,
-                             np.nextafter(low64.astype(np.float32), np.float32(np.inf)), low64.astype(np.float32))
-        self._high = np.where(high64.astype(np.float32) > high64,
-                              np.nextafter(high64.astype(np.float32), np.float32(-np.inf)), high64.astype(np.float32))
+        self._low, self._high = float32_box(low, high)                 # refuses a box with no float32 inside
         self._pool: ThreadPoolExecutor | None = None
         self._goal_shape: tuple | None = None
         self._image = False                     # the goal is an image (B, H, W, 3): range-check frames
@@ -253,6 +249,7 @@ class MPCController:
         steps = chunks.reshape(chunks.shape[0], -1, self.A)            # (B, r*fs, A)
         # host sync, once per plan: the actions leave the device for the robot
         steps = steps.detach().to(torch.float64).cpu().numpy()
+        check_costs(res.cost, f"MPCController ({getattr(self.planner, 'name', type(self.planner).__name__)})")
         if not np.isfinite(steps).all():
             raise RuntimeError(f"the planner ({getattr(self.planner, 'name', type(self.planner).__name__)}) returned "
                                "NaN/Inf actions; nothing was sent. Check its settings and the energy's costs")
@@ -380,11 +377,12 @@ class MPCController:
 
     def stats(self) -> dict:
         """Planning latency p50/p95/max (ms), plans, mean iterations, deadline misses (plans longer
-        than time_budget_s), plans the budget cut short, async stalls."""
+        than time_budget_s), plans the budget cut short, async stalls; a SurpriseMonitor energy's too."""
         lat = np.asarray(self._lat) * 1e3
         pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: float("nan"))
         return {"plans": len(self._lat), "latency_ms_p50": pct(50), "latency_ms_p95": pct(95),
                 "latency_ms_max": float(lat.max()) if lat.size else float("nan"),
                 "mean_iterations": float(np.mean(self._iters)) if self._iters else float("nan"),
                 "deadline_misses": self._misses, "budget_cut_plans": self._cut, "async_stalls": self._stalls,
-                "async_stall_s": self._stall_s, "steps": self._t}
+                "async_stall_s": self._stall_s, "steps": self._t,
+                **(self.energy.surprise_stats() if hasattr(self.energy, "surprise_stats") else {})}

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--preset", "tiny", "--batch", "4", "--device", "cpu", "--threads", "1", "model.enc_depth=1",
-        "model.pred_depth=1"]
+TINY = ["--preset", "tiny", "--batch", "4", "--device", "cpu", "--threads", "1", "model.encoder=vit",
+        "model.enc_depth=1", "model.pred_depth=1"]
 
 
 def _json_lines(script: str, *args: str) -> list[dict]:

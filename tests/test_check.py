@@ -14,7 +14,7 @@ from worldmodel.cli import main
 from worldmodel.data.recorder import DatasetWriter
 
 BOUNDS = dict(action_low=[-1.0, -1.0], action_high=[1.0, 1.0], control_hz=10.0, image_size=16)
-MODEL = ["model.image_size=16", "model.patch_size=8", "model.enc_width=32", "model.enc_depth=1",
+MODEL = ["model.encoder=vit", "model.image_size=16", "model.patch_size=8", "model.enc_width=32", "model.enc_depth=1",
          "model.enc_heads=2", "model.enc_mlp=64", "model.latent_dim=32", "model.proj_hidden=64",
          "model.frameskip=2", "model.history=2", "model.pred_depth=1", "model.pred_heads=2",
          "model.pred_head_dim=16", "model.pred_mlp=64", "model.action_hidden=32"]
@@ -89,7 +89,7 @@ def test_check_on_held_out_episodes_matches_the_goal_energy(trained, capsys):
 
     ds = D.load_dataset(trained / "rec", columns=("pixels", "action"))
     model = WorldModel.from_checkpoint(trained / "run" / "best.pt")
-    energy = GoalEnergy(model)
+    energy = GoalEnergy(model, goal_at="last_chunk")            # wm check scores where a sequence ends
     for t in res["per_task"][:4]:
         s = int(ds.ep_offset[t["episode"]]) + t["start_step"]                     # row in the whole recording
         assert abs(t["landing_recorded"]) <= 4 and abs(t["landing_plan"]) <= 4

@@ -27,8 +27,14 @@ def test_shapes_and_agreement_with_rollout():
         past = torch.randn(2, 2, 6)
         energy.set_latent_history(z_hist, past)
         z_hat = model.rollout(z_hist, past, actions)              # (B, S, Hz, D)
-        expected = (z_hat[:, :, -1] - energy.z_goal[:, None]).square().sum(-1)
+        expected = (z_hat - energy.z_goal[:, None, None]).square().sum(-1).sum(-1)   # every chunk (default)
+        last = (z_hat[:, :, -1] - energy.z_goal[:, None]).square().sum(-1)            # LeWM's: the last chunk
     torch.testing.assert_close(energy(actions), expected, rtol=1e-5, atol=1e-5)
+    lewm = make_energy(model, goal_at="last_chunk")
+    lewm.set_latent_history(z_hist, past)
+    torch.testing.assert_close(lewm(actions), last, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="goal_at"):
+        make_energy(model, goal_at="first_chunk")
     assert make_energy(model, h=1)(actions).shape == (2, 7)        # a single observed frame works
     energy.set_observation(obs.numpy()[:, ::-1][:, ::-1], past.numpy())  # numpy (MPC controller) input
     torch.testing.assert_close(energy(actions), expected, rtol=1e-5, atol=1e-5)
@@ -38,6 +44,7 @@ def test_goal_on_the_predicted_path_scores_lowest():
     model = small_model()
     energy = make_energy(model)
     target = torch.randn(2, 1, 4, 6)
+    energy = make_energy(model, goal_at="last_chunk")               # the goal is where a plan ends
     with torch.no_grad():
         energy.z_goal = energy.latents(target)[:, 0, -1]          # goal = where `target` leads
     candidates = torch.cat([target, torch.randn(2, 15, 4, 6) * 2], dim=1)
@@ -122,8 +129,8 @@ def test_bfloat16_planning_copy_scores_like_float32():
     its encoder is shared, not copied); costs come back in float32, close to the float32 ones, with
     the same best candidate and gradients for gradient planners; a static energy keeps bf16 buffers."""
     model = small_model()
-    ref = make_energy(model)
-    energy = make_energy(model, dtype=torch.bfloat16)
+    ref = make_energy(model, goal_at="last_chunk")                               # the goal is where a plan ends
+    energy = make_energy(model, dtype=torch.bfloat16, goal_at="last_chunk")
     assert next(model.predictor.parameters()).dtype == torch.float32             # untouched
     assert energy.planner_model.encoder is model.encoder
     assert next(energy.planner_model.predictor.parameters()).dtype == torch.bfloat16
@@ -235,3 +242,96 @@ def test_compiled_energy_compiles_once_per_history_length_not_per_sample_count(m
             actions = torch.randn(2, s, 4, 6)
             torch.testing.assert_close(compiled(actions), eager(actions), rtol=1e-5, atol=1e-6)
     assert counters["frames"]["total"] <= 4, dict(counters["frames"])   # 2 sizes x 2 history lengths at most
+
+
+# ------------------------------------------------------------------ composable terms (energy_terms.py)
+def test_terms_add_their_weighted_costs_to_the_goal_distance():
+    from worldmodel.model.energy_terms import ActionMagnitude, ActionRate, Avoid, LatentCost
+
+    model = small_model()
+    plain = make_energy(model)
+    actions = torch.randn(2, 5, 4, 6)                                   # chunk 6 = frameskip 3 x A 2
+    base = plain(actions)
+    steps = actions.reshape(2, 5, 12, 2)
+    mag = make_energy(model, terms=[ActionMagnitude(0.5)])
+    torch.testing.assert_close(mag(actions) - base, 0.5 * steps.square().sum(-1).mean(-1), rtol=1e-4, atol=1e-4)
+    rate = make_energy(model, terms=[ActionRate(2.0)])
+    want = 2.0 * (steps[:, :, 1:] - steps[:, :, :-1]).square().sum(-1).mean(-1)
+    torch.testing.assert_close(rate(actions) - base, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        z = plain.latents(actions)                                        # (B, S, H, D)
+    user = make_energy(model, terms=[LatentCost(lambda lat, act: lat[..., 0].sum(-1), 3.0)])
+    torch.testing.assert_close(user(actions), base + 3.0 * z[..., 0].sum(-1), rtol=1e-4, atol=1e-3)
+    # Avoid: weight x sum over steps and forbidden latents of exp(-mean_sq / radius^2); a forbidden
+    # latent on the first candidate's path costs it at least the weight
+    forbidden = z[0, 0, -2:]                                              # (2, D)
+    avoid = make_energy(model, terms=[Avoid(latents=forbidden, weight=10.0, radius=0.1)])
+    d2 = (z[..., None, :] - forbidden).square().mean(-1)                  # (B, S, H, 2)
+    torch.testing.assert_close(avoid(actions), base + 10.0 * torch.exp(-d2 / 0.01).sum((-1, -2)),
+                               rtol=1e-4, atol=1e-3)
+    assert (avoid(actions) - base)[0, 0] >= 10.0 - 1e-3
+
+
+def test_avoid_encodes_its_images_and_a_term_changes_the_choice():
+    from worldmodel.model.energy_terms import Avoid
+
+    model = small_model()
+    images = pixels(1, 2, 32, seed=7)[0]                                  # (2, 32, 32, 3)
+    term = Avoid(images=images.numpy(), weight=1.0).bind(model)
+    with torch.no_grad():
+        torch.testing.assert_close(term.latents, model.encode(images))
+    energy = make_energy(model)
+    actions = torch.randn(2, 6, 4, 6)
+    first = energy(actions).argmin(1)
+    with torch.no_grad():
+        z = energy.latents(actions)
+    rows = torch.arange(2)
+    blocked = make_energy(model, terms=[Avoid(latents=z[0, first[0]], weight=1e6, radius=0.05)])
+    assert blocked(actions).argmin(1)[0] != first[0]                      # the chosen path is forbidden now
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda T: T.ActionMagnitude(float("nan")), "finite number >= 0"),
+    (lambda T: T.ActionRate(-1.0), "finite number >= 0"),
+    (lambda T: T.Avoid(), "one of them"),
+    (lambda T: T.Avoid(latents=torch.zeros(1, 24), radius=0.0), "radius must be"),
+    (lambda T: T.Avoid(latents=torch.full((1, 24), float("nan"))), "NaN or Inf"),
+    (lambda T: T.LatentCost("not callable"), "must be callable"),
+])
+def test_bad_terms_are_refused_with_the_fix(make, msg):
+    import worldmodel.model.energy_terms as T
+
+    with pytest.raises((ValueError, TypeError), match=msg):
+        make(T)
+
+
+def test_bad_term_inputs_are_refused_at_bind_and_call():
+    from worldmodel.model.energy_terms import Avoid, LatentCost, load_callable
+
+    model = small_model()
+    with pytest.raises(ValueError, match="fit_frame"):
+        Avoid(images=torch.zeros(1, 16, 16, 3, dtype=torch.uint8)).bind(model)
+    with pytest.raises(ValueError, match=r"\(N, 24\)"):
+        Avoid(latents=torch.zeros(1, 5)).bind(model)
+    energy = make_energy(model, terms=[LatentCost(lambda lat, act: lat.sum(-1))])   # (B, S, H): wrong
+    with pytest.raises(ValueError, match="must return costs"):
+        energy(torch.randn(2, 3, 4, 6))
+    with pytest.raises(ValueError, match="module:function"):
+        load_callable("no_colon")
+
+
+def test_eval_terms_config_builds_the_terms(tmp_path):
+    import numpy as np
+
+    from worldmodel.evaluation.config import TermsConfig
+    from worldmodel.model.energy_terms import ActionRate, Avoid, LatentCost, terms_from_config
+
+    np.save(tmp_path / "f.npy", np.zeros((2, 32, 32, 3), np.uint8))
+    cfg = TermsConfig(rate=0.1, avoid=[str(tmp_path / "f.npy")], cost="math:fsum")
+    kinds = [type(t) for t in terms_from_config(cfg)]
+    assert kinds == [ActionRate, Avoid, LatentCost]
+    assert terms_from_config(TermsConfig()) == []
+    with pytest.raises(ValueError, match="terms.action must be a finite weight"):
+        TermsConfig(action=-1.0)
+    with pytest.raises(ValueError, match="avoid_radius"):
+        TermsConfig(avoid_radius=0.0)

@@ -60,7 +60,8 @@ def test_shapes_at_tiny_preset():
     out = model.loss(px, torch.randn(b, t - 1, chunk))
     assert out["pred"].shape == () and out["z"].shape == (b, t, d) and out["z_hat"].shape == (b, t - 1, d)
     out["pred"].backward()
-    assert model.encoder.patch.weight.grad.abs().sum() > 0       # gradient reaches the pixels' encoder
+    assert model.cfg.encoder == "cnn"                            # tiny's encoder since 2026-12-06
+    assert model.encoder.body[0].weight.grad.abs().sum() > 0     # gradient reaches the pixels' encoder
     assert model.predictor.adaln.weight.grad.abs().sum() > 0     # and the zero-init conditioning
     model.eval()
     with torch.no_grad():

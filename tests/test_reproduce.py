@@ -39,7 +39,7 @@ def test_every_env_has_both_scales_and_reference():
         cpu, full = recipes.RECIPES[(env, "cpu")], recipes.RECIPES[(env, "full")]
         assert (cpu.model, cpu.steps, cpu.episodes) == ("tiny", 2000, 300)
         assert cpu.batch_size == (128 if env in ("tworoom", "reacher") else 32)
-        assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (300, 30, 50)
+        assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (None, None, 50)   # the presets
         assert full.device == "cuda" and full.model == "lewm"
         assert set(recipes.REFERENCE[env]) >= {"LeWM", "DINO-WM", "PLDM"}
     assert recipes.REFERENCE["pusht"]["LeWM"] == 96 and recipes.REFERENCE["reacher"]["DINO-WM"] == 79
@@ -59,13 +59,19 @@ def test_dry_run_prints_pasteable_commands(capsys):
     assert reproduce.main(["--env", "pusht", "--scale", "full", "--seeds", "0", "1", "--dry-run"]) is None
     (rec,) = _lines(capsys.readouterr().out)
     cmds = rec["commands"]
-    assert [c.split()[1] for c in cmds] == ["collect", "train", "eval", "train", "eval"]
+    assert [c.split()[1] for c in cmds] == ["collect", "train", *["eval"] * 4, "train", *["eval"] * 4]
     assert all(c.startswith("wm ") for c in cmds)
     assert "episode_len=200" in cmds[0] and "model=lewm" in cmds[1] and "device=cuda" in cmds[1]
-    assert "seed=1" in cmds[3] and "planner.samples=300" in cmds[2] and "planner.iterations=30" in cmds[2]
+    assert "seed=1" in cmds[6] and "planner=" not in cmds[2] and "random_floor=true" in cmds[2]   # wm eval's defaults
+    # the same checkpoint planned as LeWM does, then both plannings on LeWM's task draw; one random floor per draw
+    lewm, ours_training, lewm_training = cmds[3:6]
+    assert "planner=cem receding_horizon=5 goal_at=last_chunk" in lewm and "random_floor=false" in lewm
+    assert "tasks=training" in ours_training and "random_floor=true" in ours_training and "planner=" not in ours_training
+    assert "planner=cem" in lewm_training and "tasks=training" in lewm_training and "random_floor=false" in lewm_training
     assert rec["scale"] == "full" and rec["overrides"] == {} and "verified" not in rec["recipe"]
 
-    reproduce.main(["--env", "pusht", "--seeds", "0", "--planner-seeds", "3", "--dry-run"])
+    reproduce.main(["--env", "pusht", "--seeds", "0", "--planner-seeds", "3", "--plannings", "toolkit",
+                    "--draws", "heldout", "--dry-run"])
     cmds = _lines(capsys.readouterr().out)[0]["commands"]
     assert [c.split()[1] for c in cmds] == ["collect", "train", "eval", "eval", "eval"]
     assert "planner.seed" not in cmds[2] and "random_floor=true" in cmds[2]
@@ -105,6 +111,13 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     lines = _lines(capsys.readouterr().out)
     assert len(lines) == 2 and lines[1]["aggregate"] is True
     seed = lines[0]
+    assert (seed["planning"], seed["draw"]) == ("toolkit", "heldout")
+    assert set(seed["evals"]) == {"lewm/heldout", "toolkit/training", "lewm/training"}
+    for name, e in seed["evals"].items():       # every other planning and draw, with per-task outcomes
+        assert len(e["outcomes"]) == e["episodes"] == 2 and e["outcomes"].count("1") == e["successes"]
+        assert ("random_floor" in e) == (name == "toolkit/training") and ("tasks" in e) == name.endswith("training")
+    assert lines[1]["evals"]["lewm/heldout"]["per_seed"] == [seed["evals"]["lewm/heldout"]["successes"]]
+    assert json.loads(Path(seed["evals"]["lewm/heldout"]["results"]).read_text())["config"]["planner"]["name"] == "cem"
     for k in ("success_rate", "ci95", "random_floor", "eval_episodes", "dataset", "train_s", "collect_s",
               "eval_s", "plan_latency_ms_p50", "device", "gpu", "commands", "git_commit", "goal_error"):
         assert k in seed, k

@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A malformed override or config; the message names the fix."""
 
 
+def quoted(text: str) -> str:
+    """A value as a quoted Hydra string (commas, brackets, spaces and `=` survive): paths in overrides."""
+    return "'" + str(text).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
@@ -56,6 +61,18 @@ def _groups_used(config_name: str) -> frozenset[str]:
     path = CONFIG_DIR / f"{config_name}.yaml"
     defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.exists() else []
     return frozenset(g for d in defaults if isinstance(d, dict) for g in d)
+
+
+def default_choice(config_name: str, group: str) -> str:
+    """The preset configs/<config_name>.yaml picks from a group when none is named:
+    `default_choice("eval", "planner")` is the planner `wm eval` plans with by default."""
+    import yaml
+
+    defaults = yaml.safe_load((CONFIG_DIR / f"{config_name}.yaml").read_text()).get("defaults", [])
+    for d in defaults:
+        if isinstance(d, dict) and group in d:
+            return d[group]
+    raise ConfigError(f"configs/{config_name}.yaml picks no default from the {group} group")
 
 
 def _uses_group(config_name: str, group: str) -> bool:
@@ -132,10 +149,16 @@ def compose(schema: type, config_name: str, overrides: list[str]) -> dict[str, A
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from worldmodel.sweep import refuse_sweeps
+
     for ov in overrides:
         key, eq, _ = ov.partition("=")
         if not eq or not key or key.startswith("="):
-            raise ConfigError(f"malformed override {ov!r}: write key=value, e.g. episodes=100")
+            fix = " (a sweep: -m before the overrides, for wm train and wm eval)" if ov in ("-m", "--multirun") else ""
+            raise ConfigError(f"malformed override {ov!r}: write key=value, e.g. episodes=100{fix}")
+        if key.lstrip("+~").split(".")[0] == "hydra":
+            raise ConfigError(f"{ov}: wm sets no hydra.* keys; out= names the output folder")
+    refuse_sweeps(config_name, overrides)
     overrides = _rewrite_shorthands(schema, config_name, overrides)
     overrides, plugin_planner = _plugin_planner(config_name, overrides)
     # A plain key that shares its name with a config group this config does not use (demo's
@@ -160,7 +183,12 @@ def compose(schema: type, config_name: str, overrides: list[str]) -> dict[str, A
             if group == "planner":
                 hint = hint[:-1] + " (or your own: @register_planner in a module named by $WM_PLUGINS)."
         raise ConfigError(f"bad override for `{config_name}`: {msg}.{hint}") from None
-    out = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        out = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:           # an interpolation that resolves to nothing: ${nope}
+        where = f" in {e.full_key}" if getattr(e, "full_key", None) else ""
+        raise ConfigError(f"bad override for `{config_name}`{where}: {str(e).splitlines()[0].rstrip('.')}. "
+                          "A ${...} value must name a key of this config, e.g. ${seed}") from None
     if plugin_planner is not None:
         out["planner"] = plugin_planner
     for ov in late:

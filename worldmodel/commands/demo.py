@@ -1,10 +1,11 @@
 """`wm demo`: the whole product on one embedded default, end to end.
 
-    wm demo                      # TwoRoom, 64 px: collect -> train (tiny) -> eval (CEM) -> table + videos
+    wm demo                      # TwoRoom, 64 px: collect -> train (tiny) -> eval -> table + videos
     wm demo out=runs/demo2 train_steps=4000 device=cuda
 
 Each stage is the library call behind its own command (`wm collect`, `wm train`, `wm eval`), given
-a typed config built here from the presets; the demo only wires them. Killed midway?
+a typed config built here from the presets (the eval plans as `wm eval` does by default); the demo
+only wires them. Killed midway?
 `wm demo resume=true` finishes the collection, resumes training from its last checkpoint, and
 re-runs the evaluation.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worldmodel.config import ConfigError, group_options, preset
+from worldmodel.config import ConfigError, default_choice, group_options, preset
 from worldmodel.data.config import CollectConfig, EnvConfig
 from worldmodel.evaluation.config import EvalConfig
 from worldmodel.model.config import ModelConfig
@@ -35,7 +36,7 @@ class DemoConfig:
     batch_size: int = 128               # LeWM's
     lr: float | None = 1e-4             # TwoRoom's (docs/results.md); null: the model preset's
     eval_episodes: int = 50
-    planner: str = "cem"
+    planner: str | None = None          # a planner preset; null: wm eval's default (configs/eval.yaml)
     plan_samples: int | None = None     # null: the planner config's
     plan_iterations: int | None = None  # null: the planner config's
     device: str = "auto"
@@ -86,7 +87,8 @@ class DemoConfig:
 
     def planner_config(self) -> dict[str, Any]:
         extra = {"samples": self.plan_samples, "iterations": self.plan_iterations}
-        return {**preset("planner", self.planner), **{k: v for k, v in extra.items() if v}}
+        name = self.planner or default_choice("eval", "planner")
+        return {**preset("planner", name), **{k: v for k, v in extra.items() if v}}
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(checkpoint=str(Path(self.out) / "train" / "best.pt"), planner=self.planner_config(),

@@ -120,7 +120,7 @@ class Scorer:
         self.rows, self.noise, self.planner, self.device = rows, noise, planner, device
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.bounds = Bounds.make(np.tile(low, fs), np.tile(high, fs), device=device)     # (fs*A,) per chunk
-        self.energy = GoalEnergy(model)
+        self.energy = GoalEnergy(model, goal_at="last_chunk")   # scores rank whole sequences by where they end
         self.scores: dict[str, list[torch.Tensor]] = {k: [] for k in SCORES}
 
     def score(self, sl: slice) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 TASK_DRAWS = ("heldout", "training")   # eval tasks=: where starts and goals come from
 PRECISIONS = ("fp32", "bf16")    # eval precision=: the predictor's dtype while planning
@@ -14,18 +15,47 @@ def valid_step_weights(weights: list[float], horizon: int) -> bool:
 
 
 @dataclass
+class TermsConfig:
+    """Energy terms added to the goal distance (worldmodel/model/energy_terms.py); 0 / null: off."""
+
+    action: float = 0.0                # weight of the mean squared action (raw units): smaller commands
+    rate: float = 0.0                  # weight of the mean squared change between consecutive actions
+    avoid: list[str] | None = None     # images to keep the predicted path away from: .npy/.npz (N, H, W, 3)
+                                       # uint8 or .png files, e.g. terms.avoid=[corner.npy]
+    avoid_weight: float = 1.0          # weight of keeping away from them
+    avoid_radius: float = 1.0          # how far "away" reaches, in latent units per dimension
+    cost: str | None = None            # module:function, fn(latents (B,S,H,D), actions) -> (B,S), e.g. my_costs:fn
+    cost_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for k in ("action", "rate", "avoid_weight", "cost_weight"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"terms.{k} must be a finite weight >= 0, got {v}; e.g. terms.{k}=0.1 (0: off)")
+        if not (math.isfinite(self.avoid_radius) and self.avoid_radius > 0):
+            raise ValueError(f"terms.avoid_radius must be a finite number > 0, got {self.avoid_radius}; e.g. 1.0")
+        if self.avoid is not None and not self.avoid:
+            raise ValueError("terms.avoid=[] names no image; list files, e.g. terms.avoid=[corner.npy], or null")
+
+
+@dataclass
 class EvalConfig:
     checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
     env: str | None = None             # null: the env of the checkpoint's training data
     planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
+    distilled: str | None = None       # a `wm distill` policy.pt of this checkpoint: planner=policy acts with
+                                       # it, planner.proposal=true (cem, icem; preset cem_seeded) starts from it
+    terms: TermsConfig = field(default_factory=TermsConfig)   # energy terms beside the goal distance
     episodes: int = 50
     budget: int = 50                   # env steps per episode
     goal_offset: int = 25              # goal = state this many steps after the start
     horizon: int = 5                   # planned action chunks
-    receding_horizon: int = 5          # chunks executed before replanning (LeWM: the whole plan)
-    step_weights: list[float] | None = None   # null: the energy is the last planned chunk's distance to
-                                       # the goal (LeWM); one weight per chunk (horizon of them): the
-                                       # weighted sum over all steps, e.g. [1,1,1,1,1]
+    receding_horizon: int = 1          # chunks executed before replanning (1: after every chunk; LeWM: 5,
+                                       # the whole plan)
+    goal_at: str = "every_chunk"       # every_chunk: the energy sums the goal distance over every planned
+                                       # chunk | last_chunk: the last chunk's only (LeWM's)
+    step_weights: list[float] | None = None   # null: goal_at's; one weight per chunk (horizon of them):
+                                       # the weighted sum over all chunks, e.g. [1,1,1,1,1]
     tasks: str = "heldout"             # heldout: starts and goals from fresh episodes never trained on |
                                        # training: from the training data's own episodes (LeWM's draw)
     data: str | None = None            # tasks=training: the dataset (null: the one the checkpoint trained on)
@@ -58,6 +88,11 @@ class EvalConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.receding_horizon > self.horizon:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
+        from worldmodel.model.energy import GOAL_AT
+
+        if self.goal_at not in GOAL_AT:
+            raise ValueError(f"goal_at must be one of {', '.join(GOAL_AT)}, got {self.goal_at!r} (LeWM's planning: "
+                             "planner=cem receding_horizon=5 goal_at=last_chunk)")
         if self.step_weights is not None:
             w = self.step_weights
             if not valid_step_weights(w, self.horizon):
@@ -76,6 +111,15 @@ class EvalConfig:
             from worldmodel.planners import planner_from_config
 
             planner_from_config(self.planner)       # an unknown planner, key or value is refused here
+        proposes = (self.planner or {}).get("name") == "policy" or (self.planner or {}).get("proposal") is True
+        if proposes and not self.distilled:
+            raise ValueError("this planner acts on a distilled policy's proposal: pass distilled=<policy.pt> (make one "
+                             f"with wm distill checkpoint={self.checkpoint or '<best.pt>'} out=runs/distill/<name>)")
+        if self.distilled is not None and not Path(self.distilled).is_file():
+            raise FileNotFoundError(f"distilled={self.distilled!r} does not exist; make it with wm distill "
+                                    f"checkpoint={self.checkpoint} out=<dir> (it writes <dir>/policy.pt)")
+        if self.cuda_graph and proposes:
+            raise ValueError("a distilled policy's proposal is not captured in a CUDA graph; drop cuda_graph=true")
 
 
 @dataclass

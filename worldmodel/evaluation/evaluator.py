@@ -187,9 +187,12 @@ class Evaluation:
         saved to progress.json as it ends."""
         from worldmodel.model.energy import DTYPES, GoalEnergy
 
-        cfg, path = self.cfg, self.out.open(self.cfg)
+        cfg = self.cfg
+        terms, policy = energy_extras(cfg, self.model)             # refused (a bad file) before out= is touched
+        path = self.out.open(cfg)
         energy = GoalEnergy(self.model, static=cfg.cuda_graph, dtype=DTYPES[cfg.precision], compile=cfg.compile,
-                            step_weights=cfg.step_weights)
+                            step_weights=cfg.step_weights, goal_at=cfg.goal_at, terms=terms,
+                            policy=policy)
         if self.resumed_after is not None:
             print(f"wm eval: resuming after {self.progress.done} of {len(self.tasks)} episodes ({path / PROGRESS})")
         first = self.progress.done
@@ -283,6 +286,15 @@ class Evaluation:
             "per_episode": episode_rows(self.tasks, results, floor),
             "videos": p.videos, "config": to_dict(cfg),
         }
+
+
+def energy_extras(cfg: EvalConfig, model: Any) -> tuple[list, Any]:
+    """The energy terms `terms.*` asks for and the distilled policy (`distilled=`, refused when it
+    was distilled from another model or holds NaN weights)."""
+    from worldmodel.model.energy_terms import terms_from_config
+    from worldmodel.model.goal_policy import load_policy
+
+    return terms_from_config(cfg.terms), (load_policy(cfg.distilled, model) if cfg.distilled else None)
 
 
 def floor_summary(results: list[dict[str, Any]], floor: list[dict[str, Any]]) -> dict[str, Any] | None:

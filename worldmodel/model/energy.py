@@ -10,8 +10,17 @@ dtype=torch.bfloat16 plans with a bfloat16 copy of the predictor and action enco
 in float32. On CUDA that halves the predictor's weight traffic and avoids weight casts per call.
 On a CPU whether bf16 pays depends on the CPU's bf16 support (worldmodel.machine.bf16_matmul_speedup
 measures it on the machine at hand).
+
+terms=[...] (worldmodel/model/energy_terms.py) adds weighted costs of the candidate actions and of the
+latents predicted for them (action magnitude and rate, keeping away from forbidden images, any
+callable): still one energy, for any planner. policy= (a distilled GoalPolicy) lets the energy
+propose a plan (`propose`, planners.policy.Proposing) from the latents it already holds.
+`prediction_error()` is the model's one-step error on the newest observed frame (the surprise
+monitor reads it).
 """
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -41,9 +50,13 @@ def _frozen(compiled):
     return call
 
 
+GOAL_AT = ("every_chunk", "last_chunk")   # GoalEnergy(goal_at=): where the goal distance is counted
+
+
 class GoalEnergy:
-    """cost = ||z_hat_Hz - z_goal||^2 by default; with `step_weights` (Hz,) the weighted sum over
-    all predicted steps sum_k w_k ||z_hat_k - z_goal||^2 instead.
+    """cost = sum_k ||z_hat_k - z_goal||^2 over every predicted chunk k by default (goal_at="every_chunk");
+    goal_at="last_chunk": ||z_hat_Hz - z_goal||^2, the last chunk's only (LeWM's); `step_weights` (Hz,):
+    the weighted sum sum_k w_k ||z_hat_k - z_goal||^2 instead.
 
     No host syncs in __call__. Gradients flow to the actions when they require grad (for gradient
     planners); otherwise the call runs without autograd.
@@ -64,8 +77,9 @@ class GoalEnergy:
 
     def __init__(self, model: WorldModel, obs_pixels: Tensor | None = None,
                  past_actions: Tensor | None = None, goal_pixels: Tensor | None = None,
-                 step_weights: Tensor | None = None, static: bool = False,
-                 dtype: torch.dtype | None = None, compile: bool = False):
+                 step_weights: Tensor | None = None, goal_at: str = "every_chunk", static: bool = False,
+                 dtype: torch.dtype | None = None, compile: bool = False, terms: Sequence[Any] = (),
+                 policy: Any = None):
         if model.training:
             raise ValueError("GoalEnergy needs the model in eval mode (BatchNorm and dropout would make "
                              "costs depend on the batch): call model.eval() first")
@@ -78,10 +92,17 @@ class GoalEnergy:
         # the model that rolls candidates forward: this one, or a copy with the predictor in `dtype`
         self.planner_model = model if self.dtype == own else model.planning_copy(self.dtype)
         self.device = next(model.parameters()).device
+        if goal_at not in GOAL_AT:
+            raise ValueError(f"goal_at must be one of {', '.join(GOAL_AT)}, got {goal_at!r}")
+        self.goal_at = goal_at
         self.step_weights = None if step_weights is None else torch.as_tensor(
             step_weights, dtype=torch.float32, device=self.device)
+        self.terms = [t.bind(model) for t in terms]       # energy_terms.EnergyTerm, bound to this model
+        self.policy = policy                                # a GoalPolicy distilled from this model, or None
         self.z_goal: Tensor | None = None
         self.z_last: Tensor | None = None
+        self.z_hist: Tensor | None = None                  # (B, h, D) float32: the observed latents
+        self.past: Tensor | None = None                    # (B, h-1, chunk) the chunks between them
         self.cache: list = []
         self.static, self.compiled = static, compile
         self._buffers = StaticBuffers()
@@ -135,6 +156,7 @@ class GoalEnergy:
             raise ValueError(f"history must be (B, h, D) with 1 <= h <= {self.max_history} (the model's history), "
                              f"got {tuple(z_hist.shape)}: pass at most the last {self.max_history} frames "
                              f"(MPCController(history={self.max_history}))")
+        self.z_hist, self.past = z_hist.float(), past_actions
         z_hist = z_hist.to(self.dtype)
         cache = self.planner_model.prefill(z_hist, past_actions)  # per layer: (B, 1, H, hd) pairs
         n = len(cache[0]) if cache else 0
@@ -152,6 +174,27 @@ class GoalEnergy:
         with torch.set_grad_enabled(actions.requires_grad and torch.is_grad_enabled()):
             return self.planner_model.rollout_cached(self.z_last, self.cache, actions)
 
+    @torch.no_grad()
+    def propose(self, horizon: int) -> Tensor:
+        """The distilled policy's plan (B, horizon, chunk) raw, from the observed latents toward the
+        goal: one forward pass (planner=policy, and the proposal that seeds cem / icem)."""
+        if self.policy is None:
+            raise RuntimeError("this energy has no policy to propose with: GoalEnergy(model, policy=load_policy(...)) "
+                               "(wm eval distilled=runs/distill/<name>/policy.pt)")
+        if self.z_hist is None or self.z_goal is None:
+            raise RuntimeError("call set_goal and set_observation before propose()")
+        return self.policy(self.z_hist, self.z_goal, horizon)
+
+    @torch.no_grad()
+    def prediction_error(self) -> Tensor | None:
+        """(B,) the one-step prediction error (mean squared, per latent dimension) of the newest
+        observed frame given the frames and chunks before it; None with a single observed frame."""
+        if self.z_hist is None or self.z_hist.shape[1] < 2:
+            return None
+        z, past = self.z_hist, self.past.to(self.z_hist.device)
+        z_hat = self.model.predict(z[:, :-1], past)[:, -1].float()            # (B, D)
+        return (z_hat - z[:, -1]).square().mean(-1)                          # (B,)
+
     def __call__(self, actions: Tensor) -> Tensor:
         """actions (B, S, Hz, chunk) raw env units -> costs (B, S)."""
         if self.z_goal is None:
@@ -162,9 +205,15 @@ class GoalEnergy:
         z_hat = self.latents(actions).float()              # (B, S, Hz, D), costs in float32
         with torch.set_grad_enabled(actions.requires_grad and torch.is_grad_enabled()):
             goal = self.z_goal[:, None, None]              # (B, 1, 1, D)
-            if self.step_weights is None:
-                return (z_hat[:, :, -1:] - goal).square().sum(-1)[..., 0]  # (B, S)
-            if self.step_weights.shape != (z_hat.shape[2],):
-                raise ValueError(f"step_weights has shape {tuple(self.step_weights.shape)}, "
-                                 f"need ({z_hat.shape[2]},) = the horizon")
-            return (z_hat - goal).square().sum(-1) @ self.step_weights  # (B, S)
+            w = self.step_weights
+            if w is None and self.goal_at == "every_chunk":
+                w = torch.ones(z_hat.shape[2], device=z_hat.device)                # (Hz,)
+            if w is None:
+                cost = (z_hat[:, :, -1:] - goal).square().sum(-1)[..., 0]  # (B, S)
+            elif w.shape != (z_hat.shape[2],):
+                raise ValueError(f"step_weights has shape {tuple(w.shape)}, need ({z_hat.shape[2]},) = the horizon")
+            else:
+                cost = (z_hat - goal).square().sum(-1) @ w  # (B, S)
+            for term in self.terms:
+                cost = cost + term(actions, z_hat)         # (B, S)
+            return cost

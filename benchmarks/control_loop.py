@@ -43,6 +43,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: --goal-at's")
     p.add_argument("--goal-at", default="last_chunk", choices=["every_chunk", "last_chunk"],
                    help="where the goal distance counts (default last_chunk, LeWM's, as --receding-horizon 5)")
+    p.add_argument("--distilled", default=None, help="a `wm distill` policy.pt of --checkpoint: the energy "
+                   "proposes with it (--planner policy, cem_seeded)")
     p.add_argument("--seed", type=int, default=None, help="planner seed (default: the preset's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--compile", action="store_true",
@@ -89,8 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
                        int(meta.get("episode_len") or 100), a.goal_offset, training_seeds(meta))
     planner = planner_from_config(preset("planner", a.planner),
                                   **({} if a.seed is None else {"seed": a.seed}))
+    policy = None
+    if a.distilled:                     # a `wm distill` policy the energy proposes with (planner=policy, cem_seeded)
+        from worldmodel.model.goal_policy import load_policy
+        policy = load_policy(a.distilled, model)
     energy = GoalEnergy(model, dtype=DTYPES[a.precision], compile=a.compile, step_weights=w,
-                        goal_at=a.goal_at)
+                        goal_at=a.goal_at, policy=policy)
     ctrl = MPCController(planner, energy, (env.action_space.low, env.action_space.high),
                          horizon=a.horizon, receding_horizon=a.receding_horizon, frameskip=model.cfg.frameskip,
                          history=model.cfg.history, time_budget_s=a.time_budget,
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"bench": "control_loop", "checkpoint": a.checkpoint, "env": env_name, "planner": a.planner,
            "planner_settings": {k: v for k, v in vars(planner).items() if not k.startswith("_")},
            "hz": hz, "horizon": a.horizon, "receding_horizon": a.receding_horizon, "step_weights": w,
-           "goal_at": a.goal_at,
+           "goal_at": a.goal_at, "distilled": a.distilled,
            "async_lead": None if a.async_lead < 0 else a.async_lead, "time_budget_s": a.time_budget,
            "compile": a.compile, "precision": a.precision, "warmup_s": round(warmup_s, 1),
            "episodes": len(rows), "successes": outcomes.count("1"), "outcomes": outcomes,

@@ -1,4 +1,4 @@
-"""The distilled policy in the real-time loop: `benchmarks.control_loop` with the energy holding a
+"""The distilled policy in the real-time loop: `benchmarks.control_loop --distilled`, the energy holding a
 `wm distill` policy, so `--planner policy` (one forward pass per decision) or a seeded preset
 (`cem_seeded`) runs through `ControlLoop` at the env's own rate.
 
@@ -24,22 +24,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--distilled", required=True, help="policy.pt written by `wm distill` for --checkpoint")
     p.add_argument("--json", default=None, help="also append the JSON line to this file")
     a, rest = p.parse_known_args(argv)
-    import worldmodel.model.energy as energy_module
     from benchmarks import control_loop
-    from worldmodel.model.goal_policy import load_policy
 
-    plain = energy_module.GoalEnergy
-
-    class WithPolicy(plain):                  # control_loop builds GoalEnergy(model, ...) at call time
-        def __init__(self, model, *args, **kw):
-            super().__init__(model, *args, policy=load_policy(a.distilled, model), **kw)
-
-    energy_module.GoalEnergy = WithPolicy
-    try:
-        out = control_loop.main(rest)
-    finally:
-        energy_module.GoalEnergy = plain
-    out = {**out, "bench": "distill_loop", "distilled": a.distilled}
+    out = {**control_loop.main([*rest, "--distilled", a.distilled]), "bench": "distill_loop"}
     emit_line(out, a.json)
     return out
 

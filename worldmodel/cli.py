@@ -13,6 +13,7 @@ import os
 import sys
 
 from worldmodel.config import quoted as _quoted
+from worldmodel.sweep import MULTIRUN_FLAGS
 
 RESUMABLE = {"collect", "train", "eval", "demo"}   # commands whose resume=true continues a killed run
 COMMANDS = {
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         return _page(USAGE)
     name, args = argv[0], argv[1:]
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    args = [a for a in args if a not in ("-m", "--multirun")]
+    multirun = any(a in MULTIRUN_FLAGS for a in args)
+    args = [a for a in args if a not in MULTIRUN_FLAGS]
     if name not in COMMANDS:
         print(f"wm: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2

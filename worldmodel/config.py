@@ -149,12 +149,12 @@ def compose(schema: type, config_name: str, overrides: list[str]) -> dict[str, A
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from worldmodel.sweep import refuse_sweeps
+    from worldmodel.sweep import MULTIRUN_FLAGS, refuse_sweeps
 
     for ov in overrides:
         key, eq, _ = ov.partition("=")
         if not eq or not key or key.startswith("="):
-            fix = " (a sweep: -m before the overrides, for wm train and wm eval)" if ov in ("-m", "--multirun") else ""
+            fix = " (a sweep: -m before the overrides, for wm train and wm eval)" if ov in MULTIRUN_FLAGS else ""
             raise ConfigError(f"malformed override {ov!r}: write key=value, e.g. episodes=100{fix}")
         if key.lstrip("+~").split(".")[0] == "hydra":
             raise ConfigError(f"{ov}: wm sets no hydra.* keys; out= names the output folder")

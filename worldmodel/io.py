@@ -14,6 +14,7 @@ import fnmatch
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,23 @@ def check_disk(path: str | os.PathLike, need: int, what: str, fix: str) -> None:
     if need > free:
         raise OSError(errno.ENOSPC, f"{what} needs about {need / 2 ** 30:.3g} GiB on the disk of {path}, which "
                                     f"has {free / 2 ** 30:.3g} GiB free: {fix}")
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], Any],
+                 fix: str = "free space, then re-run") -> Path:
+    """Write `path` through `write(binary file)` into a temporary beside it, fsync, then rename: a
+    reader never sees a partial file, and a failure (a full disk: one line, `writing`) leaves the
+    earlier file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with writing(path, tmp, fix):
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return path
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:

@@ -123,20 +123,13 @@ class WorldModelPolicy:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """`directory`/model.safetensors (the weights) and config.json (the architecture, the planner
         settings): tensors and JSON only, so loading runs no code."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        from worldmodel.io import write_json_atomic
+        from worldmodel.io import write_atomic, write_json_atomic
 
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = out / (WEIGHTS + ".tmp")
-        try:
-            save_file(state, tmp, metadata={"format": FORMAT})
-            os.replace(tmp, out / WEIGHTS)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(out / WEIGHTS, lambda f: f.write(save(state, metadata={"format": FORMAT})))
         write_json_atomic(out / CONFIG, {"format": FORMAT, "version": VERSION, "type": self.name,
                                          "model": self.model.cfg.to_dict(),
                                          "policy": dataclasses.asdict(self.config)})
@@ -151,6 +144,7 @@ class WorldModelPolicy:
         from safetensors.torch import load_file
 
         from worldmodel.config import ConfigError, from_dict
+        from worldmodel.model.checkpoint import non_finite, weight_shapes
         from worldmodel.model.config import ModelConfig
         from worldmodel.model.world_model import WorldModel
 
@@ -170,8 +164,7 @@ class WorldModelPolicy:
             cfg = from_dict(PolicyConfig, {**saved["policy"], **settings})
         except (TypeError, ValueError, KeyError, ConfigError) as e:
             raise ValueError(f"{folder / CONFIG}: {e}") from None
-        with torch.device("meta"):                         # shapes first: a config cannot declare a huge model
-            want = {k: tuple(v.shape) for k, v in WorldModel(model_cfg).state_dict().items()}
+        want = weight_shapes(model_cfg)                     # shapes first: a config cannot declare a huge model
         try:
             state = load_file(folder / WEIGHTS, device="cpu")
         except (SafetensorError, OSError) as e:
@@ -181,7 +174,7 @@ class WorldModelPolicy:
             diff = sorted(set(got) ^ set(want)) or [k for k in want if got[k] != want[k]]
             raise ValueError(f"{folder / WEIGHTS} does not match the model its {CONFIG} declares "
                              f"(first differences: {', '.join(diff[:3])}); save the policy again")
-        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = non_finite(state)
         if bad:
             raise ValueError(f"{folder / WEIGHTS}: weights {', '.join(bad[:3])} hold NaN/Inf")
         model = WorldModel(model_cfg)

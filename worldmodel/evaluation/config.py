@@ -107,11 +107,14 @@ class EvalConfig:
             raise ValueError("data= names the dataset of tasks=training; drop it, or pass tasks=training")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.planner:
-            from worldmodel.planners import planner_from_config
+        if not self.planner:                         # a typed call that names none: wm eval's default preset
+            from worldmodel.config import default_choice, preset
 
-            planner_from_config(self.planner)       # an unknown planner, key or value is refused here
-        proposes = (self.planner or {}).get("name") == "policy" or (self.planner or {}).get("proposal") is True
+            self.planner = preset("planner", default_choice("eval", "planner"))
+        from worldmodel.planners import planner_from_config
+
+        planner_from_config(self.planner)           # an unknown planner, key or value is refused here
+        proposes = self.planner.get("name") == "policy" or self.planner.get("proposal") is True
         if proposes and not self.distilled:
             raise ValueError("this planner acts on a distilled policy's proposal: pass distilled=<policy.pt> (make one "
                              f"with wm distill checkpoint={self.checkpoint or '<best.pt>'} out=runs/distill/<name>)")

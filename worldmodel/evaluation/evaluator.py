@@ -104,7 +104,7 @@ def prepare(cfg: EvalConfig) -> Evaluation:
                          "drop cuda_graph=true on the CPU")
     model, meta, env_name, train_cfg = load_model(cfg, device)
     print_precision_note("wm eval", cfg.precision, device, BF16_GAIN)
-    planner = planner_from_config(cfg.planner or {"name": "cem"})
+    planner = planner_from_config(cfg.planner)
     env_list = make_envs(env_name, meta, model.cfg, min(cfg.batch, cfg.episodes))
     policy = cfg.policy or meta.get("policy") or "noise"
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
@@ -266,7 +266,7 @@ class Evaluation:
         steps = [r["steps_to_success"] for r in results if r["success"]]
         return {
             "env": self.env_name, "trained_env": self.meta.get("env"), "checkpoint": str(cfg.checkpoint),
-            "planner": (cfg.planner or {"name": "cem"})["name"],
+            "planner": cfg.planner["name"],
             "episodes": n, "successes": k, "success_rate": k / n, "ci95": wilson(k, n),
             "random_floor": floor_summary(results, floor),
             "steps_to_success": {"median": percentile(steps, 50), "mean": float(np.mean(steps)) if steps else None},

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from worldmodel.io import writing
+from worldmodel.io import write_atomic
 
 FORMAT = "worldmodel-checkpoint"
 FORMAT_VERSION = 1
@@ -58,16 +57,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Any = 
         raise CheckpointError(f"refusing to save {path}: weights {', '.join(bad[:4])} hold NaN/Inf (the run "
                               "diverged); the earlier checkpoint is left in place")
     payload["digest"] = payload_digest(payload)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with writing(path, tmp, "free space, then re-run with resume=true (the earlier checkpoint is intact)"):
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda f: torch.save(payload, f),
+                        "free space, then re-run with resume=true (the earlier checkpoint is intact)")
 
 
 def payload_digest(payload: dict) -> str:
@@ -170,15 +161,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
+def weight_shapes(model_config: Any) -> dict[str, tuple[int, ...]]:
+    """The state dict's shapes a ModelConfig builds, on torch's meta device (nothing allocated)."""
+    from worldmodel.model.world_model import WorldModel
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in WorldModel(model_config).state_dict().items()}
+
+
 def _check_shapes(path: Path, ckpt: dict) -> None:
     """Refuse a model_config that does not build a model of exactly the file's weight shapes, checked on
     torch's meta device (nothing allocated): a damaged or doctored config never costs memory."""
     from worldmodel.model.config import ModelConfig
-    from worldmodel.model.world_model import WorldModel
 
     try:
-        with torch.device("meta"):
-            want = {k: tuple(v.shape) for k, v in WorldModel(ModelConfig(**ckpt["model_config"])).state_dict().items()}
+        want = weight_shapes(ModelConfig(**ckpt["model_config"]))
     except Exception as e:  # noqa: BLE001 - any config the model refuses
         raise CheckpointError(f"{path}: its model_config does not build a WorldModel ({type(e).__name__}: {e}); "
                               "use the worldmodel version that wrote it") from None

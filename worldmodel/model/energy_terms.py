@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,7 @@ def _weight(value: float, who: str) -> float:
     return float(value)
 
 
-class EnergyTerm:
+class EnergyTerm(ABC):
     """Base of a term: a weight and the model geometry it reads the action chunks with."""
 
     def __init__(self, weight: float = 1.0) -> None:
@@ -46,8 +47,9 @@ class EnergyTerm:
         B, S, H, C = actions.shape
         return actions.reshape(B, S, H * self.frameskip, C // self.frameskip)
 
+    @abstractmethod
     def __call__(self, actions: Tensor, latents: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Candidate chunks (B, S, H, chunk) raw and their predicted latents (B, S, H, D) -> costs (B, S)."""
 
 
 class ActionMagnitude(EnergyTerm):

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from worldmodel.io import write_atomic
+from worldmodel.model.checkpoint import non_finite
 
 POLICY_FORMAT = "worldmodel-goal-policy"
 POLICY_VERSION = 1
@@ -95,18 +97,7 @@ def save_policy(path: str | os.PathLike, policy: GoalPolicy, world_model: nn.Mod
     payload = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "config": asdict(policy.cfg),
                "policy": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
                "world_model": model_fingerprint(world_model), "extra": dict(extra or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda f: torch.save(payload, f), "free space, then re-run wm distill")
 
 
 def read_policy_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -124,7 +115,7 @@ def read_policy_file(path: str | os.PathLike) -> dict[str, Any]:
     if ckpt.get("version") != POLICY_VERSION:
         raise ValueError(f"{path} has policy format version {ckpt.get('version')!r}, this code reads "
                          f"{POLICY_VERSION}; re-run wm distill")
-    bad = [k for k, v in ckpt["policy"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = non_finite(ckpt["policy"])
     if bad:
         raise ValueError(f"{path} holds NaN/Inf weights ({', '.join(bad[:3])}); re-run wm distill (a lower lr=)")
     return ckpt

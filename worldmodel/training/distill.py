@@ -127,14 +127,15 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     for step in range(cfg.steps):
         zh, zg, target, mask = train.sample(cfg.batch_size, rng)
         loss = masked_mse(policy.forward_normalised(zh, zg), target, mask)
-        if not torch.isfinite(loss):
-            raise ValueError(f"distill: the loss became {float(loss)} at step {step}; lower lr= (now {cfg.lr})")
+        value = loss.item()                 # host sync, once per step: the loss is checked and logged
+        if not math.isfinite(value):
+            raise ValueError(f"distill: the loss became {value} at step {step}; lower lr= (now {cfg.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(value)
         if bar is not None:
             bar.update(1)
             if step % 50 == 0:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from worldmodel.data.clips import ClipDataset
+from worldmodel.data.clips import ClipDataset, ClipSpec, valid_starts
 
 
 @torch.no_grad()
@@ -161,15 +161,6 @@ def recalibrate_batchnorm(model: Any, clips: ClipDataset, batches: int, batch_si
     model.train(was_training)
 
 
-def chunk_windows(ep_len: np.ndarray, ep_offset: np.ndarray, frames: int, frameskip: int) -> np.ndarray:
-    """Dataset rows (n, frames + 1) of every window of `frames` observed frames and the frame after
-    them, spaced `frameskip` env steps apart inside one episode."""
-    span = frames * frameskip
-    rows = [o + s + np.arange(frames + 1) * frameskip
-            for o, n in zip(ep_offset.tolist(), ep_len.tolist()) for s in range(max(n - span, 0))]
-    return np.asarray(rows, dtype=np.int64).reshape(-1, frames + 1)
-
-
 @torch.no_grad()
 def one_step_errors(model: Any, z: torch.Tensor, action: np.ndarray, ep_len: np.ndarray, ep_offset: np.ndarray,
                     batch: int = 4096) -> np.ndarray:
@@ -179,7 +170,8 @@ def one_step_errors(model: Any, z: torch.Tensor, action: np.ndarray, ep_len: np.
 
     z (N, D) latents of every dataset row, action (N, A) raw -> errors (n,)."""
     fs, context = model.cfg.frameskip, max(model.cfg.history - 1, 1)
-    rows = chunk_windows(ep_len, ep_offset, context, fs)                     # (n, context + 1)
+    starts = valid_starts(ep_len, ep_offset, ClipSpec(context, 1, fs))     # (n,) windows inside one episode
+    rows = starts[:, None] + np.arange(context + 1) * fs                     # (n, context + 1)
     out = []
     for part in np.array_split(rows, max(1, -(-len(rows) // batch))) if len(rows) else []:
         zw = z[torch.from_numpy(part)]                                       # (b, context + 1, D)

@@ -1,6 +1,8 @@
 """GoalEnergy: shapes, agreement with the model's rollout, goal ordering, gradients, misuse errors."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -196,30 +198,85 @@ def test_compiled_energy_equals_eager_across_observations_and_history_lengths():
 
 @pytest.mark.slow
 def test_compiled_bf16_energy_freezes_its_private_copy_only():
-    """compile=True with dtype=bf16 on the CPU: Inductor compiles with freezing on, which may take the
-    private copy's weights as constants; costs and gradients stay eager bf16's; the model's own float32
-    weights are never frozen (they may change). Whether a frozen weight is copied (packed for oneDNN)
-    or still aliases the copy depends on the CPU: oneDNN packs bf16 weights only where it supports
-    bf16 (AVX512-BF16 / AMX), so "not read again" is checked only there."""
+    """compile=True with dtype=bf16 on the CPU: where oneDNN has native bf16, Inductor compiles with
+    freezing on, which may take the private copy's weights as constants; costs stay eager bf16's; the
+    model's own float32 weights are never frozen (they may change). On a CPU without native bf16
+    (where Inductor's bf16 code gave wrong costs) the energy plans eagerly and says why. Gradients
+    take eager code on a CPU either way."""
+    from worldmodel.model.energy import compile_refusal
+
     torch._dynamo.reset()
     model = small_model(pred_depth=1)
     torch.nn.init.normal_(model.predictor.adaln.weight, std=0.05)     # candidates' costs differ
     obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, 6), pixels(2, 1, 32, seed=6)[:, 0]
-    compiled, eager = (GoalEnergy(model, obs, past, goal, compile=c, dtype=torch.bfloat16) for c in (True, False))
-    assert compiled._freeze and compiled.planner_model is not model
+    native = compile_refusal(torch.bfloat16, torch.device("cpu")) is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled, eager = (GoalEnergy(model, obs, past, goal, compile=c, dtype=torch.bfloat16) for c in (True, False))
+    assert compiled.planner_model is not model
+    assert compiled.compiled == compiled._freeze == native
+    said = [w for w in caught if "native bf16" in str(w.message)]
+    assert (compiled.compile_note is None) == native == (not said), compiled.compile_note
     assert not GoalEnergy(model, obs, past, goal, compile=True)._freeze
     actions = torch.randn(2, 6, 4, 6)
     with torch.no_grad():
         before = compiled(actions)
         torch.testing.assert_close(before, eager(actions), rtol=0.03, atol=1e-5)
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():              # packed: the copy is not read again
-            compiled.planner_model.predictor.projector.fc2.weight.mul_(3.0)
+        compiled(actions[:, :5])                     # the dynamic-shape graph: both cross-checked
+        assert compiled.compiled == native, compiled.compile_note
+        if native:                                   # packed: the copy is not read again
+            weight = compiled.planner_model.predictor.projector.fc2.weight
+            saved = weight.clone()
+            weight.mul_(3.0)
             torch.testing.assert_close(compiled(actions), before, rtol=0, atol=0)
-            compiled.planner_model.predictor.projector.fc2.weight.div_(3.0)
-    a1, a2 = (actions.clone().requires_grad_(True) for _ in range(2))     # gradient planners: not frozen
+            weight.copy_(saved)
+    a1, a2 = (actions.clone().requires_grad_(True) for _ in range(2))     # gradient planners: eager
     compiled(a1).sum().backward()
     eager(a2).sum().backward()
-    torch.testing.assert_close(a1.grad, a2.grad, rtol=0.05, atol=1e-6)
+    torch.testing.assert_close(a1.grad, a2.grad, rtol=0, atol=0)
+
+
+def test_compile_refusal_plans_bf16_eagerly_on_a_cpu_without_native_bf16(monkeypatch):
+    """No AVX512-BF16 / AMX (oneDNN's bf16 support): compile=True with dtype=bf16 warns, names the fix
+    and plans with eager bf16; float32 compiles as asked."""
+    from worldmodel.model.energy import compile_refusal
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert "precision=fp32 compile=true" in compile_refusal(torch.bfloat16, torch.device("cpu"))
+    assert compile_refusal(torch.float32, torch.device("cpu")) is None
+    model = small_model(pred_depth=1)
+    with pytest.warns(RuntimeWarning, match="native bf16"):
+        energy = GoalEnergy(model, compile=True, dtype=torch.bfloat16)
+    assert not energy.compiled and not energy._freeze and energy.compile_note
+    assert GoalEnergy(model, compile=True).compiled
+
+
+def test_compiled_costs_that_disagree_with_eager_ones_switch_the_energy_to_eager(monkeypatch):
+    """Each graph's first two calls are checked against eager code: a miscompiled graph (costs off)
+    is dropped for good, with a warning, and that call already returns the eager costs; a correct
+    one is checked twice per history length, then trusted."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="eager", **kw))
+    torch._dynamo.reset()
+    model = small_model(pred_depth=1)
+    obs, past, goal = pixels(2, 3, 32, seed=5), torch.randn(2, 2, 6), pixels(2, 1, 32, seed=6)[:, 0]
+    good, bad, eager = (GoalEnergy(model, obs, past, goal, compile=c) for c in (True, True, False))
+    wrong = bad._cost
+    bad._cost = lambda a: wrong(a) + 1.0                                  # a miscompiled graph
+    actions = torch.randn(2, 5, 4, 6)
+    with pytest.warns(RuntimeWarning, match="differ from eager"):
+        torch.testing.assert_close(bad(actions), eager(actions))
+    assert not bad.compiled and "eager" in bad.compile_note
+    torch.testing.assert_close(bad(actions), eager(actions))
+    calls = []
+    costs = good._costs
+    monkeypatch.setattr(good, "_costs", lambda a: calls.append(a.shape[1]) or costs(a))
+    for s in (5, 4, 3, 3):
+        torch.testing.assert_close(good(actions[:, :s]), eager(actions[:, :s]))
+    assert good.compiled and good.compile_note is None and calls == [5, 4]
+    good.set_observation(obs[:, -1:], None)                               # another history length
+    good(actions)
+    assert calls == [5, 4, 5]
 
 
 def test_compiled_energy_compiles_once_per_history_length_not_per_sample_count(monkeypatch):
@@ -285,7 +342,6 @@ def test_avoid_encodes_its_images_and_a_term_changes_the_choice():
     first = energy(actions).argmin(1)
     with torch.no_grad():
         z = energy.latents(actions)
-    rows = torch.arange(2)
     blocked = make_energy(model, terms=[Avoid(latents=z[0, first[0]], weight=1e6, radius=0.05)])
     assert blocked(actions).argmin(1)[0] != first[0]                      # the chosen path is forbidden now
 

@@ -20,6 +20,7 @@ monitor reads it).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,6 +51,18 @@ def _frozen(compiled):
     return call
 
 
+def compile_refusal(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why GoalEnergy(compile=True) plans with eager code on this machine, or None. Inductor's bf16
+    CPU code (torch 2.13) returned wrong costs on a CPU whose oneDNN has no native bf16 (an AMD EPYC
+    without AVX-512) and NaN gradients when made to emit AVX2 code: compiled bf16 is used on a CPU
+    only where oneDNN computes in bf16 natively (AVX512-BF16 or AMX), the only CPUs where it pays."""
+    if device.type == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return ("compiled bf16 planning needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
+                "none, where Inductor's bf16 code gave wrong costs: planning with eager bf16 "
+                "(precision=fp32 compile=true compiles float32)")
+    return None
+
+
 GOAL_AT = ("every_chunk", "last_chunk")   # GoalEnergy(goal_at=): where the goal distance is counted
 
 
@@ -68,7 +81,10 @@ class GoalEnergy:
     length, plus one with a dynamic sample count where it changes between calls (iCEM), all done
     by MPCController.warmup(); then fused kernels (benchmarks/plan_latency.py --compile times both).
     With dtype=torch.bfloat16 on a CPU the copy's weights are also frozen into the compiled code as
-    constants, packed once rather than at every call.
+    constants, packed once rather than at every call. Compiled code is trusted only once checked:
+    each graph's first two calls are also run eagerly, and costs that disagree switch the energy to
+    eager code with a warning (`compile_note` says why; so does `compile_refusal` where it is known
+    to be wrong before any call). Gradients (gradient planners) take eager code on a CPU.
 
     static=True keeps the goal latent and the history's latent + KV cache at fixed addresses, one
     set of buffers per shape, and copies new values into them: a CUDA graph captured over __call__
@@ -104,7 +120,14 @@ class GoalEnergy:
         self.z_hist: Tensor | None = None                  # (B, h, D) float32: the observed latents
         self.past: Tensor | None = None                    # (B, h-1, chunk) the chunks between them
         self.cache: list = []
+        # compile_note: why compile=True was not honoured (compile_refusal, or compiled costs that
+        # disagreed with eager ones at their first call), else None
+        self.compile_note = compile_refusal(self.dtype, self.device) if compile else None
+        if self.compile_note:
+            warnings.warn(self.compile_note, RuntimeWarning, stacklevel=2)
+            compile = False
         self.static, self.compiled = static, compile
+        self._checked: dict[int, int] = {}                # history length -> compiled graphs cross-checked
         self._buffers = StaticBuffers()
         # A private copy (dtype=bf16) on the CPU compiles with its weights as constants (Inductor's
         # freezing): packed for oneDNN once, not at every call. Never the model's own weights: they
@@ -199,7 +222,35 @@ class GoalEnergy:
         """actions (B, S, Hz, chunk) raw env units -> costs (B, S)."""
         if self.z_goal is None:
             raise RuntimeError("call set_goal(goal_pixels) before evaluating")
-        return self._cost(actions)
+        if not self.compiled:
+            return self._costs(actions)
+        if actions.requires_grad and torch.is_grad_enabled() and self.device.type == "cpu":
+            # gradient planners: eager on the CPU, where Inductor's backward of this rollout
+            # corrupted the heap (torch 2.13, AVX-512 and AVX2 code alike)
+            return self._costs(actions)
+        cost = self._cost(actions)
+        n = len(self.cache[0]) if self.cache else 0
+        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if self._checked.get(n, 0) < 2 and not capturing:  # a graph's first calls: static and dynamic shape
+            self._checked[n] = self._checked.get(n, 0) + 1
+            cost = self._cross_check(actions, cost)
+        return cost
+
+    @torch.no_grad()
+    def _cross_check(self, actions: Tensor, cost: Tensor) -> Tensor:
+        """A compiled graph's first costs against eager ones (warm-up time, host sync): wrong ones
+        (a miscompiled kernel) switch this energy to eager code for good, with a warning."""
+        eager = self._costs(actions)                                           # (B, S)
+        rtol = 0.05 if self.dtype == torch.bfloat16 else 1e-3
+        atol = 1e-4 * float(eager.abs().nan_to_num().max()) + 1e-12           # host sync
+        if torch.allclose(cost.float(), eager, rtol=rtol, atol=atol, equal_nan=True):  # host sync
+            return cost
+        worst = float((cost.float() - eager).abs().nan_to_num(float("inf")).max())  # host sync
+        self.compile_note = (f"compiled costs differ from eager ones by up to {worst:.3g} "
+                             f"(rtol {rtol}) on this machine: planning with eager code")
+        warnings.warn(self.compile_note, RuntimeWarning, stacklevel=3)
+        self.compiled, self._cost = False, self._costs
+        return eager
 
     def _costs(self, actions: Tensor) -> Tensor:
         z_hat = self.latents(actions).float()              # (B, S, Hz, D), costs in float32

@@ -42,7 +42,7 @@ class ControlLoop:
                  get_obs: Callable[[], Any] | None = None,
                  send_action: Callable[[np.ndarray], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, torch_threads: int | None = None) -> None:
         if env is None and (get_obs is None or send_action is None):
             raise ValueError("ControlLoop needs an env with reset/step, or both get_obs and "
                              "send_action callbacks")
@@ -53,7 +53,12 @@ class ControlLoop:
             raise TypeError("env must offer reset() and step(action) (gymnasium API)")
         if hz is not None and not (hz > 0 and hz != float("inf")):   # NaN fails too
             raise ValueError(f"hz must be > 0 or None (as fast as possible), got {hz}")
+        if torch_threads is not None and not (isinstance(torch_threads, int) and torch_threads >= 1):
+            raise ValueError(f"torch_threads must be None (leave torch's setting) or an int >= 1, got {torch_threads!r}")
         self.controller, self.env, self.hz = controller, env, hz
+        # torch's intra-op threads while run() runs (restored after): 1 suits a small model between
+        # sleeps, whose pool threads fall asleep every tick and cost more to wake than they compute
+        self.torch_threads = torch_threads
         self.get_obs, self.send_action = get_obs, send_action
         self.clock, self.sleep = clock, sleep
 
@@ -70,6 +75,19 @@ class ControlLoop:
         outside the timed work."""
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if self.torch_threads is None:
+            return self._run(goal, max_steps, seed, obs, stop_when, record)
+        import torch
+
+        saved = torch.get_num_threads()
+        torch.set_num_threads(self.torch_threads)
+        try:
+            return self._run(goal, max_steps, seed, obs, stop_when, record)
+        finally:
+            torch.set_num_threads(saved)
+
+    def _run(self, goal: Any, max_steps: int, seed: int | None, obs: Any,
+             stop_when: Callable[[Any, dict], bool] | None, record: bool) -> LoopReport:
         self.controller.reset(goal)
         if self.env is not None and obs is None:
             obs, _ = self.env.reset(seed=seed)

@@ -5,8 +5,9 @@ in the energy's place). Each time the controller hands it a new observation hist
 each executed chunk with receding_horizon=1 (after each executed plan otherwise), it asks the energy
 for the model's one-step prediction error of the newest frame (`prediction_error()`: what the model
 predicted the executed chunk would lead to, against what it saw) and scores it against the model's
-held-out errors (`reference`, measured at distill time: worldmodel.training.validation.
-surprise_reference, stored in the `wm distill` policy file). The reference was measured with a full
+held-out errors (`reference`: worldmodel.training.validation.surprise_reference, measured when
+`wm train` ends and stored in best.pt, also in a `wm distill` policy file;
+goal_policy.surprise_reference_of reads either). The reference was measured with a full
 history before the scored frame, so a frame is scored once the controller has the energy's
 `max_history` frames (from the model's history - 1 chunks into an episode):
 
@@ -51,7 +52,7 @@ def check_reference(reference: Any) -> dict:
         isinstance(reference.get(k), (int, float)) and math.isfinite(reference[k]) for k in ("log_mean", "log_std"))
     if not ok or reference["log_std"] <= 0:
         raise ValueError("reference must be the held-out error statistics of the model (log_mean, log_std > 0): "
-                         "worldmodel.model.goal_policy.surprise_reference_of(<wm distill policy.pt>)")
+                         "worldmodel.model.goal_policy.surprise_reference_of(<best.pt>, model)")
     return reference
 
 

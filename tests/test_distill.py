@@ -63,6 +63,27 @@ def test_distill_writes_a_policy_loadable_with_its_model_and_a_surprise_referenc
     assert ref["n"] > 10 and ref["log_std"] > 0 and ref["quantiles"]["50"] <= ref["quantiles"]["99"]
 
 
+def test_wm_train_stores_the_surprise_reference_in_best_pt(distilled, tmp_path):
+    """best.pt carries its weights' held-out one-step errors (what wm distill measures too, on the same
+    episodes and weights); another model's weights and a checkpoint without one are refused by name."""
+    from worldmodel.model.checkpoint import load_checkpoint, rewrite_checkpoint
+    from worldmodel.model.world_model import load_trained
+
+    ckpt, pol, res = distilled
+    model, _, _ = load_trained(ckpt)
+    ref = surprise_reference_of(ckpt, model)
+    assert ref == load_checkpoint(ckpt)["extra"]["surprise"]
+    assert ref["n"] == res["surprise_reference"]["n"] > 10
+    assert ref["log_mean"] == pytest.approx(res["surprise_reference"]["log_mean"], abs=1e-4)
+    with pytest.raises(ValueError, match="other weights than this model"):
+        surprise_reference_of(ckpt, small_model())
+    old = load_checkpoint(ckpt)
+    del old["extra"]["surprise"]
+    rewrite_checkpoint(tmp_path / "old.pt", old)
+    with pytest.raises(ValueError, match="no surprise reference.*wm distill"):
+        surprise_reference_of(tmp_path / "old.pt", model)
+
+
 def test_policy_files_of_another_model_or_with_nan_weights_are_refused(distilled, tmp_path):
     ckpt, pol, _ = distilled
     from worldmodel.model.world_model import load_trained

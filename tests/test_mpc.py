@@ -339,6 +339,23 @@ def test_control_loop_env_mode_stops_on_success():
         ControlLoop(controller())
 
 
+def test_control_loop_sets_torch_threads_while_it_runs_and_restores_them():
+    """torch_threads=1 (a small model between sleeps): set for run(), restored after, even on error."""
+    goal = np.array([0.3, -0.3], np.float32)
+    before, seen = torch.get_num_threads(), []
+    ctrl = controller()
+    act = ctrl.act
+    ctrl.act = lambda obs: seen.append(torch.get_num_threads()) or act(obs)
+    ControlLoop(ctrl, PointEnv(), hz=None, torch_threads=1).run(goal, max_steps=3)
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+    ctrl.act = lambda obs: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        ControlLoop(ctrl, PointEnv(), hz=None, torch_threads=1).run(goal, max_steps=3)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="torch_threads"):
+        ControlLoop(ctrl, PointEnv(), torch_threads=0)
+
+
 @pytest.mark.parametrize("mode", ["env", "robot"])
 def test_control_loop_records_frames_and_actions_for_a_dataset(mode):
     """record=True: steps + 1 observations and steps actions, each action between its two frames."""

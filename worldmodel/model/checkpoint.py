@@ -61,6 +61,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Any = 
                         "free space, then re-run with resume=true (the earlier checkpoint is intact)")
 
 
+def rewrite_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
+    """Atomically write back a loaded checkpoint dict after changing its `extra` (a new digest)."""
+    payload = {k: v for k, v in ckpt.items() if k != "digest"}
+    payload["digest"] = payload_digest(payload)
+    return write_atomic(path, lambda f: torch.save(payload, f), "free space (the checkpoint is intact)")
+
+
 def payload_digest(payload: dict) -> str:
     """sha256 over every key of a checkpoint but "digest": each tensor's name, dtype, shape and bytes,
     every other value's repr, in the dict's order (kept by torch.save / torch.load)."""

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from worldmodel.io import write_atomic
-from worldmodel.model.checkpoint import non_finite
+from worldmodel.model.checkpoint import FORMAT, load_checkpoint, non_finite, read_mapped
 
 POLICY_FORMAT = "worldmodel-goal-policy"
 POLICY_VERSION = 1
@@ -80,11 +80,12 @@ class GoalPolicy(nn.Module):
         return out[:, :horizon]                                                     # (B, horizon, chunk)
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of a world model's weights (names, shapes and float32 values): what a policy was
-    distilled from, checked when it is loaded beside a model."""
+def model_fingerprint(model: nn.Module | dict) -> str:
+    """sha256 of a world model's weights (names, shapes and float32 values; a model or its state
+    dict): what a policy was distilled from, checked when it is loaded beside a model."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    state = model if isinstance(model, dict) else model.state_dict()
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
@@ -130,9 +131,24 @@ def _matching(path: str | os.PathLike, world_model: nn.Module) -> dict[str, Any]
 
 
 def surprise_reference_of(path: str | os.PathLike, world_model: nn.Module) -> dict[str, Any]:
-    """The held-out one-step errors of `world_model` that `wm distill` stored beside its policy: the
-    reference of planners.surprise.SurpriseMonitor (refused for another model's file)."""
-    return _matching(path, world_model)["extra"]["surprise"]
+    """The held-out one-step errors of `world_model`, the reference of planners.surprise.SurpriseMonitor:
+    from its checkpoint (`wm train` stores them in best.pt) or from a `wm distill` policy.pt; refused
+    for another model's file."""
+    try:
+        head = read_mapped(path)
+    except Exception:                      # not a torch file: read_policy_file says what is wrong
+        head = None
+    if not (isinstance(head, dict) and head.get("format") == FORMAT):
+        return _matching(path, world_model)["extra"]["surprise"]
+    ckpt = load_checkpoint(path)
+    if model_fingerprint(ckpt["model"]) != model_fingerprint(world_model):
+        raise ValueError(f"{path} holds other weights than this model; pass the checkpoint the model was loaded from")
+    reference = (ckpt.get("extra") or {}).get("surprise")
+    if reference is None:
+        raise ValueError(f"{path} holds no surprise reference (trained before wm train stored one, or without "
+                         "held-out episodes): retrain with data.val_fraction > 0, or read it from "
+                         "`wm distill checkpoint=<it> out=<dir>`'s policy.pt")
+    return reference
 
 
 def load_policy(path: str | os.PathLike, world_model: nn.Module) -> GoalPolicy:

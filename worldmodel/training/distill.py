@@ -26,14 +26,6 @@ OUTPUTS = {"config.json", "policy.pt", "results.json"}
 
 
 @torch.no_grad()
-def encode_rows(model: Any, pixels: np.ndarray, batch: int) -> torch.Tensor:
-    """Every frame (N, H, W, 3) uint8 -> latents (N, D) float32 on the model's device."""
-    device = next(model.parameters()).device
-    out = [model.encode(torch.from_numpy(pixels[i:i + batch]).to(device)).float()
-           for i in range(0, len(pixels), batch)]
-    return torch.cat(out) if out else torch.zeros(0, model.cfg.latent_dim, device=device)
-
-
 class Relabeller:
     """Random (history latents, goal latent, action chunks, mask) samples from encoded episodes."""
 
@@ -89,7 +81,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     from worldmodel.machine import resolve_device
     from worldmodel.model.checkpoint import load_checkpoint
     from worldmodel.model.world_model import trained_from_loaded
-    from worldmodel.training.validation import one_step_errors, surprise_reference
+    from worldmodel.training.validation import encode_rows, one_step_errors, surprise_reference
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device, 0)

@@ -23,7 +23,7 @@ from worldmodel.config import to_dict
 from worldmodel.data.clips import ClipLoader, ClipSampler
 from worldmodel.io import mark_output, save_resolved
 from worldmodel.machine import print_precision_note, resolve_device
-from worldmodel.model.checkpoint import load_checkpoint, save_checkpoint
+from worldmodel.model.checkpoint import load_checkpoint, rewrite_checkpoint, save_checkpoint
 from worldmodel.model.world_model import WorldModel
 from worldmodel.report.plots import plot_training, safe_draw
 from worldmodel.training.config import CUDA_GRAPH_MODES, TrainConfig
@@ -34,7 +34,8 @@ from worldmodel.training.run_dir import check_resume, claim_out, resume_point
 from worldmodel.training.step import (autocast_for, build_optimizer, check_model_fits, clip_loss, compile_loss,
                                       step_seed)
 from worldmodel.training.step import train_step as optimiser_step
-from worldmodel.training.validation import collapse_note, evaluate, recalibrate_batchnorm
+from worldmodel.training.validation import (collapse_note, evaluate, held_out_errors, recalibrate_batchnorm,
+                                           surprise_reference)
 
 __all__ = ["Trainer", "train", "TrainConfig", "DivergedError", "check_compile", "check_resume"]
 
@@ -210,6 +211,7 @@ class Trainer:
             self.save("last.pt")
         if self.val_clips is not None and not self.last_eval:
             self.last_eval = self.validate()
+        self._store_surprise_reference()
         result = self.result()
         if self.rank == 0:
             print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}))
@@ -300,6 +302,24 @@ class Trainer:
                  "metrics": {**self.last_train, **self.last_eval}, "dataset_meta": self.meta}
         if self.rank == 0:                                             # host sync: weights copied to the CPU
             save_checkpoint(self.out / name, self.model, self.opt, self.sched, self.step, state)
+
+    def _store_surprise_reference(self) -> None:
+        """best.pt gains its weights' one-step prediction errors on the held-out episodes, the
+        reference planners.SurpriseMonitor scores against (goal_policy.surprise_reference_of reads
+        it). Rank 0, once training ends; a best.pt that has one is left as it is."""
+        path = self.out / "best.pt"
+        if self.rank != 0 or self.val_clips is None or not path.is_file():
+            return
+        ckpt = load_checkpoint(path)
+        if "surprise" in ckpt["extra"]:
+            return
+        model = WorldModel.from_loaded(ckpt, self.device, source=str(path))
+        try:
+            ckpt["extra"]["surprise"] = surprise_reference(held_out_errors(model, self.val_clips))
+        except ValueError as e:                                        # too few held-out windows
+            print(f"best.pt has no surprise reference: {e}")
+            return
+        rewrite_checkpoint(path, ckpt)
 
     def _calibrate(self) -> None:
         """BatchNorm statistics for the current weights, once per step that evaluates or saves."""

@@ -161,6 +161,24 @@ def recalibrate_batchnorm(model: Any, clips: ClipDataset, batches: int, batch_si
     model.train(was_training)
 
 
+def encode_rows(model: Any, pixels: np.ndarray, batch: int) -> torch.Tensor:
+    """Every frame (N, H, W, 3) uint8 -> latents (N, D) float32 on the model's device."""
+    device = next(model.parameters()).device
+    out = [model.encode(torch.from_numpy(pixels[i:i + batch]).to(device)).float()
+           for i in range(0, len(pixels), batch)]
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.latent_dim, device=device)
+
+
+@torch.no_grad()
+def held_out_errors(model: Any, clips: ClipDataset, batch: int = 256) -> np.ndarray:
+    """one_step_errors over the episodes of `clips` (a run's held-out split), encoding only their frames."""
+    lens = clips.ep_len[clips.episodes]                                      # (E,)
+    rows = np.concatenate([np.arange(o, o + n) for o, n in zip(clips.ep_offset[clips.episodes], lens)])
+    offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)  # (E,) into `rows`
+    z = encode_rows(model, clips.pixels[rows], batch)                        # (n, D)
+    return one_step_errors(model, z, clips.action[rows], lens, offsets)
+
+
 @torch.no_grad()
 def one_step_errors(model: Any, z: torch.Tensor, action: np.ndarray, ep_len: np.ndarray, ep_offset: np.ndarray,
                     batch: int = 4096) -> np.ndarray:

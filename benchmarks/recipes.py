@@ -57,6 +57,7 @@ class Recipe:
     plan_iterations: int | None = None
     eval_batch: int = 50            # episodes planned together in one batched solve
     videos: int = 10
+    distill_episodes: int | None = 120  # planning "distilled": wm distill on the first N training episodes
     budget_note: str = ""           # the machine the recipe is sized for
 
     @property
@@ -94,10 +95,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
 # The two plannings every record holds side by side, as `wm eval` overrides: the toolkit's default
 # (wm eval's defaults: icem_cpu, the goal distance at every planned chunk, replanning after each chunk)
 # and LeWM's as released (CEM 300 x 30 x 30, the last chunk's distance, the whole 5-chunk plan run).
+# "distilled" (opt-in: --plannings toolkit lewm distilled) is the toolkit's default seeded by a policy
+# distilled from the checkpoint (`wm distill`, run once per training seed).
 PLANNINGS: dict[str, dict[str, Any]] = {
     "toolkit": {},
     "lewm": {"planner": "cem", "receding_horizon": 5, "goal_at": "last_chunk"},
+    "distilled": {},
 }
+DEFAULT_PLANNINGS = ("toolkit", "lewm")
 # The two task draws: starts and goals from held-out episodes (ours), or from the training episodes
 # (LeWM's released evaluation).
 DRAWS = ("heldout", "training")
@@ -181,6 +186,13 @@ def wm_eval_args(checkpoint: Path | str, out: Path | str, planner: str | None, p
             f"device={device}", f"out={out}", "overwrite=true", f"progress={_b(progress)}"]
 
 
+def distill_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True) -> list[str]:
+    """`wm distill` overrides: the policy that planning "distilled" seeds the default planner with."""
+    return [f"checkpoint={checkpoint}", f"out={out}", f"device={r.device}",
+            *([f"episodes={r.distill_episodes}"] if r.distill_episodes else []), "overwrite=true",
+            f"progress={_b(progress)}"]
+
+
 def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True,
               planner_seed: int = 0, planning: str = "toolkit", draw: str = "heldout",
               random_floor: bool = True, videos: bool = True) -> list[str]:
@@ -199,6 +211,8 @@ def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool
     if planner_seed:
         po["seed"], more = planner_seed, {"random_floor": False, "videos": 0}
     extra = tuple(f"{k}={v}" for k, v in settings.items()) + ((f"tasks={draw}",) if draw != "heldout" else ())
+    if planning == "distilled":     # the policy wm distill wrote beside the checkpoint's run
+        extra += (f"distilled={Path(checkpoint).parent.parent / 'distill' / 'policy.pt'}",)
     return wm_eval_args(checkpoint, out, planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
                         device=r.device, progress=progress, extra=extra, **more)
 
@@ -222,7 +236,8 @@ def command(name: str, args: list[str]) -> str:
 # stage -> (its config class, its library call): the same config load and call as `wm <stage>`
 STAGES = {"collect": ("worldmodel.data.config:CollectConfig", "worldmodel.data.collector:collect"),
           "train": ("worldmodel.training.config:TrainConfig", "worldmodel.training.trainer:train"),
-          "eval": ("worldmodel.evaluation.config:EvalConfig", "worldmodel.evaluation.evaluator:evaluate")}
+          "eval": ("worldmodel.evaluation.config:EvalConfig", "worldmodel.evaluation.evaluator:evaluate"),
+          "distill": ("worldmodel.training.distill_config:DistillConfig", "worldmodel.training.distill:distill")}
 
 
 def run_stage(name: str, args: list[str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ The recipe (benchmarks/recipes.py) fixes every setting; a flag that overrides on
 as `"verified": false`. Each stage is the code of its `wm` command, run in-process; evaluation
 follows the LeWM protocol and runs the random-action floor on the same tasks. Each checkpoint is
 planned with the toolkit's default planning (the row's headline fields) and, unless --plannings and
---draws say otherwise, with LeWM's and on LeWM's task draw too (the row's "evals"). stdout: one JSON line
+--draws say otherwise, with LeWM's and on LeWM's task draw too (the row's "evals"); `--plannings toolkit
+lewm distilled` also distills a policy from each checkpoint (`wm distill`) and plans with the default
+planner seeded by it. stdout: one JSON line
 per seed, then an aggregate line with the published numbers as "reference". The record goes to
 --json after every seed, so a killed run keeps its finished seeds (`train_from_step` > 0: training
 resumed at that step, and `train_s` counts only the steps after it).
@@ -35,8 +37,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the wm commands, run nothing")
     p.add_argument("--planner-seeds", type=int, default=1, metavar="N",
                    help="plan each training seed with planner seeds 0..N-1 (default 1: seed 0 only)")
-    p.add_argument("--plannings", nargs="+", default=list(R.PLANNINGS), choices=list(R.PLANNINGS),
-                   help="plannings of every checkpoint (default: all; the first is the row's headline)")
+    p.add_argument("--plannings", nargs="+", default=list(R.DEFAULT_PLANNINGS), choices=list(R.PLANNINGS),
+                   help="plannings of every checkpoint (default: toolkit lewm; distilled also runs wm distill "
+                        "per seed; the first is the row's headline)")
     p.add_argument("--draws", nargs="+", default=list(R.DRAWS), choices=list(R.DRAWS),
                    help="task draws (default: both; the first is the row's headline)")
     p.add_argument("--resume", action="store_true",
@@ -62,6 +65,8 @@ def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[st
         stages["seeds"][s] = {
             "train": R.train_args(recipe, out / "data", run_dir / "train", s, progress, a.resume,
                                   tuple(a.train_extra)),
+            "distill": (R.distill_args(recipe, run_dir / "train" / "best.pt", run_dir / "distill", progress)
+                        if "distilled" in plannings else None),
             "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress,
                                 planning=plannings[0], draw=draws[0]),
             "planner_evals": {k: R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / f"eval_planner{k}",
@@ -166,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     commands = [R.command("collect", stages["collect"])]
     for s in a.seeds:
         st = stages["seeds"][s]
-        commands += [R.command("train", st["train"]), R.command("eval", st["eval"]),
+        commands += [R.command("train", st["train"]), *([R.command("distill", st["distill"])] if st["distill"] else []),
+                     R.command("eval", st["eval"]),
                      *[R.command("eval", x) for x in st["planner_evals"].values()],
                      *[R.command("eval", x) for x in st["evals"].values()]]
     if a.dry_run:
@@ -196,6 +202,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         if not tr.get("steps_per_s"):       # resumed a finished run: its training time, if this file has it
             was = rows.get(s, {})
             train_s, train_wall, from_step = was.get("train_s"), was.get("train_wall_s"), was.get("train_from_step", 0)
+        distill = None
+        if st["distill"]:                   # resume: a policy of this run's finished distill is kept
+            policy = out / f"seed{s}" / "distill" / "policy.pt"
+            was = rows.get(s, {}).get("distill")
+            if a.resume and policy.is_file() and was:
+                distill = was
+            else:
+                dres, distill_s = timed("distill", st["distill"])
+                distill = {"val_ratio": dres["val_ratio"], "train_episodes": dres["train_episodes"],
+                           "distill_s": round(distill_s, 2), "command": R.command("distill", st["distill"])}
         ev, eval_s = timed("eval", st["eval"])
         row = {**{k: head[k] for k in ("bench", "env", "scale", "verified")}, "seed": s,
                "planning": stages["plannings"][0], "draw": stages["draws"][0],
@@ -214,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "train_final": {k: tr.get(k) for k in ("step", "loss", "pred", "val_pred", "val_nochange",
                                                       "val_ratio", "eff_rank", "std_min", "std_mean",
                                                       "probe_r2")},
-               "device": ev["device"], "gpu": head["machine"]["gpu"],
+               "distill": distill, "device": ev["device"], "gpu": head["machine"]["gpu"],
                "commands": [commands[0], R.command("train", st["train"]), R.command("eval", st["eval"])],
                "git_commit": head["git"]["commit"],
                "results": str(out / f"seed{s}" / "eval" / "results.json")}

@@ -20,7 +20,7 @@ import torch
 
 from worldmodel.planners.base import (BestSoFar, Bounds, Deadline, Energy, Planner, PlanResult, Problem,
                            finish, register_planner, take)
-from worldmodel.planners.policy import late_fallback, seed_with_proposal
+from worldmodel.planners.policy import late_fallback, seed_with_proposal, wants_proposal
 
 
 @register_planner("cem")
@@ -33,7 +33,8 @@ class CEM(Planner):
     min_std: float = 0.05     # floor so the search never collapses to a point early
     momentum: float = 0.0     # new mean = momentum * old + (1 - momentum) * elite mean
     keep_mean: bool = True    # candidate 0 is the current mean: the warm start is always scored
-    proposal: bool = False    # start at the energy's proposal (a distilled policy's plan: wm eval distilled=)
+    proposal: bool | None = None  # start at the energy's proposal (a distilled policy's plan: wm eval distilled=);
+                                  # None: whenever the energy has one, False: never, True: required
     proposal_std: float = 0.5  # the initial std around a proposal (unit coordinates)
 
     def __post_init__(self) -> None:
@@ -55,7 +56,7 @@ class CEM(Planner):
         mean = p.init_mean(init_mean)                                       # (B, H, A)
         std = torch.full_like(mean, self.init_std)                          # (B, H, A)
         warm = p.init_elites(init_elites)                                   # (B, K, H, A) | None
-        if self.proposal:                  # the previous mean joins the warm candidates, the proposal leads
+        if wants_proposal(self.proposal, energy):   # the previous mean joins the warm candidates, the proposal leads
             mean, warm = seed_with_proposal(energy, p, mean, warm, "cem")        # (B, H, A), (B, K+1, H, A)
             std = torch.full_like(mean, self.proposal_std)                  # (B, H, A)
             if (late := late_fallback(energy, p, mean, clock, self.iterations)) is not None:

@@ -21,7 +21,7 @@ import torch
 
 from worldmodel.planners.base import (BestSoFar, Bounds, Deadline, Energy, Planner, PlanResult, Problem,
                            finish, register_planner, take)
-from worldmodel.planners.policy import late_fallback, seed_with_proposal
+from worldmodel.planners.policy import late_fallback, seed_with_proposal, wants_proposal
 
 
 def colored_noise(lead: tuple[int, ...], horizon: int, action_dim: int, beta: float,
@@ -60,7 +60,8 @@ class ICEM(Planner):
     decay: float = 1.25         # population at iteration i: samples * decay^-i
     keep_fraction: float = 0.3  # share of elites carried into the next iteration's pool
     keep_mean: bool = True      # the current mean is always among the candidates
-    proposal: bool = False    # start at the energy's proposal (a distilled policy's plan: wm eval distilled=)
+    proposal: bool | None = None  # start at the energy's proposal (a distilled policy's plan: wm eval distilled=);
+                                  # None: whenever the energy has one, False: never, True: required
     proposal_std: float = 0.5  # the initial std around a proposal (unit coordinates)
 
     def __post_init__(self) -> None:
@@ -88,7 +89,7 @@ class ICEM(Planner):
         mean = p.init_mean(init_mean)                                       # (B, H, A)
         std = torch.full_like(mean, self.init_std)                          # (B, H, A)
         warm = p.init_elites(init_elites)                                   # (B, K, H, A) | None
-        if self.proposal:                  # the previous mean joins the warm candidates, the proposal leads
+        if wants_proposal(self.proposal, energy):   # the previous mean joins the warm candidates, the proposal leads
             mean, warm = seed_with_proposal(energy, p, mean, warm, "icem")        # (B, H, A), (B, K+1, H, A)
             std = torch.full_like(mean, self.proposal_std)                  # (B, H, A)
             if (late := late_fallback(energy, p, mean, clock, self.iterations)) is not None:

@@ -4,8 +4,9 @@ An energy may offer `propose(horizon) -> (B, H, A)` raw action sequences (the `P
 protocol): worldmodel.model.energy.GoalEnergy does when it holds a policy distilled from its world
 model. `PolicyPlanner` returns that proposal (one forward pass, and one energy call that scores it) or,
 with samples > 1, the cheapest of the proposal and samples - 1 noisy copies of it. CEM and iCEM
-with `proposal=True` start their sampling mean at it, score it in their first iteration and, when
-the deadline has passed before their first iteration, return it (scored once) as the plan.
+with `proposal=True` (or the presets' None, whenever the energy holds a policy) start their sampling
+mean at it, score it in their first iteration and, when the deadline has passed before their first
+iteration, return it (scored once) as the plan.
 """
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def proposer(energy: Energy, who: str) -> Proposing:
             return e
     raise TypeError(f"{who}: the energy proposes no plan (no propose(horizon)); give it a distilled policy: "
                     "GoalEnergy(model, policy=load_policy(path, model)) (wm eval distilled=<policy.pt>)")
+
+
+def wants_proposal(proposal: bool | None, energy: Energy) -> bool:
+    """CEM / iCEM's `proposal` setting against this energy: True and False as given; None (the presets')
+    seeds whenever the energy has a proposal to offer (a GoalEnergy holding a distilled policy)."""
+    if proposal is not None:
+        return proposal
+    for e in (energy, getattr(energy, "energy", None)):               # through the controller's wrapper
+        if e is not None and callable(getattr(e, "propose", None)):
+            return getattr(e, "policy", True) is not None
+    return False
 
 
 def proposal_unit(energy: Energy, p: Problem, who: str) -> torch.Tensor:

@@ -154,6 +154,31 @@ def test_planners_act_on_the_policys_proposal_in_the_controller(name, kw):
         assert res.iterations == 1
 
 
+@pytest.mark.parametrize("name", ["cem", "icem"])
+def test_presets_seed_with_the_proposal_exactly_when_the_energy_holds_a_policy(name, monkeypatch):
+    """proposal=None (the presets'): seeded whenever the energy has a policy (wm eval distilled=), never
+    otherwise; proposal=False keeps a policy-holding energy unseeded."""
+    from worldmodel.config import preset
+    from worldmodel.planners import Bounds, planner_from_config
+
+    model = small_model()
+    calls = []
+    held = GoalEnergy(model, policy=untrained_policy(model, horizon=3))
+    propose = held.propose
+    monkeypatch.setattr(held, "propose", lambda h: calls.append(h) or propose(h))
+    bounds = Bounds.make(np.full(model.cfg.chunk_dim, -1.0), np.full(model.cfg.chunk_dim, 1.0))   # one chunk
+    goal, obs = pixels(1, 1, 32, seed=3)[:, 0], pixels(1, 2, 32, seed=4)
+    for energy, proposal, want in ((held, None, [3]), (GoalEnergy(model), None, []), (held, False, [])):
+        calls.clear()
+        energy.set_goal(goal)
+        energy.set_observation(obs, torch.zeros(1, 1, model.cfg.chunk_dim))
+        cfg = {**preset("planner", "icem_cpu" if name == "icem" else name), "samples": 16, "iterations": 2,
+               "elites": 4, "proposal": proposal}
+        assert preset("planner", "icem_cpu" if name == "icem" else name)["proposal"] is None
+        planner_from_config(cfg).solve(energy, bounds, horizon=3)
+        assert calls == want, (proposal, energy.policy)
+
+
 def test_seeded_cem_returns_the_proposal_when_the_deadline_has_passed():
     from worldmodel.planners import Bounds
 

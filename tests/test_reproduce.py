@@ -80,6 +80,15 @@ def test_dry_run_prints_pasteable_commands(capsys):
     with pytest.raises(SystemExit):
         reproduce.parse(["--env", "pusht", "--planner-seeds", "0"])
 
+    # planning "distilled": wm distill per seed, right after its training; that planning's evals use its policy
+    reproduce.main(["--env", "reacher", "--seeds", "0", "--plannings", "distilled", "toolkit", "--draws", "heldout",
+                    "--dry-run"])
+    cmds = _lines(capsys.readouterr().out)[0]["commands"]
+    assert [c.split()[1] for c in cmds] == ["collect", "train", "distill", "eval", "eval"]
+    assert "checkpoint=runs/repro/reacher_cpu/seed0/train/best.pt" in cmds[2] and "episodes=120" in cmds[2]
+    assert "out=runs/repro/reacher_cpu/seed0/distill" in cmds[2]
+    assert "distilled=runs/repro/reacher_cpu/seed0/distill/policy.pt" in cmds[3] and "distilled=" not in cmds[4]
+
 
 def test_equal_compute_budgets():
     from worldmodel.planners import make_planner

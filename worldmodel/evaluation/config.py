@@ -44,7 +44,7 @@ class EvalConfig:
     env: str | None = None             # null: the env of the checkpoint's training data
     planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
     distilled: str | None = None       # a `wm distill` policy.pt of this checkpoint: planner=policy acts with
-                                       # it, planner.proposal=true (cem, icem; preset cem_seeded) starts from it
+                                       # it; cem and icem start from its plan (proposal: null or true)
     terms: TermsConfig = field(default_factory=TermsConfig)   # energy terms beside the goal distance
     episodes: int = 50
     budget: int = 50                   # env steps per episode

@@ -25,7 +25,6 @@ from worldmodel.training.distill_config import DistillConfig
 OUTPUTS = {"config.json", "policy.pt", "results.json"}
 
 
-@torch.no_grad()
 class Relabeller:
     """Random (history latents, goal latent, action chunks, mask) samples from encoded episodes."""
 

@@ -161,6 +161,7 @@ def recalibrate_batchnorm(model: Any, clips: ClipDataset, batches: int, batch_si
     model.train(was_training)
 
 
+@torch.no_grad()
 def encode_rows(model: Any, pixels: np.ndarray, batch: int) -> torch.Tensor:
     """Every frame (N, H, W, 3) uint8 -> latents (N, D) float32 on the model's device."""
     device = next(model.parameters()).device

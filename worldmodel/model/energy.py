@@ -56,7 +56,13 @@ def compile_refusal(dtype: torch.dtype, device: torch.device) -> str | None:
     CPU code (torch 2.13) returned wrong costs on a CPU whose oneDNN has no native bf16 (an AMD EPYC
     without AVX-512) and NaN gradients when made to emit AVX2 code: compiled bf16 is used on a CPU
     only where oneDNN computes in bf16 natively (AVX512-BF16 or AMX), the only CPUs where it pays."""
-    if device.type == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return None
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):         # a build without oneDNN (e.g. some ARM wheels)
+        native = False
+    if not native:
         return ("compiled bf16 planning needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
                 "none, where Inductor's bf16 code gave wrong costs: planning with eager bf16 "
                 "(precision=fp32 compile=true compiles float32)")

@@ -72,35 +72,36 @@ def main(argv: list[str] | None = None) -> dict:
                                     history=model.cfg.history)
         ctrls[name].reset(goal)
         ctrls[name].warmup(1)
-        ctrls[name].reset(goal)
-    obs, _ = env.reset(seed=task.seed, options={"state": task.start_state})
-    flops = {n: [] for n in ctrls}
-    ms = {n: [] for n in ctrls}
-    for _ in range(a.steps):
-        act = None
-        for name, ctrl in ctrls.items():            # interleaved: the same observation for every planner
-            plans = ctrl.stats()["plans"]
-            counter = FlopCounterMode(display=False)
-            with counter:
-                action = ctrl.act(obs)
-            if ctrl.stats()["plans"] > plans:            # this call planned: a decision
-                flops[name].append(counter.get_total_flops())
-            act = action if act is None else act         # the env follows the first planner
-        obs, *_ = env.step(act)
-    for name, ctrl in ctrls.items():                  # the same decisions timed without the counter
-        ctrl.reset(goal)
-    obs, _ = env.reset(seed=task.seed, options={"state": task.start_state})
-    for _ in range(a.steps):
-        act = None
-        for name, ctrl in ctrls.items():
-            plans = ctrl.stats()["plans"]
-            t0 = time.perf_counter()
+
+    def episode(measure) -> dict[str, list[float]]:
+        """The task once, planners interleaved on the same observations (the env follows the first
+        planner's actions); measure(ctrl, obs) -> (action, figure), kept for the calls that planned."""
+        for ctrl in ctrls.values():
+            ctrl.reset(goal)
+        obs, _ = env.reset(seed=task.seed, options={"state": task.start_state})
+        got: dict[str, list[float]] = {n: [] for n in ctrls}
+        for _ in range(a.steps):
+            act = None
+            for name, ctrl in ctrls.items():
+                plans = ctrl.stats()["plans"]
+                action, figure = measure(ctrl, obs)
+                if ctrl.stats()["plans"] > plans:            # this call planned: a decision
+                    got[name].append(figure)
+                act = action if act is None else act
+            obs, *_ = env.step(act)
+        return got
+
+    def counted(ctrl, obs):
+        with FlopCounterMode(display=False) as counter:
             action = ctrl.act(obs)
-            dt = time.perf_counter() - t0
-            if ctrl.stats()["plans"] > plans:
-                ms[name].append(dt * 1e3)
-            act = action if act is None else act
-        obs, *_ = env.step(act)
+        return action, counter.get_total_flops()
+
+    def timed(ctrl, obs):
+        t0 = time.perf_counter()
+        action = ctrl.act(obs)
+        return action, (time.perf_counter() - t0) * 1e3
+
+    flops, ms = episode(counted), episode(timed)      # the same decisions, timed without the counter
     first = a.planners[0]
     per = {n: {"decisions": len(flops[n]), "gflops_per_decision": float(np.mean(flops[n])) / 1e9,
                "ms_per_decision_p50": float(np.median(ms[n]))} for n in ctrls}
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         per[n]["time_ratio_to_" + first] = per[n]["ms_per_decision_p50"] / per[first]["ms_per_decision_p50"]
     enc = FlopCounterMode(display=False)
     with enc, torch.no_grad():
-        model.encode(torch.from_numpy(np.asarray(obs)[None]))
+        model.encode(torch.from_numpy(np.asarray(goal)[None]))               # one frame
     out = {"bench": "decision_flops", "checkpoint": a.checkpoint, "distilled": a.distilled, "env": env_name,
            "receding_horizon": a.receding_horizon, "goal_at": a.goal_at, "steps": a.steps, "planners": per,
            "encode_one_frame_gflops": enc.get_total_flops() / 1e9,

@@ -186,6 +186,11 @@ def wm_eval_args(checkpoint: Path | str, out: Path | str, planner: str | None, p
             f"device={device}", f"out={out}", "overwrite=true", f"progress={_b(progress)}"]
 
 
+def distilled_policy(checkpoint: Path | str) -> Path:
+    """Where planning "distilled" keeps the policy of <run>/train/best.pt: <run>/distill/policy.pt."""
+    return Path(checkpoint).parent.parent / "distill" / "policy.pt"
+
+
 def distill_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True) -> list[str]:
     """`wm distill` overrides: the policy that planning "distilled" seeds the default planner with."""
     return [f"checkpoint={checkpoint}", f"out={out}", f"device={r.device}",
@@ -212,7 +217,7 @@ def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool
         po["seed"], more = planner_seed, {"random_floor": False, "videos": 0}
     extra = tuple(f"{k}={v}" for k, v in settings.items()) + ((f"tasks={draw}",) if draw != "heldout" else ())
     if planning == "distilled":     # the policy wm distill wrote beside the checkpoint's run
-        extra += (f"distilled={Path(checkpoint).parent.parent / 'distill' / 'policy.pt'}",)
+        extra += (f"distilled={distilled_policy(checkpoint)}",)
     return wm_eval_args(checkpoint, out, planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
                         device=r.device, progress=progress, extra=extra, **more)
 

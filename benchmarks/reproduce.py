@@ -65,7 +65,8 @@ def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[st
         stages["seeds"][s] = {
             "train": R.train_args(recipe, out / "data", run_dir / "train", s, progress, a.resume,
                                   tuple(a.train_extra)),
-            "distill": (R.distill_args(recipe, run_dir / "train" / "best.pt", run_dir / "distill", progress)
+            "distill": (R.distill_args(recipe, run_dir / "train" / "best.pt",
+                                       R.distilled_policy(run_dir / "train" / "best.pt").parent, progress)
                         if "distilled" in plannings else None),
             "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress,
                                 planning=plannings[0], draw=draws[0]),
@@ -204,9 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             train_s, train_wall, from_step = was.get("train_s"), was.get("train_wall_s"), was.get("train_from_step", 0)
         distill = None
         if st["distill"]:                   # resume: a policy of this run's finished distill is kept
-            policy = out / f"seed{s}" / "distill" / "policy.pt"
             was = rows.get(s, {}).get("distill")
-            if a.resume and policy.is_file() and was:
+            if a.resume and was and R.distilled_policy(out / f"seed{s}" / "train" / "best.pt").is_file():
                 distill = was
             else:
                 dres, distill_s = timed("distill", st["distill"])

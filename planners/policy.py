@@ -25,13 +25,21 @@ class Proposing(Protocol):
         """(B, horizon, A) raw action sequences toward the goal, from the energy's current observation."""
 
 
-def proposer(energy: Energy, who: str) -> Proposing:
-    """The energy that proposes (through the controller's CommittedPrefix wrapper too)."""
+def _proposing(energy: Energy) -> Proposing | None:
+    """The energy that proposes, looked for through the controller's CommittedPrefix wrapper; or None."""
     for e in (energy, getattr(energy, "energy", None)):
         if callable(getattr(e, "propose", None)):
             return e
-    raise TypeError(f"{who}: the energy proposes no plan (no propose(horizon)); give it a distilled policy: "
-                    "GoalEnergy(model, policy=load_policy(path, model)) (wm eval distilled=<policy.pt>)")
+    return None
+
+
+def proposer(energy: Energy, who: str) -> Proposing:
+    """The energy that proposes (through the controller's CommittedPrefix wrapper too)."""
+    e = _proposing(energy)
+    if e is None:
+        raise TypeError(f"{who}: the energy proposes no plan (no propose(horizon)); give it a distilled policy: "
+                        "GoalEnergy(model, policy=load_policy(path, model)) (wm eval distilled=<policy.pt>)")
+    return e
 
 
 def wants_proposal(proposal: bool | None, energy: Energy) -> bool:
@@ -39,10 +47,8 @@ def wants_proposal(proposal: bool | None, energy: Energy) -> bool:
     seeds whenever the energy has a proposal to offer (a GoalEnergy holding a distilled policy)."""
     if proposal is not None:
         return proposal
-    for e in (energy, getattr(energy, "energy", None)):               # through the controller's wrapper
-        if e is not None and callable(getattr(e, "propose", None)):
-            return getattr(e, "policy", True) is not None
-    return False
+    e = _proposing(energy)
+    return e is not None and getattr(e, "policy", True) is not None
 
 
 def proposal_unit(energy: Energy, p: Problem, who: str) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from test_clips import write_dataset
 from test_model import pixels, small_model
-from test_train import make_cfg
+from test_train import make_cfg, one_thread  # noqa: F401  (test_train's autouse fixture: one thread here too)
 from worldmodel.config import from_dict
 from worldmodel.evaluation.config import EvalConfig
 from worldmodel.model.energy import GoalEnergy
@@ -25,14 +25,6 @@ from worldmodel.training.distill_config import DistillConfig
 from worldmodel.training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ class GoalEnergy:
         self._freeze = compile and self.planner_model is not model and self.device.type == "cpu"
         # one graph per history length (the cache's length); a sample count that changes between calls
         # (iCEM's decaying population) gets one dynamic-shape graph at its second size, not one per size
-        self._cost = torch.compile(self._costs) if compile else self._costs
+        self._cost = torch.compile(self._costs) if compile else None   # used only while self.compiled
         if self._freeze:
             self._cost = _frozen(self._cost)
         if goal_pixels is not None:
@@ -236,8 +236,8 @@ class GoalEnergy:
             return self._costs(actions)
         cost = self._cost(actions)
         n = len(self.cache[0]) if self.cache else 0
-        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        if self._checked.get(n, 0) < 2 and not capturing:  # a graph's first calls: static and dynamic shape
+        if self._checked.get(n, 0) < 2 and not (      # a graph's first calls: static and dynamic shape
+                self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             self._checked[n] = self._checked.get(n, 0) + 1
             cost = self._cross_check(actions, cost)
         return cost
@@ -255,7 +255,7 @@ class GoalEnergy:
         self.compile_note = (f"compiled costs differ from eager ones by up to {worst:.3g} "
                              f"(rtol {rtol}) on this machine: planning with eager code")
         warnings.warn(self.compile_note, RuntimeWarning, stacklevel=3)
-        self.compiled, self._cost = False, self._costs
+        self.compiled = False
         return eager
 
     def _costs(self, actions: Tensor) -> Tensor:

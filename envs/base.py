@@ -103,9 +103,12 @@ class GoalEnv(gym.Env, ABC):
         """The env's success criterion as a number: the largest of its errors (position, angle, ...)
         each divided by its tolerance. 0 at the goal; below 1 is success."""
 
+    goal_error_names: tuple[str, ...] = ("error",)   # what each of goal_errors' K entries measures
+
     def goal_errors(self, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
-        """Each of the criterion's errors divided by its tolerance, (K,); `goal_error` is their max.
-        Default: the one error `goal_error` gives (override where the criterion has several)."""
+        """Each of the criterion's errors divided by its tolerance, (K,) named by `goal_error_names`;
+        `goal_error` is their max. Default: the one error `goal_error` gives (override both where the
+        criterion has several)."""
         return np.array([self.goal_error(state, goal_state)])
 
     def is_success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:

@@ -128,6 +128,8 @@ class PushT(MujocoGoalEnv):
         s = self.get_state()
         return np.r_[s[0:2], s[5:7]].astype(np.float32)
 
+    goal_error_names = ("position", "angle")
+
     def goal_errors(self, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
         """(position, block angle) errors over their tolerances, (2,). The position error is one L2
         norm over agent x, y and block x, y together, as LeWM / DINO-WM's PushT.eval_state has it

@@ -74,6 +74,8 @@ class Reacher(MujocoGoalEnv):
     def get_proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
 
+    goal_error_names = ("shoulder", "elbow")
+
     def goal_errors(self, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
         """(shoulder, elbow) angle errors over the tolerance, (2,)."""
         return np.abs(wrap_angle(np.asarray(state)[:2] - np.asarray(goal_state)[:2])) / JOINT_TOL

@@ -95,6 +95,29 @@ def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):
     env.close()
 
 
+def test_each_part_of_the_criterion_is_recorded_at_the_closest_approach():
+    """Push-T's criterion has two parts (position, angle): run_tasks keeps both at the step the
+    episode came closest, the summary names them, and their max is the closest error."""
+    from worldmodel.evaluation.tasks import Task, goal_error_summary, run_tasks
+
+    env = envs.make("pusht", image_size=16)
+    env.reset(seed=0)
+    start = env.get_state()
+    goal = start.copy()
+    goal[0] += 0.3                     # the pusher 0.3 m to the right (x 7.7 tolerances)
+    goal[4] += 0.5                     # the block turned 0.5 rad (1.43 x pi / 9)
+    right = np.array([[1.0, 0.0]], np.float32)
+    res = run_tasks([env], [Task(0, 0, 0, start, goal)], np.zeros((1, 16, 16, 3), np.uint8),
+                    lambda o: right, 8, False)[0]
+    assert env.goal_error_names == ("position", "angle")
+    assert max(res["closest_parts"]) == pytest.approx(res["closest_error"])
+    assert res["closest_parts"][0] < 7.0 and res["closest_parts"][1] == pytest.approx(0.5 / (np.pi / 9), rel=0.05)
+    ge = goal_error_summary([res], [], env.goal_error_names)
+    assert ge["closest_failures_parts"] == {"position": pytest.approx(res["closest_parts"][0], abs=1e-3),
+                                            "angle": pytest.approx(res["closest_parts"][1], abs=1e-3)}
+    env.close()
+
+
 def test_an_episode_whose_physics_diverges_ends_there():
     """run_tasks goes on with the other episodes; the diverged one keeps what it had reached."""
     from worldmodel.evaluation.tasks import Task, run_tasks
@@ -179,6 +202,7 @@ def test_demo_writes_table_results_and_videos(demo_run):
     for e in res["per_episode"]:      # goal_error: the success criterion as a multiple of its tolerance
         assert e["start_error"] >= 1.0                                 # solved starts were redrawn
         assert e["closest_error"] <= min(e["start_error"], e["final_error"])
+        assert e["closest_parts"] == [pytest.approx(e["closest_error"], abs=1e-3)]   # TwoRoom: one part
         assert e["success"] == (e["closest_error"] < 1.0)
         assert e["random_success"] == (e["random_closest_error"] < 1.0)
     ge = res["goal_error"]

@@ -270,7 +270,8 @@ class Evaluation:
             "episodes": n, "successes": k, "success_rate": k / n, "ci95": wilson(k, n),
             "random_floor": floor_summary(results, floor),
             "steps_to_success": {"median": percentile(steps, 50), "mean": float(np.mean(steps)) if steps else None},
-            "goal_error": goal_error_summary(results, floor),
+            "goal_error": goal_error_summary(results, floor,
+                                             getattr(self.env_list[0], "goal_error_names", ("error",))),
             "latency_ms": {"p50": percentile([x * 1e3 for x in lat], 50),
                            "p95": percentile([x * 1e3 for x in lat], 95),
                            "max": max(lat) * 1e3 if lat else None, "plans": len(lat),
@@ -312,6 +313,7 @@ def episode_rows(tasks: list[Task], results: list[dict[str, Any]],
     return [{"index": t.index, "seed": t.seed, "start_step": t.start_step,
              "success": r["success"], "steps_to_success": r["steps_to_success"], "diverged_at": r["diverged_at"],
              **{k: round(r[k], 4) for k in ("start_error", "closest_error", "final_error")},
+             "closest_parts": [round(v, 4) for v in r.get("closest_parts") or []],   # [] in an older progress.json
              "random_success": (floor[i]["success"] if floor else None),
              "random_closest_error": (round(floor[i]["closest_error"], 4) if floor else None)}
             for i, (t, r) in enumerate(zip(tasks, results))]
@@ -332,6 +334,9 @@ def summary_line(summary: dict[str, Any]) -> str:
     if ge["closest_failures"] is not None:
         line += (f"; failures came within {ge['closest_failures']:.1f}x the tolerance (median; start "
                  f"{ge['start']:.1f}x" + (f", random {ge['random_closest']:.1f}x" if rf else "") + ")")
+        parts = ge.get("closest_failures_parts") or {}
+        if len(parts) > 1:
+            line += " [" + ", ".join(f"{n} {v:.1f}x" for n, v in parts.items()) + "]"
     dv = summary["diverged"]
     if dv["planner"] or dv["random"]:
         line += f"; the physics diverged in {dv['planner']} planner and {dv['random']} random episodes"

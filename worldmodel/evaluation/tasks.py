@@ -145,6 +145,7 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
     first, diverged = [None] * B, [None] * B
     start = [env_list[i].goal_error(t.start_state, t.goal_state) for i, t in enumerate(tasks)]
     closest, last = list(start), list(start)
+    parts = [env_list[i].goal_errors(t.start_state, t.goal_state) for i, t in enumerate(tasks)]  # at the closest
     frames: list[list[np.ndarray]] = [[o] for o in obs] if record else [[] for _ in range(B)]
     for step in range(1, budget + 1):
         actions = act(obs)                                                 # (B, A)
@@ -159,17 +160,19 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
                 continue
             obs[i] = o
             last[i] = env.goal_error(info["state"], tasks[i].goal_state)
-            closest[i] = min(closest[i], last[i])
+            if last[i] < closest[i]:
+                closest[i], parts[i] = last[i], env.goal_errors(info["state"], tasks[i].goal_state)
             if first[i] is None and env.is_success(info["state"], tasks[i].goal_state):
                 first[i] = step
             if record:
                 frames[i].append(o)
     return [{"success": f is not None, "steps_to_success": f, "frames": frames[i], "goal": goals[i],
              "start_error": start[i], "closest_error": closest[i], "final_error": last[i],
-             "diverged_at": diverged[i]} for i, f in enumerate(first)]
+             "closest_parts": [float(v) for v in parts[i]], "diverged_at": diverged[i]} for i, f in enumerate(first)]
 
 
-def goal_error_summary(results: list[dict[str, Any]], floor: list[dict[str, Any]]) -> dict[str, Any]:
+def goal_error_summary(results: list[dict[str, Any]], floor: list[dict[str, Any]],
+                       names: tuple[str, ...] = ("error",)) -> dict[str, Any]:
     """Medians of the goal error (x the success tolerance) over the episodes: at the start, closest,
     at the end; the closest among failures alone; and the random policy's closest on the same tasks."""
     def med(rs: list[dict[str, Any]], key: str) -> float | None:
@@ -177,9 +180,20 @@ def goal_error_summary(results: list[dict[str, Any]], floor: list[dict[str, Any]
     return {"start": med(results, "start_error"), "closest": med(results, "closest_error"),
             "final": med(results, "final_error"),
             "closest_failures": med([r for r in results if not r["success"]], "closest_error"),
+            "closest_failures_parts": parts_median([r for r in results if not r["success"]], names),
             "random_closest": med(floor, "closest_error"),
             "note": "medians of the env's goal_error: its success criterion as a multiple of the "
-                    "tolerance (< 1 = success)"}
+                    "tolerance (< 1 = success); closest_failures_parts: each of the criterion's errors "
+                    "(env.goal_errors, e.g. Push-T's position and angle) at the failures' closest approach"}
+
+
+def parts_median(results: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, float] | None:
+    """Per part of the success criterion (env.goal_errors, named by env.goal_error_names), the
+    median over `results` of that part at each episode's closest approach: which error kept the
+    failures from the goal."""
+    rows = [r["closest_parts"] for r in results if len(r.get("closest_parts") or ()) == len(names)]
+    return ({n: round(float(v), 3) for n, v in zip(names, np.median(np.array(rows), axis=0))}
+            if rows else None)
 
 
 def paired_vs_random(planner: list[bool], random: list[bool]) -> dict[str, Any]:

@@ -462,7 +462,21 @@ def test_state_probe_script_scores_both_readings(demo_run, capsys, load_bench):
     res = mod.main(["--checkpoint", str(demo_run / "train" / "best.pt")])
     assert res["env"] == "tworoom" and res["pose_dims"] == [0, 1] and res["angle_dims"] == []
     assert all(r == r and r <= 1 for r in (res["probe_r2_raw_state"], res["probe_r2_pose_features"]))
+    per = res["per_feature"]                              # each pose coordinate alone, by its state name
+    assert set(per) == {"x", "y"} and all(f["r2"] <= 1 and f["nn_error"] >= 0 for f in per.values())
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "state_probe"
+
+
+def test_state_probe_reads_each_coordinate_and_tells_a_blind_one(load_bench):
+    """Latents that hold the position but not the angle: the position reads (R^2 ~1, the nearest
+    latent's state ~exact), the angle reads no better than a random frame, as on Push-T's old recipe."""
+    mod = load_bench("state_probe")
+    rng = np.random.default_rng(0)
+    state = np.c_[rng.uniform(-1, 1, 400), rng.uniform(-np.pi, np.pi, 400)]     # (N, 2): x, angle
+    z = np.c_[state[:, :1], 0.1 * rng.standard_normal((400, 3))]                # (N, 4): x and noise
+    per = mod.read_each(z, state, 200, {"pose_dims": [0, 1], "angle_dims": [1], "state_names": ["x", "theta"]})
+    assert per["x"]["r2"] > 0.95 and per["x"]["nn_error"] < 0.1 * per["x"]["random_pair_error"]
+    assert per["theta"]["r2"] < 0.1 and per["theta"]["nn_error"] > 0.7 * per["theta"]["random_pair_error"]
 
 
 def test_oracle_energy_scores_the_recorded_actions_zero(load_bench):

@@ -37,12 +37,16 @@ def one_thread(monkeypatch):
 def test_every_env_has_both_scales_and_reference():
     for env in ("tworoom", "reacher", "pusht"):
         cpu, full = recipes.RECIPES[(env, "cpu")], recipes.RECIPES[(env, "full")]
-        assert (cpu.model, cpu.steps, cpu.episodes) == ("tiny", 2000, 300)
+        assert (cpu.model, cpu.episodes) == ("tiny", 300)
+        assert cpu.steps == (6000 if env == "pusht" else 2000)
         assert cpu.batch_size == (128 if env in ("tworoom", "reacher") else 32)
         assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (None, None, 50)   # the presets
         assert full.device == "cuda" and full.model == "lewm"
         assert set(recipes.REFERENCE[env]) >= {"LeWM", "DINO-WM", "PLDM"}
     assert recipes.REFERENCE["pusht"]["LeWM"] == 96 and recipes.REFERENCE["reacher"]["DINO-WM"] == 79
+    pusht = recipes.RECIPES[("pusht", "cpu")]             # its own SIGReg pull, passed to wm train
+    train = recipes.train_args(pusht, "d", "o", 0, extra=("precision=bf16",))
+    assert train.index("sigreg_weight=1.0") < train.index("precision=bf16")   # --train-extra still wins
 
 
 def test_override_marks_recipe_unverified():

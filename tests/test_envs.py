@@ -143,6 +143,7 @@ def test_success_at_goal_not_far_away(env):
     for s in (goal, far, near):   # the criterion's errors, one by one: goal_error is the largest
         errs = env.goal_errors(s, goal)
         assert errs.ndim == 1 and (errs >= 0).all() and errs.max() == pytest.approx(env.goal_error(s, goal))
+        assert len(env.goal_error_names) == len(errs)          # each part named (wm eval records them)
 
 
 GENERIC = [i for i, (name, _) in enumerate(SPECS) if name in ("gym", "dmc")]

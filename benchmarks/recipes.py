@@ -175,7 +175,8 @@ def train_args(r: Recipe, data: Path | str, out: Path | str, seed: int, progress
             f"device={r.device}"]
     args += [f"lr={r.lr}"] if r.lr is not None else []
     args += [f"threads={r.threads}"] if r.threads else []
-    return args + [*r.train_overrides, *extra, f"resume={_b(resume)}", f"overwrite={_b(not resume)}", f"progress={_b(progress)}"]
+    return args + [*r.train_overrides, *extra, f"resume={_b(resume)}", f"overwrite={_b(not resume)}",
+                   f"progress={_b(progress)}"]
 
 
 def wm_eval_args(checkpoint: Path | str, out: Path | str, planner: str | None, planner_overrides: dict[str, Any],

@@ -7,7 +7,7 @@ the env's pose features (`worldmodel.data.clips.pose_features`: no velocities, w
 not show, and angles as (sin, cos), which a linear map can read). This script scores the same
 latents against those and against the raw state (`raw_state`, `pose_features`) on the validation
 split and clip subset the training used. `per_feature` reads each pose coordinate on its own, over
-every frame of the validation episodes (fitted on the first half of them, scored on the second):
+every frame of the validation episodes (fitted on the first half of them, scored on the rest):
 its R^2, and `nn_error`, the median error of the nearest latent's state (the first half's frame
 closest in squared latent distance, as the planner's energy measures it) next to `random_pair_error`
 (angles wrapped): a coordinate the energy cannot see has nn_error near random_pair_error, whatever
@@ -70,21 +70,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 def per_feature(model: Any, clips: Any, info: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Each pose coordinate of every frame of the clips' episodes, read from their latents
-    (`read_each`); fitted on the first half of the episodes, scored on the second."""
-    from worldmodel.training.validation import encode_rows
+    (`read_each`): the nearest latents looked for in the first half of the episodes."""
+    from worldmodel.training.validation import encode_rows, episode_rows
 
-    eps = clips.episodes
-    rows = np.concatenate([np.arange(o, o + n) for o, n in zip(clips.ep_offset[eps], clips.ep_len[eps])])
-    half = (int(clips.ep_len[eps[: len(eps) // 2]].sum()) if len(eps) > 1  # frames of the fitting episodes
+    rows, lens = episode_rows(clips)                                        # (N,), (E,)
+    half = (int(lens[: len(lens) // 2].sum()) if len(lens) > 1              # frames of the fitting episodes
             else len(rows) // 2)                                            # (one episode: its first half)
     z = encode_rows(model, clips.pixels[rows], 256)                          # (N, D)
     return read_each(z, np.asarray(clips.state[rows], dtype=np.float64), half, info)
 
 
 def read_each(z: Any, state: np.ndarray, half: int, info: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """z (N, D) latents of frames whose states are (N, S); rows [:half] fit, [half:] are scored.
-    Per pose coordinate: the linear probe's R^2 alone, and the nearest-latent error against a
-    random frame's (see the module docstring)."""
+    """z (N, D) latents of frames whose states are (N, S), episode after episode. Per pose
+    coordinate: the linear probe's R^2 alone (state_probe: fitted on the first N // 2 frames, scored
+    on the rest), and the error of the state of the nearest latent among rows [:half] for each row of
+    [half:], against a random row's (see the module docstring)."""
     import torch
 
     from worldmodel.training.validation import state_probe
@@ -97,16 +97,18 @@ def read_each(z: Any, state: np.ndarray, half: int, info: dict[str, Any]) -> dic
     for d in info["pose_dims"]:
         x = state[:, d]
         feats = np.stack([np.sin(x), np.cos(x)], 1) if d in angles else x[:, None]   # (N, 1 or 2)
-        # state_probe fits on the first half of its rows and scores the second: (N, 1, D) rows
         r2 = [state_probe(z[:, None], f[:, None, None]).get("probe_r2", float("nan")) for f in feats.T]
-
-        def err(j: np.ndarray) -> float:
-            e = x[half:] - x[j]
-            return float(np.median(np.abs(np.angle(np.exp(1j * e))) if d in angles else np.abs(e)))
         out[names[d] if d < len(names) else str(d)] = {
-            "r2": round(float(np.mean(r2)), 4), "nn_error": round(err(nearest), 4),
-            "random_pair_error": round(err(other), 4)}
+            "r2": round(float(np.mean(r2)), 4),
+            "nn_error": round(_median_error(x[half:], x[nearest], d in angles), 4),
+            "random_pair_error": round(_median_error(x[half:], x[other], d in angles), 4)}
     return out
+
+
+def _median_error(x: np.ndarray, y: np.ndarray, angle: bool) -> float:
+    """Median |x - y| over paired values (N,), wrapped to [0, pi] for an angle."""
+    e = x - y
+    return float(np.median(np.abs(np.angle(np.exp(1j * e))) if angle else np.abs(e)))
 
 
 if __name__ == "__main__":

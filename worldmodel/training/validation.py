@@ -170,11 +170,17 @@ def encode_rows(model: Any, pixels: np.ndarray, batch: int) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, model.cfg.latent_dim, device=device)
 
 
+def episode_rows(clips: ClipDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset rows (n,) of every frame of the episodes of `clips`, episode after episode, and
+    those episodes' lengths (E,)."""
+    lens = clips.ep_len[clips.episodes]                                      # (E,)
+    return np.concatenate([np.arange(o, o + n) for o, n in zip(clips.ep_offset[clips.episodes], lens)]), lens
+
+
 @torch.no_grad()
 def held_out_errors(model: Any, clips: ClipDataset, batch: int = 256) -> np.ndarray:
     """one_step_errors over the episodes of `clips` (a run's held-out split), encoding only their frames."""
-    lens = clips.ep_len[clips.episodes]                                      # (E,)
-    rows = np.concatenate([np.arange(o, o + n) for o, n in zip(clips.ep_offset[clips.episodes], lens)])
+    rows, lens = episode_rows(clips)                                         # (n,), (E,)
     offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)  # (E,) into `rows`
     z = encode_rows(model, clips.pixels[rows], batch)                        # (n, D)
     return one_step_errors(model, z, clips.action[rows], lens, offsets)

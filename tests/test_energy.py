@@ -199,10 +199,13 @@ def test_compiled_energy_equals_eager_across_observations_and_history_lengths():
 @pytest.mark.slow
 def test_compiled_bf16_energy_freezes_its_private_copy_only():
     """compile=True with dtype=bf16 on the CPU: where oneDNN has native bf16, Inductor compiles with
-    freezing on, which may take the private copy's weights as constants; costs stay eager bf16's; the
-    model's own float32 weights are never frozen (they may change). On a CPU without native bf16
-    (where Inductor's bf16 code gave wrong costs) the energy plans eagerly and says why. Gradients
-    take eager code on a CPU either way."""
+    freezing on, which may take the private copy's weights as constants; the model's own float32
+    weights are never frozen (they may change). Compiled and eager bf16 round differently (Inductor
+    keeps fused intermediates in float32), so each is held to float32's costs within bf16's budget,
+    not to the other. On a CPU without native bf16 (where Inductor's bf16 code gave wrong costs) the
+    energy plans eagerly and says why; where a compiled graph disagrees with eager code at its first
+    calls, the energy drops it with a warning and returns eager costs. Gradients take eager code on a
+    CPU either way."""
     from worldmodel.model.energy import compile_refusal
 
     torch._dynamo.reset()
@@ -213,18 +216,25 @@ def test_compiled_bf16_energy_freezes_its_private_copy_only():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         compiled, eager = (GoalEnergy(model, obs, past, goal, compile=c, dtype=torch.bfloat16) for c in (True, False))
+    fp32 = GoalEnergy(model, obs, past, goal)
     assert compiled.planner_model is not model
     assert compiled.compiled == compiled._freeze == native
     said = [w for w in caught if "native bf16" in str(w.message)]
     assert (compiled.compile_note is None) == native == (not said), compiled.compile_note
     assert not GoalEnergy(model, obs, past, goal, compile=True)._freeze
     actions = torch.randn(2, 6, 4, 6)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        truth, reference = fp32(actions), eager(actions)
         before = compiled(actions)
-        torch.testing.assert_close(before, eager(actions), rtol=0.03, atol=1e-5)
         compiled(actions[:, :5])                     # the dynamic-shape graph: both cross-checked
-        assert compiled.compiled == native, compiled.compile_note
-        if native:                                   # packed: the copy is not read again
+        budget = 0.05 * truth.abs() + 1e-6           # bf16 against float32, as the cross-check allows
+        assert ((reference - truth).abs() <= budget).all()
+        assert ((before - truth).abs() <= budget).all(), (before - truth).abs().max()
+        if not compiled.compiled:                    # refused, or dropped at a cross-check: eager costs
+            assert compiled.compile_note and (not native or any("differ" in str(w.message) for w in caught))
+            torch.testing.assert_close(before, reference, rtol=0, atol=0)
+        else:                                        # packed: the copy is not read again
             weight = compiled.planner_model.predictor.projector.fc2.weight
             saved = weight.clone()
             weight.mul_(3.0)

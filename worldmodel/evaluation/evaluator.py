@@ -172,6 +172,7 @@ class Evaluation:
     t0: float                          # wall_s counts from the drawing of the tasks (a resumed run: its own)
     progress: Progress                 # the finished batches: a killed eval's (resume=true), then this run's
     resumed_after: int | None          # the killed eval's finished tasks; None: a fresh eval
+    compiled: dict[str, Any] = field(default_factory=dict)   # compile=true: did the energy plan compiled, and why not
 
     @property
     def batch(self) -> int:
@@ -208,6 +209,8 @@ class Evaluation:
                 bar.set_postfix(success=f"{np.mean([r['success'] for r in self.progress.results]):.0%}")
         if bar is not None:
             bar.close()
+        if cfg.compile:          # refused (compile_refusal) or dropped at a cross-check: compile_note says why
+            self.compiled = {"used": energy.compiled, "note": energy.compile_note}
 
     def run_batch(self, b0: int, energy: Any, compile_warmup: bool) -> None:
         """Tasks b0.. of one batch: planned and run in lockstep, the random floor on the same tasks,
@@ -277,6 +280,7 @@ class Evaluation:
                            "max": max(lat) * 1e3 if lat else None, "plans": len(lat),
                            "batch": self.batch, "note": "one plan = one batched solve for all episodes of a batch"},
             "deadline_misses": p.misses, "device": str(self.device), "precision": cfg.precision,
+            "compiled": self.compiled or None,
             "diverged": {"planner": sum(r["diverged_at"] is not None for r in results),
                          "random": sum(r["diverged_at"] is not None for r in floor),
                          "note": "episodes whose physics diverged; each ended there, with what it had reached"},

@@ -247,7 +247,7 @@ def test_compiled_bf16_energy_freezes_its_private_copy_only():
 
 
 def test_compile_refusal_plans_bf16_eagerly_on_a_cpu_without_native_bf16(monkeypatch):
-    """No AVX512-BF16 / AMX (oneDNN's bf16 support): compile=True with dtype=bf16 warns, names the fix
+    """No bf16 in oneDNN (no AVX-512 or AMX): compile=True with dtype=bf16 warns, names the fix
     and plans with eager bf16; float32 compiles as asked."""
     from worldmodel.model.energy import compile_refusal
 

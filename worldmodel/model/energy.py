@@ -55,7 +55,8 @@ def compile_refusal(dtype: torch.dtype, device: torch.device) -> str | None:
     """Why GoalEnergy(compile=True) plans with eager code on this machine, or None. Inductor's bf16
     CPU code (torch 2.13) returned wrong costs on a CPU whose oneDNN has no native bf16 (an AMD EPYC
     without AVX-512) and NaN gradients when made to emit AVX2 code: compiled bf16 is used on a CPU
-    only where oneDNN computes in bf16 natively (AVX512-BF16 or AMX), the only CPUs where it pays."""
+    only where oneDNN reports bf16 support (AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX; it pays only
+    with AVX512-BF16 or AMX, which `wm eval` measures and says)."""
     if device.type != "cpu" or dtype != torch.bfloat16:
         return None
     try:
@@ -63,8 +64,8 @@ def compile_refusal(dtype: torch.dtype, device: torch.device) -> str | None:
     except (AttributeError, RuntimeError):         # a build without oneDNN (e.g. some ARM wheels)
         native = False
     if not native:
-        return ("compiled bf16 planning needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
-                "none, where Inductor's bf16 code gave wrong costs: planning with eager bf16 "
+        return ("compiled bf16 planning needs a CPU with native bf16 in oneDNN (AVX-512 or AMX); this one "
+                "has none, where Inductor's bf16 code gave wrong costs: planning with eager bf16 "
                 "(precision=fp32 compile=true compiles float32)")
     return None
 

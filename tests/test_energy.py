@@ -201,11 +201,11 @@ def test_compiled_bf16_energy_freezes_its_private_copy_only():
     """compile=True with dtype=bf16 on the CPU: where oneDNN has native bf16, Inductor compiles with
     freezing on, which may take the private copy's weights as constants; the model's own float32
     weights are never frozen (they may change). Compiled and eager bf16 round differently (Inductor
-    keeps fused intermediates in float32), so each is held to float32's costs within bf16's budget,
-    not to the other. On a CPU without native bf16 (where Inductor's bf16 code gave wrong costs) the
-    energy plans eagerly and says why; where a compiled graph disagrees with eager code at its first
-    calls, the energy drops it with a warning and returns eager costs. Gradients take eager code on a
-    CPU either way."""
+    keeps fused intermediates in float32): eager bf16 is held to float32's costs, compiled bf16 to
+    eager's within bf16's budget (5%, what the cross-check lets through), not bit for bit. On a CPU
+    without native bf16 (where Inductor's bf16 code gave wrong costs) the energy plans eagerly and
+    says why; where a compiled graph disagrees with eager code at its first calls, the energy drops
+    it with a warning and returns eager costs. Gradients take eager code on a CPU either way."""
     from worldmodel.model.energy import compile_refusal
 
     torch._dynamo.reset()
@@ -228,9 +228,9 @@ def test_compiled_bf16_energy_freezes_its_private_copy_only():
         truth, reference = fp32(actions), eager(actions)
         before = compiled(actions)
         compiled(actions[:, :5])                     # the dynamic-shape graph: both cross-checked
-        budget = 0.05 * truth.abs() + 1e-6           # bf16 against float32, as the cross-check allows
-        assert ((reference - truth).abs() <= budget).all()
-        assert ((before - truth).abs() <= budget).all(), (before - truth).abs().max()
+        assert ((reference - truth).abs() <= 0.05 * truth.abs()).all()     # eager bf16 against float32
+        # what the cross-check lets through: within bf16's budget of eager bf16 (else eager itself)
+        torch.testing.assert_close(before, reference, rtol=0.05, atol=1e-4 * float(reference.abs().max()))
         if not compiled.compiled:                    # refused, or dropped at a cross-check: eager costs
             assert compiled.compile_note and (not native or any("differ" in str(w.message) for w in caught))
             torch.testing.assert_close(before, reference, rtol=0, atol=0)

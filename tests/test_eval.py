@@ -587,8 +587,13 @@ def test_run_tasks_hands_each_step_its_own_frames():
             self.t += 1
             return np.full((2, 2, 3), self.t, np.uint8), 0.0, False, False, {"state": np.zeros(1)}
 
+        goal_error_names = ("error",)
+
         def goal_error(self, state, goal):
             return 1.0
+
+        def goal_errors(self, state, goal):
+            return np.array([1.0])
 
         def is_success(self, state, goal):
             return False

@@ -145,7 +145,7 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
     first, diverged = [None] * B, [None] * B
     start = [env_list[i].goal_error(t.start_state, t.goal_state) for i, t in enumerate(tasks)]
     closest, last = list(start), list(start)
-    parts = [criterion_parts(env_list[i], t.start_state, t.goal_state) for i, t in enumerate(tasks)]  # at the closest
+    parts = [env_list[i].goal_errors(t.start_state, t.goal_state) for i, t in enumerate(tasks)]  # at the closest
     frames: list[list[np.ndarray]] = [[o] for o in obs] if record else [[] for _ in range(B)]
     for step in range(1, budget + 1):
         actions = act(obs)                                                 # (B, A)
@@ -161,7 +161,7 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
             obs[i] = o
             last[i] = env.goal_error(info["state"], tasks[i].goal_state)
             if last[i] < closest[i]:
-                closest[i], parts[i] = last[i], criterion_parts(env, info["state"], tasks[i].goal_state)
+                closest[i], parts[i] = last[i], env.goal_errors(info["state"], tasks[i].goal_state)
             if first[i] is None and env.is_success(info["state"], tasks[i].goal_state):
                 first[i] = step
             if record:
@@ -169,13 +169,6 @@ def run_tasks(env_list: list, tasks: list[Task], goals: np.ndarray, act: Callabl
     return [{"success": f is not None, "steps_to_success": f, "frames": frames[i], "goal": goals[i],
              "start_error": start[i], "closest_error": closest[i], "final_error": last[i],
              "closest_parts": [float(v) for v in parts[i]], "diverged_at": diverged[i]} for i, f in enumerate(first)]
-
-
-def criterion_parts(env: Any, state: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
-    """env.goal_errors (each part of the success criterion over its tolerance), or the one
-    goal_error of an env that has no parts."""
-    parts = getattr(env, "goal_errors", None)
-    return parts(state, goal_state) if parts else np.array([env.goal_error(state, goal_state)])
 
 
 def goal_error_summary(results: list[dict[str, Any]], floor: list[dict[str, Any]],

@@ -185,25 +185,9 @@ def naive_rollout(model: WorldModel, z_hist, a_hist, actions):
     return result
 
 
-def test_residual_predictor_starts_at_no_change_and_learns_the_change():
-    """model.pred_residual: z_hat = z + delta, delta's last layer zero at init (z_hat = z exactly)."""
-    model = small_model(pred_residual=True)
-    z, a = torch.randn(2, 4, 24), torch.randn(2, 4, 6)
-    with torch.no_grad():
-        assert torch.equal(model.predict(z, a), z)
-        model.predictor.projector.fc2.weight.normal_(0, 0.1)
-        delta = model.predictor.projector(model.predictor.norm(z))   # blocks gated shut: x = z
-    model.predictor.adaln.weight.data.zero_()
-    model.predictor.adaln.bias.data.zero_()
-    with torch.no_grad():
-        torch.testing.assert_close(model.predict(z, a), z + delta)
-
-
-@pytest.mark.parametrize("h,residual", [(1, False), (2, False), (3, False), (5, False), (3, True)])
-def test_cached_rollout_equals_naive_loop(h, residual):
-    model = small_model(pred_residual=residual)
-    if residual:
-        model.predictor.projector.fc2.weight.data.normal_(0, 0.1)
+@pytest.mark.parametrize("h", [1, 2, 3, 5])
+def test_cached_rollout_equals_naive_loop(h):
+    model = small_model()
     b, s, hz = 2, 3, 6
     z_hist = torch.randn(b, h, 24)
     a_hist = torch.randn(b, h - 1, 6) if h > 1 else None

@@ -28,8 +28,6 @@ class ModelConfig:
     pred_head_dim: int = 64
     pred_mlp: int = 2048
     pred_dropout: float = 0.1
-    pred_residual: bool = False    # the predictor outputs the change to z_t (z_hat = z_t + delta, starting
-                                   # at "no change") instead of z_{t+1} itself
     action_embed: int = 10         # width of the 1x1 action map before the action MLP
     action_hidden: int = 768       # hidden width of the action MLP
     num_patches: int = field(init=False)

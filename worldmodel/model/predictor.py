@@ -76,10 +76,9 @@ class Predictor(nn.Module):
     """(z (B, T, D), action embedding c (B, T, D)) -> z_hat (B, T, D), z_hat[t] ~ z[t+1]."""
 
     def __init__(self, dim: int, depth: int, heads: int, head_dim: int, mlp: int, dropout: float,
-                 history: int, proj_hidden: int, residual: bool = False):
+                 history: int, proj_hidden: int):
         super().__init__()
         self.dim, self.depth, self.heads, self.history = dim, depth, heads, history
-        self.residual = residual
         self.blocks = nn.ModuleList(AdaLNBlock(dim, heads, head_dim, mlp, dropout) for _ in range(depth))
         self.adaln = nn.Linear(dim, depth * 6 * dim)     # all blocks' modulations in one matmul
         self.rel_bias = nn.Parameter(torch.zeros(heads, history))  # logit bias per head and offset
@@ -88,8 +87,6 @@ class Predictor(nn.Module):
         init_weights(self)
         nn.init.zeros_(self.adaln.weight)                  # AdaLN-zero: every block starts as identity
         nn.init.zeros_(self.adaln.bias)
-        if residual:                                       # starts as "no change": z_hat = z
-            nn.init.zeros_(self.projector.fc2.weight)
         one = torch.zeros(depth, 6, dim)
         one[:, [1, 4]] = 1.0                               # the two scale slots of every block
         self.register_buffer("scale_one", one.flatten(), persistent=False)  # not in checkpoints
@@ -110,11 +107,8 @@ class Predictor(nn.Module):
         bias = self.rel_bias[:, off.clamp(0, self.history - 1)]  # (heads, T, T)
         return bias.masked_fill(~valid, float("-inf"))
 
-    def output(self, x: Tensor, z: Tensor) -> Tensor:
-        """Last residual stream x and the input latents z -> z_hat: the projection itself, or with
-        `residual` the change it adds to z."""
-        out = self.projector(self.norm(x))
-        return z + out if self.residual else out
+    def output(self, x: Tensor) -> Tensor:
+        return self.projector(self.norm(x))
 
     def forward(self, z: Tensor, c: Tensor, return_kv: bool = False):
         """z, c (B, T, D) -> z_hat (B, T, D); with return_kv also per-layer (k, v) each (B, T, H, hd)."""
@@ -130,7 +124,7 @@ class Predictor(nn.Module):
             logits = torch.add(bias, qk, alpha=blk.scale)  # bias + scale * qk
             attn = logits.softmax(-1) @ v.transpose(1, 2)  # (B, H, T, hd)
             x = blk.finish(x, attn.transpose(1, 2).flatten(2), mod)   # (B, T, D)
-        out = self.output(x, z)
+        out = self.output(x)
         return (out, kvs) if return_kv else out
 
     def step(self, x: Tensor, mods: Tensor, cache: list[list[KV]]) -> tuple[Tensor, list[KV]]:
@@ -143,7 +137,6 @@ class Predictor(nn.Module):
         Attention over <= history keys is a few elementwise ops: far cheaper than a matmul kernel.
         """
         new_kv: list[KV] = []
-        z = x
         n = len(cache[0]) + 1 if cache else 1            # keys per layer: cached + the new one
         bias = self.rel_bias[:, :n].flip(-1)               # (H, n), offsets n-1 .. 0, oldest first
         for i, blk in enumerate(self.blocks):
@@ -161,4 +154,4 @@ class Predictor(nn.Module):
             for j in range(1, n):
                 attn = torch.addcmul(attn, w[..., j, None], vals[j])  # (B, S, H, hd)
             x = blk.finish(x, attn.flatten(-2), mod)       # (B, S, D)
-        return self.output(x, z), new_kv
+        return self.output(x), new_kv

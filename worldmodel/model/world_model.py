@@ -30,8 +30,7 @@ class WorldModel(nn.Module):
         self.action_encoder = ActionEncoder(cfg.chunk_dim, cfg.action_embed, cfg.action_hidden,
                                             cfg.latent_dim)
         self.predictor = Predictor(cfg.latent_dim, cfg.pred_depth, cfg.pred_heads, cfg.pred_head_dim,
-                                   cfg.pred_mlp, cfg.pred_dropout, cfg.history, cfg.proj_hidden,
-                                   cfg.pred_residual)
+                                   cfg.pred_mlp, cfg.pred_dropout, cfg.history, cfg.proj_hidden)
         # Actions are normalised inside the model, so callers always pass raw env units.
         self.register_buffer("action_mean", torch.zeros(cfg.chunk_dim))
         self.register_buffer("action_std", torch.ones(cfg.chunk_dim))

@@ -59,6 +59,8 @@ class Recipe:
     eval_batch: int = 50            # episodes planned together in one batched solve
     videos: int = 10
     distill_episodes: int | None = 120  # planning "distilled": wm distill on the first N training episodes
+    ensemble: int = 1               # models per training seed s: seeds s*K .. s*K+K-1, planned with their
+                                    # mean energy (wm eval ensemble=[...])
     budget_note: str = ""           # the machine the recipe is sized for
 
     @property
@@ -132,7 +134,7 @@ def get_recipe(env: str, scale: str, **overrides: Any) -> tuple[Recipe, dict[str
 
 OVERRIDABLE = ("episodes", "episode_len", "image_size", "model", "steps", "batch_size", "lr", "workers",
                "threads", "device", "eval_episodes", "eval_batch", "plan_samples", "plan_iterations",
-               "videos")
+               "videos", "ensemble")
 
 
 def add_override_args(p: Any) -> None:
@@ -195,6 +197,11 @@ def distilled_policy(checkpoint: Path | str) -> Path:
     return Path(checkpoint).parent.parent / "distill" / "policy.pt"
 
 
+def member_seeds(r: Recipe, seed: int) -> list[int]:
+    """The training seeds of the models that training seed `seed` plans with (itself when ensemble=1)."""
+    return [seed * r.ensemble + j for j in range(r.ensemble)]
+
+
 def distill_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True) -> list[str]:
     """`wm distill` overrides: the policy that planning "distilled" seeds the default planner with."""
     return [f"checkpoint={checkpoint}", f"out={out}", f"device={r.device}",
@@ -204,10 +211,10 @@ def distill_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: b
 
 def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool = True,
               planner_seed: int = 0, planning: str = "toolkit", draw: str = "heldout",
-              random_floor: bool = True, videos: bool = True) -> list[str]:
+              random_floor: bool = True, videos: bool = True, ensemble: tuple = ()) -> list[str]:
     """`wm eval` overrides of the recipe for one planning (`PLANNINGS`) on one task draw (`DRAWS`).
     Another planner seed plans the same tasks with other samples; it runs no random floor (the same as
-    seed 0's) and no videos."""
+    seed 0's) and no videos. `ensemble`: the other members' checkpoints."""
     from worldmodel.config import default_choice, preset
 
     settings = dict(PLANNINGS[planning])
@@ -222,6 +229,8 @@ def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool
     extra = tuple(f"{k}={v}" for k, v in settings.items()) + ((f"tasks={draw}",) if draw != "heldout" else ())
     if planning == "distilled":     # the policy wm distill wrote beside the checkpoint's run
         extra += (f"distilled={distilled_policy(checkpoint)}",)
+    if ensemble:
+        extra += (f"ensemble=[{','.join(str(c) for c in ensemble)}]",)
     return wm_eval_args(checkpoint, out, planner, po, episodes=r.eval_episodes, batch=r.eval_batch,
                         device=r.device, progress=progress, extra=extra, **more)
 

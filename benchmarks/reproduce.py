@@ -47,6 +47,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     R.add_override_args(p)
     a = p.parse_args(argv)
+    if a.ensemble is not None and a.ensemble < 1:
+        p.error(f"--ensemble {a.ensemble}: models per training seed, at least 1")
     if a.planner_seeds < 1:
         p.error(f"--planner-seeds {a.planner_seeds}: the number of planner seeds, at least 1 (seed 0)")
     return a
@@ -61,22 +63,24 @@ def plan(a: argparse.Namespace) -> tuple[R.Recipe, dict[str, Any], Path, dict[st
     stages: dict[str, Any] = {"collect": R.collect_args(recipe, out / "data", 0, progress, a.resume),
                               "plannings": plannings, "draws": draws, "seeds": {}}
     for s in a.seeds:
-        run_dir = out / f"seed{s}"
+        members = R.member_seeds(recipe, s)
+        ckpts = [out / f"seed{m}" / "train" / "best.pt" for m in members]
+        ckpt, ens = ckpts[0], tuple(ckpts[1:])
+        run_dir = out / (f"seed{s}" if recipe.ensemble == 1 else f"ensemble{s}")   # its evals
         stages["seeds"][s] = {
-            "train": R.train_args(recipe, out / "data", run_dir / "train", s, progress, a.resume,
-                                  tuple(a.train_extra)),
-            "distill": (R.distill_args(recipe, run_dir / "train" / "best.pt",
-                                       R.distilled_policy(run_dir / "train" / "best.pt").parent, progress)
+            "train": {m: R.train_args(recipe, out / "data", out / f"seed{m}" / "train", m, progress, a.resume,
+                                      tuple(a.train_extra)) for m in members},
+            "distill": (R.distill_args(recipe, ckpt, R.distilled_policy(ckpt).parent, progress)
                         if "distilled" in plannings else None),
-            "eval": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / "eval", progress=progress,
-                                planning=plannings[0], draw=draws[0]),
-            "planner_evals": {k: R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / f"eval_planner{k}",
-                                             progress=progress, planner_seed=k, planning=plannings[0], draw=draws[0])
+            "eval": R.eval_args(recipe, ckpt, run_dir / "eval", progress=progress,
+                                planning=plannings[0], draw=draws[0], ensemble=ens),
+            "planner_evals": {k: R.eval_args(recipe, ckpt, run_dir / f"eval_planner{k}", progress=progress,
+                                             planner_seed=k, planning=plannings[0], draw=draws[0], ensemble=ens)
                               for k in range(1, a.planner_seeds)},
             # the other (planning, draw) pairs, each in eval_<planning>_<draw>
-            "evals": {f"{p}/{d}": R.eval_args(recipe, run_dir / "train" / "best.pt", run_dir / f"eval_{p}_{d}",
+            "evals": {f"{p}/{d}": R.eval_args(recipe, ckpt, run_dir / f"eval_{p}_{d}",
                                               progress=progress, planning=p, draw=d, videos=False,
-                                              random_floor=p == plannings[0])   # once per draw
+                                              random_floor=p == plannings[0], ensemble=ens)   # once per draw
                       for d in draws for p in plannings if (p, d) != (plannings[0], draws[0])}}
     return recipe, changed, out, stages
 
@@ -159,6 +163,22 @@ def eval_row(ev: dict[str, Any], eval_s: float, args: list[str]) -> dict[str, An
     return row
 
 
+FINAL = ("step", "loss", "pred", "val_pred", "val_nochange", "val_ratio", "eff_rank", "std_min", "std_mean",
+         "probe_r2")   # what a row keeps of a training's end
+
+
+def train_member(args: list[str], was: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Train (or resume) one model; its training time and end state. A finished run resumed again
+    trains nothing: its time is the earlier record's (`was`, the row; an ensemble's member row)."""
+    tr, wall = timed("train", args)
+    if tr.get("steps_per_s"):
+        return {"train_s": tr.get("train_s"), "train_wall_s": round(wall, 2),
+                "train_from_step": tr.get("start_step", 0), "final": {k: tr.get(k) for k in FINAL}}
+    was = next((x for x in was.get("members", []) if x["seed"] == seed), was)
+    return {"train_s": was.get("train_s"), "train_wall_s": was.get("train_wall_s"),
+            "train_from_step": was.get("train_from_step", 0), "final": {k: tr.get(k) for k in FINAL}}
+
+
 def timed(name: str, args: list[str]) -> tuple[dict[str, Any], float]:
     """Run one stage; its result and wall time in seconds."""
     t = time.perf_counter()
@@ -172,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     commands = [R.command("collect", stages["collect"])]
     for s in a.seeds:
         st = stages["seeds"][s]
-        commands += [R.command("train", st["train"]), *([R.command("distill", st["distill"])] if st["distill"] else []),
+        commands += [*[R.command("train", x) for x in st["train"].values()], *([R.command("distill", st["distill"])] if st["distill"] else []),
                      R.command("eval", st["eval"]),
                      *[R.command("eval", x) for x in st["planner_evals"].values()],
                      *[R.command("eval", x) for x in st["evals"].values()]]
@@ -198,15 +218,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         dataset, collect_s = earlier["dataset"], earlier["collect_s"]
     for s in a.seeds:
         st = stages["seeds"][s]
-        tr, train_wall = timed("train", st["train"])
-        train_s, train_wall, from_step = tr.get("train_s"), round(train_wall, 2), tr.get("start_step", 0)
-        if not tr.get("steps_per_s"):       # resumed a finished run: its training time, if this file has it
-            was = rows.get(s, {})
-            train_s, train_wall, from_step = was.get("train_s"), was.get("train_wall_s"), was.get("train_from_step", 0)
+        trained = {m: train_member(args, rows.get(s, {}), m) for m, args in st["train"].items()}
+        first = trained[min(trained)]
+        tr = first["final"]
+        train_s, train_wall = (None if None in x else round(sum(x), 2)          # None: a time not on record
+                               for x in ([t[k] for t in trained.values()] for k in ("train_s", "train_wall_s")))
+        from_step = first["train_from_step"]
         distill = None
         if st["distill"]:                   # resume: a policy of this run's finished distill is kept
             was = rows.get(s, {}).get("distill")
-            if a.resume and was and R.distilled_policy(out / f"seed{s}" / "train" / "best.pt").is_file():
+            if a.resume and was and R.distilled_policy(out / f"seed{min(trained)}" / "train" / "best.pt").is_file():
                 distill = was
             else:
                 dres, distill_s = timed("distill", st["distill"])
@@ -227,13 +248,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                "plan_batch": ev["latency_ms"]["batch"], "dataset": dataset,
                "collect_s": round(collect_s, 2), "train_s": train_s,
                "train_wall_s": train_wall, "train_from_step": from_step, "eval_s": round(eval_s, 2),
-               "train_final": {k: tr.get(k) for k in ("step", "loss", "pred", "val_pred", "val_nochange",
-                                                      "val_ratio", "eff_rank", "std_min", "std_mean",
-                                                      "probe_r2")},
+               "train_final": tr,
                "distill": distill, "device": ev["device"], "gpu": head["machine"]["gpu"],
-               "commands": [commands[0], R.command("train", st["train"]), R.command("eval", st["eval"])],
+               "commands": [commands[0], *[R.command("train", x) for x in st["train"].values()],
+                            R.command("eval", st["eval"])],
                "git_commit": head["git"]["commit"],
-               "results": str(out / f"seed{s}" / "eval" / "results.json")}
+               "results": str(Path(ev["config"]["out"]) / "results.json")}
+        if len(trained) > 1:                # an ensemble: each model's seed, training time and end state
+            row["members"] = [{"seed": m, **t} for m, t in trained.items()]
         if st["planner_evals"]:
             row["planner_seeds"] = [{"planner_seed": k, **eval_row(*timed("eval", args), args)}
                                     for k, args in st["planner_evals"].items()]

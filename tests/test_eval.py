@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +311,27 @@ def test_eval_cli_other_planner_and_refusals(demo_run, tmp_path, capsys, monkeyp
     assert main(["eval", f"checkpoint={ckpt}", "cuda_graph=true", "device=cpu", f"out={tmp_path / 'g'}"]) == 2
     assert "cuda_graph=true needs a CUDA device" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "zygp")                 # refusals leave no out
+
+
+def test_eval_plans_with_the_ensemble_and_refuses_a_repeated_member(demo_run, tmp_path, capsys):
+    ckpt = demo_run / "train" / "best.pt"
+    twin = tmp_path / "twin.pt"
+    shutil.copy(ckpt, twin)                                             # a second member file
+    out = tmp_path / "ens"
+    common = ["planner.samples=8", "planner.elites=4", "planner.iterations=1", "episodes=2", "videos=0",
+              "random_floor=false", "progress=false"]
+    assert main(["eval", f"checkpoint={ckpt}", f"ensemble=[{twin}]", f"out={out}", *common]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["ensemble"] == [str(twin)] and res["episodes"] == 2
+    # the same model twice plans exactly as the model alone (same seeds, mean of equal costs)
+    assert main(["eval", f"checkpoint={ckpt}", f"out={tmp_path / 'one'}", *common]) == 0
+    alone = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert [e["success"] for e in res["per_episode"]] == [e["success"] for e in alone["per_episode"]]
+    assert main(["eval", f"checkpoint={ckpt}", f"ensemble=[{ckpt}]", f"out={tmp_path / 'rep'}"]) == 2
+    assert "repeats a checkpoint" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={ckpt}", f"ensemble=[{tmp_path / 'nope.pt'}]", f"out={tmp_path / 'no'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "no").exists()
 
 
 def test_readme_plugin_planner_plans_from_the_cli(demo_run, tmp_path, capsys, monkeypatch):

@@ -7,6 +7,7 @@ the checks are on the JSON they print and write, and on the equal-compute arithm
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,17 @@ def test_dry_run_prints_pasteable_commands(capsys):
     assert "checkpoint=runs/repro/reacher_cpu/seed0/train/best.pt" in cmds[2] and "episodes=120" in cmds[2]
     assert "out=runs/repro/reacher_cpu/seed0/distill" in cmds[2]
     assert "distilled=runs/repro/reacher_cpu/seed0/distill/policy.pt" in cmds[3] and "distilled=" not in cmds[4]
+
+    # --ensemble K: training seed s trains seeds s*K .. s*K+K-1 and plans with all of them
+    reproduce.main(["--env", "pusht", "--seeds", "1", "--ensemble", "3", "--plannings", "toolkit", "--draws",
+                    "heldout", "--dry-run"])
+    cmds = _lines(capsys.readouterr().out)[0]["commands"]
+    assert [c.split()[1] for c in cmds] == ["collect", "train", "train", "train", "eval"]
+    assert [re.search(r" seed=(\d+)", c).group(1) for c in cmds[1:4]] == ["3", "4", "5"]
+    assert ("checkpoint=runs/repro/pusht_cpu/seed3/train/best.pt 'ensemble=[runs/repro/pusht_cpu/seed4/train/best.pt,"
+            "runs/repro/pusht_cpu/seed5/train/best.pt]'") in cmds[4] and "out=runs/repro/pusht_cpu/ensemble1/eval" in cmds[4]
+    with pytest.raises(SystemExit):
+        reproduce.parse(["--env", "pusht", "--ensemble", "0"])
 
 
 def test_equal_compute_budgets():
@@ -194,6 +206,15 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     kept = json.loads(longer.read_text())
     assert [r["seed"] for r in kept["per_seed"]] == [0] and kept["pending_seeds"] == [1]
     assert kept["per_seed"][0]["train_from_step"] == 2 and kept["per_seed"][0]["train_final"]["step"] == 3
+
+    # an ensemble of the two trained seeds: nothing left to train, one eval planning with both
+    ens = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(tmp_path / "e.json"),
+                          "--seeds", "0", "--ensemble", "2", "--plannings", "toolkit", "--draws", "heldout",
+                          "--resume", *TINY, "--steps", "3"])
+    capsys.readouterr()
+    row = ens["per_seed"][0]
+    assert [m["seed"] for m in row["members"]] == [0, 1] and row["results"] == str(out / "ensemble0" / "eval" / "results.json")
+    assert json.loads(Path(row["results"]).read_text())["config"]["ensemble"] == [str(out / "seed1" / "train" / "best.pt")]
 
     ckpt = out / "seed0" / "train" / "best.pt"
     pt_json = tmp_path / "pt.json"

@@ -41,6 +41,8 @@ class TermsConfig:
 @dataclass
 class EvalConfig:
     checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
+    ensemble: list[str] = field(default_factory=list)   # more checkpoints (same data, other seed=): plans with the
+                                       # mean energy of checkpoint and these, e.g. ensemble=[b/best.pt,c/best.pt]
     env: str | None = None             # null: the env of the checkpoint's training data
     planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
     distilled: str | None = None       # a `wm distill` policy.pt of this checkpoint: planner=policy acts with
@@ -81,6 +83,12 @@ class EvalConfig:
         from worldmodel.model.checkpoint import require_checkpoint
 
         require_checkpoint(self.checkpoint, "eval")
+        for member in self.ensemble:
+            require_checkpoint(member, "eval")
+        paths = [str(Path(p).resolve()) for p in [self.checkpoint, *self.ensemble]]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"ensemble={self.ensemble} repeats a checkpoint (checkpoint={self.checkpoint} is the "
+                             "first member): list each other model once")
         if self.resume and self.overwrite:
             raise ValueError("pass only one of resume=true (continue) / overwrite=true (start over)")
         for k in ("episodes", "budget", "goal_offset", "horizon", "receding_horizon", "batch"):

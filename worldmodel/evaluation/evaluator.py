@@ -45,11 +45,17 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 def fingerprint(cfg: EvalConfig, device: torch.device) -> dict[str, str]:
     """What else decides an eval's numbers beside its settings: the checkpoint's bytes (its path may
     hold another model by now) and the device the settings resolved to."""
-    h = hashlib.sha256()
-    with open(cfg.checkpoint, "rb") as f:              # type: ignore[arg-type]
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"checkpoint_sha256": h.hexdigest(), "device": str(device)}
+    def sha256(path: str) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    fp = {"checkpoint_sha256": sha256(cfg.checkpoint), "device": str(device)}
+    if cfg.ensemble:
+        fp["ensemble_sha256"] = ",".join(sha256(p) for p in cfg.ensemble)
+    return fp
 
 
 @dataclass
@@ -103,6 +109,7 @@ def prepare(cfg: EvalConfig) -> Evaluation:
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
                          "drop cuda_graph=true on the CPU")
     model, meta, env_name, train_cfg = load_model(cfg, device)
+    members = load_members(cfg, device, model, meta)
     print_precision_note("wm eval", cfg.precision, device, BF16_GAIN)
     planner = planner_from_config(cfg.planner)
     env_list = make_envs(env_name, meta, model.cfg, min(cfg.batch, cfg.episodes))
@@ -115,7 +122,7 @@ def prepare(cfg: EvalConfig) -> Evaluation:
         tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
                            training_seeds(meta))
     return Evaluation(cfg, out, device, fp, model, meta, env_name, planner, planner.seed, env_list, policy,
-                      episode_len, tasks, t0, saved or Progress(), saved.done if saved else None)
+                      episode_len, tasks, t0, saved or Progress(), saved.done if saved else None, members)
 
 
 def training_tasks(cfg: EvalConfig, model_cfg: Any, train_cfg: dict[str, Any]) -> list[Task]:
@@ -141,6 +148,23 @@ def load_model(cfg: EvalConfig, device: torch.device) -> tuple[Any, dict[str, An
               f"{env_name}; the tasks still use that data's policy and episode length unless policy= "
               f"and episode_len= are given", file=sys.stderr)
     return model, meta, env_name, (ckpt.get("extra") or {}).get("config") or {}
+
+
+def load_members(cfg: EvalConfig, device: torch.device, model: Any, meta: dict[str, Any]) -> list:
+    """The models of `ensemble=`, refused unless trained on the same env's data as the checkpoint
+    and reading the same frames and actions."""
+    from worldmodel.model.ensemble import check_members
+    from worldmodel.model.world_model import load_trained
+
+    members = []
+    for path in cfg.ensemble:
+        m, m_meta, _ = load_trained(path, device, cfg.env)
+        if m_meta.get("env") != meta.get("env"):
+            raise ValueError(f"ensemble member {path} was trained on {m_meta.get('env')} data, {cfg.checkpoint} on "
+                             f"{meta.get('env')} data: an ensemble's models plan the same env")
+        members.append(m)
+    check_members([model.cfg] + [m.cfg for m in members], [cfg.checkpoint, *cfg.ensemble])
+    return members
 
 
 def make_envs(env_name: str, meta: dict[str, Any], mcfg: Any, n: int) -> list:
@@ -172,6 +196,7 @@ class Evaluation:
     t0: float                          # wall_s counts from the drawing of the tasks (a resumed run: its own)
     progress: Progress                 # the finished batches: a killed eval's (resume=true), then this run's
     resumed_after: int | None          # the killed eval's finished tasks; None: a fresh eval
+    members: list = field(default_factory=list)            # ensemble=: the other models (the first is `model`)
     compiled: dict[str, Any] = field(default_factory=dict)   # compile=true: did the energy plan compiled, and why not
 
     @property
@@ -187,13 +212,15 @@ class Evaluation:
         """After the last refusal: out= made (or continued), then every batch not finished yet, each
         saved to progress.json as it ends."""
         from worldmodel.model.energy import DTYPES, GoalEnergy
+        from worldmodel.model.ensemble import EnsembleEnergy
 
         cfg = self.cfg
         terms, policy = energy_extras(cfg, self.model)             # refused (a bad file) before out= is touched
         path = self.out.open(cfg)
-        energy = GoalEnergy(self.model, static=cfg.cuda_graph, dtype=DTYPES[cfg.precision], compile=cfg.compile,
-                            step_weights=cfg.step_weights, goal_at=cfg.goal_at, terms=terms,
-                            policy=policy)
+        kw = dict(static=cfg.cuda_graph, dtype=DTYPES[cfg.precision], compile=cfg.compile,
+                  step_weights=cfg.step_weights, goal_at=cfg.goal_at, terms=terms, policy=policy)
+        energy = (EnsembleEnergy.of([self.model, *self.members], **kw) if self.members
+                  else GoalEnergy(self.model, **kw))
         if self.resumed_after is not None:
             print(f"wm eval: resuming after {self.progress.done} of {len(self.tasks)} episodes ({path / PROGRESS})")
         first = self.progress.done
@@ -240,7 +267,7 @@ class Evaluation:
         cfg, mcfg = self.cfg, self.model.cfg
         return MPCController(self.planner, energy, self.bounds, horizon=cfg.horizon,
                              receding_horizon=cfg.receding_horizon, frameskip=mcfg.frameskip,
-                             history=mcfg.history, batch=batch, time_budget_s=cfg.time_budget_s,
+                             history=energy.max_history, batch=batch, time_budget_s=cfg.time_budget_s,
                              device=self.device, cuda_graph=cfg.cuda_graph)
 
     def random_floor(self, b0: int, batch: list[Task], goals: np.ndarray) -> list[dict[str, Any]]:

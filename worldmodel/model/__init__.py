@@ -1,4 +1,5 @@
-"""The world model: ViT encoder, action encoder and predictor, SIGReg, the goal energy, checkpoints."""
+"""The world model: ViT encoder, action encoder and predictor, SIGReg, the goal energy (of one model or an
+ensemble), checkpoints."""
 from worldmodel import lazy_exports
 
 __getattr__ = lazy_exports(__name__, {
@@ -6,6 +7,7 @@ __getattr__ = lazy_exports(__name__, {
     "WorldModel": "worldmodel.model.world_model",
     "load_trained": "worldmodel.model.world_model",
     "GoalEnergy": "worldmodel.model.energy",
+    "EnsembleEnergy": "worldmodel.model.ensemble",
     "load_checkpoint": "worldmodel.model.checkpoint",
     "save_checkpoint": "worldmodel.model.checkpoint",
 })

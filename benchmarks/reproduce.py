@@ -9,10 +9,12 @@ follows the LeWM protocol and runs the random-action floor on the same tasks. Ea
 planned with the toolkit's default planning (the row's headline fields) and, unless --plannings and
 --draws say otherwise, with LeWM's and on LeWM's task draw too (the row's "evals"); `--plannings toolkit
 lewm distilled` also distills a policy from each checkpoint (`wm distill`) and plans with the default
-planner seeded by it. stdout: one JSON line
-per seed, then an aggregate line with the published numbers as "reference". The record goes to
---json after every seed, so a killed run keeps its finished seeds (`train_from_step` > 0: training
-resumed at that step, and `train_s` counts only the steps after it).
+planner seeded by it. `--ensemble K` trains K models per training seed s
+(seeds s*K .. s*K+K-1) and plans with their mean energy (`wm eval ensemble=[...]`; evals in
+ensemble<s>/). stdout: one JSON line per seed, then an aggregate line with the published numbers
+as "reference". The record goes to --json after every seed, so a killed run keeps its finished
+seeds (`train_from_step` > 0: training resumed at that step, and `train_s` counts only the steps
+after it).
 """
 from __future__ import annotations
 

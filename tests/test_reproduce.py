@@ -40,6 +40,7 @@ def test_every_env_has_both_scales_and_reference():
         cpu, full = recipes.RECIPES[(env, "cpu")], recipes.RECIPES[(env, "full")]
         assert (cpu.model, cpu.episodes) == ("tiny", 300)
         assert cpu.steps == (6000 if env == "pusht" else 2000)
+        assert cpu.ensemble == 1                                        # one model per training seed
         assert cpu.batch_size == (128 if env in ("tworoom", "reacher") else 32)
         assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (None, None, 50)   # the presets
         assert full.device == "cuda" and full.model == "lewm"
@@ -75,7 +76,7 @@ def test_dry_run_prints_pasteable_commands(capsys):
     assert "planner=cem" in lewm_training and "tasks=training" in lewm_training and "random_floor=false" in lewm_training
     assert rec["scale"] == "full" and rec["overrides"] == {} and "verified" not in rec["recipe"]
 
-    reproduce.main(["--env", "pusht", "--seeds", "0", "--planner-seeds", "3", "--plannings", "toolkit",
+    reproduce.main(["--env", "reacher", "--seeds", "0", "--planner-seeds", "3", "--plannings", "toolkit",
                     "--draws", "heldout", "--dry-run"])
     cmds = _lines(capsys.readouterr().out)[0]["commands"]
     assert [c.split()[1] for c in cmds] == ["collect", "train", "eval", "eval", "eval"]

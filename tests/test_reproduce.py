@@ -208,7 +208,8 @@ def test_reproduce_then_planner_table_then_ablation(tmp_path, capsys, one_thread
     assert [r["seed"] for r in kept["per_seed"]] == [0] and kept["pending_seeds"] == [1]
     assert kept["per_seed"][0]["train_from_step"] == 2 and kept["per_seed"][0]["train_final"]["step"] == 3
 
-    # an ensemble of the two trained seeds: nothing left to train, one eval planning with both
+    # an ensemble of the two trained seeds: one eval planning with both
+    monkeypatch.setattr(reproduce, "timed", real_timed)
     ens = reproduce.main(["--env", "tworoom", "--scale", "cpu", "--out", str(out), "--json", str(tmp_path / "e.json"),
                           "--seeds", "0", "--ensemble", "2", "--plannings", "toolkit", "--draws", "heldout",
                           "--resume", *TINY, "--steps", "3"])

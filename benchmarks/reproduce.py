@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     commands = [R.command("collect", stages["collect"])]
     for s in a.seeds:
         st = stages["seeds"][s]
-        commands += [*[R.command("train", x) for x in st["train"].values()], *([R.command("distill", st["distill"])] if st["distill"] else []),
+        commands += [*[R.command("train", x) for x in st["train"].values()],
+                     *([R.command("distill", st["distill"])] if st["distill"] else []),
                      R.command("eval", st["eval"]),
                      *[R.command("eval", x) for x in st["planner_evals"].values()],
                      *[R.command("eval", x) for x in st["evals"].values()]]

@@ -173,12 +173,13 @@ def train_member(args: list[str], was: dict[str, Any], seed: int) -> dict[str, A
     """Train (or resume) one model; its training time and end state. A finished run resumed again
     trains nothing: its time is the earlier record's (`was`, the row; an ensemble's member row)."""
     tr, wall = timed("train", args)
+    final = {k: tr.get(k) for k in FINAL}
     if tr.get("steps_per_s"):
         return {"train_s": tr.get("train_s"), "train_wall_s": round(wall, 2),
-                "train_from_step": tr.get("start_step", 0), "final": {k: tr.get(k) for k in FINAL}}
+                "train_from_step": tr.get("start_step", 0), "final": final}
     was = next((x for x in was.get("members", []) if x["seed"] == seed), was)
     return {"train_s": was.get("train_s"), "train_wall_s": was.get("train_wall_s"),
-            "train_from_step": was.get("train_from_step", 0), "final": {k: tr.get(k) for k in FINAL}}
+            "train_from_step": was.get("train_from_step", 0), "final": final}
 
 
 def timed(name: str, args: list[str]) -> tuple[dict[str, Any], float]:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     episodes, states = [], []
     for i in range((a.points + 9) // 10):              # 10 states per held-out expert episode
-        ep = rollout(env, meta.get("policy") or "expert", a.seed, i, 100)
+        ep = rollout(env, meta.get("policy") or "expert", a.seed, i, 100, meta.get("policy_kwargs"))
         episodes.append(ep)
         s = ep["state"]                                # (101, S)
         states.extend(s[rng.choice(len(s), 10, replace=False)])

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     B = len(pick)
     env_list = [make_env(pr["env"], meta, image_size) for _ in range(B)]
     tasks = make_tasks(env_list[0], pr["policy"], pr["eval_seed"], max(pick) + 1, pr["episode_len"],
-                       pr["goal_offset"], training_seeds(meta))
+                       pr["goal_offset"], training_seeds(meta), pr.get("policy_kwargs"))   # the eval's tasks
     tasks = [tasks[i] for i in pick]
     if pr["per_episode"]:       # the pairing below is only meaningful on the very same tasks
         pr["per_episode"] = [pr["per_episode"][i] for i in pick]

@@ -49,6 +49,7 @@ class Recipe:
     image_size: int = 64
     episode_len: int | None = None  # null: the env config's (tworoom 100, pusht/reacher 200)
     policy: str | None = None       # null: the env config's (expert for all three)
+    collect_overrides: tuple[str, ...] = ()  # other `wm collect` settings, e.g. ("+policy_kwargs.noise=0.6",)
     workers: int = 2
     device: str = "auto"
     threads: int = 0                # torch CPU threads in training (0: torch's default)
@@ -145,6 +146,9 @@ def add_override_args(p: Any) -> None:
         g.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     g.add_argument("--train-extra", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra `wm train` overrides, e.g. eval_clips=64 tensorboard=false")
+    g.add_argument("--collect-extra", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra `wm collect` overrides, e.g. +policy_kwargs.noise=0.6 (held-out tasks stay "
+                        "the policy's at its defaults)")
 
 
 def recipe_from_args(a: Any) -> tuple[Recipe, dict[str, Any]]:
@@ -152,6 +156,9 @@ def recipe_from_args(a: Any) -> tuple[Recipe, dict[str, Any]]:
     recipe, changed = get_recipe(a.env, a.scale, **{k: getattr(a, k) for k in OVERRIDABLE})
     if getattr(a, "train_extra", None):
         changed = {**changed, "train_extra": list(a.train_extra)}
+    if getattr(a, "collect_extra", None):
+        recipe = dataclasses.replace(recipe, collect_overrides=recipe.collect_overrides + tuple(a.collect_extra))
+        changed = {**changed, "collect_extra": list(a.collect_extra)}
     return recipe, changed
 
 
@@ -166,7 +173,7 @@ def collect_args(r: Recipe, out: Path | str, seed: int = 0, progress: bool = Tru
             f"seed={seed}", f"image_size={r.image_size}"]
     args += [f"policy={r.policy}"] if r.policy else []
     args += [f"episode_len={r.episode_len}"] if r.episode_len else []
-    return args + [f"resume={_b(resume)}", f"progress={_b(progress)}"]
+    return args + [*r.collect_overrides, f"resume={_b(resume)}", f"progress={_b(progress)}"]
 
 
 def train_args(r: Recipe, data: Path | str, out: Path | str, seed: int, progress: bool = True,
@@ -227,6 +234,9 @@ def eval_args(r: Recipe, checkpoint: Path | str, out: Path | str, progress: bool
     if planner_seed:
         po["seed"], more = planner_seed, {"random_floor": False, "videos": 0}
     extra = tuple(f"{k}={v}" for k, v in settings.items()) + ((f"tasks={draw}",) if draw != "heldout" else ())
+    if draw == "heldout" and any("policy_kwargs" in o for o in r.collect_overrides):
+        # data of other policy kwargs: the held-out tasks stay the policy's own, at its defaults
+        extra += (f"policy={r.policy or preset('env', r.env)['policy']}",)
     if planning == "distilled":     # the policy wm distill wrote beside the checkpoint's run
         extra += (f"distilled={distilled_policy(checkpoint)}",)
     if ensemble:

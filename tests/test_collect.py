@@ -126,6 +126,7 @@ def test_episodes_whose_physics_diverges_end_at_their_last_valid_step(tmp_path, 
     (["policy=nosuch"], "expert"),                                     # lists the policies
     (["shard=2", "num_shards=2"], "shard must be in"),
     (["bogus=1"], "bogus"),
+    (["+policy_kwargs.bogus=1"], "rejected policy_kwargs"),           # names the policy's own error
     (["resume=true", "overwrite=true"], "only one of"),
     (["episode_len=1000000000"], "lower episode_len"),                # would run out of memory
 ])
@@ -134,6 +135,22 @@ def test_bad_input_refused_before_any_work(tmp_path, capsys, args, needle):
     assert main(["collect", *SMALL, f"out={out}", *args]) == 2
     assert needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_policy_kwargs_change_the_data_and_are_recorded(two_workers, tmp_path, capsys):
+    """+policy_kwargs.K=V goes to the data policy's constructor: other data than the defaults', in
+    meta.json's key and command; data collected without them keeps its key (it still resumes), and a
+    resume with other kwargs is refused."""
+    out = tmp_path / "noisy"
+    assert _collect(out, "+policy_kwargs.noise=1.0", "workers=1") == 0
+    meta, plain = (json.loads((d / "meta.json").read_text()) for d in (out, two_workers))
+    assert meta["policy_kwargs"] == meta["key"]["policy_kwargs"] == {"noise": 1.0}
+    assert "+policy_kwargs.noise=1.0" in meta["command"] and "policy_kwargs" not in plain["key"]
+    noisy, default = (D.load_dataset(d, columns=("action",)) for d in (out, two_workers))
+    assert noisy.ep_seed.tolist() == default.ep_seed.tolist()           # same episodes, other actions
+    assert not np.allclose(np.nan_to_num(noisy.action), np.nan_to_num(default.action))
+    assert _collect(out, "resume=true", "+policy_kwargs.noise=0.5") == 2
+    assert "policy_kwargs" in capsys.readouterr().err
 
 
 def test_existing_output_and_changed_config_refused(two_workers, capsys):

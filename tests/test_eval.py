@@ -14,7 +14,7 @@ from worldmodel import envs
 from worldmodel.cli import main
 from worldmodel.machine import bf16_matmul_speedup, precision_note
 from worldmodel.model.energy import compile_refusal
-from worldmodel.evaluation.tasks import env_kwargs, make_env, make_tasks
+from worldmodel.evaluation.tasks import env_kwargs, heldout_policy, make_env, make_tasks
 from worldmodel.evaluation.stats import wilson
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,11 +67,24 @@ def test_tasks_follow_protocol_and_refuse_training_seeds():
     from worldmodel.data.rollout import rollout
     ep = rollout(env, "expert", 123, 1, 40)
     np.testing.assert_allclose(tasks[1].goal_state, ep["state"][tasks[1].start_step + 25])
+    noisy = make_tasks(env, "expert", 123, 3, 40, 25, set(), policy_kwargs={"noise": 1.0})
+    ep = rollout(env, "expert", 123, 1, 40, {"noise": 1.0})                 # the kwargs reach the policy
+    np.testing.assert_allclose(noisy[1].goal_state, ep["state"][noisy[1].start_step + 25])
+    assert not np.allclose(ep["state"], rollout(env, "expert", 123, 1, 40)["state"])
     with pytest.raises(ValueError, match="used for training"):
         make_tasks(env, "expert", 123, 2, 40, 25, forbidden_seeds={episode_seed(123, 1)})
     with pytest.raises(ValueError, match="must exceed goal_offset"):
         make_tasks(env, "expert", 123, 1, 20, 25, forbidden_seeds=set())
     env.close()
+
+
+def test_heldout_policy_follows_the_data_unless_named():
+    meta = {"policy": "expert", "policy_kwargs": {"noise": 0.6}}
+    assert heldout_policy(None, None, meta) == ("expert", {"noise": 0.6})       # the data's
+    assert heldout_policy("expert", None, meta) == ("expert", {})               # named: its defaults
+    assert heldout_policy("expert", {"noise": 0.1}, meta) == ("expert", {"noise": 0.1})
+    assert heldout_policy(None, None, {"policy": "expert"}) == ("expert", {})   # data of before the field
+    assert heldout_policy(None, None, {}) == ("noise", {})
 
 
 def test_tasks_already_solved_at_the_start_are_redrawn(monkeypatch):

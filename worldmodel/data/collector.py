@@ -53,7 +53,7 @@ def _collect_block(job: dict[str, Any], report: Callable[[tuple], None]) -> None
             for i in job["indices"]:
                 if job.get("parent") and not _alive(job["parent"]):
                     os._exit(1)                                 # orphaned: the collection was killed
-                ep = rollout(env, job["policy"], job["seed"], i, job["episode_len"])
+                ep = rollout(env, job["policy"], job["seed"], i, job["episode_len"], job["policy_kwargs"])
                 diverged = ep.pop("diverged")
                 staged.append(D.stage_episode(job["out"], ep))
                 report(("ep", len(ep["action"]), diverged))
@@ -208,7 +208,10 @@ def _probe(cfg: CollectConfig) -> tuple[str, str, Any]:
     except TypeError as e:
         raise ValueError(f"env {cfg.env.name!r} rejected env.kwargs {cfg.env.kwargs}: {e}") from None
     try:
-        policy = envs.make_policy(cfg.policy, env, np.random.default_rng(0))
+        try:
+            policy = envs.make_policy(cfg.policy, env, np.random.default_rng(0), **cfg.policy_kwargs)
+        except TypeError as e:
+            raise ValueError(f"policy {cfg.policy!r} rejected policy_kwargs {cfg.policy_kwargs}: {e}") from None
         info = env.env_info()
     finally:
         env.close()
@@ -317,8 +320,9 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
     meta = {"format": D.FORMAT, "env": name, "env_id": env_id, "env_kwargs": cfg.env.kwargs,
             "image_size": cfg.image_size, "action_dim": int(len(info.action_low)),
             "action_low": info.action_low.tolist(), "action_high": info.action_high.tolist(),
-            "control_hz": float(info.control_hz), "frameskip": 1, "policy": cfg.policy, "seed": cfg.seed,
-            "episodes": cfg.episodes, "episode_len": cfg.episode_len, "num_shards": cfg.num_shards,
+            "control_hz": float(info.control_hz), "frameskip": 1, "policy": cfg.policy,
+            "policy_kwargs": cfg.policy_kwargs, "seed": cfg.seed, "episodes": cfg.episodes,
+            "episode_len": cfg.episode_len, "num_shards": cfg.num_shards,
             "state_names": list(info.state_names), "proprio_names": list(info.proprio_names),
             "env_info": info.to_json(), "versions": _versions(), "command": command, "key": key}
     for tmp in out.glob(f"{D.META}.*.tmp"):     # left by a killed run (its pid is gone)
@@ -336,7 +340,8 @@ def _collect(cfg: CollectConfig, out: Path, name: str, env_id: str, info: Any) -
     n_workers = min(cfg.workers, len(remaining))
     chunks = [c.tolist() for c in np.array_split(np.array(remaining, np.int64), n_workers)] if remaining else []
     jobs = [{"out": str(out), "env": name, "env_kwargs": cfg.env.kwargs, "image_size": cfg.image_size,
-             "policy": cfg.policy, "seed": cfg.seed, "episode_len": cfg.episode_len, "indices": c,
+             "policy": cfg.policy, "policy_kwargs": cfg.policy_kwargs, "seed": cfg.seed,
+             "episode_len": cfg.episode_len, "indices": c,
              "attrs": attrs, "parent": os.getpid(), "shard": cfg.shard} for c in chunks]
     from tqdm import tqdm
 

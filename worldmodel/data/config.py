@@ -27,6 +27,7 @@ class CollectConfig:
     seed: int = 0
     image_size: int = 64
     policy: str | None = None         # null -> env.policy
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)  # the policy's constructor kwargs: +policy_kwargs.noise=0.6
     episode_len: int | None = None    # null -> env.episode_len (rows per episode)
     shard: int = 0                    # this machine's part of a multi-machine collection ...
     num_shards: int = 1               # ... out of num_shards
@@ -67,14 +68,18 @@ class CollectConfig:
 
     def key(self) -> dict[str, Any]:
         """What defines the data: a resume must match it exactly (workers may differ)."""
-        return {"env": self.env.name, "env_kwargs": self.env.kwargs, "policy": self.policy,
-                "episode_len": self.episode_len, "seed": self.seed, "image_size": self.image_size,
-                "episodes": self.episodes, "num_shards": self.num_shards}
+        key = {"env": self.env.name, "env_kwargs": self.env.kwargs, "policy": self.policy,
+               "episode_len": self.episode_len, "seed": self.seed, "image_size": self.image_size,
+               "episodes": self.episodes, "num_shards": self.num_shards}
+        if self.policy_kwargs:          # absent when empty: data collected before the field still resumes
+            key["policy_kwargs"] = self.policy_kwargs
+        return key
 
     def command(self) -> list[str]:
         """A `wm collect` command line reproducing this collection."""
         kw = [f"+env.kwargs.{k}={v}" for k, v in self.env.kwargs.items()]
+        pkw = [f"+policy_kwargs.{k}={v}" for k, v in self.policy_kwargs.items()]
         return ["wm", "collect", f"env={self.env.name}", *kw, f"episodes={self.episodes}",
                 f"workers={self.workers}", f"out={self.out}", f"seed={self.seed}",
-                f"image_size={self.image_size}", f"policy={self.policy}", f"episode_len={self.episode_len}",
+                f"image_size={self.image_size}", f"policy={self.policy}", *pkw, f"episode_len={self.episode_len}",
                 f"shard={self.shard}", f"num_shards={self.num_shards}"]

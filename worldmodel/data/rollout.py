@@ -16,15 +16,16 @@ def episode_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0] >> 1)
 
 
-def rollout(env: Any, policy_name: str, seed: int, index: int, length: int) -> dict[str, Any]:
-    """One episode of up to `length` rows. Row t: observation/state at step t and the (clipped)
-    action applied at t; the last row's action is NaN. Ends early if the env terminates, or at the
+def rollout(env: Any, policy_name: str, seed: int, index: int, length: int,
+            policy_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One episode of up to `length` rows of policy `policy_name` (built with `policy_kwargs`). Row t:
+    observation/state at step t and the (clipped) action applied at t; the last row's action is NaN. Ends early if the env terminates, or at the
     last valid row if a step makes the physics diverge (`"diverged"`: True)."""
     from worldmodel import envs
 
     s = episode_seed(seed, index)
     obs, info = env.reset(seed=s)
-    policy = envs.make_policy(policy_name, env, np.random.default_rng([s, 1]))
+    policy = envs.make_policy(policy_name, env, np.random.default_rng([s, 1]), **(policy_kwargs or {}))
     policy.reset(obs, info)
     A = env.action_space.shape[0]
     st, pr = np.asarray(info["state"]), np.asarray(info["proprio"])

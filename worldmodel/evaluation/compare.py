@@ -18,7 +18,7 @@ from worldmodel.evaluation.stats import mcnemar, percentile, two_proportion, wil
 
 COMPARE_JSON, COMPARE_PNG = "compare.json", "compare.png"
 # Protocol fields that change what a task is; a results.json lacking one (an older file) is not checked on it.
-SAME_TASKS = ("tasks", "budget", "goal_offset", "policy", "episode_len", "env_kwargs")
+SAME_TASKS = ("tasks", "budget", "goal_offset", "policy", "policy_kwargs", "episode_len", "env_kwargs")
 
 
 def load_results(path: str | os.PathLike, planner_seeds: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TASK_DRAWS = ("heldout", "training")   # eval tasks=: where starts and goals come from
 PRECISIONS = ("fp32", "bf16")    # eval precision=: the predictor's dtype while planning
@@ -63,6 +64,8 @@ class EvalConfig:
     data: str | None = None            # tasks=training: the dataset (null: the one the checkpoint trained on)
     eval_seed: int = 1_000_003         # base seed of the held-out episodes (never a training seed)
     policy: str | None = None          # held-out episodes' policy; null: the training data's
+    policy_kwargs: dict[str, Any] | None = None   # its kwargs; null: the training data's if policy= is
+                                       # null, else the policy's defaults (+policy_kwargs.noise=0.6)
     episode_len: int | None = None     # held-out episodes' length; null: the training data's
     batch: int = 50                    # episodes planned together
     time_budget_s: float | None = None # per-plan deadline (anytime planning); null: none

@@ -21,8 +21,8 @@ import torch
 from worldmodel.config import to_dict
 from worldmodel.evaluation.config import EvalConfig
 from worldmodel.evaluation.stats import percentile, wilson
-from worldmodel.evaluation.tasks import (Task, env_kwargs, goal_error_summary, goal_images, make_env, make_tasks,
-                                         paired_vs_random, plan_seed, recorded_tasks, run_tasks, same_env,
+from worldmodel.evaluation.tasks import (Task, env_kwargs, goal_error_summary, goal_images, heldout_policy, make_env,
+                                         make_tasks, paired_vs_random, plan_seed, recorded_tasks, run_tasks, same_env,
                                          training_episodes, training_seeds)
 from worldmodel.io import OutputDir, write_json_atomic, write_summary
 from worldmodel.report.plots import EVAL_SUMMARY, plot_eval
@@ -113,16 +113,16 @@ def prepare(cfg: EvalConfig) -> Evaluation:
     print_precision_note("wm eval", cfg.precision, device, BF16_GAIN)
     planner = planner_from_config(cfg.planner)
     env_list = make_envs(env_name, meta, model.cfg, min(cfg.batch, cfg.episodes))
-    policy = cfg.policy or meta.get("policy") or "noise"
+    policy, policy_kwargs = heldout_policy(cfg.policy, cfg.policy_kwargs, meta)
     episode_len = cfg.episode_len or int(meta.get("episode_len") or 100)
     t0 = time.perf_counter()
     if cfg.tasks == "training":
         tasks = training_tasks(cfg, model.cfg, train_cfg)
     else:
         tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
-                           training_seeds(meta))
+                           training_seeds(meta), policy_kwargs)
     return Evaluation(cfg, out, device, fp, model, meta, env_name, planner, planner.seed, env_list, policy,
-                      episode_len, tasks, t0, saved or Progress(), saved.done if saved else None, members)
+                      policy_kwargs, episode_len, tasks, t0, saved or Progress(), saved.done if saved else None, members)
 
 
 def training_tasks(cfg: EvalConfig, model_cfg: Any, train_cfg: dict[str, Any]) -> list[Task]:
@@ -191,6 +191,7 @@ class Evaluation:
     planner_seed: int                  # the configured one: each batch reseeds from it and its tasks
     env_list: list                     # one env per episode of a batch
     policy: str                        # the held-out episodes'
+    policy_kwargs: dict[str, Any]      # ... and its kwargs
     episode_len: int
     tasks: list[Task]
     t0: float                          # wall_s counts from the drawing of the tasks (a resumed run: its own)
@@ -311,7 +312,8 @@ class Evaluation:
                          "random": sum(r["diverged_at"] is not None for r in floor),
                          "note": "episodes whose physics diverged; each ended there, with what it had reached"},
             "protocol": {"tasks": cfg.tasks, "budget": cfg.budget, "goal_offset": cfg.goal_offset, "eval_seed": cfg.eval_seed,
-                         "policy": self.policy, "episode_len": self.episode_len,
+                         "policy": self.policy, "policy_kwargs": self.policy_kwargs,
+                         "episode_len": self.episode_len,
                          "env_kwargs": env_kwargs(self.env_name, self.meta)},
             "wall_s": time.perf_counter() - self.t0, "resumed_after": self.resumed_after or 0,
             "per_episode": episode_rows(self.tasks, results, floor),

@@ -45,9 +45,21 @@ def plan_seed(task_seed: int, planner_seed: int) -> int:
     return int(mixed >> 1)                             # < 2**63: a valid torch seed
 
 
+def heldout_policy(policy: str | None, policy_kwargs: dict[str, Any] | None,
+                   meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The held-out episodes' policy and its kwargs: the training data's (meta.json) unless `policy` is
+    given, then that policy at its defaults unless `policy_kwargs` is given too. So `policy=expert`
+    poses the env's standard tasks to a model trained on data of other kwargs."""
+    name = policy or meta.get("policy") or "noise"
+    if policy_kwargs is not None:
+        return name, dict(policy_kwargs)
+    return name, {} if policy else dict(meta.get("policy_kwargs") or {})
+
+
 def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int, goal_offset: int,
-               forbidden_seeds: set[int]) -> list[Task]:
-    """Roll out one held-out episode per task and pick (start, start + goal_offset) from it."""
+               forbidden_seeds: set[int], policy_kwargs: dict[str, Any] | None = None) -> list[Task]:
+    """Roll out one held-out episode per task (of `policy`, built with `policy_kwargs`) and pick
+    (start, start + goal_offset) from it."""
     from worldmodel.data.rollout import episode_seed, rollout
 
     if episode_len <= goal_offset:
@@ -58,7 +70,7 @@ def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int
         if seed in forbidden_seeds:
             raise ValueError(f"held-out seed {seed} (eval_seed={eval_seed}, episode {i}) was used for "
                              "training; pick another eval_seed")
-        ep = rollout(env, policy, eval_seed, i, episode_len)
+        ep = rollout(env, policy, eval_seed, i, episode_len, policy_kwargs)
         n = len(ep["state"])
         if n <= goal_offset:
             why = " (its physics diverged under the data policy)" if ep.get("diverged") else ""

@@ -33,13 +33,6 @@ def test_cost_is_the_mean_of_the_members_costs_each_toward_its_own_goal():
     observe(one)
     torch.testing.assert_close(one(actions), singles[0](actions))       # one member: GoalEnergy itself
     assert ens.prediction_error().shape == (2,) and ens.max_history == 3 and not ens.static
-    wary = EnsembleEnergy.of(models, std_weight=0.5)                    # + 0.5 x the members' spread
-    observe(wary)
-    torch.testing.assert_close(wary(actions), costs.mean(0) + 0.5 * costs.std(0, correction=0))
-    with pytest.raises(ValueError, match="at least two members"):
-        EnsembleEnergy.of(models[:1], std_weight=0.5)
-    with pytest.raises(ValueError, match="std_weight must be >= 0"):
-        EnsembleEnergy.of(models, std_weight=-1.0)
 
 
 def test_each_member_binds_its_own_copy_of_a_term():

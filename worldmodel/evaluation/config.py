@@ -44,7 +44,6 @@ class EvalConfig:
     checkpoint: str = ""               # a best.pt / last.pt written by `wm train`
     ensemble: list[str] = field(default_factory=list)   # more checkpoints (same data, other seed=): plans with the
                                        # mean energy of checkpoint and these, e.g. ensemble=[b/best.pt,c/best.pt]
-    ensemble_std: float = 0.0          # + this x the members' standard deviation of each plan's cost (0: the mean)
     env: str | None = None             # null: the env of the checkpoint's training data
     planner: dict = field(default_factory=dict)   # the planner group (configs/planner/<name>.yaml)
     distilled: str | None = None       # a `wm distill` policy.pt of this checkpoint: planner=policy acts with
@@ -93,11 +92,6 @@ class EvalConfig:
         if len(set(paths)) != len(paths):
             raise ValueError(f"ensemble={self.ensemble} repeats a checkpoint (checkpoint={self.checkpoint} is the "
                              "first member): list each other model once")
-        if self.ensemble_std and not self.ensemble:
-            raise ValueError(f"ensemble_std={self.ensemble_std} weighs the disagreement of an ensemble's models: "
-                             "pass ensemble=[...] too, or drop ensemble_std")
-        if not self.ensemble_std >= 0:
-            raise ValueError(f"ensemble_std must be >= 0 (0: the members' mean), got {self.ensemble_std}")
         if self.resume and self.overwrite:
             raise ValueError("pass only one of resume=true (continue) / overwrite=true (start over)")
         for k in ("episodes", "budget", "goal_offset", "horizon", "receding_horizon", "batch"):

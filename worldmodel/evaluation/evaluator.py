@@ -220,7 +220,7 @@ class Evaluation:
         path = self.out.open(cfg)
         kw = dict(static=cfg.cuda_graph, dtype=DTYPES[cfg.precision], compile=cfg.compile,
                   step_weights=cfg.step_weights, goal_at=cfg.goal_at, terms=terms, policy=policy)
-        energy = (EnsembleEnergy.of([self.model, *self.members], std_weight=cfg.ensemble_std, **kw) if self.members
+        energy = (EnsembleEnergy.of([self.model, *self.members], **kw) if self.members
                   else GoalEnergy(self.model, **kw))
         if self.resumed_after is not None:
             print(f"wm eval: resuming after {self.progress.done} of {len(self.tasks)} episodes ({path / PROGRESS})")

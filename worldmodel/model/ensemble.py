@@ -7,9 +7,6 @@ the members need not share a latent space; they must read the same observations 
 (`check_members`). Each member rolls its own candidates forward, so a plan costs about as many
 times more as there are members.
 
-`std_weight` (k) adds k x the members' spread: cost = mean_m c_m + k * std_m c_m, a pessimistic
-energy that also charges a plan for the members' disagreement about it (0: the plain mean).
-
 It is a GoalEnergyLike (planners/goal.py): MPCController, every planner, `wm eval ensemble=[...]`
 and the surprise monitor take it where they take a GoalEnergy.
 """
@@ -39,21 +36,15 @@ def check_members(cfgs: Sequence[Any], names: Sequence[str]) -> None:
 
 
 class EnsembleEnergy:
-    """cost(actions) = mean over members of GoalEnergy(member)(actions), (B, S), plus `std_weight` x
-    their standard deviation over members.
+    """cost(actions) = mean over members of GoalEnergy(member)(actions), (B, S).
 
     `members`: GoalEnergy objects (each with its own dtype, compile, terms); build them with
     `EnsembleEnergy.of(models, **GoalEnergy kwargs)`. A distilled policy, if any, belongs to the
     first member (the one it was distilled from); `propose` asks it."""
 
-    def __init__(self, members: Sequence[GoalEnergy], std_weight: float = 0.0):
+    def __init__(self, members: Sequence[GoalEnergy]):
         if len(members) < 1:
             raise ValueError("an ensemble needs at least one member energy")
-        if not std_weight >= 0.0:
-            raise ValueError(f"std_weight must be >= 0 (0: the members' mean), got {std_weight}")
-        if std_weight and len(members) < 2:
-            raise ValueError("std_weight charges the members' disagreement: it needs at least two members")
-        self.std_weight = float(std_weight)
         check_members([m.model.cfg for m in members], [f"#{i}" for i in range(len(members))])
         self.members = list(members)
         # the controller may pass at most this many frames: what every member reads
@@ -62,13 +53,12 @@ class EnsembleEnergy:
         self.policy = self.members[0].policy
 
     @classmethod
-    def of(cls, models: Sequence[Any], policy: Any = None, std_weight: float = 0.0,
-           **kwargs: Any) -> "EnsembleEnergy":
+    def of(cls, models: Sequence[Any], policy: Any = None, **kwargs: Any) -> "EnsembleEnergy":
         """One GoalEnergy per model with the same settings (kwargs); `policy` goes to the first. Each
         member gets its own copy of the energy terms (a term binds to its member's model: encodings)."""
         terms = kwargs.pop("terms", ())
         return cls([GoalEnergy(m, policy=policy if i == 0 else None, terms=[copy.copy(t) for t in terms], **kwargs)
-                    for i, m in enumerate(models)], std_weight=std_weight)
+                    for i, m in enumerate(models)])
 
     @property
     def compiled(self) -> bool:
@@ -87,10 +77,7 @@ class EnsembleEnergy:
             m.set_observation(obs_pixels, past_actions)
 
     def __call__(self, actions: Tensor) -> Tensor:
-        """actions (B, S, Hz, chunk) raw env units -> costs (B, S), the members' mean (+ k x spread)."""
-        if self.std_weight:
-            costs = torch.stack([m(actions) for m in self.members])        # (M, B, S)
-            return costs.mean(0) + self.std_weight * costs.std(0, correction=0)   # (B, S)
+        """actions (B, S, Hz, chunk) raw env units -> costs (B, S), the members' mean."""
         cost = self.members[0](actions)                    # (B, S)
         for m in self.members[1:]:
             cost = cost + m(actions)                       # (B, S)

@@ -106,6 +106,14 @@ def test_dry_run_prints_pasteable_commands(capsys):
     with pytest.raises(SystemExit):
         reproduce.parse(["--env", "pusht", "--ensemble", "0"])
 
+    # --collect-extra: other data (the policy's kwargs); held-out tasks stay the policy's own at its defaults
+    reproduce.main(["--env", "pusht", "--seeds", "0", "--plannings", "toolkit", "--collect-extra",
+                    "+policy_kwargs.noise=0.6", "--dry-run"])
+    (rec,) = _lines(capsys.readouterr().out)
+    cmds = rec["commands"]
+    assert "+policy_kwargs.noise=0.6" in cmds[0] and rec["overrides"] == {"collect_extra": ["+policy_kwargs.noise=0.6"]}
+    assert "policy=expert" in cmds[2] and "tasks=training" in cmds[3] and "policy=" not in cmds[3]
+
 
 def test_equal_compute_budgets():
     from worldmodel.planners import make_planner

@@ -19,8 +19,9 @@ def episode_seed(seed: int, index: int) -> int:
 def rollout(env: Any, policy_name: str, seed: int, index: int, length: int,
             policy_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One episode of up to `length` rows of policy `policy_name` (built with `policy_kwargs`). Row t:
-    observation/state at step t and the (clipped) action applied at t; the last row's action is NaN. Ends early if the env terminates, or at the
-    last valid row if a step makes the physics diverge (`"diverged"`: True)."""
+    observation/state at step t and the (clipped) action applied at t; the last row's action is NaN.
+    Ends early if the env terminates, or at the last valid row if a step makes the physics diverge
+    (`"diverged"`: True)."""
     from worldmodel import envs
 
     s = episode_seed(seed, index)

@@ -311,14 +311,13 @@ def test_load_trained_names_the_env_and_refuses_mismatches(tmp_path):
         load_trained(other)
 
 
-@pytest.mark.parametrize("encoder, cls", [("cnn", "ConvEncoder"), ("keypoints", "KeypointEncoder")])
-def test_conv_encoders_keep_the_layout_and_plan_like_the_vit(encoder, cls):
-    """model.encoder=cnn / keypoints: latents of the model's width, gradients through the encoder, the
-    same rollout/energy path as the ViT; a shifted image gives another latent (the layout is not pooled away)."""
+def test_cnn_encoder_keeps_the_layout_and_plans_like_the_vit():
+    """model.encoder=cnn: latents of the model's width, gradients through the encoder, the same
+    rollout/energy path as the ViT; a shifted image gives another latent (the layout is not pooled away)."""
     from worldmodel.model.energy import GoalEnergy
 
-    model = small_model(encoder=encoder, enc_width=32)
-    assert type(model.encoder).__name__ == cls
+    model = small_model(encoder="cnn", enc_width=32)
+    assert type(model.encoder).__name__ == "ConvEncoder"
     obs = pixels(2, 3, 32, seed=1)
     z = model.encode(obs)                                          # (B, T, D)
     assert z.shape == (2, 3, model.cfg.latent_dim) and torch.isfinite(z).all()
@@ -336,26 +335,5 @@ def test_conv_encoders_keep_the_layout_and_plan_like_the_vit(encoder, cls):
     assert energy(torch.randn(2, 5, 4, model.cfg.chunk_dim)).shape == (2, 5)
     with pytest.raises(ValueError, match="multiple of 16"):
         ModelConfig(**{**SMALL, "encoder": "cnn", "image_size": 40, "patch_size": 8})
-    with pytest.raises(ValueError, match="multiple of 4"):
-        ModelConfig(**{**SMALL, "encoder": "keypoints", "image_size": 42, "patch_size": 2})
     with pytest.raises(ValueError, match="model.encoder must be one of"):
         ModelConfig(**{**SMALL, "encoder": "resnet"})
-
-
-def test_keypoints_are_expected_image_positions():
-    """The spatial softmax: each keypoint is a convex combination of the grid, in [-1, 1]^2; a map that
-    fires at one cell puts its keypoint there, whatever the temperature's scale."""
-    from worldmodel.model.encoder import KeypointEncoder
-
-    enc = KeypointEncoder(image_size=32, width=32, latent_dim=16, proj_hidden=32)
-    g = 32 // 4
-    assert enc.grid.shape == (g * g, 2) and enc.keypoints == 8
-    logits = torch.full((1, 1, g * g), -1e4)
-    logits[0, 0, 3 * g + 6] = 0.0                                 # row 3, column 6
-    point = torch.softmax(logits, -1) @ enc.grid                  # (1, 1, 2): (x, y)
-    torch.testing.assert_close(point[0, 0], torch.tensor([-1 + 2 * 6 / (g - 1), -1 + 2 * 3 / (g - 1)]))
-    points = enc.points(pixels(3, 1, 32, seed=4)[:, 0])           # (N, K, 2)
-    assert points.shape == (3, 8, 2) and (points.abs() <= 1).all() and points.std() > 0
-    with torch.no_grad():                                         # a cold softmax: the argmax cell
-        enc.log_temperature.fill_(-20.0)
-        assert torch.isin(enc.points(pixels(1, 1, 32, seed=4)[:, 0]), enc.grid.unique()).all()

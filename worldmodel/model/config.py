@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ENCODERS = ("vit", "cnn", "keypoints")   # model.encoder=
+ENCODERS = ("vit", "cnn")   # model.encoder=
 
 
 @dataclass
@@ -11,8 +11,7 @@ class ModelConfig:
     """Architecture. YAML presets in configs/model/ set every field except action_dim (from data)."""
 
     encoder: str = "vit"           # vit: patches -> transformer -> CLS | cnn: strided convolutions whose
-                                   # last feature map, flattened in place, keeps where things are |
-                                   # keypoints: convolutions -> spatial softmax -> K soft (x, y) points
+                                   # last feature map, flattened in place, keeps where things are
     image_size: int = 64
     patch_size: int = 8
     enc_width: int = 192
@@ -46,9 +45,6 @@ class ModelConfig:
         if self.encoder == "cnn" and (self.image_size % 16 or self.image_size < 32):
             raise ValueError(f"model.encoder=cnn halves the image four times: model.image_size must be a "
                              f"multiple of 16 and >= 32, got {self.image_size}")
-        if self.encoder == "keypoints" and self.image_size % 4:
-            raise ValueError(f"model.encoder=keypoints works at a quarter of the image size: model.image_size "
-                             f"must be a multiple of 4, got {self.image_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
                              f"model.patch_size {self.patch_size}")

@@ -3,10 +3,7 @@
 ViTEncoder (model.encoder=vit): patches -> pre-LN transformer -> final LayerNorm -> CLS -> projector
 (Linear -> BatchNorm1d -> GELU -> Linear). ConvEncoder (model.encoder=cnn): strided convolutions
 whose last feature map, flattened in place, goes to the same projector, so where things are in the
-image stays in the latent rather than being pooled into one token. KeypointEncoder
-(model.encoder=keypoints): convolutions at a quarter of the image size, then a spatial softmax that
-turns each of K feature maps into the expected (x, y) of where it fires (a soft keypoint), and the
-K positions go to the projector: where things are, as coordinates. The projector ends the encoder with BatchNorm rather than
+image stays in the latent rather than being pooled into one token. The projector ends the encoder with BatchNorm rather than
 LayerNorm because a LayerNorm output lies on a sphere-like set, which works against SIGReg's
 isotropic-Gaussian target (LeWM's design).
 """
@@ -179,46 +176,3 @@ class ConvEncoder(nn.Module):
         x = ((x - PIXEL_MEAN) / PIXEL_STD).permute(0, 3, 1, 2)                    # (N, 3, H, W), channels-last memory
         f = self.body(x)                                                         # (N, width, H/16, W/16)
         return self.projector(f.flatten(1))                                      # (N, latent_dim)
-
-
-class KeypointEncoder(nn.Module):
-    """Pixels (N, H, W, 3) uint8 or float in [0, 1] -> latent (N, latent_dim), through soft keypoints.
-
-    A 4x4 stride-4 stem to width/4 channels and a residual convolution, a 3x3 convolution to width/2
-    and another residual one, all at H/4 x W/4; a 1x1 convolution to K = width/4 maps, each turned by a
-    spatial softmax (a learned temperature) into the expected image position (x, y) in [-1, 1] of where
-    it fires. The projector sees the 2K coordinates only: what moves and where, at sub-cell precision."""
-
-    def __init__(self, image_size: int, width: int, latent_dim: int, proj_hidden: int):
-        super().__init__()
-        if image_size % 4:
-            raise ValueError(f"image_size {image_size} must be a multiple of 4 for the keypoints encoder")
-        if width % 32:
-            raise ValueError(f"enc_width {width} must be a multiple of 32 for the keypoints encoder (GroupNorm(8) "
-                             "on width/4 channels)")
-        self.image_size = image_size
-        c1, c2, self.keypoints = width // 4, width // 2, width // 4
-        self.body = nn.Sequential(
-            nn.Conv2d(3, c1, 4, stride=4), nn.GroupNorm(8, c1), nn.GELU(), ConvBlock(c1),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.GroupNorm(8, c2), nn.GELU(), ConvBlock(c2),
-            nn.Conv2d(c2, self.keypoints, 1))
-        g = image_size // 4
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
-        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)  # (g*g, 2)
-        self.log_temperature = nn.Parameter(torch.zeros(()))
-        self.projector = BNProjector(2 * self.keypoints, proj_hidden, latent_dim)
-        init_weights(self.projector)
-
-    def points(self, pixels: Tensor) -> Tensor:
-        """(N, H, W, 3) pixels -> (N, K, 2) keypoints, each the expected (x, y) of its map, in [-1, 1]."""
-        check_pixels(pixels, self.image_size)
-        dtype = self.body[0].weight.dtype
-        x = pixels.to(dtype) / (255.0 if pixels.dtype == torch.uint8 else 1.0)   # (N, H, W, 3) in [0, 1]
-        x = ((x - PIXEL_MEAN) / PIXEL_STD).permute(0, 3, 1, 2)                    # (N, 3, H, W)
-        f = self.body(x).flatten(2).float()                                      # (N, K, H/4 * W/4)
-        attn = torch.softmax(f / self.log_temperature.float().exp(), dim=-1)     # (N, K, G), sums to 1
-        return attn @ self.grid                                                  # (N, K, 2)
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        points = self.points(pixels)                                             # (N, K, 2)
-        return self.projector(points.flatten(1).to(self.body[0].weight.dtype))   # (N, latent_dim)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodel.model.config import ModelConfig
-from worldmodel.model.encoder import ConvEncoder, KeypointEncoder, ViTEncoder
+from worldmodel.model.encoder import ConvEncoder, ViTEncoder
 from worldmodel.model.predictor import KV, ActionEncoder, Predictor
 
 
@@ -24,8 +24,6 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         if cfg.encoder == "cnn":
             self.encoder: nn.Module = ConvEncoder(cfg.image_size, cfg.enc_width, cfg.latent_dim, cfg.proj_hidden)
-        elif cfg.encoder == "keypoints":
-            self.encoder = KeypointEncoder(cfg.image_size, cfg.enc_width, cfg.latent_dim, cfg.proj_hidden)
         else:
             self.encoder = ViTEncoder(cfg.image_size, cfg.patch_size, cfg.enc_width, cfg.enc_depth,
                                       cfg.enc_heads, cfg.enc_mlp, cfg.latent_dim, cfg.proj_hidden)

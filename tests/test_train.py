@@ -196,19 +196,10 @@ def test_open_loop_weight_trains_on_rollouts_and_is_refused_without_predicted_fr
         train(make_cfg(data, tmp_path / "ol", resume=True, steps=20, open_loop_weight=0.5, data=dict(n_preds=3)))
     # A checkpoint written before these settings existed resumes with their defaults.
     ck = load_checkpoint(tmp_path / "ol" / "last.pt")
-    for k in ("open_loop_weight", "open_loop_detach", "context_noise"):
+    for k in ("open_loop_weight", "open_loop_detach"):
         del ck["extra"]["config"][k]
     check_resume(ck, ModelConfig(**ck["model_config"]), make_cfg(data, tmp_path / "ol", data=dict(n_preds=3)),
                  tmp_path / "ol" / "last.pt")
-
-
-def test_context_noise_trains_and_is_refused_when_negative(data, tmp_path):
-    with pytest.raises(ValueError, match="context_noise must be >= 0"):
-        make_cfg(data, tmp_path / "bad", context_noise=-0.1)
-    res = train(make_cfg(data, tmp_path / "cn", context_noise=0.3, steps=8))
-    assert math.isfinite(res["pred"]) and res["pred"] > 0
-    with pytest.raises(ValueError, match="context_noise"):                    # fixed across a resume
-        train(make_cfg(data, tmp_path / "cn", resume=True, steps=12, context_noise=0.1))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):

@@ -75,7 +75,7 @@ class WorldModel(nn.Module):
         return self.predictor(z, self.embed_actions(actions))
 
     def loss(self, pixels: Tensor, actions: Tensor, open_loop: bool = False,
-             open_loop_detach: bool = False, context_noise: float = 0.0) -> dict[str, Tensor]:
+             open_loop_detach: bool = False) -> dict[str, Tensor]:
         """Teacher-forced prediction loss on clips: pixels (B, T, H, W, 3), actions (B, T-1, chunk).
         Returns {"pred": scalar MSE, "z": latents (B, T, D) for SIGReg, "z_hat": (B, T-1, D)}.
 
@@ -83,20 +83,12 @@ class WorldModel(nn.Module):
         planner runs it (`rollout`), from the clip's first `history` frames over its other
         T - history chunks (>= 2 of them, else it equals the last teacher-forced step). With
         open_loop_detach its latents (context and targets) are detached: it trains the predictor and
-        action encoder only, and leaves the encoder to the teacher-forced loss and SIGReg.
-
-        context_noise=s (in train mode): the predictor's input latents get Gaussian noise of std u x s,
-        u ~ U(0, 1) per clip, and still predict the clean next latents: a predictor that has seen
-        inputs off the data's latents, as its own rollouts are."""
+        action encoder only, and leaves the encoder to the teacher-forced loss and SIGReg."""
         if pixels.dim() != 5 or actions.dim() != 3 or actions.shape[1] != pixels.shape[1] - 1:
             raise ValueError(f"loss needs pixels (B, T, H, W, 3) and actions (B, T-1, chunk); got "
                              f"{tuple(pixels.shape)} and {tuple(actions.shape)}")
         z = self.encode(pixels)                            # (B, T, D)
-        z_in = z[:, :-1]                                   # (B, T-1, D)
-        if context_noise and self.training:
-            scale = context_noise * torch.rand(z.shape[0], 1, 1, device=z.device, dtype=z.dtype)   # (B, 1, 1)
-            z_in = z_in + scale * torch.randn_like(z_in)
-        z_hat = self.predict(z_in, actions)                # (B, T-1, D)
+        z_hat = self.predict(z[:, :-1], actions)           # (B, T-1, D)
         out = {"pred": F.mse_loss(z_hat, z[:, 1:]), "z": z, "z_hat": z_hat}
         if open_loop:
             h = self.cfg.history
@@ -109,9 +101,9 @@ class WorldModel(nn.Module):
         return out
 
     def forward(self, pixels: Tensor, actions: Tensor, open_loop: bool = False,
-                open_loop_detach: bool = False, context_noise: float = 0.0) -> dict[str, Tensor]:
+                open_loop_detach: bool = False) -> dict[str, Tensor]:
         """= loss(...), so DistributedDataParallel(model)(pixels, actions) works."""
-        return self.loss(pixels, actions, open_loop, open_loop_detach, context_noise)
+        return self.loss(pixels, actions, open_loop, open_loop_detach)
 
     # ---------------------------------------------------------------- rollout
     def prefill(self, z_hist: Tensor, a_hist: Tensor | None) -> list[list[KV]]:

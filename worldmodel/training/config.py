@@ -44,8 +44,6 @@ class TrainConfig:
                                      # over the clip's n_preds chunks, as planning runs it (n_preds >= 2)
     open_loop_detach: bool = False   # that term trains the predictor only (latents detached): the
                                      # encoder is not pulled towards easily predicted latents
-    context_noise: float = 0.0       # the predictor's input latents + N(0, (u x this)^2), u ~ U(0, 1) per
-                                     # clip, targets clean: trains it on inputs off the data, as in rollouts
     sigreg_directions: int = 1024
     sigreg_knots: int = 17
     seed: int = 0
@@ -87,8 +85,6 @@ class TrainConfig:
                             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]")):
             if not ok:
                 raise ValueError(f"{k} must be {need}, got {getattr(self, k)}")
-        if not self.context_noise >= 0:
-            raise ValueError(f"context_noise must be >= 0 (0: off), got {self.context_noise}")
         if self.open_loop_weight < 0:
             raise ValueError(f"open_loop_weight must be >= 0, got {self.open_loop_weight}")
         if self.open_loop_weight > 0 and self.data.n_preds < 2:

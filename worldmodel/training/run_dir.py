@@ -18,8 +18,8 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.json", "tb", "curves.p
 # checkpoint, so a changed value here would be silently ignored (steps, stop_at, logging, device and
 # compile settings may change).
 RESUME_FIXED = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "sigreg_weight",
-                "open_loop_weight", "open_loop_detach", "context_noise", "sigreg_directions", "sigreg_knots",
-                "batch_size", "accum_steps", "seed", "precision")
+                "open_loop_weight", "open_loop_detach", "sigreg_directions", "sigreg_knots", "batch_size",
+                "accum_steps", "seed", "precision")
 RESUME_FIXED_DATA = ("n_preds", "val_fraction", "split_seed", "episodes")
 
 

@@ -23,22 +23,21 @@ class _ClipLoss(nn.Module):
     """forward = WorldModel.loss, so DDP (which hooks forward) wraps the whole training computation.
     Returns (teacher-forced MSE, open-loop MSE or 0 when `open_loop` is off, latents)."""
 
-    def __init__(self, model: WorldModel, open_loop: bool = False, open_loop_detach: bool = False,
-                 context_noise: float = 0.0):
+    def __init__(self, model: WorldModel, open_loop: bool = False, open_loop_detach: bool = False):
         super().__init__()
         self.model = model
-        self.open_loop, self.open_loop_detach, self.context_noise = open_loop, open_loop_detach, context_noise
+        self.open_loop, self.open_loop_detach = open_loop, open_loop_detach
 
     def forward(self, pixels: torch.Tensor, actions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model.loss(pixels, actions, self.open_loop, self.open_loop_detach, self.context_noise)
+        out = self.model.loss(pixels, actions, self.open_loop, self.open_loop_detach)
         ol = out["open_loop"] if self.open_loop else torch.zeros_like(out["pred"])
         return out["pred"], ol, out["z"]                               # scalar, scalar, (B, T, D)
 
 
 def clip_loss(model: WorldModel, cfg: TrainConfig) -> _ClipLoss:
     """The training computation `cfg` asks for (used by `wm train` and benchmarks/train_speed.py)."""
-    return _ClipLoss(model, cfg.open_loop_weight > 0, cfg.open_loop_detach, cfg.context_noise)
+    return _ClipLoss(model, cfg.open_loop_weight > 0, cfg.open_loop_detach)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -347,6 +347,19 @@ def test_eval_plans_with_the_ensemble_and_refuses_a_repeated_member(demo_run, tm
     assert not (tmp_path / "rep").exists() and not (tmp_path / "no").exists()
 
 
+def test_eval_history_conditions_on_fewer_frames_and_refuses_more_than_the_model(demo_run, tmp_path, capsys):
+    """history=1 plans from the current frame only (LeWM's release); more than the model's is refused first."""
+    ckpt = demo_run / "train" / "best.pt"
+    common = ["planner.samples=8", "planner.elites=4", "planner.iterations=1", "episodes=2", "videos=0",
+              "random_floor=false", "progress=false"]
+    assert main(["eval", f"checkpoint={ckpt}", "history=1", f"out={tmp_path / 'h1'}", *common]) == 0
+    assert json.loads((tmp_path / "h1" / "results.json").read_text())["config"]["history"] == 1
+    assert main(["eval", f"checkpoint={ckpt}", "history=9", f"out={tmp_path / 'h9'}", *common]) == 2
+    assert "attends over at most" in capsys.readouterr().err and not (tmp_path / "h9").exists()
+    assert main(["eval", f"checkpoint={ckpt}", "history=0", f"out={tmp_path / 'h0'}"]) == 2
+    assert "history must be >= 1" in capsys.readouterr().err
+
+
 def test_readme_plugin_planner_plans_from_the_cli(demo_run, tmp_path, capsys, monkeypatch):
     """docs/extending.md's random-shooting planner, named by WM_PLUGINS, is chosen with planner=NAME (no YAML
     of its own), takes planner.KEY= settings, lists them in --help; a key it lacks is refused up front."""

@@ -57,6 +57,8 @@ class EvalConfig:
                                        # the whole plan)
     goal_at: str = "every_chunk"       # every_chunk: the energy sums the goal distance over every planned
                                        # chunk | last_chunk: the last chunk's only (LeWM's)
+    history: int | None = None         # frames the planner conditions on (the newest and those before it,
+                                       # a chunk apart); null: the model's training history (LeWM: 1)
     step_weights: list[float] | None = None   # null: goal_at's; one weight per chunk (horizon of them):
                                        # the weighted sum over all chunks, e.g. [1,1,1,1,1]
     tasks: str = "heldout"             # heldout: starts and goals from fresh episodes never trained on |
@@ -97,6 +99,8 @@ class EvalConfig:
         for k in ("episodes", "budget", "goal_offset", "horizon", "receding_horizon", "batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.history is not None and self.history < 1:
+            raise ValueError(f"history must be >= 1 (or null: the model's), got {self.history}")
         if self.receding_horizon > self.horizon:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
         from worldmodel.model.energy import GOAL_AT

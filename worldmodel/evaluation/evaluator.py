@@ -109,6 +109,9 @@ def prepare(cfg: EvalConfig) -> Evaluation:
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
                          "drop cuda_graph=true on the CPU")
     model, meta, env_name, train_cfg = load_model(cfg, device)
+    if cfg.history is not None and cfg.history > model.cfg.history:
+        raise ValueError(f"history={cfg.history} but {cfg.checkpoint} attends over at most {model.cfg.history} frames "
+                         f"(its training history): use history<={model.cfg.history}")
     members = load_members(cfg, device, model, meta)
     print_precision_note("wm eval", cfg.precision, device, BF16_GAIN)
     planner = planner_from_config(cfg.planner)
@@ -268,7 +271,8 @@ class Evaluation:
         cfg, mcfg = self.cfg, self.model.cfg
         return MPCController(self.planner, energy, self.bounds, horizon=cfg.horizon,
                              receding_horizon=cfg.receding_horizon, frameskip=mcfg.frameskip,
-                             history=energy.max_history, batch=batch, time_budget_s=cfg.time_budget_s,
+                             history=cfg.history or energy.max_history, batch=batch,
+                             time_budget_s=cfg.time_budget_s,
                              device=self.device, cuda_graph=cfg.cuda_graph)
 
     def random_floor(self, b0: int, batch: list[Task], goals: np.ndarray) -> list[dict[str, Any]]:

@@ -151,6 +151,8 @@ def test_policy_kwargs_change_the_data_and_are_recorded(two_workers, tmp_path, c
     assert not np.allclose(np.nan_to_num(noisy.action), np.nan_to_num(default.action))
     assert _collect(out, "resume=true", "+policy_kwargs.noise=0.5") == 2
     assert "policy_kwargs" in capsys.readouterr().err
+    assert main(["inspect", str(out)]) == 0
+    assert "policy expert noise=1.0," in capsys.readouterr().out
 
 
 def test_existing_output_and_changed_config_refused(two_workers, capsys):

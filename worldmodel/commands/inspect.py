@@ -84,7 +84,8 @@ def inspect(path: str | Path, metrics: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "path": str(path), "format": meta.get("format"),
         "env": meta.get("env") or (f"none (recorded: {meta['source']})" if meta.get("source") else None),
-        "policy": meta.get("policy"), "image_size": meta.get("image_size"),
+        "policy": meta.get("policy"), "policy_kwargs": meta.get("policy_kwargs") or {},
+        "image_size": meta.get("image_size"),
         "episodes": ds.num_episodes, "episodes_requested": meta.get("episodes"), "frames": ds.num_frames,
         "episode_len": {"min": int(lens.min()), "mean": float(lens.mean()), "max": int(lens.max())},
         "disk_bytes": disk_bytes(path), "columns": list(ds.available),
@@ -111,7 +112,8 @@ def format_report(r: dict[str, Any]) -> str:
     req = f" of {r['episodes_requested']} requested" if r.get("episodes_requested") else ""
     px = f"{r['image_size']} px" if r.get("image_size") else "image size not recorded"
     lines = [
-        f"dataset  {r['path']}  ({r['format']}; env {r['env']}, policy {r['policy'] or 'not recorded'}, {px})",
+        f"dataset  {r['path']}  ({r['format']}; env {r['env']}, policy {r['policy'] or 'not recorded'}"
+        f"{''.join(f' {k}={v}' for k, v in r['policy_kwargs'].items())}, {px})",
         f"episodes {r['episodes']}{req}   frames {r['frames']}   disk {mb:.1f} MiB "
         f"({r['disk_bytes'] / max(r['frames'], 1) / 1024:.1f} KiB/frame)",
         f"episode length  min {r['episode_len']['min']}  mean {r['episode_len']['mean']:.1f}  "

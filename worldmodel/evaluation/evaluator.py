@@ -109,10 +109,12 @@ def prepare(cfg: EvalConfig) -> Evaluation:
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
                          "drop cuda_graph=true on the CPU")
     model, meta, env_name, train_cfg = load_model(cfg, device)
-    if cfg.history is not None and cfg.history > model.cfg.history:
-        raise ValueError(f"history={cfg.history} but {cfg.checkpoint} attends over at most {model.cfg.history} frames "
-                         f"(its training history): use history<={model.cfg.history}")
     members = load_members(cfg, device, model, meta)
+    most = min(m.cfg.history for m in [model, *members])      # what the energy reads (every member)
+    if cfg.history is not None and cfg.history > most:
+        raise ValueError(f"history={cfg.history} but {cfg.checkpoint}{' with its ensemble' if members else ''} "
+                         f"attends over at most {most} frames "
+                         f"(its training history): use history<={most}")
     print_precision_note("wm eval", cfg.precision, device, BF16_GAIN)
     planner = planner_from_config(cfg.planner)
     env_list = make_envs(env_name, meta, model.cfg, min(cfg.batch, cfg.episodes))

@@ -22,9 +22,7 @@ class MPCController:
 
     One plan step is an action chunk of width frameskip * A (the world model predicts one latent
     per chunk); the first `receding_horizon` chunks of a plan are split into env actions and queued
-    (1 by default: a new plan after every chunk; LeWM runs its whole 5-chunk plan). `replan_every=k`
-    runs only the first k env steps of each plan instead (k <= receding_horizon * frameskip; 1: a new
-    plan at every control step, from the newest frame and the history a chunk apart behind it).
+    (1 by default: a new plan after every chunk; LeWM runs its whole 5-chunk plan).
     The energy gets the last `history` observations spaced `frameskip` env steps apart (fewer at an
     episode's start) and the chunks executed between them.
 
@@ -35,7 +33,7 @@ class MPCController:
     Warm start: the previous plan's mean (and elites) shifted by the env steps elapsed, padded
     with the box centre, passed as init_mean / init_elites.
 
-    Async mode (`async_lead=k`, at most half the env steps run from each plan): when k queued
+    Async mode (`async_lead=k`, at most half of receding_horizon * frameskip): when k queued
     actions are left, the next plan starts in a worker thread from the latest observation; those k
     actions are committed (every candidate starts with them, CommittedPrefix) and dropped from the
     new plan when it is adopted. `act` waits for a plan not yet ready and counts a stall; a plan
@@ -50,7 +48,7 @@ class MPCController:
 
     def __init__(self, planner: Planner, energy_fn: GoalEnergyLike, bounds, horizon: int = 5,
                  receding_horizon: int = 1, action_dim: int | None = None, frameskip: int = 1,
-                 history: int = 1, replan_every: int | None = None, batch: int | None = None, time_budget_s: float | None = None,
+                 history: int = 1, batch: int | None = None, time_budget_s: float | None = None,
                  async_lead: int | None = None, warm_start: bool = True,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  cuda_graph: bool = False) -> None:
@@ -87,21 +85,14 @@ class MPCController:
         if time_budget_s is not None and not time_budget_s > 0:        # NaN fails too
             raise ValueError(f"time_budget_s must be > 0 seconds (or None: no deadline), got {time_budget_s}")
         n_exec = receding_horizon * frameskip
-        if replan_every is not None:
-            if not 1 <= replan_every <= n_exec:
-                raise ValueError(f"replan_every must be in [1, receding_horizon*frameskip = {n_exec}] env steps, got "
-                                 f"{replan_every}; raise receding_horizon to run more of each plan")
-            n_exec = replan_every
         if async_lead is not None and not 0 <= async_lead <= n_exec // 2:
-            raise ValueError(f"async_lead must be in [0, (env steps run per plan)/2 = {n_exec // 2}], got "
+            raise ValueError(f"async_lead must be in [0, receding_horizon*frameskip/2 = {n_exec // 2}], got "
                              f"{async_lead}: each plan yields {n_exec} - async_lead new actions, and the next plan "
-                             "must start async_lead actions before they run out; raise receding_horizon (or "
-                             "replan_every) for more lead")
+                             "must start async_lead actions before they run out; raise receding_horizon for more lead")
         self.planner, self.energy = planner, energy_fn
         self._graphed = GraphedPlanner(planner) if cuda_graph else None
         self._prefix = CommittedPrefix(energy_fn, frameskip, device, dtype)
         self.A, self.horizon, self.receding, self.frameskip = A, horizon, receding_horizon, frameskip
-        self.n_exec = n_exec                    # env steps run from each plan
         self.history, self.batch, self.time_budget_s = history, batch, time_budget_s
         self.async_lead, self.warm_start = async_lead, warm_start
         # the planner's per-step box: one chunk = frameskip env actions side by side
@@ -255,7 +246,7 @@ class MPCController:
         Refuses a plan with NaN/Inf actions (a planner bug must not reach the robot); a non-finite
         warm start is dropped (e.g. MPPI's mean after a plan where every cost was NaN)."""
         chunks = res.actions[:, :self.receding]                       # (B, r, fs*A)
-        steps = chunks.reshape(chunks.shape[0], -1, self.A)[:, :self.n_exec]   # (B, n_exec, A)
+        steps = chunks.reshape(chunks.shape[0], -1, self.A)            # (B, r*fs, A)
         # host sync, once per plan: the actions leave the device for the robot
         steps = steps.detach().to(torch.float64).cpu().numpy()
         check_costs(res.cost, f"MPCController ({getattr(self.planner, 'name', type(self.planner).__name__)})")

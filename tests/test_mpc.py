@@ -97,22 +97,6 @@ def test_drives_point_to_goal_with_history():
     assert max(T for T, _ in ctrl.energy.calls) == 3   # the history filled up to 3 frames
 
 
-def test_replan_every_env_step_plans_from_the_newest_frame_and_its_history():
-    """replan_every=1: a plan per control step, each from the newest frame and the frames a chunk apart
-    behind it (LinearWorld checks the actions between them), warm-started one env step on."""
-    ctrl = controller(fs=2, history=3, replan_every=1)
-    goal = [0.8, -0.6]
-    final, acts = drive(ctrl, goal, steps=21)
-    assert np.linalg.norm(final - goal) < 0.05
-    assert (acts >= LOW).all() and (acts <= HIGH).all()
-    assert ctrl.stats()["plans"] == 21 and ctrl.stats()["steps"] == 21
-    assert max(T for T, _ in ctrl.energy.calls) == 3
-    # 3 of them every 3 steps: the 2-chunk plan runs 3 of its 4 env steps
-    ctrl = controller(fs=2, history=3, replan_every=3)
-    drive(ctrl, goal, steps=21)
-    assert ctrl.stats()["plans"] == 7
-
-
 def test_history_survives_a_caller_that_reuses_its_buffers():
     """A driver that writes each frame into one buffer, and changes the action it was handed, must not
     rewrite the controller's history (LinearWorld checks every frame against the actions between)."""
@@ -154,10 +138,6 @@ def test_bad_inputs_have_clear_errors():
         MPCController(plan, LinearWorld(1, 1), (LOW, HIGH), horizon=2, receding_horizon=3)
     with pytest.raises(ValueError, match="action_dim"):
         MPCController(plan, LinearWorld(1, 1), (LOW, HIGH), action_dim=3)
-    for k in (0, 5):        # receding_horizon * frameskip = 4 env steps per plan at most
-        with pytest.raises(ValueError, match="replan_every"):
-            MPCController(plan, LinearWorld(2, 1), (LOW, HIGH), horizon=3, receding_horizon=2, frameskip=2,
-                          replan_every=k)
     with pytest.raises(ValueError, match="async_lead"):
         MPCController(plan, LinearWorld(1, 1), (LOW, HIGH), horizon=2, receding_horizon=1,
                       async_lead=1)

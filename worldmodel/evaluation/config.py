@@ -55,8 +55,6 @@ class EvalConfig:
     horizon: int = 5                   # planned action chunks
     receding_horizon: int = 1          # chunks executed before replanning (1: after every chunk; LeWM: 5,
                                        # the whole plan)
-    replan_every: int | None = None    # env steps run from each plan (null: receding_horizon x frameskip;
-                                       # 1: a new plan at every env step)
     goal_at: str = "every_chunk"       # every_chunk: the energy sums the goal distance over every planned
                                        # chunk | last_chunk: the last chunk's only (LeWM's)
     history: int | None = None         # frames the planner conditions on (the newest and those before it,
@@ -105,9 +103,6 @@ class EvalConfig:
             raise ValueError(f"history must be >= 1 (or null: the model's), got {self.history}")
         if self.receding_horizon > self.horizon:
             raise ValueError(f"receding_horizon ({self.receding_horizon}) must be <= horizon ({self.horizon})")
-        if self.replan_every is not None and self.replan_every < 1:
-            raise ValueError(f"replan_every must be >= 1 env step (or null: every receding_horizon chunks), "
-                             f"got {self.replan_every}")
         from worldmodel.model.energy import GOAL_AT
 
         if self.goal_at not in GOAL_AT:

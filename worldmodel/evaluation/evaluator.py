@@ -273,7 +273,6 @@ class Evaluation:
         cfg, mcfg = self.cfg, self.model.cfg
         return MPCController(self.planner, energy, self.bounds, horizon=cfg.horizon,
                              receding_horizon=cfg.receding_horizon, frameskip=mcfg.frameskip,
-                             replan_every=cfg.replan_every,
                              history=cfg.history or energy.max_history, batch=batch,
                              time_budget_s=cfg.time_budget_s,
                              device=self.device, cuda_graph=cfg.cuda_graph)

@@ -40,7 +40,7 @@ def test_every_env_has_both_scales_and_reference():
         cpu, full = recipes.RECIPES[(env, "cpu")], recipes.RECIPES[(env, "full")]
         assert (cpu.model, cpu.episodes) == ("tiny", 300)
         assert cpu.steps == (6000 if env == "pusht" else 2000)
-        assert cpu.ensemble == 1                                        # one model per training seed
+        assert cpu.ensemble == (3 if env == "pusht" else 1)             # models per training seed
         assert cpu.batch_size == (128 if env in ("tworoom", "reacher") else 32)
         assert (cpu.plan_samples, cpu.plan_iterations, cpu.eval_episodes) == (None, None, 50)   # the presets
         assert full.device == "cuda" and full.model == "lewm"
@@ -95,10 +95,11 @@ def test_dry_run_prints_pasteable_commands(capsys):
     assert "out=runs/repro/reacher_cpu/seed0/distill" in cmds[2]
     assert "distilled=runs/repro/reacher_cpu/seed0/distill/policy.pt" in cmds[3] and "distilled=" not in cmds[4]
 
-    # --ensemble K: training seed s trains seeds s*K .. s*K+K-1 and plans with all of them
-    reproduce.main(["--env", "pusht", "--seeds", "1", "--ensemble", "3", "--plannings", "toolkit", "--draws",
-                    "heldout", "--dry-run"])
-    cmds = _lines(capsys.readouterr().out)[0]["commands"]
+    # ensemble K (Push-T's cpu recipe: 3): training seed s trains seeds s*K .. s*K+K-1 and plans with all of them
+    reproduce.main(["--env", "pusht", "--seeds", "1", "--plannings", "toolkit", "--draws", "heldout", "--dry-run"])
+    (rec,) = _lines(capsys.readouterr().out)
+    cmds = rec["commands"]
+    assert rec["recipe"]["ensemble"] == 3 and not rec["overrides"]
     assert [c.split()[1] for c in cmds] == ["collect", "train", "train", "train", "eval"]
     assert [re.search(r" seed=(\d+)", c).group(1) for c in cmds[1:4]] == ["3", "4", "5"]
     assert ("checkpoint=runs/repro/pusht_cpu/seed3/train/best.pt 'ensemble=[runs/repro/pusht_cpu/seed4/train/best.pt,"
@@ -107,11 +108,12 @@ def test_dry_run_prints_pasteable_commands(capsys):
         reproduce.parse(["--env", "pusht", "--ensemble", "0"])
 
     # --collect-extra: other data (the policy's kwargs); held-out tasks stay the policy's own at its defaults
-    reproduce.main(["--env", "pusht", "--seeds", "0", "--plannings", "toolkit", "--collect-extra",
+    reproduce.main(["--env", "pusht", "--seeds", "0", "--ensemble", "1", "--plannings", "toolkit", "--collect-extra",
                     "+policy_kwargs.noise=0.6", "--dry-run"])
     (rec,) = _lines(capsys.readouterr().out)
     cmds = rec["commands"]
-    assert "+policy_kwargs.noise=0.6" in cmds[0] and rec["overrides"] == {"collect_extra": ["+policy_kwargs.noise=0.6"]}
+    assert "+policy_kwargs.noise=0.6" in cmds[0]
+    assert rec["overrides"] == {"ensemble": 1, "collect_extra": ["+policy_kwargs.noise=0.6"]}
     assert "policy=expert" in cmds[2] and "tasks=training" in cmds[3] and "policy=" not in cmds[3]
 
 

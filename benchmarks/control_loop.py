@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     from worldmodel.planners.loop import ControlLoop
     from worldmodel.planners.mpc import MPCController
     from worldmodel.model.energy import DTYPES, GoalEnergy
-    from worldmodel.evaluation.tasks import heldout_policy, make_env, make_tasks, training_seeds
+    from worldmodel.evaluation.tasks import default_heldout_tasks, make_env
     from worldmodel.evaluation.stats import mcnemar
     from worldmodel.model.world_model import load_trained
 
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, meta, env_name = load_trained(a.checkpoint, "cpu")
     env = make_env(env_name, meta, model.cfg.image_size)
     hz = a.hz or float(env.env_info().control_hz)
-    policy_name, policy_kwargs = heldout_policy(None, None, meta)          # wm eval's default tasks
-    tasks = make_tasks(env, policy_name, a.eval_seed, a.episodes, int(meta.get("episode_len") or 100),
-                       a.goal_offset, training_seeds(meta), policy_kwargs)
+    tasks = default_heldout_tasks(env, meta, a.eval_seed, a.episodes, a.goal_offset)
     planner = planner_from_config(preset("planner", a.planner),
                                   **({} if a.seed is None else {"seed": a.seed}))
     policy = None

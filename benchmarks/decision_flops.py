@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from worldmodel.config import preset
-    from worldmodel.evaluation.tasks import heldout_policy, make_env, make_tasks, training_seeds
+    from worldmodel.evaluation.tasks import default_heldout_tasks, make_env
     from worldmodel.model.energy import GoalEnergy
     from worldmodel.model.world_model import load_trained
     from worldmodel.planners import planner_from_config
@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         from worldmodel.model.goal_policy import load_policy
         policy = load_policy(a.distilled, model)
     env = make_env(env_name, meta, model.cfg.image_size)
-    policy_name, policy_kwargs = heldout_policy(None, None, meta)          # wm eval's default tasks
-    task = make_tasks(env, policy_name, 1_000_003, 1, int(meta.get("episode_len") or 100), 25,
-                      training_seeds(meta), policy_kwargs)[0]
+    task = default_heldout_tasks(env, meta, 1_000_003, 1, 25)[0]
     goal = env.goal_image(task.goal_state)
     ctrls = {}
     for name in a.planners:

@@ -132,16 +132,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = parse(argv)
     if not a.threshold > 0:
         raise SystemExit(f"surprise_shift: --threshold must be > 0, got {a.threshold}; e.g. --threshold 4")
-    from worldmodel.evaluation.tasks import heldout_policy, make_env, make_tasks, training_seeds
+    from worldmodel.evaluation.tasks import default_heldout_tasks, make_env
     from worldmodel.model.goal_policy import load_policy, surprise_reference_of
     from worldmodel.model.world_model import load_trained
 
     model, meta, env_name = load_trained(a.checkpoint, "cpu")
     policy, reference = load_policy(a.distilled, model), surprise_reference_of(a.distilled, model)
     env = make_env(env_name, meta, model.cfg.image_size)
-    policy_name, policy_kwargs = heldout_policy(None, None, meta)          # wm eval's default tasks
-    tasks = make_tasks(env, policy_name, a.eval_seed, a.episodes, int(meta.get("episode_len") or 100),
-                       a.goal_offset, training_seeds(meta), policy_kwargs)
+    tasks = default_heldout_tasks(env, meta, a.eval_seed, a.episodes, a.goal_offset)
     rows = []
     for shift in a.shift:
         row = run_shift(shift, a, model, meta, env_name, tasks, policy, reference)

@@ -56,6 +56,15 @@ def heldout_policy(policy: str | None, policy_kwargs: dict[str, Any] | None,
     return name, {} if policy else dict(meta.get("policy_kwargs") or {})
 
 
+def default_heldout_tasks(env, meta: dict[str, Any], eval_seed: int, episodes: int,
+                          goal_offset: int) -> list[Task]:
+    """`wm eval`'s default held-out tasks for a model trained on the data of `meta`: its policy and
+    kwargs, its episode length, never one of its training seeds."""
+    policy, policy_kwargs = heldout_policy(None, None, meta)
+    return make_tasks(env, policy, eval_seed, episodes, int(meta.get("episode_len") or 100), goal_offset,
+                      training_seeds(meta), policy_kwargs)
+
+
 def make_tasks(env, policy: str, eval_seed: int, episodes: int, episode_len: int, goal_offset: int,
                forbidden_seeds: set[int], policy_kwargs: dict[str, Any] | None = None) -> list[Task]:
     """Roll out one held-out episode per task (of `policy`, built with `policy_kwargs`) and pick

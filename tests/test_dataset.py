@@ -126,7 +126,7 @@ def test_bad_paths_are_refused_with_a_fix(tmp_path):
         D.load_dataset(tmp_path)
     bad = tmp_path / "corrupt.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    with pytest.raises(ValueError, match="not a readable HDF5"):
+    with pytest.raises(ValueError, match="not a readable HDF5.*pass data= a `wm collect` directory"):
         D.load_dataset(bad)
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:

@@ -205,7 +205,7 @@ def test_damaged_shard_metadata_and_truncated_shards_are_one_line_refusals(tmp_p
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(ValueError, match="not a readable HDF5") as e:
         D.load_dataset(out)
-    one_line(e)
+    assert shard.name in one_line(e) and "re-collect" in str(e.value)
 
 
 def test_damaged_staged_episodes_are_refused_when_read_and_when_packed(tmp_path):

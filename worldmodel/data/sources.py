@@ -70,7 +70,11 @@ class H5Source(Source):
         try:
             self.f = h5py.File(path, "r")
         except OSError as e:
-            raise ValueError(f"{path} is not a readable HDF5 file ({e}); delete it or re-collect") from None
+            if SHARD_RE.match(path.name):       # a shard `wm collect` wrote, truncated or overwritten
+                raise ValueError(f"{path} is not a readable HDF5 file ({e}); move it away and re-collect its "
+                                 "episodes (`wm collect ... resume=true` collects what is missing)") from None
+            raise ValueError(f"{path} is not a readable HDF5 file ({e}); pass data= a `wm collect` directory "
+                             "or a LeWM-style .h5 episode file") from None
         f = self.f
         try:
             for key in ("ep_len", "ep_offset"):

@@ -345,6 +345,15 @@ def test_eval_plans_with_the_ensemble_and_refuses_a_repeated_member(demo_run, tm
     assert main(["eval", f"checkpoint={ckpt}", f"ensemble=[{tmp_path / 'nope.pt'}]", f"out={tmp_path / 'no'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists() and not (tmp_path / "no").exists()
+    # a member trained on other episodes of the env: the held-out tasks avoid its episodes too
+    from worldmodel.model.checkpoint import load_checkpoint, rewrite_checkpoint
+
+    other = load_checkpoint(twin)
+    other["extra"]["dataset_meta"]["seed"] = 4242
+    rewrite_checkpoint(twin, other)
+    assert main(["eval", f"checkpoint={ckpt}", f"ensemble=[{twin}]", "eval_seed=4242",
+                 f"out={tmp_path / 'seen'}", *common]) == 2
+    assert "was used for training" in capsys.readouterr().err and not (tmp_path / "seen").exists()
 
 
 def test_eval_history_conditions_on_fewer_frames_and_refuses_more_than_the_model(demo_run, tmp_path, capsys):

@@ -109,7 +109,7 @@ def prepare(cfg: EvalConfig) -> Evaluation:
         raise ValueError(f"cuda_graph=true needs a CUDA device, and device={cfg.device} resolves to {device}; "
                          "drop cuda_graph=true on the CPU")
     model, meta, env_name, train_cfg = load_model(cfg, device)
-    members = load_members(cfg, device, model, meta)
+    members, member_metas = load_members(cfg, device, model, meta)
     most = min(m.cfg.history for m in [model, *members])      # what the energy reads (every member)
     if cfg.history is not None and cfg.history > most:
         raise ValueError(f"history={cfg.history} but {cfg.checkpoint}{' with its ensemble' if members else ''} "
@@ -124,8 +124,9 @@ def prepare(cfg: EvalConfig) -> Evaluation:
     if cfg.tasks == "training":
         tasks = training_tasks(cfg, model.cfg, train_cfg)
     else:
+        trained = set().union(*(training_seeds(m) for m in [meta, *member_metas]))   # no member's episode
         tasks = make_tasks(env_list[0], policy, cfg.eval_seed, cfg.episodes, episode_len, cfg.goal_offset,
-                           training_seeds(meta), policy_kwargs)
+                           trained, policy_kwargs)
     return Evaluation(cfg, out, device, fp, model, meta, env_name, planner, planner.seed, env_list, policy,
                       policy_kwargs, episode_len, tasks, t0, saved or Progress(), saved.done if saved else None, members)
 
@@ -155,21 +156,23 @@ def load_model(cfg: EvalConfig, device: torch.device) -> tuple[Any, dict[str, An
     return model, meta, env_name, (ckpt.get("extra") or {}).get("config") or {}
 
 
-def load_members(cfg: EvalConfig, device: torch.device, model: Any, meta: dict[str, Any]) -> list:
-    """The models of `ensemble=`, refused unless trained on the same env's data as the checkpoint
-    and reading the same frames and actions."""
+def load_members(cfg: EvalConfig, device: torch.device, model: Any,
+                 meta: dict[str, Any]) -> tuple[list, list[dict[str, Any]]]:
+    """The models of `ensemble=` and their training data's metas, refused unless trained on the same
+    env's data as the checkpoint and reading the same frames and actions."""
     from worldmodel.model.ensemble import check_members
     from worldmodel.model.world_model import load_trained
 
-    members = []
+    members, metas = [], []
     for path in cfg.ensemble:
         m, m_meta, _ = load_trained(path, device, cfg.env)
         if m_meta.get("env") != meta.get("env"):
             raise ValueError(f"ensemble member {path} was trained on {m_meta.get('env')} data, {cfg.checkpoint} on "
                              f"{meta.get('env')} data: an ensemble's models plan the same env")
         members.append(m)
+        metas.append(m_meta)
     check_members([model.cfg] + [m.cfg for m in members], [cfg.checkpoint, *cfg.ensemble])
-    return members
+    return members, metas
 
 
 def make_envs(env_name: str, meta: dict[str, Any], mcfg: Any, n: int) -> list:

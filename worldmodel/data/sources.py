@@ -17,6 +17,7 @@ STAGING = ".staging"
 EPISODE_KEYS = ("ep_len", "ep_offset", "ep_seed", "ep_index")
 ROW_COLUMNS = ("pixels", "action", "state", "proprio")
 SHARD_RE = re.compile(r"^shard_(\d+)\.h5$")
+RECOLLECT = "move it away and re-collect its episodes (`wm collect ... resume=true` collects what is missing)"
 STAGED_RE = re.compile(r"^ep_(\d+)\.npz$")
 
 
@@ -71,8 +72,7 @@ class H5Source(Source):
             self.f = h5py.File(path, "r")
         except OSError as e:
             if SHARD_RE.match(path.name):       # a shard `wm collect` wrote, truncated or overwritten
-                raise ValueError(f"{path} is not a readable HDF5 file ({e}); move it away and re-collect its "
-                                 "episodes (`wm collect ... resume=true` collects what is missing)") from None
+                raise ValueError(f"{path} is not a readable HDF5 file ({e}); {RECOLLECT}") from None
             raise ValueError(f"{path} is not a readable HDF5 file ({e}); pass data= a `wm collect` directory "
                              "or a LeWM-style .h5 episode file") from None
         f = self.f
@@ -155,8 +155,7 @@ def damaged_staged(p: Path, e: BaseException) -> ValueError:
 def damaged(path: str | Path, e: BaseException, col: str | None = None) -> ValueError:
     """The one-line refusal of a damaged shard (a checksum mismatch, an unreadable table)."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return ValueError(f"{path} is damaged{f' in its {col!r} data' if col else ''} ({first}); move it away "
-                      "and re-collect its episodes (`wm collect ... resume=true` collects what is missing)")
+    return ValueError(f"{path} is damaged{f' in its {col!r} data' if col else ''} ({first}); {RECOLLECT}")
 
 
 def check_episodes(s: Source) -> None:
